@@ -1,0 +1,260 @@
+//! rustls configurations for d8's three kinds of handshake. All are TLS 1.3
+//! only (QUIC requires it; a TLS 1.2-capable config makes quinn panic later) and
+//! use the ring provider explicitly, so they never depend on a process default.
+//!
+//! - Orchestrator server ([`server_config`]): one config for both ALPNs.
+//!   Client certificates are *optional* at the TLS layer because enrollment
+//!   clients have none; the orchestrator refuses a cluster-ALPN connection
+//!   without one right after the handshake. A presented certificate must chain
+//!   to the cluster CA and must not be revoked ([`Revocations`]), otherwise the
+//!   handshake itself fails.
+//! - Enrollment client ([`enroll_client_config`]): trusts exactly the CA whose
+//!   SHA-256 is in the join token; the orchestrator sends that CA in its chain.
+//! - Cluster client ([`cluster_client_config`]): trusts the stored CA and
+//!   presents the worker certificate.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::fingerprint;
+
+/// ALPN of the enrollment handshake (no client certificate).
+pub const ALPN_ENROLL: &[u8] = b"d8-enroll/1";
+/// ALPN of the cluster protocol (mutual TLS). The `/1` names the framing
+/// generation; message versions are negotiated in `Hello`.
+pub const ALPN_CLUSTER: &[u8] = b"d8/1";
+
+/// Errors building TLS configurations.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration (bad key, bad certificate…).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("TLS client verifier: {0}")]
+    Verifier(String),
+}
+
+/// The ring crypto provider, shared by every config d8 builds.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Fingerprints of revoked worker certificates, shared between the store and
+/// the live TLS verifier so a revocation takes effect at the next handshake.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations(Arc<RwLock<HashSet<[u8; 32]>>>);
+
+impl Revocations {
+    /// Marks a certificate fingerprint revoked.
+    pub fn insert(&self, fp: [u8; 32]) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(fp);
+    }
+    /// True when the fingerprint was revoked.
+    pub fn contains(&self, fp: &[u8; 32]) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(fp)
+    }
+}
+
+#[derive(Debug)]
+struct RevocationAwareVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Revocations,
+}
+
+impl ClientCertVerifier for RevocationAwareVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.revoked.contains(&fingerprint(end_entity)) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(ok)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The orchestrator's server config. `chain` is `[orchestrator cert, CA cert]`:
+/// the CA is sent so enrolling workers can check it against their token.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: CertificateDer<'static>,
+    revoked: Revocations,
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(RevocationAwareVerifier { inner, revoked });
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![ALPN_CLUSTER.to_vec(), ALPN_ENROLL.to_vec()];
+    // 0-RTT would let a replayed first flight reach the orchestrator; never.
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// Error text a worker sees when the orchestrator's CA is not the one its token pins.
+#[derive(Debug)]
+struct CaMismatch;
+impl std::fmt::Display for CaMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the orchestrator's CA does not match the join token (token from another cluster, or not a d8 orchestrator)",
+        )
+    }
+}
+impl std::error::Error for CaMismatch {}
+
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    digest: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.digest)
+            .ok_or_else(|| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                    CaMismatch,
+                ))))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client config for enrollment: trusts only the CA with SHA-256 `ca_digest`.
+pub fn enroll_client_config(ca_digest: [u8; 32]) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+            digest: ca_digest,
+            provider,
+        }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
+    Ok(cfg)
+}
+
+/// Client config for the cluster protocol: trusts `ca`, presents `chain`/`key`.
+/// `chain` may be empty to test the server's refusal of certificate-less clients.
+pub fn cluster_client_config(
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Option<PrivateKeyDer<'static>>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut cfg = match key {
+        Some(key) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    Ok(cfg)
+}

@@ -1,1 +1,9 @@
-//! d8
+//! d8: a zero-config LAN cluster for LLM agent work.
+//!
+//! Module map (who owns what):
+//! - [`task`]: the shared data types (task specs, outcomes, capabilities).
+//! - [`core`]: the pure scheduler state machine; no I/O, time passed in.
+//! - [`wire`]: versioned bincode messages and framing for QUIC streams.
+
+pub mod core;
+pub mod task;

@@ -1,0 +1,792 @@
+//! The scheduler: every decision the orchestrator makes, as a pure state
+//! machine. No tokio, no sockets, no clock reads (quinn-proto style).
+//!
+//! Inputs are `handle_*(now, …)`; outputs are drained with [`Scheduler::poll_action`]
+//! and the next instant something is due with [`Scheduler::poll_timeout`], at
+//! which point the shell calls [`Scheduler::handle_timeout`].
+//!
+//! Queueing: one ordered set per *class* (the set of worker types a task may
+//! run on). A task's key is `created_at − priority × aging_step`, so a higher
+//! priority jumps ahead by `aging_step` per level, ties are FIFO, and a task
+//! waiting long enough overtakes any newer one whatever its priority: nothing
+//! starves. Dispatch takes, across classes, the smallest key that has an
+//! eligible worker, and gives it to the least-loaded eligible worker.
+//!
+//! Exactly-once: every dispatch carries an attempt number; a result is accepted
+//! only from the worker holding the task's current attempt. Anything else is a
+//! late result, dropped and counted.
+
+mod routing;
+#[cfg(test)]
+mod tests;
+
+pub use routing::Routing;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::task::{
+    Capabilities, ErrorKind, FinishedTask, Millis, Outcome, TaskId, TaskSpec, TaskStatus, WorkerId,
+};
+
+/// Scheduler tuning. Every field has a LAN default in [`SchedulerConfig::lan`].
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A worker silent this long is Suspect: no new tasks.
+    pub suspect_after_ms: u64,
+    /// A worker silent this long is Dead: its tasks are re-queued.
+    pub dead_after_ms: u64,
+    /// Priority levels are worth this much waiting time (aging).
+    pub aging_step_ms: u64,
+    /// Task type routing.
+    pub routing: Routing,
+}
+
+impl SchedulerConfig {
+    /// LAN defaults: workers heartbeat every 500 ms; two missed beats make a
+    /// worker Suspect, 3 s of silence make it Dead, so its tasks are running
+    /// elsewhere well within 5 s (the original project waited 60 s). A priority
+    /// level is worth 30 s of waiting.
+    pub fn lan() -> Self {
+        SchedulerConfig {
+            suspect_after_ms: 1_500,
+            dead_after_ms: 3_000,
+            aging_step_ms: 30_000,
+            routing: Routing::default(),
+        }
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `spec` as attempt `attempt` of `task` to `worker`.
+    Dispatch {
+        /// The task.
+        task: TaskId,
+        /// Attempt number (1-based), echoed back with the result.
+        attempt: u32,
+        /// Target.
+        worker: WorkerId,
+        /// What to run.
+        spec: Arc<TaskSpec>,
+    },
+    /// Stop attempt `attempt` of `task` on `worker` (cancelled or timed out).
+    Abort {
+        /// The task.
+        task: TaskId,
+        /// Attempt to stop.
+        attempt: u32,
+        /// Where it runs.
+        worker: WorkerId,
+    },
+    /// The task reached a final state: persist, notify waiters. The core has
+    /// forgotten it.
+    Finished(FinishedTask),
+    /// The worker was declared dead: close its connection if still open.
+    DisconnectWorker(WorkerId),
+}
+
+/// Result of [`Scheduler::handle_result`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultDisposition {
+    /// Recorded: the task finished.
+    Finished,
+    /// Recorded: the task goes back to the queue.
+    Requeued,
+    /// Dropped: not the current attempt (late or duplicate).
+    Late,
+}
+
+/// Result of [`Scheduler::handle_cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelResult {
+    /// Cancelled (it was pending or running).
+    Cancelled,
+    /// The core does not hold it (finished or unknown; the shell knows which).
+    NotLive,
+}
+
+/// Worker health from heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heard from recently.
+    Alive,
+    /// Missed heartbeats; no new work.
+    Suspect,
+}
+
+/// Counters since the store was created (seeded by the shell at start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks failed.
+    pub failed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+    /// Results dropped because their attempt was superseded.
+    pub late_results: u64,
+    /// Attempts re-queued (worker loss, timeout, transient error, rate limit).
+    pub requeued: u64,
+}
+
+/// A snapshot of one worker for stats and the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    /// Id.
+    pub id: WorkerId,
+    /// Capabilities from Hello.
+    pub caps: Capabilities,
+    /// Health.
+    pub liveness: Liveness,
+    /// Draining: finishing work, taking none.
+    pub draining: bool,
+    /// Tasks running there now.
+    pub active: u32,
+    /// Tasks it completed since it connected.
+    pub completed: u64,
+    /// When it connected.
+    pub connected_at: Millis,
+    /// When it was last heard from.
+    pub last_seen: Millis,
+    /// No new tasks before this instant (rate limited).
+    pub cooldown_until: Option<Millis>,
+}
+
+/// A snapshot of one live task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    /// Pending or Assigned.
+    pub status: TaskStatus,
+    /// The spec.
+    pub spec: Arc<TaskSpec>,
+    /// Current worker, when assigned.
+    pub worker: Option<WorkerId>,
+    /// Attempts dispatched so far.
+    pub attempts: u32,
+    /// Submission time.
+    pub created_at: Millis,
+}
+
+/// Aggregate figures for `/api/workers/stats`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Connected workers.
+    pub workers_total: usize,
+    /// Workers Alive and not draining.
+    pub workers_online: usize,
+    /// Workers with at least one task.
+    pub workers_busy: usize,
+    /// Worker count per worker type.
+    pub by_type: BTreeMap<String, usize>,
+    /// Tasks waiting.
+    pub pending: usize,
+    /// Tasks running.
+    pub assigned: usize,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// Order in a class queue: `(created_at − priority × aging_step, id)`.
+type QueueKey = (i128, TaskId);
+/// The set of worker types a task may use; `None` = any.
+type ClassKey = Option<Vec<String>>;
+
+#[derive(Debug)]
+enum State {
+    Pending,
+    Assigned { worker: WorkerId, expires: Millis },
+}
+
+#[derive(Debug)]
+struct TaskEntry {
+    spec: Arc<TaskSpec>,
+    created_at: Millis,
+    key: QueueKey,
+    class: ClassKey,
+    state: State,
+    /// Dispatches so far; the current attempt's number when assigned.
+    attempt: u32,
+    /// Attempts that failed in a way that counts against `max_attempts`.
+    failures: u32,
+    last_error: Option<String>,
+    last_worker: Option<WorkerId>,
+}
+
+#[derive(Debug)]
+struct WorkerEntry {
+    caps: Capabilities,
+    active: BTreeSet<TaskId>,
+    last_seen: Millis,
+    connected_at: Millis,
+    liveness: Liveness,
+    draining: bool,
+    cooldown_until: Option<Millis>,
+    dispatched: u64,
+    completed: u64,
+}
+
+impl WorkerEntry {
+    fn can_take(&self, class: &ClassKey, now: Millis) -> bool {
+        self.liveness == Liveness::Alive
+            && !self.draining
+            && (self.active.len() as u64) < u64::from(self.caps.slots)
+            && self.cooldown_until.is_none_or(|t| t <= now)
+            && class
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|t| *t == self.caps.worker_type))
+    }
+}
+
+/// Timer entries; validated lazily when they fire.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    AttemptExpiry(TaskId, u32),
+    Deadline(TaskId),
+}
+
+/// The scheduler state machine.
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    tasks: HashMap<TaskId, TaskEntry>,
+    queues: BTreeMap<ClassKey, BTreeSet<QueueKey>>,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+    timers: BTreeSet<(Millis, Timer)>,
+    actions: VecDeque<Action>,
+    counters: Counters,
+    assigned: usize,
+}
+
+impl Scheduler {
+    /// An empty scheduler; `counters` carries totals over from the store.
+    pub fn new(cfg: SchedulerConfig, counters: Counters) -> Self {
+        Scheduler {
+            cfg,
+            tasks: HashMap::new(),
+            queues: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            counters,
+            assigned: 0,
+        }
+    }
+
+    /// Accepts a task (new, or reloaded from the store after a restart with
+    /// its original `created_at`). A duplicate id is ignored: the first wins.
+    pub fn handle_submit(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        spec: Arc<TaskSpec>,
+        created_at: Millis,
+    ) {
+        if self.tasks.contains_key(&id) {
+            return;
+        }
+        let priority = i128::from(spec.priority.clamp(1, 10));
+        let key = (
+            i128::from(created_at.0) - priority * i128::from(self.cfg.aging_step_ms),
+            id,
+        );
+        let class = self
+            .cfg
+            .routing
+            .allowed(&spec.task_type)
+            .map(<[String]>::to_vec);
+        if let Some(deadline) = spec.deadline {
+            self.timers.insert((deadline, Timer::Deadline(id)));
+        }
+        self.queues.entry(class.clone()).or_default().insert(key);
+        self.tasks.insert(
+            id,
+            TaskEntry {
+                spec,
+                created_at,
+                key,
+                class,
+                state: State::Pending,
+                attempt: 0,
+                failures: 0,
+                last_error: None,
+                last_worker: None,
+            },
+        );
+        if self.tasks[&id].spec.deadline.is_some_and(|d| d <= now) {
+            self.handle_timeout(now);
+        }
+        self.schedule(now);
+    }
+
+    /// A worker connected (or reconnected: its old session's tasks are re-queued).
+    pub fn handle_worker_up(&mut self, now: Millis, id: WorkerId, caps: Capabilities) {
+        if self.workers.contains_key(&id) {
+            self.remove_worker(now, &id);
+        }
+        self.workers.insert(
+            id,
+            WorkerEntry {
+                caps,
+                active: BTreeSet::new(),
+                last_seen: now,
+                connected_at: now,
+                liveness: Liveness::Alive,
+                draining: false,
+                cooldown_until: None,
+                dispatched: 0,
+                completed: 0,
+            },
+        );
+        self.schedule(now);
+    }
+
+    /// A heartbeat (or any frame) from a worker.
+    pub fn handle_heartbeat(&mut self, now: Millis, id: &WorkerId) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.last_seen = now;
+            if w.liveness != Liveness::Alive {
+                w.liveness = Liveness::Alive;
+                self.schedule(now);
+            }
+        }
+    }
+
+    /// The worker asked to drain: it keeps its tasks but gets no new ones.
+    pub fn handle_drain(&mut self, now: Millis, id: &WorkerId) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.draining = true;
+            w.last_seen = now;
+        }
+    }
+
+    /// The worker's connection is gone: its tasks go back to the queue without
+    /// consuming an attempt.
+    pub fn handle_worker_down(&mut self, now: Millis, id: &WorkerId) {
+        if self.workers.contains_key(id) {
+            self.remove_worker(now, id);
+            self.schedule(now);
+        }
+    }
+
+    fn remove_worker(&mut self, now: Millis, id: &WorkerId) {
+        let Some(w) = self.workers.remove(id) else {
+            return;
+        };
+        for task in w.active {
+            self.assigned -= 1;
+            self.counters.requeued += 1;
+            self.requeue(now, task, Some("worker lost".to_owned()));
+        }
+    }
+
+    /// Puts an assigned task (already removed from its worker) back in its queue.
+    fn requeue(&mut self, _now: Millis, id: TaskId, why: Option<String>) {
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.state = State::Pending;
+            if why.is_some() {
+                t.last_error = why;
+            }
+            self.queues
+                .entry(t.class.clone())
+                .or_default()
+                .insert(t.key);
+        }
+    }
+
+    /// A result for attempt `attempt` of `task`, from `worker`.
+    pub fn handle_result(
+        &mut self,
+        now: Millis,
+        worker: &WorkerId,
+        task: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> ResultDisposition {
+        let current = self.tasks.get(&task).is_some_and(|t| {
+            t.attempt == attempt
+                && matches!(&t.state, State::Assigned { worker: w, .. } if w == worker)
+        });
+        if !current {
+            self.counters.late_results += 1;
+            return ResultDisposition::Late;
+        }
+        self.assigned -= 1;
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.active.remove(&task);
+            w.last_seen = now;
+        }
+        let disposition = match outcome {
+            Outcome::Ok(output) => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.completed += 1;
+                }
+                self.finish(now, task, TaskStatus::Completed, Some(output), None);
+                ResultDisposition::Finished
+            }
+            Outcome::Err(err) => match err.kind {
+                ErrorKind::Permanent => {
+                    self.finish(now, task, TaskStatus::Failed, None, Some(err.message));
+                    ResultDisposition::Finished
+                }
+                ErrorKind::RateLimited { retry_after_ms } => {
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        w.cooldown_until = Some(now.plus(retry_after_ms.max(1)));
+                    }
+                    self.counters.requeued += 1;
+                    self.requeue(now, task, Some(err.message));
+                    ResultDisposition::Requeued
+                }
+                ErrorKind::WorkerLost => {
+                    self.counters.requeued += 1;
+                    self.requeue(now, task, Some(err.message));
+                    ResultDisposition::Requeued
+                }
+                ErrorKind::Transient | ErrorKind::Timeout => {
+                    self.fail_attempt(now, task, err.message)
+                }
+            },
+        };
+        self.schedule(now);
+        disposition
+    }
+
+    /// Counts a failed attempt; re-queues or fails the task.
+    fn fail_attempt(&mut self, now: Millis, task: TaskId, message: String) -> ResultDisposition {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return ResultDisposition::Late;
+        };
+        t.failures += 1;
+        if t.failures >= t.spec.max_attempts.max(1) {
+            let msg = format!("failed after {} attempts: {message}", t.failures);
+            self.finish(now, task, TaskStatus::Failed, None, Some(msg));
+            ResultDisposition::Finished
+        } else {
+            self.counters.requeued += 1;
+            self.requeue(now, task, Some(message));
+            ResultDisposition::Requeued
+        }
+    }
+
+    /// Cancels a live task.
+    pub fn handle_cancel(&mut self, now: Millis, task: TaskId) -> CancelResult {
+        if !self.tasks.contains_key(&task) {
+            return CancelResult::NotLive;
+        }
+        self.unassign_or_dequeue(task, true);
+        self.finish(
+            now,
+            task,
+            TaskStatus::Cancelled,
+            None,
+            Some("cancelled".to_owned()),
+        );
+        self.schedule(now);
+        CancelResult::Cancelled
+    }
+
+    /// Takes a task out of its queue or off its worker (emitting Abort when
+    /// `abort` and it was running).
+    fn unassign_or_dequeue(&mut self, task: TaskId, abort: bool) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        match std::mem::replace(&mut t.state, State::Pending) {
+            State::Pending => {
+                if let Some(q) = self.queues.get_mut(&t.class) {
+                    q.remove(&t.key);
+                }
+            }
+            State::Assigned { worker, .. } => {
+                self.assigned -= 1;
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.active.remove(&task);
+                }
+                if abort {
+                    self.actions.push_back(Action::Abort {
+                        task,
+                        attempt: t.attempt,
+                        worker,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Removes the task from the core and emits `Finished`. The caller has
+    /// already taken it out of queues and workers.
+    fn finish(
+        &mut self,
+        now: Millis,
+        task: TaskId,
+        status: TaskStatus,
+        output: Option<crate::task::TaskOutput>,
+        error: Option<String>,
+    ) {
+        let Some(t) = self.tasks.remove(&task) else {
+            return;
+        };
+        match status {
+            TaskStatus::Completed => self.counters.completed += 1,
+            TaskStatus::Failed => self.counters.failed += 1,
+            TaskStatus::Cancelled => self.counters.cancelled += 1,
+            TaskStatus::Pending | TaskStatus::Assigned => {}
+        }
+        self.actions.push_back(Action::Finished(FinishedTask {
+            id: task,
+            status,
+            task_type: t.spec.task_type.clone(),
+            priority: t.spec.priority,
+            output,
+            error: error.or(if status == TaskStatus::Failed {
+                t.last_error
+            } else {
+                None
+            }),
+            worker: t.last_worker,
+            attempts: t.attempt,
+            created_at: t.created_at,
+            completed_at: now,
+        }));
+    }
+
+    /// Fires everything due at `now`: liveness, attempt timeouts, deadlines,
+    /// cooldown ends.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let mut dead = Vec::new();
+        for (id, w) in &mut self.workers {
+            let silent = now.since(w.last_seen);
+            if silent >= self.cfg.dead_after_ms {
+                dead.push(id.clone());
+            } else if silent >= self.cfg.suspect_after_ms {
+                w.liveness = Liveness::Suspect;
+            }
+            if w.cooldown_until.is_some_and(|t| t <= now) {
+                w.cooldown_until = None;
+            }
+        }
+        for id in dead {
+            self.remove_worker(now, &id);
+            self.actions.push_back(Action::DisconnectWorker(id));
+        }
+        while let Some((at, timer)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::AttemptExpiry(task, attempt) => {
+                    let due = self.tasks.get(&task).is_some_and(|t| {
+                        t.attempt == attempt
+                            && matches!(t.state, State::Assigned { expires, .. } if expires <= now)
+                    });
+                    if due {
+                        self.unassign_or_dequeue(task, true);
+                        self.fail_attempt(now, task, format!("attempt {attempt} timed out"));
+                    }
+                }
+                Timer::Deadline(task) => {
+                    if self.tasks.contains_key(&task) {
+                        self.unassign_or_dequeue(task, true);
+                        self.finish(
+                            now,
+                            task,
+                            TaskStatus::Failed,
+                            None,
+                            Some("deadline exceeded".to_owned()),
+                        );
+                    }
+                }
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// The next instant [`Scheduler::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let timers = self.timers.first().map(|(at, _)| *at);
+        let workers = self
+            .workers
+            .values()
+            .flat_map(|w| {
+                let liveness = match w.liveness {
+                    Liveness::Alive => w.last_seen.plus(self.cfg.suspect_after_ms),
+                    Liveness::Suspect => w.last_seen.plus(self.cfg.dead_after_ms),
+                };
+                [Some(liveness), w.cooldown_until]
+            })
+            .flatten()
+            .min();
+        timers.into_iter().chain(workers).min()
+    }
+
+    /// The next thing the shell must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Assigns queued tasks while some eligible worker has a free slot.
+    fn schedule(&mut self, now: Millis) {
+        loop {
+            let mut best: Option<(QueueKey, ClassKey, WorkerId)> = None;
+            for (class, queue) in &self.queues {
+                let Some(head) = queue.first() else { continue };
+                if best.as_ref().is_some_and(|(k, _, _)| k <= head) {
+                    continue;
+                }
+                if let Some(worker) = self.pick_worker(class, now) {
+                    best = Some((*head, class.clone(), worker));
+                }
+            }
+            let Some((key, class, worker)) = best else {
+                break;
+            };
+            if let Some(q) = self.queues.get_mut(&class) {
+                q.remove(&key);
+            }
+            self.assign(now, key.1, worker);
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+    }
+
+    /// Least-loaded eligible worker: lowest active/slots, then most free
+    /// slots, then fewest dispatches so far (spreads ties), then id.
+    fn pick_worker(&self, class: &ClassKey, now: Millis) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.can_take(class, now))
+            .min_by(|(ia, a), (ib, b)| {
+                let la = a.active.len() as u64 * u64::from(b.caps.slots);
+                let lb = b.active.len() as u64 * u64::from(a.caps.slots);
+                let free_a = u64::from(a.caps.slots) - a.active.len() as u64;
+                let free_b = u64::from(b.caps.slots) - b.active.len() as u64;
+                la.cmp(&lb)
+                    .then(free_b.cmp(&free_a))
+                    .then(a.dispatched.cmp(&b.dispatched))
+                    .then(ia.cmp(ib))
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    fn assign(&mut self, now: Millis, task: TaskId, worker: WorkerId) {
+        let (Some(t), Some(w)) = (self.tasks.get_mut(&task), self.workers.get_mut(&worker)) else {
+            return;
+        };
+        t.attempt += 1;
+        let expires = now.plus(t.spec.attempt_timeout_ms.max(1));
+        t.state = State::Assigned {
+            worker: worker.clone(),
+            expires,
+        };
+        t.last_worker = Some(worker.clone());
+        w.active.insert(task);
+        w.dispatched += 1;
+        self.assigned += 1;
+        self.timers
+            .insert((expires, Timer::AttemptExpiry(task, t.attempt)));
+        self.actions.push_back(Action::Dispatch {
+            task,
+            attempt: t.attempt,
+            worker,
+            spec: t.spec.clone(),
+        });
+    }
+
+    /// A live task, if the core holds it.
+    pub fn task(&self, id: TaskId) -> Option<TaskView> {
+        self.tasks.get(&id).map(|t| TaskView {
+            status: match t.state {
+                State::Pending => TaskStatus::Pending,
+                State::Assigned { .. } => TaskStatus::Assigned,
+            },
+            spec: t.spec.clone(),
+            worker: match &t.state {
+                State::Assigned { worker, .. } => Some(worker.clone()),
+                State::Pending => None,
+            },
+            attempts: t.attempt,
+            created_at: t.created_at,
+        })
+    }
+
+    /// All connected workers.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.workers
+            .iter()
+            .map(|(id, w)| WorkerView {
+                id: id.clone(),
+                caps: w.caps.clone(),
+                liveness: w.liveness,
+                draining: w.draining,
+                active: w.active.len() as u32,
+                completed: w.completed,
+                connected_at: w.connected_at,
+                last_seen: w.last_seen,
+                cooldown_until: w.cooldown_until,
+            })
+            .collect()
+    }
+
+    /// True when `id` is connected.
+    pub fn has_worker(&self, id: &WorkerId) -> bool {
+        self.workers.contains_key(id)
+    }
+
+    /// Aggregate figures.
+    pub fn stats(&self) -> Stats {
+        let mut by_type = BTreeMap::new();
+        for w in self.workers.values() {
+            *by_type.entry(w.caps.worker_type.clone()).or_insert(0) += 1;
+        }
+        Stats {
+            workers_total: self.workers.len(),
+            workers_online: self
+                .workers
+                .values()
+                .filter(|w| w.liveness == Liveness::Alive && !w.draining)
+                .count(),
+            workers_busy: self
+                .workers
+                .values()
+                .filter(|w| !w.active.is_empty())
+                .count(),
+            by_type,
+            pending: self.tasks.len() - self.assigned,
+            assigned: self.assigned,
+            counters: self.counters,
+        }
+    }
+
+    /// Checks internal invariants; used by tests after every step.
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let mut assigned = 0;
+        for (id, t) in &self.tasks {
+            match &t.state {
+                State::Pending => {
+                    assert!(
+                        self.queues
+                            .get(&t.class)
+                            .is_some_and(|q| q.contains(&t.key)),
+                        "pending task {id} not queued"
+                    );
+                }
+                State::Assigned { worker, .. } => {
+                    assigned += 1;
+                    let w = self
+                        .workers
+                        .get(worker)
+                        .expect("assigned to a known worker");
+                    assert!(w.active.contains(id));
+                }
+            }
+        }
+        assert_eq!(assigned, self.assigned);
+        let queued: usize = self.queues.values().map(BTreeSet::len).sum();
+        assert_eq!(queued + assigned, self.tasks.len());
+        for w in self.workers.values() {
+            assert!(w.active.len() as u64 <= u64::from(w.caps.slots));
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! Scheduler tests, driven with a fake clock.
+
+use super::*;
+use crate::task::{ChatRequest, TaskError, TaskOutput, Usage};
+use proptest::prelude::*;
+use std::collections::HashSet;
+
+fn spec(task_type: &str, priority: u8) -> Arc<TaskSpec> {
+    Arc::new(TaskSpec {
+        task_type: task_type.to_owned(),
+        priority,
+        request: ChatRequest::default(),
+        max_attempts: 3,
+        attempt_timeout_ms: 60_000,
+        deadline: None,
+        agent_id: None,
+    })
+}
+
+fn caps(worker_type: &str, slots: u32) -> Capabilities {
+    Capabilities {
+        worker_type: worker_type.to_owned(),
+        slots,
+        ..Capabilities::default()
+    }
+}
+
+fn ok() -> Outcome {
+    Outcome::Ok(TaskOutput {
+        content: "x".into(),
+        provider: "echo".into(),
+        model: "echo".into(),
+        usage: Usage::default(),
+    })
+}
+
+fn err(kind: ErrorKind) -> Outcome {
+    Outcome::Err(TaskError {
+        kind,
+        message: "boom".into(),
+    })
+}
+
+fn w(s: &str) -> WorkerId {
+    WorkerId(s.to_owned())
+}
+
+fn drain(s: &mut Scheduler) -> Vec<Action> {
+    std::iter::from_fn(|| s.poll_action()).collect()
+}
+
+fn dispatches(actions: &[Action]) -> Vec<(TaskId, u32, WorkerId)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch {
+                task,
+                attempt,
+                worker,
+                ..
+            } => Some((*task, *attempt, worker.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(actions: &[Action]) -> Vec<FinishedTask> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Finished(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sched() -> Scheduler {
+    Scheduler::new(SchedulerConfig::lan(), Counters::default())
+}
+
+#[test]
+fn happy_path_dispatches_and_finishes_once() {
+    let mut s = sched();
+    let t0 = Millis(1_000);
+    s.handle_worker_up(t0, w("a"), caps("echo", 1));
+    s.handle_submit(t0, TaskId(1), spec("agent_action", 5), t0);
+    let d = dispatches(&drain(&mut s));
+    assert_eq!(d, vec![(TaskId(1), 1, w("a"))]);
+    assert_eq!(
+        s.task(TaskId(1)).expect("live").status,
+        TaskStatus::Assigned
+    );
+    assert_eq!(
+        s.handle_result(Millis(1_010), &w("a"), TaskId(1), 1, ok()),
+        ResultDisposition::Finished
+    );
+    let f = finished(&drain(&mut s));
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].status, TaskStatus::Completed);
+    assert_eq!(f[0].worker, Some(w("a")));
+    assert_eq!(f[0].attempts, 1);
+    // A duplicate result is late and counted.
+    assert_eq!(
+        s.handle_result(Millis(1_020), &w("a"), TaskId(1), 1, ok()),
+        ResultDisposition::Late
+    );
+    assert_eq!(s.stats().counters.late_results, 1);
+    assert_eq!(s.stats().counters.completed, 1);
+    s.check_invariants();
+}
+
+#[test]
+fn priority_order_then_fifo() {
+    let mut s = sched();
+    let t0 = Millis(1_000_000);
+    for (id, p) in [(1, 1), (2, 10), (3, 5), (4, 10), (5, 5)] {
+        s.handle_submit(t0, TaskId(id), spec("agent_action", p), t0.plus(id));
+    }
+    s.handle_worker_up(t0, w("a"), caps("echo", 1));
+    let mut order = Vec::new();
+    let mut now = t0;
+    for _ in 0..5 {
+        let d = dispatches(&drain(&mut s));
+        assert_eq!(d.len(), 1);
+        order.push(d[0].0.0);
+        now = now.plus(1);
+        s.handle_result(now, &w("a"), d[0].0, d[0].1, ok());
+    }
+    assert_eq!(order, vec![2, 4, 3, 5, 1]);
+}
+
+#[test]
+fn aging_lets_an_old_low_priority_task_overtake() {
+    let mut s = sched();
+    let step = SchedulerConfig::lan().aging_step_ms;
+    let t0 = Millis(10_000_000);
+    s.handle_submit(t0, TaskId(1), spec("agent_action", 1), t0);
+    // Nine levels of priority difference = 9 aging steps of waiting.
+    let later = t0.plus(9 * step + 1);
+    s.handle_submit(later, TaskId(2), spec("agent_action", 10), later);
+    s.handle_worker_up(later, w("a"), caps("echo", 1));
+    let d = dispatches(&drain(&mut s));
+    assert_eq!(d[0].0, TaskId(1), "the starving task goes first");
+}
+
+#[test]
+fn routing_keeps_heavy_tasks_off_light_workers_without_blocking_others() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    s.handle_worker_up(t0, w("light"), caps("groq", 4));
+    s.handle_submit(t0, TaskId(1), spec("code_generation", 10), t0);
+    s.handle_submit(t0, TaskId(2), spec("agent_action", 1), t0);
+    let d = dispatches(&drain(&mut s));
+    assert_eq!(d, vec![(TaskId(2), 1, w("light"))]);
+    s.handle_worker_up(t0, w("gpu"), caps("deepseek_gpu", 1));
+    let d = dispatches(&drain(&mut s));
+    assert_eq!(d, vec![(TaskId(1), 1, w("gpu"))]);
+    s.check_invariants();
+}
+
+#[test]
+fn least_loaded_worker_wins() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    s.handle_worker_up(t0, w("a"), caps("echo", 2));
+    s.handle_worker_up(t0, w("b"), caps("echo", 2));
+    for i in 1..=4 {
+        s.handle_submit(t0, TaskId(i), spec("agent_action", 5), t0);
+    }
+    let d = dispatches(&drain(&mut s));
+    let on_a = d.iter().filter(|x| x.2 == w("a")).count();
+    assert_eq!((d.len(), on_a), (4, 2));
+    s.handle_submit(t0, TaskId(5), spec("agent_action", 5), t0);
+    assert!(
+        dispatches(&drain(&mut s)).is_empty(),
+        "no free slot anywhere"
+    );
+    assert_eq!(s.stats().pending, 1);
+    s.check_invariants();
+}
+
+#[test]
+fn dead_worker_tasks_move_elsewhere_without_consuming_attempts() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    s.handle_worker_up(t0, w("a"), caps("echo", 1));
+    s.handle_submit(t0, TaskId(1), spec("agent_action", 5), t0);
+    assert_eq!(dispatches(&drain(&mut s))[0].2, w("a"));
+    s.handle_worker_up(t0, w("b"), caps("echo", 1));
+    // b keeps heartbeating; a goes silent.
+    let mut now = t0;
+    let mut moved = None;
+    while now.0 < 10_000 {
+        now = s
+            .poll_timeout()
+            .expect("timer")
+            .max(now.plus(1))
+            .min(now.plus(500));
+        s.handle_heartbeat(now, &w("b"));
+        s.handle_timeout(now);
+        let acts = drain(&mut s);
+        if let Some(d) = dispatches(&acts).first() {
+            assert!(acts.contains(&Action::DisconnectWorker(w("a"))));
+            moved = Some((now, d.clone()));
+            break;
+        }
+    }
+    let (at, d) = moved.expect("re-dispatched");
+    assert!(at.0 <= 5_000, "dead worker noticed in {} ms", at.0);
+    assert_eq!(d, (TaskId(1), 2, w("b")));
+    // The dead worker's late result is ignored.
+    assert_eq!(
+        s.handle_result(now, &w("a"), TaskId(1), 1, ok()),
+        ResultDisposition::Late
+    );
+    assert_eq!(
+        s.handle_result(now, &w("b"), TaskId(1), 2, ok()),
+        ResultDisposition::Finished
+    );
+    s.check_invariants();
+}
+
+#[test]
+fn suspect_worker_gets_no_new_tasks() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 4));
+    s.handle_timeout(Millis(2_000));
+    assert_eq!(s.workers()[0].liveness, Liveness::Suspect);
+    s.handle_submit(
+        Millis(2_000),
+        TaskId(1),
+        spec("agent_action", 5),
+        Millis(2_000),
+    );
+    assert!(dispatches(&drain(&mut s)).is_empty());
+    s.handle_heartbeat(Millis(2_100), &w("a"));
+    assert_eq!(dispatches(&drain(&mut s)).len(), 1);
+}
+
+#[test]
+fn transient_errors_consume_attempts_then_fail() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    for attempt in 1..=3 {
+        let d = dispatches(&drain(&mut s));
+        assert_eq!(d, vec![(TaskId(1), attempt, w("a"))]);
+        s.handle_result(
+            Millis(attempt.into()),
+            &w("a"),
+            TaskId(1),
+            attempt,
+            err(ErrorKind::Transient),
+        );
+    }
+    let f = finished(&drain(&mut s));
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].status, TaskStatus::Failed);
+    assert!(
+        f[0].error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("3 attempts")
+    );
+}
+
+#[test]
+fn permanent_error_fails_at_once_and_rate_limit_does_not_count() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    for attempt in 1..=5 {
+        drain(&mut s);
+        s.handle_result(
+            Millis(u64::from(attempt) * 1_000),
+            &w("a"),
+            TaskId(1),
+            attempt,
+            err(ErrorKind::RateLimited {
+                retry_after_ms: 100,
+            }),
+        );
+        // Cooling down: nothing dispatched until the cooldown ends.
+        assert!(dispatches(&drain(&mut s)).is_empty());
+        assert_eq!(
+            s.poll_timeout(),
+            Some(Millis(u64::from(attempt) * 1_000 + 100))
+        );
+        s.handle_heartbeat(Millis(u64::from(attempt) * 1_000 + 100), &w("a"));
+        s.handle_timeout(Millis(u64::from(attempt) * 1_000 + 100));
+    }
+    let d = dispatches(&drain(&mut s));
+    assert_eq!(d, vec![(TaskId(1), 6, w("a"))]);
+    s.handle_result(
+        Millis(6_000),
+        &w("a"),
+        TaskId(1),
+        6,
+        err(ErrorKind::Permanent),
+    );
+    let f = finished(&drain(&mut s));
+    assert_eq!(
+        (f[0].status, f[0].error.as_deref()),
+        (TaskStatus::Failed, Some("boom"))
+    );
+}
+
+#[test]
+fn attempt_timeout_aborts_and_retries() {
+    let mut s = sched();
+    let mut sp = (*spec("agent_action", 5)).clone();
+    sp.attempt_timeout_ms = 1_000;
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
+    s.handle_submit(Millis(0), TaskId(1), Arc::new(sp), Millis(0));
+    drain(&mut s);
+    s.handle_heartbeat(Millis(1_000), &w("a"));
+    s.handle_timeout(Millis(1_000));
+    let acts = drain(&mut s);
+    assert!(acts.contains(&Action::Abort {
+        task: TaskId(1),
+        attempt: 1,
+        worker: w("a")
+    }));
+    assert_eq!(dispatches(&acts), vec![(TaskId(1), 2, w("a"))]);
+}
+
+#[test]
+fn deadline_fails_a_pending_task() {
+    let mut s = sched();
+    let mut sp = (*spec("agent_action", 5)).clone();
+    sp.deadline = Some(Millis(500));
+    s.handle_submit(Millis(0), TaskId(1), Arc::new(sp), Millis(0));
+    assert_eq!(s.poll_timeout(), Some(Millis(500)));
+    s.handle_timeout(Millis(500));
+    let f = finished(&drain(&mut s));
+    assert_eq!(
+        (f[0].status, f[0].error.as_deref()),
+        (TaskStatus::Failed, Some("deadline exceeded"))
+    );
+    s.check_invariants();
+}
+
+#[test]
+fn cancel_pending_and_running() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    s.handle_submit(Millis(0), TaskId(2), spec("agent_action", 5), Millis(0));
+    drain(&mut s);
+    assert_eq!(
+        s.handle_cancel(Millis(1), TaskId(2)),
+        CancelResult::Cancelled
+    );
+    assert_eq!(
+        s.handle_cancel(Millis(1), TaskId(1)),
+        CancelResult::Cancelled
+    );
+    let acts = drain(&mut s);
+    assert!(acts.contains(&Action::Abort {
+        task: TaskId(1),
+        attempt: 1,
+        worker: w("a")
+    }));
+    assert_eq!(finished(&acts).len(), 2);
+    assert_eq!(s.handle_cancel(Millis(1), TaskId(1)), CancelResult::NotLive);
+    assert_eq!(
+        s.handle_result(Millis(2), &w("a"), TaskId(1), 1, ok()),
+        ResultDisposition::Late
+    );
+    s.check_invariants();
+}
+
+#[test]
+fn draining_worker_keeps_its_task_but_gets_no_more() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 2));
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    drain(&mut s);
+    s.handle_drain(Millis(1), &w("a"));
+    s.handle_submit(Millis(1), TaskId(2), spec("agent_action", 5), Millis(1));
+    assert!(dispatches(&drain(&mut s)).is_empty());
+    assert_eq!(
+        s.handle_result(Millis(2), &w("a"), TaskId(1), 1, ok()),
+        ResultDisposition::Finished
+    );
+    assert_eq!(s.stats().workers_online, 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(u8, bool),
+    WorkerUp(u8, u8),
+    WorkerDown(u8),
+    Heartbeat(u8),
+    ResultCurrent(usize, u8),
+    ResultStale(usize),
+    Cancel(usize),
+    Tick(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u8..=10, any::<bool>()).prop_map(|(p, heavy)| Op::Submit(p, heavy)),
+        1 => (0u8..4, 1u8..4).prop_map(|(w, s)| Op::WorkerUp(w, s)),
+        1 => (0u8..4).prop_map(Op::WorkerDown),
+        2 => (0u8..4).prop_map(Op::Heartbeat),
+        4 => (any::<usize>(), 0u8..4).prop_map(|(i, k)| Op::ResultCurrent(i, k)),
+        1 => any::<usize>().prop_map(Op::ResultStale),
+        1 => any::<usize>().prop_map(Op::Cancel),
+        2 => (1u16..4_000).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Under any interleaving, no task is lost or finished twice, and once
+    /// workers stay healthy every remaining task finishes.
+    #[test]
+    fn no_task_lost_or_duplicated(ops in proptest::collection::vec(op(), 1..200)) {
+        let mut s = sched();
+        let mut now = Millis(1_000);
+        let mut next_id = 1u64;
+        let mut submitted = HashSet::new();
+        let mut done: HashSet<TaskId> = HashSet::new();
+        // (task, attempt, worker) of dispatches not yet answered.
+        let mut running: Vec<(TaskId, u32, WorkerId)> = Vec::new();
+        let mut stale: Vec<(TaskId, u32, WorkerId)> = Vec::new();
+        let kinds = ["echo", "gemini"];
+
+        let absorb = |s: &mut Scheduler, running: &mut Vec<(TaskId, u32, WorkerId)>, stale: &mut Vec<(TaskId, u32, WorkerId)>, done: &mut HashSet<TaskId>| {
+            for a in drain(s) {
+                match a {
+                    Action::Dispatch { task, attempt, worker, .. } => running.push((task, attempt, worker)),
+                    Action::Finished(f) => {
+                        prop_assert!(done.insert(f.id), "task {} finished twice", f.id);
+                        running.retain(|r| r.0 != f.id);
+                    }
+                    Action::Abort { task, attempt, .. } => {
+                        if let Some(pos) = running.iter().position(|r| r.0 == task && r.1 == attempt) {
+                            stale.push(running.remove(pos));
+                        }
+                    }
+                    Action::DisconnectWorker(w) => {
+                        let (gone, keep): (Vec<_>, Vec<_>) = running.drain(..).partition(|r| r.2 == w);
+                        *running = keep;
+                        stale.extend(gone);
+                    }
+                }
+            }
+            Ok(())
+        };
+
+        for op in ops {
+            match op {
+                Op::Submit(p, heavy) => {
+                    let id = TaskId(next_id);
+                    next_id += 1;
+                    submitted.insert(id);
+                    let t = if heavy { "code_generation" } else { "agent_action" };
+                    s.handle_submit(now, id, spec(t, p), now);
+                }
+                Op::WorkerUp(i, slots) => {
+                    let id = w(&format!("w{i}"));
+                    let (gone, keep): (Vec<_>, Vec<_>) = running.drain(..).partition(|r| r.2 == id);
+                    running = keep;
+                    stale.extend(gone);
+                    s.handle_worker_up(now, id, caps(kinds[usize::from(i) % 2], u32::from(slots)));
+                }
+                Op::WorkerDown(i) => {
+                    let id = w(&format!("w{i}"));
+                    let (gone, keep): (Vec<_>, Vec<_>) = running.drain(..).partition(|r| r.2 == id);
+                    running = keep;
+                    stale.extend(gone);
+                    s.handle_worker_down(now, &id);
+                }
+                Op::Heartbeat(i) => s.handle_heartbeat(now, &w(&format!("w{i}"))),
+                Op::ResultCurrent(i, k) => {
+                    if !running.is_empty() {
+                        let (task, attempt, worker) = running.remove(i % running.len());
+                        let outcome = match k {
+                            0 => err(ErrorKind::Transient),
+                            1 => err(ErrorKind::WorkerLost),
+                            2 => err(ErrorKind::RateLimited { retry_after_ms: 50 }),
+                            _ => ok(),
+                        };
+                        let d = s.handle_result(now, &worker, task, attempt, outcome);
+                        prop_assert_ne!(d, ResultDisposition::Late);
+                    }
+                }
+                Op::ResultStale(i) => {
+                    if !stale.is_empty() {
+                        let (task, attempt, worker) = stale[i % stale.len()].clone();
+                        prop_assert_eq!(s.handle_result(now, &worker, task, attempt, ok()), ResultDisposition::Late);
+                    }
+                }
+                Op::Cancel(i) => {
+                    if next_id > 1 {
+                        let id = TaskId(1 + (i as u64 % (next_id - 1)));
+                        let r = s.handle_cancel(now, id);
+                        prop_assert_eq!(r == CancelResult::Cancelled, !done.contains(&id));
+                    }
+                }
+                Op::Tick(ms) => {
+                    now = now.plus(u64::from(ms));
+                    s.handle_timeout(now);
+                }
+            }
+            absorb(&mut s, &mut running, &mut stale, &mut done)?;
+            s.check_invariants();
+        }
+
+        // Settle: two healthy workers of each kind answer everything.
+        for i in 10..12u8 {
+            for k in kinds {
+                s.handle_worker_up(now, w(&format!("{k}{i}")), caps(k, 2));
+            }
+        }
+        for _ in 0..10_000 {
+            absorb(&mut s, &mut running, &mut stale, &mut done)?;
+            if let Some((task, attempt, worker)) = running.pop() {
+                s.handle_result(now, &worker, task, attempt, ok());
+            } else {
+                now = now.plus(100);
+                for id in s.workers().into_iter().map(|v| v.id) {
+                    s.handle_heartbeat(now, &id);
+                }
+                s.handle_timeout(now);
+                absorb(&mut s, &mut running, &mut stale, &mut done)?;
+                if running.is_empty() {
+                    break;
+                }
+            }
+        }
+        s.check_invariants();
+        prop_assert_eq!(done, submitted, "every task finished exactly once");
+        prop_assert_eq!(s.stats().pending + s.stats().assigned, 0);
+    }
+}

@@ -1,0 +1,227 @@
+//! The data every layer shares: what a task asks for and what came of it.
+//! Plain serde types, no behaviour; `core`, `wire`, `store` and `http` all
+//! speak them. They travel over bincode, so nothing here may need
+//! `deserialize_any` (no `serde_json::Value`, no untagged enums).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a task. Allocated by the store, monotonic, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Identifies a worker: a DNS label issued at enrollment and fixed in its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkerId(pub String);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Milliseconds on the orchestrator's clock (Unix epoch, made monotonic by the
+/// shell). The core never reads a clock; everything time-related is passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// `self + ms`, saturating.
+    pub fn plus(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+    /// `self - earlier` in ms, 0 if `earlier` is later.
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// Lowest and highest task priority (10 is the most urgent).
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<u8> = 1..=10;
+/// Priority when the client names none (the original project's default).
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The cluster's one request type; providers translate it to vendor formats.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// A model name, or `None` for the worker's default.
+    pub model: Option<String>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Upper bound on generated tokens.
+    pub max_tokens: Option<u32>,
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Task type; decides which workers may run it (see `core::Routing`).
+    pub task_type: String,
+    /// Priority 1..=10, 10 most urgent.
+    pub priority: u8,
+    /// The chat to run.
+    pub request: ChatRequest,
+    /// Attempts that may fail before the task fails (worker loss and rate
+    /// limits do not count).
+    pub max_attempts: u32,
+    /// Time one attempt may take before it is abandoned and retried elsewhere.
+    pub attempt_timeout_ms: u64,
+    /// Absolute deadline; past it the task fails wherever it is.
+    pub deadline: Option<Millis>,
+    /// Agent the task was submitted for, if any.
+    pub agent_id: Option<String>,
+}
+
+/// Token counts a provider reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Generated tokens.
+    pub completion_tokens: u32,
+}
+
+/// A successful result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    /// Generated text.
+    pub content: String,
+    /// Provider that produced it (`echo`, `groq`, …).
+    pub provider: String,
+    /// Model that produced it.
+    pub model: String,
+    /// Token usage.
+    pub usage: Usage,
+}
+
+/// How a failure steers the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request itself is bad (vendor said 4xx): fail the task.
+    Permanent,
+    /// Worth retrying elsewhere (5xx, timeout, connection): consumes an attempt.
+    Transient,
+    /// Rate limited: retry elsewhere without consuming an attempt; the worker
+    /// cools down for `retry_after_ms`.
+    RateLimited {
+        /// How long the worker's provider should rest.
+        retry_after_ms: u64,
+    },
+    /// The worker vanished mid-task: not the task's fault, no attempt consumed.
+    WorkerLost,
+    /// The attempt exceeded its timeout: consumes an attempt.
+    Timeout,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Classification.
+    pub kind: ErrorKind,
+    /// Human-readable reason. Never contains secrets (providers redact).
+    pub message: String,
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Success.
+    Ok(TaskOutput),
+    /// Failure.
+    Err(TaskError),
+}
+
+/// Lifecycle state, as the HTTP API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Waiting for a worker.
+    Pending,
+    /// Running on a worker.
+    Assigned,
+    /// Finished with a result.
+    Completed,
+    /// Finished without a result.
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// The lowercase name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Assigned => "assigned",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A task that reached a final state; what the store keeps as its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinishedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Completed, Failed or Cancelled.
+    pub status: TaskStatus,
+    /// Task type.
+    pub task_type: String,
+    /// Priority it ran at.
+    pub priority: u8,
+    /// The output when completed.
+    pub output: Option<TaskOutput>,
+    /// Why it failed, when failed.
+    pub error: Option<String>,
+    /// Worker of the final attempt.
+    pub worker: Option<WorkerId>,
+    /// Attempts dispatched.
+    pub attempts: u32,
+    /// When it was submitted.
+    pub created_at: Millis,
+    /// When it finished.
+    pub completed_at: Millis,
+}
+
+/// What a worker offers; sent in `Hello`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The original project's worker type (`groq`, `gemini`, `claude`,
+    /// `deepseek_gpu`, or a provider name such as `echo`).
+    pub worker_type: String,
+    /// Provider kinds configured on the worker (never keys).
+    pub providers: Vec<String>,
+    /// Models served.
+    pub models: Vec<String>,
+    /// Tasks it runs at once.
+    pub slots: u32,
+    /// Operating system.
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Total memory, MiB.
+    pub memory_mb: u64,
+    /// d8 version of the worker.
+    pub version: String,
+}

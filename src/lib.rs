@@ -6,5 +6,6 @@
 //! - [`wire`]: versioned bincode messages and framing for QUIC streams.
 
 pub mod core;
+pub mod store;
 pub mod task;
 pub mod wire;

@@ -1,0 +1,325 @@
+//! Durable state: pending tasks, results, tokens, enrolled workers, agents.
+//!
+//! Who owns what:
+//! - [`Backend`]: a synchronous store; [`RedbBackend`] on disk and
+//!   [`MemBackend`], its in-memory twin for tests.
+//! - [`Store`]: the async handle the orchestrator uses. Writes go to one
+//!   writer thread that batches every request waiting in its queue into a
+//!   single transaction (group commit), so many concurrent submits share one
+//!   fsync and durability does not cap throughput. Reads go straight to the
+//!   backend (redb reads run concurrently with the writer).
+
+mod mem;
+mod redb_backend;
+
+pub use mem::MemBackend;
+pub use redb_backend::RedbBackend;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::task::{FinishedTask, Millis, TaskId, TaskSpec, TaskStatus};
+
+/// Store failures. The message is safe to show (no secrets are stored in clear).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error("the data directory is in use by another d8 process ({0})")]
+    Locked(String),
+    /// The database failed.
+    #[error("store error: {0}")]
+    Backend(String),
+    /// A record could not be decoded (corruption or a newer format).
+    #[error("corrupt record in table {table}: {detail}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+    /// The writer thread has stopped.
+    #[error("store is shut down")]
+    Closed,
+}
+
+/// A task accepted but not finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingTask {
+    /// Id.
+    pub id: TaskId,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// Submission time (kept across restarts so queue order is kept).
+    pub created_at: Millis,
+}
+
+/// Kind of join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenKind {
+    /// The cluster's standing token printed by `d8 serve`; replaced by rotate.
+    Default,
+    /// Created by `d8 token create`, optionally with a TTL and a use limit.
+    Extra,
+}
+
+/// A join token as stored: the secret only as its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Short public id (prefix of the hash), for list and revoke.
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// Default or extra.
+    pub kind: TokenKind,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Expiry, if any.
+    pub expires_at: Option<Millis>,
+    /// Enrollments allowed, if limited.
+    pub max_uses: Option<u32>,
+    /// Enrollments so far.
+    pub uses: u32,
+    /// Revoked tokens enroll nobody.
+    pub revoked: bool,
+}
+
+/// An enrolled worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Worker id (in its certificate).
+    pub id: String,
+    /// SHA-256 of its current certificate, hex.
+    pub fingerprint: String,
+    /// Enrollment time.
+    pub enrolled_at: Millis,
+    /// Token id it enrolled with.
+    pub token_id: String,
+    /// Revoked workers cannot connect.
+    pub revoked: bool,
+}
+
+/// An agent's definition (`PUT /api/agents/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDef {
+    /// System prompt for its actions.
+    pub system_prompt: String,
+    /// Model to ask for.
+    pub model: Option<String>,
+    /// Temperature.
+    pub temperature: Option<f32>,
+    /// Task type of its actions (default `agent_action`).
+    pub task_type: Option<String>,
+}
+
+/// Totals kept across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Completed tasks.
+    pub completed: u64,
+    /// Failed tasks.
+    pub failed: u64,
+    /// Cancelled tasks.
+    pub cancelled: u64,
+}
+
+impl Totals {
+    fn count(&mut self, status: TaskStatus) {
+        match status {
+            TaskStatus::Completed => self.completed += 1,
+            TaskStatus::Failed => self.failed += 1,
+            TaskStatus::Cancelled => self.cancelled += 1,
+            TaskStatus::Pending | TaskStatus::Assigned => {}
+        }
+    }
+}
+
+/// Everything loaded at start.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Tasks to re-queue, in id order.
+    pub pending: Vec<PendingTask>,
+    /// Join tokens by id.
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Enrolled workers by id.
+    pub workers: BTreeMap<String, WorkerRecord>,
+    /// Agents by id.
+    pub agents: BTreeMap<String, AgentDef>,
+    /// Totals.
+    pub totals: Totals,
+    /// First id not yet used.
+    pub next_task_id: u64,
+}
+
+/// One change; a commit applies a batch of them atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Accept a task.
+    InsertTask(PendingTask),
+    /// A task finished: drop it from pending, keep its result, count it.
+    Finish(FinishedTask),
+    /// Create or update a token.
+    PutToken(TokenRecord),
+    /// Create or update a worker.
+    PutWorker(WorkerRecord),
+    /// Create or replace an agent.
+    PutAgent(String, AgentDef),
+    /// Drop results that finished before this instant.
+    PurgeResults {
+        /// Cut-off.
+        before: Millis,
+    },
+}
+
+/// A synchronous store.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads everything needed at start.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Applies `ops` in one atomic, durable transaction.
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// A finished task's record.
+    fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError>;
+}
+
+/// Encodes a record (bincode, the same config as the wire).
+fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn from_bytes<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    b: &[u8],
+) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt {
+            table,
+            detail: e.to_string(),
+        })
+}
+
+struct Request {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Largest number of ops folded into one transaction.
+const MAX_BATCH_OPS: usize = 8_192;
+
+/// The orchestrator's handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    tx: mpsc::Sender<Request>,
+    next_id: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Starts the writer thread over `backend`; returns the handle and what was stored.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<(Store, Snapshot), StoreError> {
+        let snapshot = backend.load()?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_backend = backend.clone();
+        let writer_commits = commits.clone();
+        std::thread::Builder::new()
+            .name("d8-store".into())
+            .spawn(move || writer(writer_backend.as_ref(), &rx, &writer_commits))
+            .map_err(|e| StoreError::Backend(format!("cannot start store thread: {e}")))?;
+        let store = Store {
+            backend,
+            tx,
+            next_id: Arc::new(AtomicU64::new(snapshot.next_task_id.max(1))),
+            commits,
+        };
+        Ok((store, snapshot))
+    }
+
+    /// Reserves `n` consecutive task ids.
+    pub fn allocate_ids(&self, n: u64) -> u64 {
+        self.next_id.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Applies `ops` durably; returns once they are on disk.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Request {
+                ops,
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `ops` without waiting (they are committed in order with the rest).
+    pub fn enqueue(&self, ops: Vec<Op>) {
+        if self.tx.send(Request { ops, done: None }).is_err() {
+            tracing::error!("store is shut down; dropped a write");
+        }
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.commit(Vec::new()).await
+    }
+
+    /// A finished task's record.
+    pub fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
+        self.backend.result(id)
+    }
+
+    /// Transactions committed so far (for the group-commit benchmark figure).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+fn writer(backend: &dyn Backend, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut n = batch[0].ops.len();
+        while n < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(r) => {
+                    n += r.ops.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<Op> = batch.iter_mut().flat_map(|r| r.ops.drain(..)).collect();
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            let r = backend.commit(&ops);
+            commits.fetch_add(1, Ordering::Relaxed);
+            r
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, ops = ops.len(), "store commit failed");
+        }
+        for r in batch {
+            if let Some(done) = r.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

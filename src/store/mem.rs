@@ -1,0 +1,66 @@
+//! In-memory twin of the redb store, for tests: same semantics, no disk.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Backend, Op, Snapshot, StoreError};
+use crate::task::{FinishedTask, TaskId};
+
+/// A [`Backend`] in memory. `fail_commits` makes every commit fail, to test
+/// error paths.
+#[derive(Debug, Default)]
+pub struct MemBackend {
+    state: Mutex<(Snapshot, BTreeMap<TaskId, FinishedTask>)>,
+    /// When true, commits fail with a backend error.
+    pub fail_commits: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for MemBackend {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut snap = guard.0.clone();
+        snap.next_task_id = snap
+            .next_task_id
+            .max(snap.pending.last().map_or(0, |p| p.id.0 + 1))
+            .max(1);
+        Ok(snap)
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if self.fail_commits.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Backend("injected failure".into()));
+        }
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (snap, results) = &mut *guard;
+        for op in ops {
+            match op {
+                Op::InsertTask(p) => {
+                    snap.next_task_id = snap.next_task_id.max(p.id.0 + 1);
+                    snap.pending.push(p.clone());
+                    snap.pending.sort_by_key(|p| p.id);
+                }
+                Op::Finish(f) => {
+                    snap.pending.retain(|p| p.id != f.id);
+                    snap.totals.count(f.status);
+                    results.insert(f.id, f.clone());
+                }
+                Op::PutToken(t) => {
+                    snap.tokens.insert(t.id.clone(), t.clone());
+                }
+                Op::PutWorker(w) => {
+                    snap.workers.insert(w.id.clone(), w.clone());
+                }
+                Op::PutAgent(id, a) => {
+                    snap.agents.insert(id.clone(), a.clone());
+                }
+                Op::PurgeResults { before } => results.retain(|_, f| f.completed_at >= *before),
+            }
+        }
+        Ok(())
+    }
+
+    fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(guard.1.get(&id).cloned())
+    }
+}

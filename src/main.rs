@@ -1,1 +1,116 @@
-fn main() {}
+//! The `d8` binary: parse the command line, set up logging, run, map errors
+//! to exit codes (0 ok, 1 runtime error, 2 usage error).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use d8::cli::{Cli, Command};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    // One crypto provider for rustls, quinn and rcgen; must precede any TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // `.env` in the working directory; real environment variables win.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Join(args) => join(args).await,
+        Command::Status(client) => d8::admin::status(&client).await,
+        Command::Token { action, client } => d8::admin::token(&action, &client).await,
+        Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
+        Command::Bench(args) => d8::bench::run(args).await.map(|_| ()),
+    }
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix (systemd stops services with it).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
+    let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    let data_dir = cfg.data_dir.clone();
+    let orch = d8::node::orchestrator::Orchestrator::start(cfg)
+        .await
+        .context("cannot start the orchestrator")?;
+    let token = orch.join_token();
+    println!("d8 orchestrator {} is running", env!("CARGO_PKG_VERSION"));
+    println!("  QUIC (workers)   udp {}", orch.quic_addr());
+    println!("  HTTP API         http://{}", orch.http_addr());
+    println!("  data directory   {}", data_dir.display());
+    println!();
+    println!("  join token       {token}");
+    println!(
+        "                   (also in {})",
+        data_dir.join("join-token").display()
+    );
+    println!("  HTTP API key     {}", orch.api_key());
+    println!(
+        "                   (also in {})",
+        data_dir.join("api-key").display()
+    );
+    println!();
+    println!(
+        "  on each worker:  d8 join <this-machine's-address>:{} --token {token} --provider echo",
+        orch.quic_addr().port()
+    );
+    stop_signal().await;
+    eprintln!("stopping …");
+    orch.shutdown().await;
+    Ok(())
+}
+
+async fn join(args: d8::cli::JoinArgs) -> Result<()> {
+    let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let drain = shutdown.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        drain.cancel();
+        // A second Ctrl-C leaves at once; unfinished tasks are re-queued by the orchestrator.
+        stop_signal().await;
+        eprintln!("forced exit");
+        std::process::exit(130);
+    });
+    d8::node::worker::run(cfg, shutdown).await?;
+    Ok(())
+}

@@ -68,6 +68,8 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Upper bound on generated tokens.
     pub max_tokens: Option<u32>,
+    /// Forward text deltas as they are generated (worker → orchestrator chunks).
+    pub stream: bool,
 }
 
 /// What a client asked for.

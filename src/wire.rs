@@ -219,6 +219,7 @@ mod tests {
                 model: Some("m".into()),
                 temperature: Some(0.5),
                 max_tokens: None,
+                stream: true,
             },
             max_attempts: 3,
             attempt_timeout_ms: 1000,

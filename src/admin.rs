@@ -1,0 +1,211 @@
+//! Commands that talk to a running orchestrator over its HTTP API:
+//! `d8 status`, `d8 token …`, `d8 workers …`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::cli::{ClientArgs, TokenAction, WorkersAction, default_data_dir};
+use crate::node::orchestrator::API_KEY_FILE;
+
+/// An authenticated HTTP client for one orchestrator.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    /// Builds a client; the key comes from the flag/env or the orchestrator's data dir.
+    pub fn new(args: &ClientArgs) -> Result<Client> {
+        let key = match &args.api_key {
+            Some(k) => k.trim().to_owned(),
+            None => {
+                let dir = args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| default_data_dir("orchestrator"));
+                let path = dir.join(API_KEY_FILE);
+                std::fs::read_to_string(&path)
+                    .map(|s| s.trim().to_owned())
+                    .with_context(|| {
+                        format!(
+                            "no API key: pass --api-key (or D8_API_KEY), or --data-dir of the orchestrator ({} not readable)",
+                            path.display()
+                        )
+                    })?
+            }
+        };
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("HTTP client")?,
+            base: args.url.trim_end_matches('/').to_owned(),
+            key,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the orchestrator at {}: {e} (is `d8 serve` running?)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = value["error"]["message"].as_str().unwrap_or("no details");
+            bail!("orchestrator answered {status}: {msg}");
+        }
+        Ok(value)
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    /// POST `path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_workers(workers: &Value) {
+    println!(
+        "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {}",
+        "WORKER", "STATUS", "TYPE", "SLOTS", "ACTIVE", "COMPLETED", "OS/ARCH"
+    );
+    for w in workers.as_array().map(Vec::as_slice).unwrap_or_default() {
+        println!(
+            "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {}/{}",
+            s(&w["worker_id"]),
+            s(&w["status"]),
+            s(&w["worker_type"]),
+            s(&w["slots"]),
+            s(&w["active_tasks"]),
+            s(&w["completed_tasks"]),
+            s(&w["os"]),
+            s(&w["arch"]),
+        );
+    }
+}
+
+/// `d8 status`.
+pub async fn status(args: &ClientArgs) -> Result<()> {
+    let c = Client::new(args)?;
+    let stats = c.get("/api/workers/stats").await?;
+    let workers = c.get("/api/workers").await?;
+    let w = &stats["workers"];
+    let t = &stats["tasks"];
+    println!("orchestrator {}", c.base);
+    println!(
+        "workers: {} total, {} online, {} busy   tasks: {} pending, {} assigned, {} completed, {} failed   success rate {}%",
+        s(&w["total"]),
+        s(&w["online"]),
+        s(&w["busy"]),
+        s(&t["pending"]),
+        s(&t["assigned"]),
+        s(&t["completed"]),
+        s(&t["failed"]),
+        s(&stats["performance"]["success_rate"]),
+    );
+    println!();
+    print_workers(&workers);
+    Ok(())
+}
+
+/// `d8 token …`.
+pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
+    let c = Client::new(args)?;
+    match action {
+        TokenAction::Create { ttl, max_uses } => {
+            let v = c
+                .post(
+                    "/api/tokens",
+                    serde_json::json!({ "ttl_secs": ttl.map(|d| d.as_secs().max(1)), "max_uses": max_uses }),
+                )
+                .await?;
+            println!("{}", s(&v["token"]));
+            eprintln!(
+                "token id {} (expires: {}, max uses: {}); shown once, store it safely",
+                s(&v["id"]),
+                s(&v["expires_at"]),
+                s(&v["max_uses"])
+            );
+        }
+        TokenAction::List => {
+            let v = c.get("/api/tokens").await?;
+            println!(
+                "{:<14} {:<8} {:>6} {:>9} {:<8}",
+                "ID", "KIND", "USES", "MAX_USES", "STATE"
+            );
+            for t in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+                let state = if t["revoked"].as_bool().unwrap_or(false) {
+                    "revoked".to_owned()
+                } else {
+                    match t["expires_at"].as_u64() {
+                        Some(e) if e <= crate::node::now_millis().0 => "expired".to_owned(),
+                        Some(e) => format!("expires {}", crate::http::rfc3339(e)),
+                        None => "active".to_owned(),
+                    }
+                };
+                println!(
+                    "{:<14} {:<8} {:>6} {:>9} {}",
+                    s(&t["id"]),
+                    s(&t["kind"]),
+                    s(&t["uses"]),
+                    s(&t["max_uses"]),
+                    state
+                );
+            }
+        }
+        TokenAction::Revoke { id } => {
+            let v = c.delete(&format!("/api/tokens/{id}")).await?;
+            println!("revoked token {}", s(&v["id"]));
+        }
+        TokenAction::Rotate => {
+            let v = c.post("/api/tokens/rotate", serde_json::json!({})).await?;
+            println!("{}", s(&v["token"]));
+            eprintln!(
+                "the previous join token no longer enrolls workers (enrolled workers are unaffected)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `d8 workers …`.
+pub async fn workers(action: &WorkersAction, args: &ClientArgs) -> Result<()> {
+    let c = Client::new(args)?;
+    match action {
+        WorkersAction::List => print_workers(&c.get("/api/workers").await?),
+        WorkersAction::Revoke { id } => {
+            c.delete(&format!("/api/workers/{id}")).await?;
+            println!("revoked worker {id}; it was disconnected and can no longer connect");
+        }
+    }
+    Ok(())
+}

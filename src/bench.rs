@@ -1,0 +1,368 @@
+//! `d8 bench`: starts a real cluster on loopback — the orchestrator and N echo
+//! workers as separate `d8` processes — and measures it through the HTTP API.
+//!
+//! Figures:
+//! - throughput: `--tasks` tasks submitted in batches of `--batch` by
+//!   `--clients` concurrent HTTP clients; tasks/s from first submit to last result;
+//! - latency: on the idle cluster, `--samples` sequential single-task submits,
+//!   each followed by a long-poll for its result (submit → result, p50/p99);
+//! - orchestrator peak RSS (Linux: VmHWM; elsewhere sampled with sysinfo).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// `d8 bench` flags.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub workers: Vec<usize>,
+    /// Tasks per throughput run.
+    #[arg(long, default_value_t = 10_000)]
+    pub tasks: usize,
+    /// Tasks per batch request.
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Concurrent HTTP clients submitting batches.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 64)]
+    pub slots: u32,
+    /// Sequential latency samples on the idle cluster.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Scratch directory (default: a new temp dir, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// Workers.
+    pub workers: usize,
+    /// Tasks in the throughput run.
+    pub tasks: usize,
+    /// Tasks per second.
+    pub tasks_per_sec: f64,
+    /// Idle submit→result median, ms.
+    pub p50_ms: f64,
+    /// Idle submit→result 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Orchestrator peak RSS, MiB.
+    pub peak_rss_mb: f64,
+}
+
+struct Cluster {
+    orchestrator: Child,
+    workers: Vec<Child>,
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Cluster {
+    async fn start(dir: &Path, n: usize, slots: u32) -> Result<Cluster> {
+        let exe = std::env::current_exe().context("locating the d8 binary")?;
+        let port = free_port()?;
+        let odir = dir.join("orchestrator");
+        let orchestrator = Command::new(&exe)
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--data-dir",
+            ])
+            .arg(&odir)
+            .env("D8_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting d8 serve")?;
+        let key_file = odir.join("api-key");
+        let token_file = odir.join("join-token");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(key_file.exists() && token_file.exists()) {
+            if Instant::now() > deadline {
+                bail!("orchestrator did not start within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let key = std::fs::read_to_string(&key_file)?.trim().to_owned();
+        let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+        let mut workers = Vec::new();
+        for i in 0..n {
+            workers.push(
+                Command::new(&exe)
+                    .args([
+                        "join",
+                        &format!("127.0.0.1:{port}"),
+                        "--provider",
+                        "echo",
+                        "--slots",
+                        &slots.to_string(),
+                    ])
+                    .args(["--worker-id", &format!("bench-{i}"), "--data-dir"])
+                    .arg(dir.join(format!("w{i}")))
+                    .env("D8_TOKEN", &token)
+                    .env("D8_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("starting d8 join")?,
+            );
+        }
+        let c = Cluster {
+            orchestrator,
+            workers,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            base: format!("http://127.0.0.1:{port}"),
+            key,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(s) = c.get("/api/workers/stats").await {
+                if s["workers"]["online"].as_u64() == Some(n as u64) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{n} workers did not come online within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(c)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        Ok(self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        let Some(pid) = self.orchestrator.id() else {
+            return f64::NAN;
+        };
+        peak_rss_bytes(pid) as f64 / (1024.0 * 1024.0)
+    }
+
+    async fn stop(mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill().await;
+        }
+        let _ = self.orchestrator.kill().await;
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn peak_rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn peak_rss_bytes(pid: u32) -> u64 {
+    // No high-water mark available portably: current RSS, read at the end of the run.
+    let mut sys = sysinfo::System::new();
+    let pid = sysinfo::Pid::from_u32(pid);
+    sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), true);
+    sys.process(pid).map_or(0, |p| p.memory())
+}
+
+fn free_port() -> Result<u16> {
+    // Bind both protocols on the same port number to check it is free for each.
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found")
+}
+
+fn task_body(i: usize) -> Value {
+    json!({ "type": "agent_action", "data": { "messages": [ { "role": "user", "content": format!("bench task {i}") } ] } })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
+    // Warm up connections and code paths.
+    for i in 0..20 {
+        let v = c.post("/api/tasks", &task_body(i)).await?;
+        let id = v["task_id"].as_str().unwrap_or_default().to_owned();
+        c.get(&format!("/api/tasks/{id}?wait=10")).await?;
+    }
+    // Idle latency: submit, then long-poll the result.
+    let mut lat = Vec::with_capacity(args.samples);
+    for i in 0..args.samples {
+        let t0 = Instant::now();
+        let v = c.post("/api/tasks", &task_body(i)).await?;
+        let id = v["task_id"].as_str().unwrap_or_default().to_owned();
+        let r = c.get(&format!("/api/tasks/{id}?wait=10")).await?;
+        if r["status"] != "completed" {
+            bail!("latency task {id} ended {}", r["status"]);
+        }
+        lat.push(t0.elapsed().as_secs_f64() * 1_000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+
+    // Throughput.
+    let before = c.get("/api/workers/stats").await?["tasks"]["completed"]
+        .as_u64()
+        .unwrap_or(0);
+    let batches: Vec<Value> = (0..args.tasks)
+        .collect::<Vec<_>>()
+        .chunks(args.batch.max(1))
+        .map(|ch| Value::Array(ch.iter().map(|i| task_body(*i)).collect()))
+        .collect();
+    let t0 = Instant::now();
+    let mut clients = Vec::new();
+    let per = batches.len().div_ceil(args.clients.max(1));
+    for chunk in batches.chunks(per.max(1)) {
+        let chunk = chunk.to_vec();
+        let http = c.http.clone();
+        let url = format!("{}/api/tasks/batch", c.base);
+        let key = c.key.clone();
+        clients.push(tokio::spawn(async move {
+            for b in chunk {
+                http.post(&url)
+                    .bearer_auth(&key)
+                    .json(&b)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Ok::<(), reqwest::Error>(())
+        }));
+    }
+    for cl in clients {
+        cl.await??;
+    }
+    let target = before + args.tasks as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = c.get("/api/workers/stats").await?;
+        let done = s["tasks"]["completed"].as_u64().unwrap_or(0)
+            + s["tasks"]["failed"].as_u64().unwrap_or(0);
+        if done >= target {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("throughput run did not finish within 300 s ({done}/{target})");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(BenchRow {
+        workers: n,
+        tasks: args.tasks,
+        tasks_per_sec: args.tasks as f64 / secs,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        peak_rss_mb: c.peak_rss_mb(),
+    })
+}
+
+/// Runs the benchmark and prints the table.
+pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempdir()?;
+            tmp.0.clone()
+        }
+    };
+    let mut rows = Vec::new();
+    for &n in &args.workers {
+        eprintln!("bench: {n} worker(s), {} tasks …", args.tasks);
+        let run_dir = dir.join(format!("n{n}"));
+        let cluster = Cluster::start(&run_dir, n, args.slots).await?;
+        let row = measure(&cluster, &args, n).await;
+        cluster.stop().await;
+        let row = row?;
+        eprintln!(
+            "bench: {n} worker(s): {:.0} tasks/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB",
+            row.tasks_per_sec, row.p50_ms, row.p99_ms, row.peak_rss_mb
+        );
+        rows.push(row);
+    }
+    println!(
+        "| workers | tasks | tasks/s | p50 submit→result (idle) | p99 | orchestrator peak RSS |"
+    );
+    println!(
+        "|--------:|------:|--------:|-------------------------:|----:|----------------------:|"
+    );
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} MiB |",
+            r.workers, r.tasks, r.tasks_per_sec, r.p50_ms, r.p99_ms, r.peak_rss_mb
+        );
+    }
+    Ok(rows)
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<TempDir> {
+    let p = std::env::temp_dir().join(format!(
+        "d8-bench-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}

@@ -1,0 +1,371 @@
+//! Command-line interface (clap). Every flag can also come from an
+//! environment variable, and `main` loads a `.env` file from the working
+//! directory first (without overriding variables already set). The original
+//! project's worker variables are accepted under their old names.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use d8_certs::JoinToken;
+
+use crate::config::{
+    DEFAULT_PORT, OrchestratorConfig, WorkerConfig, parse_duration, parse_orchestrator_addr,
+};
+use crate::providers::{Provider, ProviderSet, echo::Echo};
+
+/// d8: turn the machines you own into one cluster for LLM agent work.
+#[derive(Debug, Parser)]
+#[command(name = "d8", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `d8=debug`.
+    #[arg(long, global = true, env = "D8_LOG", default_value = "info")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the orchestrator (queue, scheduler, HTTP API).
+    Serve(ServeArgs),
+    /// Run a worker that executes tasks with this machine's providers.
+    Join(JoinArgs),
+    /// Show the cluster: workers and task counts.
+    Status(ClientArgs),
+    /// Manage join tokens.
+    Token {
+        /// Token action.
+        #[command(subcommand)]
+        action: TokenAction,
+        /// Where the orchestrator is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage enrolled workers.
+    Workers {
+        /// Worker action.
+        #[command(subcommand)]
+        action: WorkersAction,
+        /// Where the orchestrator is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Measure throughput and latency on this machine (starts its own cluster).
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `d8 serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory (CA, keys, tokens, database). Default: the OS data dir + `d8/orchestrator`.
+    #[arg(long, env = "D8_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (QUIC and HTTP).
+    #[arg(long, env = "D8_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Port for both QUIC (UDP) and HTTP (TCP).
+    #[arg(long, env = "ORCHESTRATOR_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// QUIC port, if different from --port.
+    #[arg(long, env = "D8_QUIC_PORT")]
+    pub quic_port: Option<u16>,
+    /// HTTP port, if different from --port.
+    #[arg(long, env = "D8_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// Heartbeat interval workers use.
+    #[arg(long, env = "D8_HEARTBEAT", default_value = "500ms", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Silence after which a worker is dead and its tasks move elsewhere.
+    #[arg(long, env = "D8_DEAD_AFTER", default_value = "3s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+    /// How long finished results are kept.
+    #[arg(long, env = "D8_RESULT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub result_retention: Duration,
+    /// Failed attempts before a task fails (worker loss and rate limits do not count).
+    #[arg(long, env = "D8_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub max_attempts: u32,
+    /// Time one attempt may take before it is retried elsewhere.
+    #[arg(long, env = "D8_ATTEMPT_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub attempt_timeout: Duration,
+    /// Routing override, `TASK_TYPE=WORKER_TYPE|WORKER_TYPE` (`*` = any); repeatable or comma-separated.
+    #[arg(long = "route", env = "D8_ROUTE", value_delimiter = ',')]
+    pub routes: Vec<String>,
+    /// Largest HTTP request body, bytes.
+    #[arg(long, env = "D8_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Serve the HTTP API without the bearer key (trusted networks only).
+    #[arg(long, env = "D8_NO_AUTH")]
+    pub no_auth: bool,
+}
+
+/// `d8 join` flags.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Orchestrator address: HOST, HOST:PORT or http://HOST:PORT (the original ORCHESTRATOR_URL).
+    #[arg(env = "ORCHESTRATOR_URL")]
+    pub addr: Option<String>,
+    /// Port when ADDR names none.
+    #[arg(long, env = "ORCHESTRATOR_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Join token (needed only the first time; printed by `d8 serve`).
+    #[arg(long, env = "D8_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory (key, certificate). Default: the OS data dir + `d8/worker`.
+    #[arg(long, env = "D8_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Preferred worker id (default: hostname).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Worker type for routing: groq, gemini, claude, deepseek_gpu, … (default: first provider).
+    #[arg(long, env = "WORKER_TYPE")]
+    pub worker_type: Option<String>,
+    /// Provider to run tasks with; repeatable. This build offers `echo`.
+    #[arg(long = "provider", env = "D8_PROVIDERS", value_delimiter = ',')]
+    pub providers: Vec<String>,
+    /// Artificial latency of the echo provider, ms.
+    #[arg(long, env = "D8_ECHO_DELAY_MS", default_value_t = 0)]
+    pub echo_delay_ms: u64,
+    /// Tasks run at once.
+    #[arg(long, env = "D8_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub slots: u32,
+    /// On Ctrl-C, how long to wait for in-flight tasks.
+    #[arg(long, env = "D8_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Provider API key (original project's variable; used by vendor providers).
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Ollama base URL for deepseek_gpu workers (original project's variable).
+    #[arg(long, env = "DEEPSEEK_BASE_URL")]
+    pub deepseek_base_url: Option<String>,
+    /// Accepted for compatibility and ignored: tasks are pushed, nothing polls.
+    #[arg(long, env = "POLL_INTERVAL", hide = true)]
+    pub poll_interval: Option<String>,
+}
+
+/// Flags of commands that talk to a running orchestrator over HTTP.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Orchestrator HTTP URL.
+    #[arg(
+        long,
+        env = "D8_URL",
+        default_value = "http://127.0.0.1:5000",
+        global = true
+    )]
+    pub url: String,
+    /// HTTP API key (default: read from the orchestrator's data dir).
+    #[arg(long, env = "D8_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Orchestrator data dir to read the API key from.
+    #[arg(long, env = "D8_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `d8 token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create an extra join token.
+    Create {
+        /// Lifetime, e.g. `1h`, `7d` (default: no expiry).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Enrollments allowed (default: unlimited).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_uses: Option<u32>,
+    },
+    /// List tokens (ids only; secrets are never stored).
+    List,
+    /// Revoke a token by id or unique id prefix.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+    /// Replace the standing join token; the old one stops working.
+    Rotate,
+}
+
+/// `d8 workers …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkersAction {
+    /// List enrolled workers and their state.
+    List,
+    /// Revoke a worker: its certificate stops working and it is disconnected.
+    Revoke {
+        /// Worker id.
+        id: String,
+    },
+}
+
+/// The default data dir for a role (`orchestrator` or `worker`).
+pub fn default_data_dir(role: &str) -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("d8")
+        .join(role)
+}
+
+impl ServeArgs {
+    /// Validated orchestrator configuration.
+    pub fn to_config(&self) -> Result<OrchestratorConfig, String> {
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| default_data_dir("orchestrator"));
+        let mut cfg = OrchestratorConfig::lan(dir);
+        cfg.quic_addr = (self.bind, self.quic_port.unwrap_or(self.port)).into();
+        cfg.http_addr = (self.bind, self.http_port.unwrap_or(self.port)).into();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if self.heartbeat.is_zero() || self.dead_after < self.heartbeat * 2 {
+            return Err(format!(
+                "--dead-after ({:?}) must be at least twice --heartbeat ({:?})",
+                self.dead_after, self.heartbeat
+            ));
+        }
+        cfg.heartbeat = self.heartbeat;
+        cfg.scheduler.dead_after_ms = ms(self.dead_after);
+        // Suspect (no new work) after three missed beats, or halfway to dead.
+        cfg.scheduler.suspect_after_ms =
+            (ms(self.heartbeat) * 3).min(ms(self.dead_after) / 2).max(1);
+        cfg.result_retention = self.result_retention;
+        cfg.max_attempts = self.max_attempts;
+        if self.attempt_timeout.is_zero() {
+            return Err("--attempt-timeout must be positive".into());
+        }
+        cfg.attempt_timeout = self.attempt_timeout;
+        for r in &self.routes {
+            cfg.scheduler.routing.parse_rules(r)?;
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("--max-body-bytes must be at least 1024".into());
+        }
+        cfg.max_body_bytes = self.max_body_bytes;
+        cfg.require_api_key = !self.no_auth;
+        Ok(cfg)
+    }
+}
+
+impl JoinArgs {
+    /// Validated worker configuration.
+    pub fn to_config(&self) -> Result<WorkerConfig, String> {
+        let addr = self.addr.as_deref().ok_or(
+            "no orchestrator address: give HOST[:PORT] (or set ORCHESTRATOR_URL), e.g. `d8 join 192.168.1.10 --token …`",
+        )?;
+        let orchestrator = parse_orchestrator_addr(addr, self.port)?;
+        if self.poll_interval.is_some() {
+            tracing::info!("POLL_INTERVAL is ignored: the orchestrator pushes tasks to workers");
+        }
+        let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+        for p in &self.providers {
+            match p.trim() {
+                "echo" => providers.push(Arc::new(Echo {
+                    delay: Duration::from_millis(self.echo_delay_ms),
+                })),
+                "" => {}
+                other => {
+                    return Err(format!(
+                        "provider {other:?} is not available in this build; available: echo"
+                    ));
+                }
+            }
+        }
+        if providers.is_empty() {
+            return Err(
+                "no provider: pass --provider echo (vendor providers arrive in a later release)"
+                    .into(),
+            );
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| default_data_dir("worker"));
+        let mut cfg = WorkerConfig::lan(dir, orchestrator, ProviderSet::new(providers));
+        cfg.token = self
+            .token
+            .as_deref()
+            .map(JoinToken::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        cfg.worker_id = self.worker_id.clone();
+        cfg.worker_type = self.worker_type.clone();
+        cfg.slots = self.slots;
+        cfg.drain_timeout = self.drain_timeout;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("d8").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_and_validation() {
+        let Command::Serve(s) = parse(&["serve", "--data-dir", "/tmp/x"])
+            .expect("parse")
+            .command
+        else {
+            panic!("serve");
+        };
+        let cfg = s.to_config().expect("config");
+        assert_eq!(cfg.quic_addr.port(), 5000);
+        assert_eq!(cfg.http_addr.port(), 5000);
+        assert_eq!(cfg.scheduler.dead_after_ms, 3_000);
+        let Command::Serve(s) = parse(&["serve", "--heartbeat", "2s", "--dead-after", "3s"])
+            .expect("parse")
+            .command
+        else {
+            panic!("serve");
+        };
+        assert!(s.to_config().is_err());
+        assert!(parse(&["serve", "--max-attempts", "0"]).is_err());
+        let Command::Serve(s) = parse(&["serve", "--route", "nonsense"])
+            .expect("parse")
+            .command
+        else {
+            panic!("serve");
+        };
+        assert!(s.to_config().is_err());
+    }
+
+    #[test]
+    fn join_validation() {
+        let Command::Join(j) = parse(&["join", "127.0.0.1:5000", "--provider", "echo"])
+            .expect("parse")
+            .command
+        else {
+            panic!("join");
+        };
+        let cfg = j.to_config().expect("config");
+        assert_eq!(cfg.orchestrator.port(), 5000);
+        assert!(cfg.token.is_none());
+        let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "groq"])
+            .expect("parse")
+            .command
+        else {
+            panic!("join");
+        };
+        assert!(j.to_config().unwrap_err().contains("not available"));
+        let Command::Join(j) =
+            parse(&["join", "127.0.0.1", "--provider", "echo", "--token", "bad"])
+                .expect("parse")
+                .command
+        else {
+            panic!("join");
+        };
+        assert!(j.to_config().unwrap_err().contains("malformed join token"));
+    }
+}

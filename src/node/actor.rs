@@ -1,0 +1,480 @@
+//! The scheduler actor: the only owner of the [`Scheduler`] core.
+//!
+//! Everything that changes scheduling state arrives as a [`SchedMsg`]; the
+//! actor feeds it to the core with the current time, then carries out the
+//! core's actions: opening a QUIC stream per dispatched attempt, aborting
+//! streams, closing dead workers' connections, persisting finished tasks and
+//! waking long-polling clients.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Connection;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::now_millis;
+use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
+use crate::store::{Op, PendingTask, Store};
+use crate::task::{
+    Capabilities, ErrorKind, FinishedTask, Outcome, TaskError, TaskId, TaskOutput, TaskSpec,
+    WorkerId,
+};
+use crate::transport::{self, STREAM_ABORTED, close};
+use crate::wire::{TaskAssign, TaskReply};
+
+/// A task's state as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskState {
+    /// Id.
+    pub task_id: TaskId,
+    /// pending | assigned | completed | failed | cancelled.
+    pub status: &'static str,
+    /// Task type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Priority.
+    pub priority: u8,
+    /// Output when completed.
+    pub result: Option<TaskOutput>,
+    /// Failure reason when failed.
+    pub error: Option<String>,
+    /// Worker of the current or final attempt.
+    pub worker_id: Option<WorkerId>,
+    /// Attempts dispatched.
+    pub attempts: u32,
+    /// Submission time, ms since the Unix epoch.
+    pub created_at: u64,
+    /// Completion time, ms since the Unix epoch.
+    pub completed_at: Option<u64>,
+}
+
+impl From<&FinishedTask> for TaskState {
+    fn from(f: &FinishedTask) -> Self {
+        TaskState {
+            task_id: f.id,
+            status: f.status.as_str(),
+            task_type: f.task_type.clone(),
+            priority: f.priority,
+            result: f.output.clone(),
+            error: f.error.clone(),
+            worker_id: f.worker.clone(),
+            attempts: f.attempts,
+            created_at: f.created_at.0,
+            completed_at: Some(f.completed_at.0),
+        }
+    }
+}
+
+/// Answer to a query.
+#[derive(Debug)]
+pub enum QueryReply {
+    /// Known to the actor (live, or finished and not yet persisted).
+    State(TaskState),
+    /// Ask the store.
+    NotLive,
+    /// Live; the receiver fires when it finishes.
+    Waiting(TaskState, oneshot::Receiver<TaskState>),
+}
+
+/// Messages to the actor.
+pub(crate) enum SchedMsg {
+    Submit(Vec<PendingTask>),
+    Result {
+        worker: WorkerId,
+        task: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    WorkerUp {
+        id: WorkerId,
+        caps: Capabilities,
+        conn: Connection,
+    },
+    WorkerDown {
+        id: WorkerId,
+        conn_id: usize,
+    },
+    Heartbeat(WorkerId),
+    Drain(WorkerId),
+    Query {
+        id: TaskId,
+        wait: bool,
+        reply: oneshot::Sender<QueryReply>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: oneshot::Sender<CancelResult>,
+    },
+    Stats(oneshot::Sender<Stats>),
+    Workers(oneshot::Sender<Vec<WorkerView>>),
+    Disconnect {
+        id: WorkerId,
+        reason: &'static str,
+    },
+    Persisted(Vec<TaskId>),
+}
+
+/// A cloneable handle to the actor.
+#[derive(Clone)]
+pub(crate) struct SchedHandle {
+    tx: mpsc::Sender<SchedMsg>,
+}
+
+/// The actor is gone (orchestrator shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("orchestrator is shutting down")]
+pub struct Gone;
+
+impl SchedHandle {
+    pub(crate) async fn send(&self, msg: SchedMsg) -> Result<(), Gone> {
+        self.tx.send(msg).await.map_err(|_| Gone)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> SchedMsg) -> Result<T, Gone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    pub(crate) async fn query(&self, id: TaskId, wait: bool) -> Result<QueryReply, Gone> {
+        self.ask(|reply| SchedMsg::Query { id, wait, reply }).await
+    }
+
+    pub(crate) async fn cancel(&self, id: TaskId) -> Result<CancelResult, Gone> {
+        self.ask(|reply| SchedMsg::Cancel { id, reply }).await
+    }
+
+    pub(crate) async fn stats(&self) -> Result<Stats, Gone> {
+        self.ask(SchedMsg::Stats).await
+    }
+
+    pub(crate) async fn workers(&self) -> Result<Vec<WorkerView>, Gone> {
+        self.ask(SchedMsg::Workers).await
+    }
+}
+
+pub(crate) struct Actor {
+    core: Scheduler,
+    rx: mpsc::Receiver<SchedMsg>,
+    handle: SchedHandle,
+    store: Store,
+    conns: HashMap<WorkerId, Connection>,
+    running: HashMap<(TaskId, u32), CancellationToken>,
+    finished: HashMap<TaskId, TaskState>,
+    waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskState>>>,
+    to_persist: Vec<Op>,
+    shutdown: CancellationToken,
+}
+
+/// Messages taken per wake-up before actions are carried out.
+const BATCH: usize = 512;
+
+impl Actor {
+    pub(crate) fn new(
+        core: Scheduler,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> (Actor, SchedHandle) {
+        let (tx, rx) = mpsc::channel(65_536);
+        let handle = SchedHandle { tx };
+        (
+            Actor {
+                core,
+                rx,
+                handle: handle.clone(),
+                store,
+                conns: HashMap::new(),
+                running: HashMap::new(),
+                finished: HashMap::new(),
+                waiters: HashMap::new(),
+                to_persist: Vec::new(),
+                shutdown,
+            },
+            handle,
+        )
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            let sleep = self
+                .core
+                .poll_timeout()
+                .map_or(Duration::from_secs(3_600), |at| {
+                    Duration::from_millis(at.since(now_millis()))
+                });
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    for _ in 0..BATCH {
+                        match self.rx.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = tokio::time::sleep(sleep) => self.core.handle_timeout(now_millis()),
+                () = self.shutdown.cancelled() => break,
+            }
+            self.act();
+        }
+        for (_, conn) in self.conns.drain() {
+            conn.close(close::NORMAL, b"orchestrator shutting down");
+        }
+        self.flush_persist();
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+    }
+
+    fn handle(&mut self, msg: SchedMsg) {
+        let now = now_millis();
+        match msg {
+            SchedMsg::Submit(tasks) => {
+                for t in tasks {
+                    self.core
+                        .handle_submit(now, t.id, Arc::new(t.spec), t.created_at);
+                }
+            }
+            SchedMsg::Result {
+                worker,
+                task,
+                attempt,
+                outcome,
+            } => {
+                self.running.remove(&(task, attempt));
+                self.core
+                    .handle_result(now, &worker, task, attempt, outcome);
+            }
+            SchedMsg::WorkerUp { id, caps, conn } => {
+                tracing::info!(worker = %id, worker_type = %caps.worker_type, slots = caps.slots, addr = %conn.remote_address(), "worker connected");
+                if let Some(old) = self.conns.insert(id.clone(), conn) {
+                    old.close(close::REPLACED, b"replaced by a newer connection");
+                }
+                self.core.handle_worker_up(now, id, caps);
+            }
+            SchedMsg::WorkerDown { id, conn_id } => {
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.stable_id() == conn_id)
+                {
+                    self.conns.remove(&id);
+                    tracing::info!(worker = %id, "worker disconnected");
+                    self.core.handle_worker_down(now, &id);
+                }
+            }
+            SchedMsg::Heartbeat(id) => self.core.handle_heartbeat(now, &id),
+            SchedMsg::Drain(id) => {
+                tracing::info!(worker = %id, "worker draining");
+                self.core.handle_drain(now, &id);
+            }
+            SchedMsg::Query { id, wait, reply } => {
+                let answer = if let Some(view) = self.core.task(id) {
+                    let state = TaskState {
+                        task_id: id,
+                        status: view.status.as_str(),
+                        task_type: view.spec.task_type.clone(),
+                        priority: view.spec.priority,
+                        result: None,
+                        error: None,
+                        worker_id: view.worker,
+                        attempts: view.attempts,
+                        created_at: view.created_at.0,
+                        completed_at: None,
+                    };
+                    if wait {
+                        let (tx, rx) = oneshot::channel();
+                        let list = self.waiters.entry(id).or_default();
+                        list.retain(|w| !w.is_closed());
+                        list.push(tx);
+                        QueryReply::Waiting(state, rx)
+                    } else {
+                        QueryReply::State(state)
+                    }
+                } else if let Some(state) = self.finished.get(&id) {
+                    QueryReply::State(state.clone())
+                } else {
+                    QueryReply::NotLive
+                };
+                let _ = reply.send(answer);
+            }
+            SchedMsg::Cancel { id, reply } => {
+                let _ = reply.send(self.core.handle_cancel(now, id));
+            }
+            SchedMsg::Stats(reply) => {
+                let _ = reply.send(self.core.stats());
+            }
+            SchedMsg::Workers(reply) => {
+                let _ = reply.send(self.core.workers());
+            }
+            SchedMsg::Disconnect { id, reason } => {
+                if let Some(conn) = self.conns.remove(&id) {
+                    conn.close(close::UNAUTHORIZED, reason.as_bytes());
+                }
+                self.core.handle_worker_down(now, &id);
+            }
+            SchedMsg::Persisted(ids) => {
+                for id in ids {
+                    self.finished.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn act(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Dispatch {
+                    task,
+                    attempt,
+                    worker,
+                    spec,
+                } => self.dispatch(task, attempt, worker, spec),
+                Action::Abort { task, attempt, .. } => {
+                    if let Some(token) = self.running.remove(&(task, attempt)) {
+                        token.cancel();
+                    }
+                }
+                Action::Finished(f) => {
+                    let state = TaskState::from(&f);
+                    if let Some(list) = self.waiters.remove(&f.id) {
+                        for w in list {
+                            let _ = w.send(state.clone());
+                        }
+                    }
+                    self.finished.insert(f.id, state);
+                    self.to_persist.push(Op::Finish(f));
+                }
+                Action::DisconnectWorker(id) => {
+                    tracing::warn!(worker = %id, "worker missed its heartbeats; re-queued its tasks");
+                    if let Some(conn) = self.conns.remove(&id) {
+                        conn.close(close::DEAD, b"missed heartbeats");
+                    }
+                }
+            }
+        }
+        self.flush_persist();
+    }
+
+    /// Hands finished tasks to the store as one batch; they leave the
+    /// in-memory `finished` map once durable.
+    fn flush_persist(&mut self) {
+        if self.to_persist.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.to_persist);
+        let ids: Vec<TaskId> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Finish(f) => Some(f.id),
+                _ => None,
+            })
+            .collect();
+        let store = self.store.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            match store.commit(ops).await {
+                Ok(()) => {
+                    let _ = handle.send(SchedMsg::Persisted(ids)).await;
+                }
+                // Kept in memory so clients still see them; logged by the store.
+                Err(e) => tracing::error!(error = %e, "could not persist finished tasks"),
+            }
+        });
+    }
+
+    fn dispatch(&mut self, task: TaskId, attempt: u32, worker: WorkerId, spec: Arc<TaskSpec>) {
+        let Some(conn) = self.conns.get(&worker).cloned() else {
+            // The core believes the worker is up but its connection is gone:
+            // report the loss so the task is re-queued at once.
+            let handle = self.handle.clone();
+            tokio::spawn(async move {
+                let _ = handle
+                    .send(SchedMsg::Result {
+                        worker,
+                        task,
+                        attempt,
+                        outcome: lost("worker connection gone"),
+                    })
+                    .await;
+            });
+            return;
+        };
+        let abort = CancellationToken::new();
+        self.running.insert((task, attempt), abort.clone());
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            if let Some(outcome) = run_attempt(&conn, task, attempt, &spec, &abort).await {
+                let _ = handle
+                    .send(SchedMsg::Result {
+                        worker,
+                        task,
+                        attempt,
+                        outcome,
+                    })
+                    .await;
+            }
+        });
+    }
+}
+
+fn lost(message: &str) -> Outcome {
+    Outcome::Err(TaskError {
+        kind: ErrorKind::WorkerLost,
+        message: message.to_owned(),
+    })
+}
+
+/// One attempt on its own stream. `None` when aborted (the core already knows).
+async fn run_attempt(
+    conn: &Connection,
+    task: TaskId,
+    attempt: u32,
+    spec: &TaskSpec,
+    abort: &CancellationToken,
+) -> Option<Outcome> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        if conn.close_reason().is_some() {
+            lost(&format!("worker connection lost ({what})"))
+        } else {
+            Outcome::Err(TaskError {
+                kind: ErrorKind::Transient,
+                message: format!("task stream {what}: {e}"),
+            })
+        }
+    };
+    let (mut send, mut recv) = tokio::select! {
+        r = conn.open_bi() => match r {
+            Ok(s) => s,
+            Err(e) => return Some(failed("open", &e)),
+        },
+        () = abort.cancelled() => return None,
+    };
+    let assign = TaskAssign {
+        id: task,
+        attempt,
+        spec: spec.clone(),
+    };
+    if let Err(e) = transport::write_frame(&mut send, &assign).await {
+        return Some(failed("write", &e));
+    }
+    let _ = send.finish();
+    loop {
+        let frame = tokio::select! {
+            f = transport::read_frame::<TaskReply>(&mut recv) => f,
+            () = abort.cancelled() => {
+                let _ = recv.stop(STREAM_ABORTED);
+                return None;
+            }
+        };
+        match frame {
+            Ok(TaskReply::Chunk { .. }) => {}
+            Ok(TaskReply::Done { outcome }) => return Some(outcome),
+            Err(e) => return Some(failed("read", &e)),
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! `d8 join`: enrollment, the session loop that reconnects forever, task
+//! execution and drain.
+//!
+//! A worker keeps `worker.key` (0600), `worker.crt`, `ca.crt` and `worker-id`
+//! in its data dir. Without them (or with a token for a different cluster) it
+//! enrolls first. Then it holds one mutually authenticated QUIC connection:
+//! it opens the control stream (Hello, heartbeats, Drain) and answers each task
+//! stream the orchestrator opens. Provider keys stay in this process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use d8_certs::tls::{self, ALPN_CLUSTER};
+use d8_certs::{JoinToken, ORCHESTRATOR_NAME, WorkerKey, der_to_pem, fingerprint, pem_to_der};
+use quinn::{Connection, RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::files::{self, FileError};
+use crate::config::WorkerConfig;
+use crate::providers::{ChunkSink, ProviderSet};
+use crate::task::{Capabilities, ErrorKind, Outcome, TaskError};
+use crate::transport::{self, close};
+use crate::wire::{
+    EnrollRequest, EnrollResponse, Hello, OrchMsg, PROTOCOL_VERSION, TaskAssign, TaskReply,
+    WorkerMsg,
+};
+
+/// Why a worker stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Data directory problem.
+    #[error("data directory: {0}")]
+    Files(#[from] FileError),
+    /// Not enrolled and no token given.
+    #[error(
+        "this worker is not enrolled yet: pass --token <TOKEN> (printed by `d8 serve`, also in the orchestrator's <data-dir>/join-token)"
+    )]
+    NeedToken,
+    /// The orchestrator refused enrollment.
+    #[error("enrollment refused: {0}")]
+    Refused(String),
+    /// The orchestrator refused this worker for good (revoked, incompatible).
+    #[error("{0}")]
+    Rejected(String),
+    /// Could not reach or talk to the orchestrator during enrollment.
+    #[error("enrollment failed: {0}")]
+    Enroll(String),
+    /// Stored identity is unusable.
+    #[error("stored identity: {0}")]
+    Identity(String),
+    /// No provider configured.
+    #[error("no provider configured: pass --provider (e.g. --provider echo)")]
+    NoProvider,
+}
+
+const KEY_FILE: &str = "worker.key";
+const CERT_FILE: &str = "worker.crt";
+const CA_FILE: &str = "ca.crt";
+const ID_FILE: &str = "worker-id";
+
+/// A worker's enrolled identity.
+struct Identity {
+    worker_id: String,
+    cert: CertificateDer<'static>,
+    key: WorkerKey,
+    ca: CertificateDer<'static>,
+}
+
+fn load_identity(dir: &Path) -> Result<Option<Identity>, WorkerError> {
+    let (Some(id), Some(cert), Some(key), Some(ca)) = (
+        files::read_optional(&dir.join(ID_FILE))?,
+        files::read_optional(&dir.join(CERT_FILE))?,
+        files::read_optional(&dir.join(KEY_FILE))?,
+        files::read_optional(&dir.join(CA_FILE))?,
+    ) else {
+        return Ok(None);
+    };
+    let bad = |e: d8_certs::CertError| WorkerError::Identity(e.to_string());
+    Ok(Some(Identity {
+        worker_id: id.trim().to_owned(),
+        cert: pem_to_der(&cert, "worker certificate").map_err(bad)?,
+        key: WorkerKey::from_pem(&key).map_err(bad)?,
+        ca: pem_to_der(&ca, "CA certificate").map_err(bad)?,
+    }))
+}
+
+/// What this machine offers.
+fn capabilities(cfg: &WorkerConfig) -> Capabilities {
+    let memory_mb = sysinfo::System::new_with_specifics(
+        sysinfo::RefreshKind::nothing()
+            .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+    )
+    .map_or(0, |s| s.total_memory() / (1024 * 1024));
+    let kinds = cfg.providers.kinds();
+    Capabilities {
+        worker_type: cfg
+            .worker_type
+            .clone()
+            .or_else(|| kinds.first().cloned())
+            .unwrap_or_default(),
+        providers: kinds,
+        models: cfg.providers.models(),
+        slots: cfg.slots,
+        os: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        cpus: std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)),
+        memory_mb,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// The id this machine asks for: `--worker-id`/`WORKER_ID`, else the hostname.
+fn wanted_id(cfg: &WorkerConfig) -> String {
+    cfg.worker_id
+        .clone()
+        .or_else(|| sysinfo::System::host_name().ok())
+        .unwrap_or_else(|| "worker".to_owned())
+}
+
+/// Enrolls with `token`, stores the identity, returns it.
+async fn enroll(cfg: &WorkerConfig, token: &JoinToken) -> Result<Identity, WorkerError> {
+    let key = WorkerKey::generate().map_err(|e| WorkerError::Identity(e.to_string()))?;
+    let wanted = wanted_id(cfg);
+    let csr = key
+        .csr_der(&wanted)
+        .map_err(|e| WorkerError::Identity(e.to_string()))?;
+    let tls = tls::enroll_client_config(token.ca_digest())
+        .map_err(|e| WorkerError::Enroll(e.to_string()))?;
+    let client = transport::client_config(tls, cfg.idle_timeout)
+        .map_err(|e| WorkerError::Enroll(e.to_string()))?;
+    let endpoint = transport::client_endpoint(cfg.orchestrator)
+        .map_err(|e| WorkerError::Enroll(e.to_string()))?;
+    let conn = endpoint
+        .connect_with(client, cfg.orchestrator, ORCHESTRATOR_NAME)
+        .map_err(|e| WorkerError::Enroll(e.to_string()))?
+        .await
+        .map_err(|e| {
+            WorkerError::Enroll(format!("{} ({})", transport::explain(&e), cfg.orchestrator))
+        })?;
+    let reply = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        transport::write_frame(
+            &mut send,
+            &EnrollRequest::Enroll {
+                proto: PROTOCOL_VERSION,
+                secret: token.secret().to_owned(),
+                csr_der: csr,
+                wanted_id: wanted,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        transport::read_frame::<EnrollResponse>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(15), reply)
+        .await
+        .map_err(|_| WorkerError::Enroll("orchestrator did not answer within 15 s".into()))?
+        .map_err(WorkerError::Enroll);
+    conn.close(close::NORMAL, b"enrolled");
+    endpoint.wait_idle().await;
+    match reply? {
+        EnrollResponse::Refused { reason } => Err(WorkerError::Refused(reason)),
+        EnrollResponse::Enrolled {
+            worker_id,
+            cert_der,
+            ca_der,
+        } => {
+            if fingerprint(&ca_der) != token.ca_digest() {
+                return Err(WorkerError::Enroll(
+                    "orchestrator sent a CA that does not match the token".into(),
+                ));
+            }
+            let dir = &cfg.data_dir;
+            files::ensure_dir(dir)?;
+            files::write_file(&dir.join(KEY_FILE), key.to_pem().as_bytes(), true)?;
+            files::write_file(
+                &dir.join(CERT_FILE),
+                der_to_pem(&cert_der).as_bytes(),
+                false,
+            )?;
+            files::write_file(&dir.join(CA_FILE), der_to_pem(&ca_der).as_bytes(), false)?;
+            files::write_file(
+                &dir.join(ID_FILE),
+                format!("{worker_id}\n").as_bytes(),
+                false,
+            )?;
+            tracing::info!(worker = %worker_id, "enrolled");
+            Ok(Identity {
+                worker_id,
+                cert: CertificateDer::from(cert_der),
+                key,
+                ca: CertificateDer::from(ca_der),
+            })
+        }
+    }
+}
+
+/// Shared between the session loop and task handlers.
+#[derive(Default)]
+struct Load {
+    active: AtomicU32,
+    draining: AtomicBool,
+}
+
+/// Runs the worker until `shutdown` fires (then drains) or a fatal error.
+pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    if cfg.providers.kinds().is_empty() {
+        return Err(WorkerError::NoProvider);
+    }
+    let stored = load_identity(&cfg.data_dir)?;
+    let ident = match (stored, &cfg.token) {
+        // A token for another cluster means: join that cluster instead.
+        (Some(id), Some(t)) if fingerprint(&id.ca) != t.ca_digest() => {
+            tracing::info!(
+                "token is for a different cluster than the stored identity; enrolling again"
+            );
+            enroll(&cfg, t).await?
+        }
+        (Some(id), _) => id,
+        (None, Some(t)) => enroll(&cfg, t).await?,
+        (None, None) => return Err(WorkerError::NeedToken),
+    };
+    let tls = tls::cluster_client_config(
+        ident.ca.clone(),
+        vec![ident.cert.clone()],
+        Some(ident.key.private_key_der()),
+    )
+    .map_err(|e| WorkerError::Identity(e.to_string()))?;
+    let client = transport::client_config(tls, cfg.idle_timeout)
+        .map_err(|e| WorkerError::Identity(e.to_string()))?;
+    let caps = capabilities(&cfg);
+    let load = Arc::new(Load::default());
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        match session(&cfg, &ident.worker_id, &client, &caps, &load, &shutdown).await {
+            SessionEnd::Drained => return Ok(()),
+            SessionEnd::Fatal(reason) => return Err(WorkerError::Rejected(reason)),
+            SessionEnd::Lost(reason) => {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                // A session that lasted resets the backoff.
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                }
+                let jitter = Duration::from_millis(u64::from(rand::random::<u8>()) % 100);
+                tracing::warn!(reason = %reason, retry_in_ms = (backoff + jitter).as_millis() as u64, "not connected to the orchestrator");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff + jitter) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(cfg.max_backoff);
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Drained,
+    Lost(String),
+    Fatal(String),
+}
+
+async fn session(
+    cfg: &WorkerConfig,
+    worker_id: &str,
+    client: &quinn::ClientConfig,
+    caps: &Capabilities,
+    load: &Arc<Load>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let endpoint = match transport::client_endpoint(cfg.orchestrator) {
+        Ok(e) => e,
+        Err(e) => return SessionEnd::Lost(e.to_string()),
+    };
+    let connecting =
+        match endpoint.connect_with(client.clone(), cfg.orchestrator, ORCHESTRATOR_NAME) {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+    let conn = tokio::select! {
+        c = connecting => match c {
+            Ok(c) => c,
+            Err(e) if transport::is_unauthorized(&e) => return SessionEnd::Fatal(transport::explain(&e)),
+            Err(e) => return SessionEnd::Lost(transport::explain(&e)),
+        },
+        () = shutdown.cancelled() => return SessionEnd::Drained,
+    };
+    debug_assert_eq!(
+        conn.handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol)
+            .as_deref(),
+        Some(ALPN_CLUSTER)
+    );
+    let end = run_session(
+        &conn,
+        worker_id,
+        caps,
+        &cfg.providers,
+        load,
+        shutdown,
+        cfg.drain_timeout,
+    )
+    .await;
+    if let SessionEnd::Drained = end {
+        conn.close(close::NORMAL, b"worker drained");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+    end
+}
+
+fn lost(e: &quinn::ConnectionError) -> SessionEnd {
+    if transport::is_unauthorized(e) {
+        SessionEnd::Fatal(transport::explain(e))
+    } else {
+        SessionEnd::Lost(transport::explain(e))
+    }
+}
+
+async fn run_session(
+    conn: &Connection,
+    worker_id: &str,
+    caps: &Capabilities,
+    providers: &ProviderSet,
+    load: &Arc<Load>,
+    shutdown: &CancellationToken,
+    drain_timeout: Duration,
+) -> SessionEnd {
+    let (mut control, mut control_recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return lost(&e),
+    };
+    let hello = WorkerMsg::Hello(Hello {
+        proto: PROTOCOL_VERSION,
+        worker_id: worker_id.to_owned(),
+        caps: caps.clone(),
+    });
+    if let Err(e) = transport::write_frame(&mut control, &hello).await {
+        return SessionEnd::Lost(e.to_string());
+    }
+    let heartbeat = match transport::read_frame::<OrchMsg>(&mut control_recv).await {
+        Ok(OrchMsg::Welcome { heartbeat_ms, .. }) => {
+            Duration::from_millis(u64::from(heartbeat_ms.clamp(50, 60_000)))
+        }
+        Ok(OrchMsg::Rejected { reason, .. }) => {
+            return SessionEnd::Fatal(format!("orchestrator rejected this worker: {reason}"));
+        }
+        Err(_) => {
+            return match conn.close_reason() {
+                Some(e) => lost(&e),
+                None => SessionEnd::Lost("orchestrator did not answer hello".into()),
+            };
+        }
+    };
+    tracing::info!(worker = %worker_id, addr = %conn.remote_address(), "connected to the orchestrator");
+    load.draining.store(false, Ordering::Relaxed);
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(deadline) = drain_deadline {
+            if load.active.load(Ordering::Relaxed) == 0 {
+                tracing::info!("drained: no task in flight");
+                return SessionEnd::Drained;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    active = load.active.load(Ordering::Relaxed),
+                    "drain timeout; leaving tasks to be re-queued"
+                );
+                return SessionEnd::Drained;
+            }
+        }
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let load = load.clone();
+                    let providers = providers.clone();
+                    tokio::spawn(async move { handle_task(send, recv, providers, load).await });
+                }
+                Err(e) => return lost(&e),
+            },
+            _ = tick.tick() => {
+                let beat = WorkerMsg::Heartbeat { active: load.active.load(Ordering::Relaxed) };
+                if let Err(e) = transport::write_frame(&mut control, &beat).await {
+                    return match conn.close_reason() {
+                        Some(e) => lost(&e),
+                        None => SessionEnd::Lost(e.to_string()),
+                    };
+                }
+            }
+            () = shutdown.cancelled(), if drain_deadline.is_none() => {
+                tracing::info!(active = load.active.load(Ordering::Relaxed), "draining: finishing in-flight tasks, accepting no more (Ctrl-C again to force)");
+                load.draining.store(true, Ordering::Relaxed);
+                let _ = transport::write_frame(&mut control, &WorkerMsg::Drain).await;
+                drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
+            }
+        }
+    }
+}
+
+/// Decrements the active count however the task ends.
+struct ActiveGuard(Arc<Load>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one task stream: read the assignment, call the provider, forward
+/// chunks when asked, answer Done. A stop from the orchestrator (cancel or
+/// timeout) drops the provider call.
+async fn handle_task(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    providers: ProviderSet,
+    load: Arc<Load>,
+) {
+    load.active.fetch_add(1, Ordering::Relaxed);
+    let _guard = ActiveGuard(load.clone());
+    let assign: TaskAssign = match transport::read_frame(&mut recv).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "bad task frame; dropping the stream");
+            let _ = send.reset(transport::STREAM_ABORTED);
+            return;
+        }
+    };
+    let outcome = if load.draining.load(Ordering::Relaxed) {
+        // Arrived after Drain was sent: hand it straight back, no attempt used.
+        Outcome::Err(TaskError {
+            kind: ErrorKind::WorkerLost,
+            message: "worker is draining".into(),
+        })
+    } else if let Some(provider) = providers.pick(&assign.spec.request) {
+        let stopped = send.stopped();
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let sink = if assign.spec.request.stream {
+            ChunkSink::new(tx)
+        } else {
+            ChunkSink::none()
+        };
+        let call = provider.chat(&assign.spec.request, sink);
+        tokio::pin!(call);
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                r = &mut call => break match r {
+                    Ok(out) => Outcome::Ok(out),
+                    Err(e) => Outcome::Err(e.into()),
+                },
+                Some(text) = rx.recv() => {
+                    if transport::write_frame(&mut send, &TaskReply::Chunk { text }).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut stopped => {
+                    tracing::debug!(task = %assign.id, attempt = assign.attempt, "task stopped by the orchestrator");
+                    return;
+                }
+            }
+        }
+    } else {
+        Outcome::Err(TaskError {
+            kind: ErrorKind::Permanent,
+            message: "no provider on this worker".into(),
+        })
+    };
+    if transport::write_frame(&mut send, &TaskReply::Done { outcome })
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+}

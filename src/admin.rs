@@ -95,8 +95,8 @@ fn s(v: &Value) -> String {
 
 fn print_workers(workers: &Value) {
     println!(
-        "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {}",
-        "WORKER", "STATUS", "TYPE", "SLOTS", "ACTIVE", "COMPLETED", "OS/ARCH"
+        "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  OS/ARCH",
+        "WORKER", "STATUS", "TYPE", "SLOTS", "ACTIVE", "COMPLETED"
     );
     for w in workers.as_array().map(Vec::as_slice).unwrap_or_default() {
         println!(

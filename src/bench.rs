@@ -132,10 +132,10 @@ impl Cluster {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(s) = c.get("/api/workers/stats").await {
-                if s["workers"]["online"].as_u64() == Some(n as u64) {
-                    break;
-                }
+            if let Ok(s) = c.get("/api/workers/stats").await
+                && s["workers"]["online"].as_u64() == Some(n as u64)
+            {
+                break;
             }
             if Instant::now() > deadline {
                 bail!("{n} workers did not come online within 60 s");

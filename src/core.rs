@@ -235,7 +235,7 @@ impl WorkerEntry {
             && self.cooldown_until.is_none_or(|t| t <= now)
             && class
                 .as_ref()
-                .is_none_or(|types| types.iter().any(|t| *t == self.caps.worker_type))
+                .is_none_or(|types| types.contains(&self.caps.worker_type))
     }
 }
 

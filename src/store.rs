@@ -183,6 +183,8 @@ pub trait Backend: Send + Sync + 'static {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// A finished task's record.
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError>;
+    /// Releases the underlying storage; later calls fail with `Closed`.
+    fn close(&self) {}
 }
 
 /// Encodes a record (bincode, the same config as the wire).
@@ -281,6 +283,13 @@ impl Store {
     /// A finished task's record.
     pub fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
         self.backend.result(id)
+    }
+
+    /// Commits everything queued, then releases the database (the data dir
+    /// can be opened again as soon as this returns).
+    pub async fn close(&self) {
+        let _ = self.flush().await;
+        self.backend.close();
     }
 
     /// Transactions committed so far (for the group-commit benchmark figure).

@@ -148,13 +148,18 @@ pub fn server_config(
 }
 
 /// Error text a worker sees when the orchestrator's CA is not the one its token pins.
-#[derive(Debug)]
 struct CaMismatch;
+const CA_MISMATCH: &str = "the orchestrator's CA does not match the join token (token from another cluster, or not a d8 orchestrator)";
 impl std::fmt::Display for CaMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "the orchestrator's CA does not match the join token (token from another cluster, or not a d8 orchestrator)",
-        )
+        f.write_str(CA_MISMATCH)
+    }
+}
+// rustls renders `OtherError` with `Debug`; make that the sentence too, so the
+// operator reads the reason rather than a type name.
+impl std::fmt::Debug for CaMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(CA_MISMATCH)
     }
 }
 impl std::error::Error for CaMismatch {}

@@ -60,10 +60,11 @@ impl JoinToken {
     pub fn parse(s: &str) -> Result<Self, TokenError> {
         let s = s.trim();
         let Some(rest) = s.strip_prefix(PREFIX) else {
-            if let Some(v) = s.strip_prefix("D8-").and_then(|r| r.split('-').next()) {
-                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(TokenError::UnsupportedVersion(format!("D8-{v}")));
-                }
+            if let Some(v) = s.strip_prefix("D8-").and_then(|r| r.split('-').next())
+                && !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(TokenError::UnsupportedVersion(format!("D8-{v}")));
             }
             return Err(TokenError::Malformed);
         };

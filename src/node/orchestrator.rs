@@ -310,17 +310,9 @@ impl Orchestrator {
         for t in self.tasks {
             let _ = t.await;
         }
-        let _ = self.shared.store.flush().await;
         // Give close frames a moment to leave.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
-    }
-
-    /// Stops without any goodbye, as a crash would (tests of SIGKILL-like loss).
-    pub fn abort(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        self.endpoint.close(close::NORMAL, b"");
+        self.shared.store.close().await;
     }
 }
 

@@ -73,10 +73,10 @@ impl Registry {
         let mut by_fingerprint = HashMap::new();
         for w in workers.values() {
             by_fingerprint.insert(w.fingerprint.clone(), w.id.clone());
-            if w.revoked {
-                if let Ok(fp) = hex_fp(&w.fingerprint) {
-                    revocations.insert(fp);
-                }
+            if w.revoked
+                && let Ok(fp) = hex_fp(&w.fingerprint)
+            {
+                revocations.insert(fp);
             }
         }
         Registry {

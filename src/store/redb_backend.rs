@@ -31,7 +31,9 @@ fn be<E: std::fmt::Display>(e: E) -> StoreError {
 /// redb-backed [`Backend`].
 #[derive(Debug)]
 pub struct RedbBackend {
-    db: Database,
+    /// `None` once closed; the lock makes close deterministic (the file is
+    /// released before `close` returns) while reads stay concurrent.
+    db: std::sync::RwLock<Option<Database>>,
 }
 
 impl RedbBackend {
@@ -55,7 +57,9 @@ impl RedbBackend {
             txn.open_table(META).map_err(be)?;
         }
         txn.commit().map_err(be)?;
-        Ok(RedbBackend { db })
+        Ok(RedbBackend {
+            db: std::sync::RwLock::new(Some(db)),
+        })
     }
 }
 
@@ -73,123 +77,147 @@ fn load_map<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+impl RedbBackend {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        f(guard.as_ref().ok_or(StoreError::Closed)?)
+    }
+}
+
 impl Backend for RedbBackend {
+    fn close(&self) {
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(be)?;
-        let mut pending = Vec::new();
-        {
-            let table = txn.open_table(TASKS).map_err(be)?;
-            for row in table.iter().map_err(be)? {
-                let (_, v) = row.map_err(be)?;
-                pending.push(from_bytes::<PendingTask>("tasks", v.value())?);
-            }
-        }
-        let meta = txn.open_table(META).map_err(be)?;
-        let get = |k: &str| -> Result<u64, StoreError> {
-            Ok(meta.get(k).map_err(be)?.map(|g| g.value()).unwrap_or(0))
-        };
-        let next_task_id = get(NEXT_ID)?
-            .max(pending.last().map_or(0, |p| p.id.0 + 1))
-            .max(1);
-        Ok(Snapshot {
-            pending,
-            tokens: load_map::<TokenRecord>(&txn, TOKENS, "tokens")?,
-            workers: load_map::<WorkerRecord>(&txn, WORKERS, "workers")?,
-            agents: load_map::<AgentDef>(&txn, AGENTS, "agents")?,
-            totals: Totals {
-                completed: get(COMPLETED)?,
-                failed: get(FAILED)?,
-                cancelled: get(CANCELLED)?,
-            },
-            next_task_id,
-        })
+        self.with_db(load)
     }
 
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(be)?;
-        {
-            let mut tasks = txn.open_table(TASKS).map_err(be)?;
-            let mut results = txn.open_table(RESULTS).map_err(be)?;
-            let mut by_time = txn.open_table(RESULTS_BY_TIME).map_err(be)?;
-            let mut tokens = txn.open_table(TOKENS).map_err(be)?;
-            let mut workers = txn.open_table(WORKERS).map_err(be)?;
-            let mut agents = txn.open_table(AGENTS).map_err(be)?;
-            let mut meta = txn.open_table(META).map_err(be)?;
-            let mut totals = Totals::default();
-            let mut max_id = None;
-            for op in ops {
-                match op {
-                    Op::InsertTask(p) => {
-                        tasks.insert(p.id.0, to_bytes(p)?.as_slice()).map_err(be)?;
-                        max_id = max_id.max(Some(p.id.0));
-                    }
-                    Op::Finish(f) => {
-                        tasks.remove(f.id.0).map_err(be)?;
-                        results
-                            .insert(f.id.0, to_bytes(f)?.as_slice())
-                            .map_err(be)?;
-                        by_time.insert((f.completed_at.0, f.id.0), ()).map_err(be)?;
-                        totals.count(f.status);
-                    }
-                    Op::PutToken(t) => {
-                        tokens
-                            .insert(t.id.as_str(), to_bytes(t)?.as_slice())
-                            .map_err(be)?;
-                    }
-                    Op::PutWorker(w) => {
-                        workers
-                            .insert(w.id.as_str(), to_bytes(w)?.as_slice())
-                            .map_err(be)?;
-                    }
-                    Op::PutAgent(id, a) => {
-                        agents
-                            .insert(id.as_str(), to_bytes(a)?.as_slice())
-                            .map_err(be)?;
-                    }
-                    Op::PurgeResults { before } => {
-                        let old: Vec<(u64, u64)> = by_time
-                            .range(..(before.0, 0))
-                            .map_err(be)?
-                            .map(|r| r.map(|(k, _)| k.value()))
-                            .collect::<Result<_, _>>()
-                            .map_err(be)?;
-                        for key in old {
-                            by_time.remove(key).map_err(be)?;
-                            results.remove(key.1).map_err(be)?;
-                        }
-                    }
-                }
-            }
-            let mut bump = |k: &str, n: u64| -> Result<(), StoreError> {
-                if n > 0 {
-                    let cur = meta.get(k).map_err(be)?.map(|g| g.value()).unwrap_or(0);
-                    meta.insert(k, cur + n).map_err(be)?;
-                }
-                Ok(())
-            };
-            bump(COMPLETED, totals.completed)?;
-            bump(FAILED, totals.failed)?;
-            bump(CANCELLED, totals.cancelled)?;
-            if let Some(max) = max_id {
-                let cur = meta
-                    .get(NEXT_ID)
-                    .map_err(be)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                if max + 1 > cur {
-                    meta.insert(NEXT_ID, max + 1).map_err(be)?;
-                }
-            }
-        }
-        txn.commit().map_err(be)
+        self.with_db(|db| commit(db, ops))
     }
 
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
-        let txn = self.db.begin_read().map_err(be)?;
-        let table = txn.open_table(RESULTS).map_err(be)?;
-        match table.get(id.0).map_err(be)? {
-            Some(v) => Ok(Some(from_bytes("results", v.value())?)),
-            None => Ok(None),
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(RESULTS).map_err(be)?;
+            match table.get(id.0).map_err(be)? {
+                Some(v) => Ok(Some(from_bytes("results", v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+fn load(db: &Database) -> Result<Snapshot, StoreError> {
+    let txn = db.begin_read().map_err(be)?;
+    let mut pending = Vec::new();
+    {
+        let table = txn.open_table(TASKS).map_err(be)?;
+        for row in table.iter().map_err(be)? {
+            let (_, v) = row.map_err(be)?;
+            pending.push(from_bytes::<PendingTask>("tasks", v.value())?);
         }
     }
+    let meta = txn.open_table(META).map_err(be)?;
+    let get = |k: &str| -> Result<u64, StoreError> {
+        Ok(meta.get(k).map_err(be)?.map(|g| g.value()).unwrap_or(0))
+    };
+    let next_task_id = get(NEXT_ID)?
+        .max(pending.last().map_or(0, |p| p.id.0 + 1))
+        .max(1);
+    Ok(Snapshot {
+        pending,
+        tokens: load_map::<TokenRecord>(&txn, TOKENS, "tokens")?,
+        workers: load_map::<WorkerRecord>(&txn, WORKERS, "workers")?,
+        agents: load_map::<AgentDef>(&txn, AGENTS, "agents")?,
+        totals: Totals {
+            completed: get(COMPLETED)?,
+            failed: get(FAILED)?,
+            cancelled: get(CANCELLED)?,
+        },
+        next_task_id,
+    })
+}
+
+fn commit(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(be)?;
+    {
+        let mut tasks = txn.open_table(TASKS).map_err(be)?;
+        let mut results = txn.open_table(RESULTS).map_err(be)?;
+        let mut by_time = txn.open_table(RESULTS_BY_TIME).map_err(be)?;
+        let mut tokens = txn.open_table(TOKENS).map_err(be)?;
+        let mut workers = txn.open_table(WORKERS).map_err(be)?;
+        let mut agents = txn.open_table(AGENTS).map_err(be)?;
+        let mut meta = txn.open_table(META).map_err(be)?;
+        let mut totals = Totals::default();
+        let mut max_id = None;
+        for op in ops {
+            match op {
+                Op::InsertTask(p) => {
+                    tasks.insert(p.id.0, to_bytes(p)?.as_slice()).map_err(be)?;
+                    max_id = max_id.max(Some(p.id.0));
+                }
+                Op::Finish(f) => {
+                    tasks.remove(f.id.0).map_err(be)?;
+                    results
+                        .insert(f.id.0, to_bytes(f)?.as_slice())
+                        .map_err(be)?;
+                    by_time.insert((f.completed_at.0, f.id.0), ()).map_err(be)?;
+                    totals.count(f.status);
+                }
+                Op::PutToken(t) => {
+                    tokens
+                        .insert(t.id.as_str(), to_bytes(t)?.as_slice())
+                        .map_err(be)?;
+                }
+                Op::PutWorker(w) => {
+                    workers
+                        .insert(w.id.as_str(), to_bytes(w)?.as_slice())
+                        .map_err(be)?;
+                }
+                Op::PutAgent(id, a) => {
+                    agents
+                        .insert(id.as_str(), to_bytes(a)?.as_slice())
+                        .map_err(be)?;
+                }
+                Op::PurgeResults { before } => {
+                    let old: Vec<(u64, u64)> = by_time
+                        .range(..(before.0, 0))
+                        .map_err(be)?
+                        .map(|r| r.map(|(k, _)| k.value()))
+                        .collect::<Result<_, _>>()
+                        .map_err(be)?;
+                    for key in old {
+                        by_time.remove(key).map_err(be)?;
+                        results.remove(key.1).map_err(be)?;
+                    }
+                }
+            }
+        }
+        let mut bump = |k: &str, n: u64| -> Result<(), StoreError> {
+            if n > 0 {
+                let cur = meta.get(k).map_err(be)?.map(|g| g.value()).unwrap_or(0);
+                meta.insert(k, cur + n).map_err(be)?;
+            }
+            Ok(())
+        };
+        bump(COMPLETED, totals.completed)?;
+        bump(FAILED, totals.failed)?;
+        bump(CANCELLED, totals.cancelled)?;
+        if let Some(max) = max_id {
+            let cur = meta
+                .get(NEXT_ID)
+                .map_err(be)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            if max + 1 > cur {
+                meta.insert(NEXT_ID, max + 1).map_err(be)?;
+            }
+        }
+    }
+    txn.commit().map_err(be)
 }

@@ -1,0 +1,280 @@
+//! Cluster behaviour with in-process orchestrator and workers.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::harness::{TestCluster, chat};
+
+#[tokio::test]
+async fn happy_path_agent_action() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("pc-1", 0, 4).await;
+    let (s, v) = c
+        .request(
+            Method::POST,
+            "/api/agents/agent123/act",
+            Some(
+                json!({"action_type": "content_generation", "input_data": {"topic": "AI trends"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["status"], "pending");
+    let id = v["task_id"].as_str().expect("id");
+    let t = c.wait_task(id, 10).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["worker_id"], "pc-1");
+    assert_eq!(t["attempts"], 1);
+    let content = t["result"]["content"].as_str().expect("content");
+    assert!(
+        content.contains("content_generation") && content.contains("AI trends"),
+        "{content}"
+    );
+    assert!(t["created_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    let stats = c.stats().await;
+    assert_eq!(stats["tasks"]["completed"], 1);
+    assert_eq!(stats["performance"]["success_rate"], 100.0);
+    assert_eq!(stats["workers"]["by_type"]["echo"], 1);
+}
+
+#[tokio::test]
+async fn agent_definition_shapes_the_prompt() {
+    let c = TestCluster::start().await;
+    let (s, v) = c
+        .request(
+            Method::PUT,
+            "/api/agents/writer",
+            Some(json!({"system_prompt": "You write haiku.", "task_type": "code_generation"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c.request(Method::GET, "/api/agents/writer", None).await;
+    assert_eq!(
+        (s, v["system_prompt"].as_str()),
+        (200, Some("You write haiku."))
+    );
+    // code_generation is routed only to heavy workers: an echo worker never gets it.
+    let _w = c.worker("light", 0, 4).await;
+    let (_, v) = c
+        .request(
+            Method::POST,
+            "/api/agents/writer/act",
+            Some(json!({"action_type": "write"})),
+        )
+        .await;
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, t) = c
+        .request(Method::GET, &format!("/api/tasks/{id}"), None)
+        .await;
+    assert_eq!(t["status"], "pending", "{t}");
+    assert_eq!(t["type"], "code_generation");
+    // A worker of an allowed type picks it up.
+    let mut cfg = c.worker_config("gpu", 0, 1);
+    cfg.worker_type = Some("deepseek_gpu".into());
+    let _gpu = c.spawn_worker(cfg);
+    let t = c.wait_task(&id, 10).await;
+    assert_eq!(
+        (t["status"].as_str(), t["worker_id"].as_str()),
+        (Some("completed"), Some("gpu"))
+    );
+}
+
+#[tokio::test]
+async fn two_workers_many_tasks_all_complete_once() {
+    let c = TestCluster::start().await;
+    let _a = c.worker("a", 1, 8).await;
+    let _b = c.worker("b", 1, 8).await;
+    let n = 400;
+    let batch: Vec<Value> = (0..n).map(|i| chat(&format!("task {i}"), 5)).collect();
+    let (s, ids) = c
+        .request(Method::POST, "/api/tasks/batch", Some(Value::Array(batch)))
+        .await;
+    assert_eq!(s, 201, "{ids}");
+    let ids: Vec<String> = serde_json::from_value(ids).expect("ids");
+    assert_eq!(ids.len(), n);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), n, "ids unique");
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let t = c.wait_task(id, 30).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["result"]["content"], format!("task {i}"));
+        *per_worker
+            .entry(t["worker_id"].as_str().expect("worker").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_worker.len(), 2, "both workers used: {per_worker:?}");
+    assert!(
+        per_worker.values().all(|&k| k > n / 5),
+        "load spread: {per_worker:?}"
+    );
+    let stats = c.stats().await;
+    assert_eq!(stats["tasks"]["completed"], n as u64);
+    assert_eq!(stats["tasks"]["pending"], 0);
+}
+
+#[tokio::test]
+async fn priorities_are_served_most_urgent_first() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("solo", 150, 1).await;
+    let blocker = c.submit("blocker", 5).await;
+    c.wait_until(|s| s["tasks"]["assigned"] == 1, "blocker running")
+        .await;
+    let mut ids = Vec::new();
+    for p in [1u8, 10, 5, 10, 3] {
+        ids.push((p, c.submit(&format!("p{p}"), p).await));
+    }
+    let mut done = Vec::new();
+    for (p, id) in &ids {
+        let t = c.wait_task(id, 20).await;
+        assert_eq!(t["status"], "completed");
+        done.push((
+            t["completed_at"].as_str().expect("time").to_owned(),
+            *p,
+            id.clone(),
+        ));
+    }
+    c.wait_task(&blocker, 5).await;
+    done.sort();
+    let order: Vec<u8> = done.iter().map(|d| d.1).collect();
+    assert_eq!(order, vec![10, 10, 5, 3, 1]);
+    // FIFO within a priority.
+    let tens: Vec<&String> = done.iter().filter(|d| d.1 == 10).map(|d| &d.2).collect();
+    assert_eq!(tens, vec![&ids[1].1, &ids[3].1]);
+}
+
+#[tokio::test]
+async fn lost_worker_task_completes_on_the_other() {
+    let c = TestCluster::start().await;
+    let slow = c.worker("slow", 60_000, 1).await;
+    let id = c.submit("survive me", 5).await;
+    c.wait_until(|s| s["tasks"]["assigned"] == 1, "task running on slow")
+        .await;
+    let _fast = c.worker("fast", 0, 1).await;
+    // The slow worker vanishes mid-task.
+    slow.handle.abort();
+    let t0 = Instant::now();
+    let t = c.wait_task(&id, 10).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["worker_id"], "fast");
+    assert_eq!(t["attempts"], 2);
+    eprintln!("re-run on the other worker after {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_work_then_leaves() {
+    let c = TestCluster::start().await;
+    let w = c.worker("drainer", 400, 2).await;
+    let id = c.submit("finish me", 5).await;
+    c.wait_until(|s| s["tasks"]["assigned"] == 1, "running")
+        .await;
+    let drained = tokio::spawn(w.drain());
+    // While draining it takes no new work.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = c.submit("not for the drainer", 5).await;
+    drained.await.expect("join").expect("clean exit");
+    let t = c.wait_task(&id, 5).await;
+    assert_eq!(
+        (t["status"].as_str(), t["worker_id"].as_str()),
+        (Some("completed"), Some("drainer"))
+    );
+    let (_, q) = c
+        .request(Method::GET, &format!("/api/tasks/{queued}"), None)
+        .await;
+    assert_eq!(q["status"], "pending", "{q}");
+    c.wait_until(|s| s["workers"]["total"] == 0, "drainer gone")
+        .await;
+}
+
+#[tokio::test]
+async fn cancel_pending_and_running_tasks() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w", 60_000, 1).await;
+    let running = c.submit("long", 5).await;
+    c.wait_until(|s| s["tasks"]["assigned"] == 1, "running")
+        .await;
+    let pending = c.submit("queued", 5).await;
+    for id in [&pending, &running] {
+        let (s, v) = c
+            .request(Method::DELETE, &format!("/api/tasks/{id}"), None)
+            .await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+        let (_, t) = c
+            .request(Method::GET, &format!("/api/tasks/{id}"), None)
+            .await;
+        assert_eq!(t["status"], "cancelled");
+    }
+    let (s, v) = c
+        .request(Method::DELETE, &format!("/api/tasks/{running}"), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("already_finished"))
+    );
+    // The worker's slot is free again: a new task runs there.
+    c.wait_until(
+        |s| s["tasks"]["assigned"] == 0 && s["workers"]["busy"] == 0,
+        "slot freed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn long_poll_returns_as_soon_as_the_result_exists() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w", 300, 1).await;
+    let id = c.submit("hello", 5).await;
+    let t0 = Instant::now();
+    let (s, t) = c
+        .request(Method::GET, &format!("/api/tasks/{id}?wait=10"), None)
+        .await;
+    let took = t0.elapsed();
+    assert_eq!((s, t["status"].as_str()), (200, Some("completed")));
+    assert!(took < Duration::from_secs(5), "long poll took {took:?}");
+    // A long poll on a task that stays pending returns its current state at the timeout.
+    let _ = c.submit("a", 5).await;
+    let stuck = c.submit("b", 5).await;
+    let (_, t) = c
+        .request(Method::GET, &format!("/api/tasks/{stuck}?wait=0.2"), None)
+        .await;
+    assert_eq!(t["status"], "pending");
+}
+
+#[tokio::test]
+async fn restart_keeps_results_tokens_and_workers() {
+    let mut c = TestCluster::start().await;
+    let w = c.worker("keeper", 0, 2).await;
+    let id = c.submit("remember me", 5).await;
+    c.wait_task(&id, 10).await;
+    let token = c.orch().join_token().to_string();
+    let key = c.key.clone();
+    w.drain().await.expect("drain");
+    let dir = c.dir.path().join("orchestrator");
+    c.orch.take().expect("running").shutdown().await;
+    let orch = d8::node::orchestrator::Orchestrator::start(super::harness::local_config(&dir))
+        .await
+        .expect("restart");
+    assert_eq!(
+        orch.join_token().to_string(),
+        token,
+        "standing token survives a restart"
+    );
+    assert_eq!(orch.api_key(), key);
+    c.base = format!("http://{}", orch.http_addr());
+    c.orch = Some(orch);
+    let t = c.wait_task(&id, 5).await;
+    assert_eq!(t["result"]["content"], "remember me");
+    assert_eq!(c.stats().await["tasks"]["completed"], 1);
+    // The enrolled worker reconnects with its certificate, no token needed.
+    let mut cfg = c.worker_config("keeper", 0, 2);
+    cfg.token = None;
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "worker back")
+        .await;
+    let (_, list) = c.request(Method::GET, "/api/workers", None).await;
+    assert_eq!(list[0]["worker_id"], "keeper");
+    assert_eq!(list[0]["status"], "online");
+}

@@ -1,0 +1,303 @@
+//! Enrollment and mutual TLS: every way in that must be refused is refused,
+//! with a reason the operator can act on.
+
+use std::time::Duration;
+
+use d8::node::worker::WorkerError;
+use d8::transport;
+use d8::wire::{Hello, OrchMsg, WorkerMsg};
+use d8_certs::{JoinToken, ORCHESTRATOR_NAME, WorkerKey, pem_to_der, tls};
+use reqwest::Method;
+use serde_json::json;
+
+use super::harness::TestCluster;
+
+async fn run_to_error(c: &TestCluster, cfg: d8::config::WorkerConfig) -> WorkerError {
+    let w = c.spawn_worker(cfg);
+    tokio::time::timeout(Duration::from_secs(10), w.handle)
+        .await
+        .expect("worker gives up in time")
+        .expect("join")
+        .expect_err("refused")
+}
+
+#[tokio::test]
+async fn wrong_secret_is_refused() {
+    let c = TestCluster::start().await;
+    let mut cfg = c.worker_config("intruder", 0, 1);
+    let real = c.orch().join_token();
+    let forged = JoinToken::parse(&format!(
+        "D8-1-{}-{}",
+        hex::encode(real.ca_digest()),
+        "a".repeat(32)
+    ))
+    .expect("parse");
+    cfg.token = Some(forged);
+    let e = run_to_error(&c, cfg).await;
+    assert!(
+        matches!(&e, WorkerError::Refused(r) if r.contains("unknown join token")),
+        "{e}"
+    );
+    assert_eq!(
+        c.request(Method::GET, "/api/workers", None).await.1,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn expired_and_used_up_tokens_are_refused() {
+    let c = TestCluster::start().await;
+    let (s, v) = c
+        .request(Method::POST, "/api/tokens", Some(json!({"ttl_secs": 1})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let short = JoinToken::parse(v["token"].as_str().expect("token")).expect("parse");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut cfg = c.worker_config("late", 0, 1);
+    cfg.token = Some(short);
+    let e = run_to_error(&c, cfg).await;
+    assert!(
+        matches!(&e, WorkerError::Refused(r) if r.contains("expired")),
+        "{e}"
+    );
+
+    let (_, v) = c
+        .request(Method::POST, "/api/tokens", Some(json!({"max_uses": 1})))
+        .await;
+    let once = JoinToken::parse(v["token"].as_str().expect("token")).expect("parse");
+    let mut cfg = c.worker_config("first", 0, 1);
+    cfg.token = Some(once.clone());
+    let w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "first joined")
+        .await;
+    let mut cfg = c.worker_config("second", 0, 1);
+    cfg.token = Some(once);
+    let e = run_to_error(&c, cfg).await;
+    assert!(
+        matches!(&e, WorkerError::Refused(r) if r.contains("maximum number")),
+        "{e}"
+    );
+    w.drain().await.expect("drain");
+
+    // Listing shows ids and uses, never secrets or hashes.
+    let (_, list) = c.request(Method::GET, "/api/tokens", None).await;
+    let text = list.to_string();
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    assert!(!text.contains(c.orch().join_token().secret()));
+    assert!(!text.contains("hash"));
+}
+
+#[tokio::test]
+async fn revoked_and_rotated_tokens_are_refused() {
+    let c = TestCluster::start().await;
+    let (_, v) = c.request(Method::POST, "/api/tokens", None).await;
+    let extra = JoinToken::parse(v["token"].as_str().expect("token")).expect("parse");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let (s, _) = c
+        .request(Method::DELETE, &format!("/api/tokens/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    let mut cfg = c.worker_config("x", 0, 1);
+    cfg.token = Some(extra);
+    let e = run_to_error(&c, cfg).await;
+    assert!(
+        matches!(&e, WorkerError::Refused(r) if r.contains("revoked")),
+        "{e}"
+    );
+
+    let old = c.orch().join_token();
+    let (s, v) = c.request(Method::POST, "/api/tokens/rotate", None).await;
+    assert_eq!(s, 200);
+    let new = v["token"].as_str().expect("token").to_owned();
+    assert_ne!(new, old.to_string());
+    let on_disk =
+        std::fs::read_to_string(c.dir.path().join("orchestrator/join-token")).expect("file");
+    assert_eq!(on_disk.trim(), new);
+    let mut cfg = c.worker_config("y", 0, 1);
+    cfg.token = Some(old);
+    let e = run_to_error(&c, cfg).await;
+    assert!(
+        matches!(&e, WorkerError::Refused(r) if r.contains("revoked")),
+        "{e}"
+    );
+    let mut cfg = c.worker_config("z", 0, 1);
+    cfg.token = Some(JoinToken::parse(&new).expect("parse"));
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "joined with the new token")
+        .await;
+}
+
+#[tokio::test]
+async fn wrong_ca_digest_is_refused_before_sending_the_secret() {
+    let c = TestCluster::start().await;
+    let real = c.orch().join_token();
+    let other =
+        JoinToken::parse(&format!("D8-1-{}-{}", "ab".repeat(32), real.secret())).expect("parse");
+    let mut cfg = c.worker_config("mitm", 0, 1);
+    cfg.token = Some(other);
+    let e = run_to_error(&c, cfg).await;
+    let msg = e.to_string();
+    assert!(matches!(e, WorkerError::Enroll(_)), "{msg}");
+    assert!(msg.contains("does not match the join token"), "{msg}");
+    // The orchestrator never saw an enrollment request, so the token's use count is untouched.
+    let (_, list) = c.request(Method::GET, "/api/tokens", None).await;
+    assert_eq!(list[0]["uses"], 0);
+}
+
+#[tokio::test]
+async fn not_enrolled_and_no_token_is_a_clear_error() {
+    let c = TestCluster::start().await;
+    let mut cfg = c.worker_config("tokenless", 0, 1);
+    cfg.token = None;
+    let e = run_to_error(&c, cfg).await;
+    assert!(matches!(e, WorkerError::NeedToken));
+    assert!(e.to_string().contains("--token"));
+}
+
+/// A cluster client built by hand, to misbehave in ways `d8 join` never does.
+async fn raw_connect(
+    c: &TestCluster,
+    tls_cfg: rustls::ClientConfig,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let client = transport::client_config(tls_cfg, Duration::from_secs(4)).expect("client config");
+    let addr = c.orch().quic_addr();
+    let endpoint = transport::client_endpoint(addr).expect("endpoint");
+    endpoint
+        .connect_with(client, addr, ORCHESTRATOR_NAME)
+        .expect("connect")
+        .await
+}
+
+fn ca_of(c: &TestCluster) -> rustls::pki_types::CertificateDer<'static> {
+    let pem = std::fs::read_to_string(c.dir.path().join("orchestrator/ca.crt")).expect("ca");
+    pem_to_der(&pem, "ca").expect("der")
+}
+
+#[tokio::test]
+async fn cluster_connection_without_client_certificate_is_refused() {
+    let c = TestCluster::start().await;
+    let cfg = tls::cluster_client_config(ca_of(&c), vec![], None).expect("tls");
+    let conn = raw_connect(&c, cfg)
+        .await
+        .expect("handshake (certificate is optional at the TLS layer)");
+    let reason = conn.closed().await;
+    let text = transport::explain(&reason);
+    assert!(text.contains("client certificate required"), "{text}");
+    assert!(transport::is_unauthorized(&reason));
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused_in_the_handshake() {
+    let c = TestCluster::start().await;
+    let rogue_ca = d8_certs::ClusterCa::generate().expect("ca");
+    let key = WorkerKey::generate().expect("key");
+    let cert = rogue_ca
+        .sign_worker_csr(&key.csr_der("rogue").expect("csr"), "rogue")
+        .expect("sign");
+    let cfg = tls::cluster_client_config(ca_of(&c), vec![cert], Some(key.private_key_der()))
+        .expect("tls");
+    let e = match raw_connect(&c, cfg).await {
+        Err(e) => e,
+        // TLS 1.3: the client may finish before the server has judged its certificate.
+        Ok(conn) => conn.closed().await,
+    };
+    let text = transport::explain(&e);
+    assert!(
+        text.contains("refused") || text.contains("certificate"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn revoked_worker_is_disconnected_and_cannot_return() {
+    let c = TestCluster::start().await;
+    let w = c.worker("bad-apple", 0, 1).await;
+    let (s, v) = c
+        .request(Method::DELETE, "/api/workers/bad-apple", None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("revoked")), "{v}");
+    let e = tokio::time::timeout(Duration::from_secs(10), w.handle)
+        .await
+        .expect("worker stops")
+        .expect("join")
+        .expect_err("revoked");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // Coming back with the same certificate fails in the handshake itself.
+    let mut cfg = c.worker_config("bad-apple", 0, 1);
+    cfg.token = None;
+    let e = run_to_error(&c, cfg).await;
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let (_, list) = c.request(Method::GET, "/api/workers", None).await;
+    assert_eq!(list[0]["status"], "revoked");
+    let (s, _) = c.request(Method::DELETE, "/api/workers/nobody", None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn incompatible_protocol_version_is_explained_on_both_sides() {
+    let c = TestCluster::start().await;
+    let w = c.worker("old-timer", 0, 1).await;
+    let dir = w.dir.clone();
+    w.drain().await.expect("drain");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let key = WorkerKey::from_pem(&read("worker.key")).expect("key");
+    let cert = pem_to_der(&read("worker.crt"), "cert").expect("cert");
+    let ca = pem_to_der(&read("ca.crt"), "ca").expect("ca");
+    let cfg = tls::cluster_client_config(ca, vec![cert], Some(key.private_key_der())).expect("tls");
+    let conn = raw_connect(&c, cfg).await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let hello = WorkerMsg::Hello(Hello {
+        proto: 99,
+        worker_id: "old-timer".into(),
+        caps: Default::default(),
+    });
+    transport::write_frame(&mut send, &hello)
+        .await
+        .expect("write");
+    match transport::read_frame::<OrchMsg>(&mut recv)
+        .await
+        .expect("reply")
+    {
+        OrchMsg::Rejected { reason, supported } => {
+            assert_eq!(supported, d8::wire::PROTOCOL_VERSION);
+            assert!(
+                reason.contains("incompatible protocol version 99"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    drop(send);
+    let closed = conn.closed().await;
+    assert!(
+        transport::explain(&closed).contains("incompatible"),
+        "{closed}"
+    );
+    assert_eq!(c.online().await, 0);
+}
+
+#[tokio::test]
+async fn garbage_on_the_control_stream_closes_only_that_connection() {
+    let c = TestCluster::start().await;
+    let good = c.worker("good", 0, 1).await;
+    let bad = c.worker("bad", 0, 1).await;
+    let dir = bad.dir.clone();
+    bad.drain().await.expect("drain");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let key = WorkerKey::from_pem(&read("worker.key")).expect("key");
+    let cert = pem_to_der(&read("worker.crt"), "cert").expect("cert");
+    let ca = pem_to_der(&read("ca.crt"), "ca").expect("ca");
+    let cfg = tls::cluster_client_config(ca, vec![cert], Some(key.private_key_der())).expect("tls");
+    let conn = raw_connect(&c, cfg).await.expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    // A length prefix far over the limit.
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .expect("write");
+    let closed = conn.closed().await;
+    assert!(transport::explain(&closed).contains("hello"), "{closed}");
+    // The orchestrator and the other worker carry on.
+    let id = c.submit("still fine", 5).await;
+    assert_eq!(c.wait_task(&id, 10).await["worker_id"], "good");
+    good.drain().await.expect("drain");
+}

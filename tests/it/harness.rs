@@ -1,0 +1,221 @@
+//! Shared helpers: start orchestrators and workers, talk HTTP.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use d8::config::{OrchestratorConfig, WorkerConfig};
+use d8::node::orchestrator::Orchestrator;
+use d8::node::worker::{self, WorkerError};
+use d8::providers::{Provider, ProviderSet, echo::Echo};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Logs from the code under test, shown for failing tests (`RUST_LOG` to tune).
+pub fn init_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "d8=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+/// An in-process orchestrator plus an HTTP client for it.
+pub struct TestCluster {
+    pub orch: Option<Orchestrator>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: String,
+}
+
+/// A running in-process worker.
+pub struct TestWorker {
+    pub handle: JoinHandle<Result<(), WorkerError>>,
+    pub stop: CancellationToken,
+    pub dir: PathBuf,
+}
+
+impl TestWorker {
+    /// Drains and waits for the worker to finish.
+    pub async fn drain(self) -> Result<(), WorkerError> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("worker drained in time")
+            .expect("worker task")
+    }
+}
+
+pub fn local_config(dir: &Path) -> OrchestratorConfig {
+    OrchestratorConfig::local(dir.to_path_buf())
+}
+
+impl TestCluster {
+    pub async fn start() -> TestCluster {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut OrchestratorConfig)) -> TestCluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = local_config(&dir.path().join("orchestrator"));
+        tune(&mut cfg);
+        let orch = Orchestrator::start(cfg).await.expect("orchestrator starts");
+        let base = format!("http://{}", orch.http_addr());
+        let key = orch.api_key().to_owned();
+        TestCluster {
+            orch: Some(orch),
+            dir,
+            http: reqwest::Client::new(),
+            base,
+            key,
+        }
+    }
+
+    pub fn orch(&self) -> &Orchestrator {
+        self.orch.as_ref().expect("running")
+    }
+
+    pub fn worker_config(&self, name: &str, echo_delay_ms: u64, slots: u32) -> WorkerConfig {
+        let providers: Vec<Arc<dyn Provider>> = vec![Arc::new(Echo {
+            delay: Duration::from_millis(echo_delay_ms),
+        })];
+        let mut cfg = WorkerConfig::local(
+            self.dir.path().join(name),
+            self.orch().quic_addr(),
+            ProviderSet::new(providers),
+        );
+        cfg.token = Some(self.orch().join_token());
+        cfg.worker_id = Some(name.to_owned());
+        cfg.slots = slots;
+        cfg
+    }
+
+    pub fn spawn_worker(&self, cfg: WorkerConfig) -> TestWorker {
+        let stop = CancellationToken::new();
+        let dir = cfg.data_dir.clone();
+        let handle = tokio::spawn(worker::run(cfg, stop.clone()));
+        TestWorker { handle, stop, dir }
+    }
+
+    /// Starts an echo worker and waits until the orchestrator counts it online.
+    pub async fn worker(&self, name: &str, echo_delay_ms: u64, slots: u32) -> TestWorker {
+        let before = self.online().await;
+        let w = self.spawn_worker(self.worker_config(name, echo_delay_ms, slots));
+        self.wait_until(
+            |s| s["workers"]["online"].as_u64() > Some(before),
+            "worker online",
+        )
+        .await;
+        w
+    }
+
+    pub async fn online(&self) -> u64 {
+        self.stats().await["workers"]["online"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn stats(&self) -> Value {
+        let (s, v) = self
+            .request(reqwest::Method::GET, "/api/workers/stats", None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Submits a chat task; returns its id.
+    pub async fn submit(&self, content: &str, priority: u8) -> String {
+        let (s, v) = self
+            .request(
+                reqwest::Method::POST,
+                "/api/tasks",
+                Some(chat(content, priority)),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["task_id"].as_str().expect("id").to_owned()
+    }
+
+    /// Long-polls a task until it is final (or panics after `secs`).
+    pub async fn wait_task(&self, id: &str, secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (s, v) = self
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/api/tasks/{id}?wait=2"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            if matches!(
+                v["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not final after {secs}s: {v}"
+            );
+        }
+    }
+
+    /// Polls stats until `pred` holds (10 s max).
+    pub async fn wait_until(&self, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.stats().await;
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A `POST /api/tasks` body.
+pub fn chat(content: &str, priority: u8) -> Value {
+    json!({
+        "type": "agent_action",
+        "priority": priority,
+        "data": { "messages": [ { "role": "user", "content": content } ] }
+    })
+}
+
+/// A TCP and UDP port free on 127.0.0.1 (for child processes).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}

@@ -1,0 +1,181 @@
+//! Bad input on the HTTP API gets a 4xx with `{error: {code, message}}`,
+//! never a panic, and nothing is stored.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::harness::TestCluster;
+
+async fn raw(
+    c: &TestCluster,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    let mut req = c.http.request(method, format!("{}{path}", c.base));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let resp = req.send().await.expect("http");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[tokio::test]
+async fn authentication() {
+    let c = TestCluster::start().await;
+    let (s, v) = raw(&c, Method::GET, "/api/workers/stats", None, None).await;
+    assert_eq!((s, code(&v)), (401, "unauthorized"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Bearer")
+    );
+    let (s, v) = raw(
+        &c,
+        Method::GET,
+        "/api/workers/stats",
+        Some("d8k_wrong"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (401, "unauthorized"));
+    // The key never appears in an error.
+    assert!(!v.to_string().contains(&c.key));
+    let (s, v) = raw(&c, Method::GET, "/health", None, None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test]
+async fn bad_bodies_are_4xx_and_store_nothing() {
+    let c = TestCluster::start_with(|cfg| cfg.max_body_bytes = 64 * 1024).await;
+    let key = c.key.clone();
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("/api/tasks", "malformed JSON", b"{not json".to_vec(), 400, "invalid_json"),
+        ("/api/tasks", "empty body", vec![], 400, "invalid_json"),
+        ("/api/tasks", "wrong type", br#"{"type": 5, "data": {"messages": []}}"#.to_vec(), 400, "invalid_request"),
+        ("/api/tasks", "missing data", br#"{"type": "agent_action"}"#.to_vec(), 400, "invalid_request"),
+        ("/api/tasks", "no messages", br#"{"type": "agent_action", "data": {"messages": []}}"#.to_vec(), 400, "invalid_messages"),
+        ("/api/tasks", "bad role", br#"{"type": "t", "data": {"messages": [{"role": "boss", "content": "x"}]}}"#.to_vec(), 400, "invalid_messages"),
+        ("/api/tasks", "priority high", br#"{"type": "t", "priority": 11, "data": {"messages": [{"role": "user", "content": "x"}]}}"#.to_vec(), 400, "invalid_priority"),
+        ("/api/tasks", "priority zero", br#"{"type": "t", "priority": 0, "data": {"messages": [{"role": "user", "content": "x"}]}}"#.to_vec(), 400, "invalid_priority"),
+        ("/api/tasks", "priority negative", br#"{"type": "t", "priority": -3, "data": {"messages": [{"role": "user", "content": "x"}]}}"#.to_vec(), 400, "invalid_priority"),
+        ("/api/tasks", "priority string", br#"{"type": "t", "priority": "high", "data": {"messages": [{"role": "user", "content": "x"}]}}"#.to_vec(), 400, "invalid_request"),
+        ("/api/tasks", "temperature", br#"{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}], "temperature": 9}}"#.to_vec(), 400, "invalid_temperature"),
+        ("/api/tasks", "bad type name", br#"{"type": "a b/c", "data": {"messages": [{"role": "user", "content": "x"}]}}"#.to_vec(), 400, "invalid_type"),
+        ("/api/tasks", "array not object", b"[1,2,3]".to_vec(), 400, "invalid_request"),
+        ("/api/tasks", "too large", format!(r#"{{"type":"t","data":{{"messages":[{{"role":"user","content":"{}"}}]}}}}"#, "x".repeat(100_000)).into_bytes(), 413, "body_too_large"),
+        ("/api/tasks/batch", "empty batch", b"[]".to_vec(), 400, "invalid_batch"),
+        ("/api/tasks/batch", "one bad in batch", br#"[{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}]}}, {"type": "t", "priority": 99, "data": {"messages": [{"role": "user", "content": "x"}]}}]"#.to_vec(), 400, "invalid_priority"),
+        ("/api/agents/a1/act", "no action_type", br#"{"input_data": {}}"#.to_vec(), 400, "invalid_request"),
+        ("/api/agents/a1/act", "empty action_type", br#"{"action_type": " "}"#.to_vec(), 400, "invalid_action_type"),
+        ("/api/agents/a1/act", "act priority", br#"{"action_type": "x", "priority": 42}"#.to_vec(), 400, "invalid_priority"),
+        ("/api/agents/a1/act", "binary garbage", vec![0xff, 0xfe, 0x00, 0x01], 400, "invalid_json"),
+    ];
+    for (path, what, body, status, want) in cases {
+        let (s, v) = raw(&c, Method::POST, path, Some(&key), Some(body)).await;
+        assert_eq!((s, code(&v)), (status, want), "{what}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
+    }
+    let stats = c.stats().await;
+    assert_eq!(stats["tasks"]["pending"], 0, "nothing was accepted");
+    // The batch error names the offending element.
+    let (_, v) = raw(
+        &c,
+        Method::POST,
+        "/api/tasks/batch",
+        Some(&key),
+        Some(br#"[{"type": "t", "priority": 99, "data": {"messages": [{"role": "user", "content": "x"}]}}]"#.to_vec()),
+    )
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("task 0:"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_ids_routes_and_methods() {
+    let c = TestCluster::start().await;
+    for path in [
+        "/api/tasks/999999",
+        "/api/tasks/not-a-number",
+        "/api/tasks/-1",
+    ] {
+        let (s, v) = c.request(Method::GET, path, None).await;
+        assert_eq!((s, code(&v)), (404, "not_found"), "{path}: {v}");
+    }
+    let (s, v) = c.request(Method::DELETE, "/api/tasks/424242", None).await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = c.request(Method::GET, "/api/agents/ghost", None).await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = c.request(Method::GET, "/api/nope", None).await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = c.request(Method::PATCH, "/api/tasks", None).await;
+    assert_eq!((s, code(&v)), (405, "method_not_allowed"), "{v}");
+    let (s, v) = c.request(Method::GET, "/api/tasks/1?wait=soon", None).await;
+    assert!(s == 400 || s == 404, "{s} {v}");
+    let (s, v) = c.request(Method::DELETE, "/api/tokens/zzzz", None).await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = c
+        .request(Method::POST, "/api/tokens", Some(json!({"max_uses": 0})))
+        .await;
+    assert_eq!((s, code(&v)), (400, "invalid_token_limits"));
+}
+
+#[tokio::test]
+async fn curl_without_content_type_works() {
+    // The walkthrough's `curl -d` sends application/x-www-form-urlencoded.
+    let c = TestCluster::start().await;
+    let resp = c
+        .http
+        .post(format!("{}/api/agents/agent123/act", c.base))
+        .bearer_auth(&c.key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"action_type":"content_generation","input_data":{"topic":"AI trends"}}"#)
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 201);
+}
+
+#[tokio::test]
+async fn stats_have_exactly_the_original_shape() {
+    let c = TestCluster::start().await;
+    let stats = c.stats().await;
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&stats), ["performance", "tasks", "workers"]);
+    assert_eq!(
+        keys(&stats["workers"]),
+        ["busy", "by_type", "online", "total"]
+    );
+    assert_eq!(
+        keys(&stats["tasks"]),
+        ["assigned", "completed", "failed", "pending"]
+    );
+    assert_eq!(
+        keys(&stats["performance"]),
+        ["success_rate", "total_completed", "total_failed"]
+    );
+}

@@ -1,0 +1,7 @@
+//! One module per area; shared helpers in `harness`.
+
+mod cluster;
+mod enrollment;
+mod harness;
+mod http_api;
+mod processes;

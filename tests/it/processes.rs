@@ -1,0 +1,453 @@
+//! The real `d8` binary in child processes on loopback: crashes (SIGKILL),
+//! restarts, the CLI, and secrets in output.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use super::harness::{chat, free_port, init_tracing};
+
+const BIN: &str = env!("CARGO_BIN_EXE_d8");
+
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn(args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Proc {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log clone");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("D8_LOG", "d8=debug")
+        .env_remove("D8_TOKEN")
+        .env_remove("D8_API_KEY")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().expect("spawn d8"),
+        log: log.to_path_buf(),
+    }
+}
+
+struct ProcCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    orch: Option<Proc>,
+    workers: Vec<Proc>,
+    http: reqwest::Client,
+    key: String,
+    token: String,
+}
+
+impl ProcCluster {
+    async fn start() -> ProcCluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = ProcCluster {
+            dir,
+            port: free_port(),
+            orch: None,
+            workers: Vec::new(),
+            http: reqwest::Client::new(),
+            key: String::new(),
+            token: String::new(),
+        };
+        c.start_orchestrator().await;
+        c
+    }
+
+    fn odir(&self) -> PathBuf {
+        self.dir.path().join("orchestrator")
+    }
+
+    async fn start_orchestrator(&mut self) {
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = self.dir.path().join(format!("serve-{n}.log"));
+        let port = self.port.to_string();
+        let odir = self.odir();
+        let p = spawn(
+            &[
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--heartbeat",
+                "200ms",
+                "--dead-after",
+                "1s",
+                "--data-dir",
+                odir.to_str().expect("utf8"),
+            ],
+            &log,
+            &[],
+        );
+        self.orch = Some(p);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/health")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orchestrator did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.key = std::fs::read_to_string(self.odir().join("api-key"))
+            .expect("api-key")
+            .trim()
+            .to_owned();
+        self.token = std::fs::read_to_string(self.odir().join("join-token"))
+            .expect("token")
+            .trim()
+            .to_owned();
+    }
+
+    fn add_worker(&mut self, name: &str, extra: &[&str]) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let wdir = self.dir.path().join(name);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut args = vec![
+            "join",
+            &addr,
+            "--provider",
+            "echo",
+            "--worker-id",
+            name,
+            "--data-dir",
+            wdir.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(extra);
+        let token = self.token.clone();
+        self.workers
+            .push(spawn(&args, &log, &[("D8_TOKEN", &token)]));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("http")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn wait_online(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.get("/api/workers/stats").await["workers"]["online"].as_u64() != Some(n) {
+            assert!(Instant::now() < deadline, "{n} workers not online");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn all_logs(&self) -> String {
+        let mut s = String::new();
+        for p in self.orch.iter().chain(&self.workers) {
+            s.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
+        }
+        for e in std::fs::read_dir(self.dir.path()).expect("dir").flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        s
+    }
+
+    async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("D8_URL", self.url(""))
+            .env("D8_DATA_DIR", self.odir())
+            .env("D8_LOG", "warn")
+            .output()
+            .await
+            .expect("run d8");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn worker_killed_mid_task_is_detected_and_its_task_completes_elsewhere() {
+    let mut c = ProcCluster::start().await;
+    c.add_worker("victim", &["--echo-delay-ms", "60000", "--slots", "1"]);
+    c.wait_online(1).await;
+    let v: Value = c
+        .http
+        .post(c.url("/api/tasks"))
+        .bearer_auth(&c.key)
+        .json(&chat("do not lose me", 5))
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(&format!("/api/tasks/{id}")).await["status"] != "assigned" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.add_worker("rescuer", &["--slots", "1"]);
+    c.wait_online(2).await;
+    // SIGKILL: no goodbye on the wire; only missed heartbeats reveal it.
+    let t0 = Instant::now();
+    c.workers[0].child.kill().await.expect("kill");
+    let t = c.get(&format!("/api/tasks/{id}?wait=15")).await;
+    let took = t0.elapsed();
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["worker_id"], "rescuer");
+    assert!(took < Duration::from_secs(5), "re-queued after {took:?}");
+    eprintln!("killed worker's task completed elsewhere {took:?} after the kill");
+}
+
+#[tokio::test]
+async fn orchestrator_killed_mid_load_loses_no_accepted_task() {
+    let mut c = ProcCluster::start().await;
+    c.add_worker("w1", &["--echo-delay-ms", "5", "--slots", "8"]);
+    c.add_worker("w2", &["--echo-delay-ms", "5", "--slots", "8"]);
+    c.wait_online(2).await;
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let submitter = {
+        let http = c.http.clone();
+        let url = c.url("/api/tasks/batch");
+        let key = c.key.clone();
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            for round in 0..400 {
+                let batch: Vec<Value> = (0..10)
+                    .map(|i| chat(&format!("r{round} t{i}"), (i % 10 + 1) as u8))
+                    .collect();
+                let Ok(resp) = http.post(&url).bearer_auth(&key).json(&batch).send().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                if resp.status().as_u16() == 201
+                    && let Ok(ids) = resp.json::<Vec<String>>().await
+                {
+                    accepted.lock().expect("lock").extend(ids);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut orch = c.orch.take().expect("orch");
+    orch.child.kill().await.expect("SIGKILL");
+    let killed_with = accepted.lock().expect("lock").len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.start_orchestrator().await;
+    submitter.await.expect("submitter");
+    let ids = accepted.lock().expect("lock").clone();
+    assert!(
+        killed_with > 0 && ids.len() > killed_with,
+        "load ran across the restart ({killed_with} then {})",
+        ids.len()
+    );
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "ids never reused"
+    );
+    c.wait_online(2).await;
+    for id in &ids {
+        let t = c.get(&format!("/api/tasks/{id}?wait=30")).await;
+        assert_eq!(t["status"], "completed", "task {id}: {t}");
+    }
+    let stats = c.get("/api/workers/stats").await;
+    assert_eq!(
+        stats["tasks"]["completed"].as_u64(),
+        Some(ids.len() as u64),
+        "each accepted task completed exactly once: {stats}"
+    );
+    assert_eq!(stats["tasks"]["pending"], 0);
+    eprintln!(
+        "{} tasks accepted ({killed_with} before the SIGKILL), all completed once",
+        ids.len()
+    );
+}
+
+#[tokio::test]
+async fn cli_commands_and_secrets_stay_out_of_logs() {
+    let mut c = ProcCluster::start().await;
+    c.add_worker("cli-w", &[]);
+    c.wait_online(1).await;
+
+    let (ok, out, err) = c.cli(&["status"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("cli-w") && out.contains("online"), "{out}");
+
+    let (ok, out, err) = c
+        .cli(&["token", "create", "--ttl", "1h", "--max-uses", "2"])
+        .await;
+    assert!(ok, "{err}");
+    let extra = out.trim().to_owned();
+    assert!(extra.starts_with("D8-1-"), "{out}");
+    let (ok, out, _) = c.cli(&["token", "list"]).await;
+    assert!(
+        ok && out.contains("extra") && out.contains("default"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&extra[extra.len() - 32..]),
+        "list never shows secrets"
+    );
+    let extra_id = out
+        .lines()
+        .find(|l| l.contains("extra"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("id")
+        .to_owned();
+    let (ok, _, err) = c.cli(&["token", "revoke", &extra_id]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = c.cli(&["token", "revoke", "doesnotexist"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+
+    let (ok, out, _) = c.cli(&["workers", "list"]).await;
+    assert!(ok && out.contains("cli-w"), "{out}");
+    let (ok, _, err) = c.cli(&["workers", "revoke", "cli-w"]).await;
+    assert!(ok, "{err}");
+    let status = tokio::time::timeout(Duration::from_secs(10), c.workers[0].child.wait())
+        .await
+        .expect("revoked worker exits")
+        .expect("wait");
+    assert!(!status.success(), "a revoked worker exits with an error");
+
+    let (ok, new_token, err) = c.cli(&["token", "rotate"]).await;
+    assert!(ok, "{err}");
+
+    // Unreachable orchestrator: a clear error, non-zero exit.
+    let out = Command::new(BIN)
+        .args(["status", "--url", "http://127.0.0.1:9", "--api-key", "x"])
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the orchestrator"));
+
+    // Secrets: key files are private, and no log line carries a secret.
+    #[cfg(unix)]
+    for f in ["api-key", "join-token", "ca.key", "orchestrator.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.odir().join(f))
+            .expect(f)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.dir.path().join("cli-w/worker.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let logs = c.all_logs();
+    let secret = |t: &str| t.rsplit('-').next().expect("secret").trim().to_owned();
+    // The serve banner prints the token and key on purpose (stdout, once);
+    // strip it and check that nothing else ever does.
+    let without_banner: String = logs
+        .lines()
+        .filter(|l| {
+            !l.contains("join token ")
+                && !l.contains("HTTP API key")
+                && !l.contains("on each worker:")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    for s in [
+        secret(&c.token),
+        secret(&extra),
+        secret(&new_token),
+        c.key.clone(),
+    ] {
+        assert!(
+            !without_banner.contains(&s),
+            "secret {}… leaked into logs",
+            &s[..4]
+        );
+    }
+    let ca_key = std::fs::read_to_string(c.odir().join("ca.key")).expect("ca key");
+    let body: String = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!logs.contains(&body[..40]));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigint_drains_the_worker_and_stops_the_orchestrator_cleanly() {
+    let mut c = ProcCluster::start().await;
+    c.add_worker("gentle", &["--echo-delay-ms", "700", "--slots", "1"]);
+    c.wait_online(1).await;
+    let v: Value = c
+        .http
+        .post(c.url("/api/tasks"))
+        .bearer_auth(&c.key)
+        .json(&json!({"type": "agent_action", "data": {"messages": [{"role": "user", "content": "in flight"}]}}))
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = c.workers[0].child.id().expect("pid").to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), c.workers[0].child.wait())
+        .await
+        .expect("worker exits after draining")
+        .expect("wait");
+    assert!(status.success(), "drained worker exits 0");
+    let t = c.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(
+        (t["status"].as_str(), t["worker_id"].as_str()),
+        (Some("completed"), Some("gentle")),
+        "{t}"
+    );
+
+    let orch = c.orch.as_mut().expect("orch");
+    let pid = orch.child.id().expect("pid").to_string();
+    Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill");
+    let status = tokio::time::timeout(Duration::from_secs(10), orch.child.wait())
+        .await
+        .expect("orchestrator stops")
+        .expect("wait");
+    assert!(status.success());
+}

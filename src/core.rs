@@ -384,6 +384,10 @@ impl Scheduler {
     /// Puts an assigned task (already removed from its worker) back in its queue.
     fn requeue(&mut self, _now: Millis, id: TaskId, why: Option<String>) {
         if let Some(t) = self.tasks.get_mut(&id) {
+            if let State::Assigned { expires, .. } = t.state {
+                self.timers
+                    .remove(&(expires, Timer::AttemptExpiry(id, t.attempt)));
+            }
             t.state = State::Pending;
             if why.is_some() {
                 t.last_error = why;
@@ -498,8 +502,10 @@ impl Scheduler {
                     q.remove(&t.key);
                 }
             }
-            State::Assigned { worker, .. } => {
+            State::Assigned { worker, expires } => {
                 self.assigned -= 1;
+                self.timers
+                    .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.active.remove(&task);
                 }
@@ -527,6 +533,14 @@ impl Scheduler {
         let Some(t) = self.tasks.remove(&task) else {
             return;
         };
+        // Timers die with the task, so they never outnumber live tasks.
+        if let State::Assigned { expires, .. } = t.state {
+            self.timers
+                .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
+        }
+        if let Some(deadline) = t.spec.deadline {
+            self.timers.remove(&(deadline, Timer::Deadline(task)));
+        }
         match status {
             TaskStatus::Completed => self.counters.completed += 1,
             TaskStatus::Failed => self.counters.failed += 1,
@@ -788,5 +802,15 @@ impl Scheduler {
         for w in self.workers.values() {
             assert!(w.active.len() as u64 <= u64::from(w.caps.slots));
         }
+        let with_deadline = self
+            .tasks
+            .values()
+            .filter(|t| t.spec.deadline.is_some())
+            .count();
+        assert_eq!(
+            self.timers.len(),
+            assigned + with_deadline,
+            "no stale timers"
+        );
     }
 }

@@ -252,6 +252,11 @@ impl Orchestrator {
         let router = crate::http::router(shared.clone());
         let http_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Small request/response exchanges: never wait for Nagle.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
             if let Err(e) = serve.await {

@@ -39,12 +39,18 @@ pub struct RedbBackend {
 impl RedbBackend {
     /// Opens (or creates) the database file. Fails clearly if another process has it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::Locked(path.display().to_string())
-            }
-            other => StoreError::Backend(format!("{}: {other}", path.display())),
-        })?;
+        // redb's default cache may grow to 1 GiB; the Pi has 1-8 GiB and the
+        // orchestrator targets tens of MB. Hot data (pending tasks) lives in
+        // the scheduler anyway.
+        let db = Database::builder()
+            .set_cache_size(8 * 1024 * 1024)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                other => StoreError::Backend(format!("{}: {other}", path.display())),
+            })?;
         // Create every table so reads never meet a missing one.
         let txn = db.begin_write().map_err(be)?;
         {

@@ -258,6 +258,13 @@ impl Store {
 
     /// Applies `ops` durably; returns once they are on disk.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.begin_commit(ops)?.wait().await
+    }
+
+    /// Queues `ops` now (so anything queued later commits after them) and
+    /// returns a handle to await their durability. Lets the caller overlap
+    /// other work with the fsync.
+    pub fn begin_commit(&self, ops: Vec<Op>) -> Result<PendingCommit, StoreError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Request {
@@ -265,7 +272,7 @@ impl Store {
                 done: Some(done),
             })
             .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        Ok(PendingCommit(wait))
     }
 
     /// Queues `ops` without waiting (they are committed in order with the rest).
@@ -295,6 +302,17 @@ impl Store {
     /// Transactions committed so far (for the group-commit benchmark figure).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// A queued commit; [`PendingCommit::wait`] resolves when it is on disk.
+#[derive(Debug)]
+pub struct PendingCommit(oneshot::Receiver<Result<(), StoreError>>);
+
+impl PendingCommit {
+    /// Waits for the commit.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
     }
 }
 

@@ -141,7 +141,10 @@ pub(crate) async fn method_not_allowed() -> ApiError {
     }
 }
 
-/// Makes the tasks durable, then hands them to the scheduler.
+/// Makes the tasks durable and schedules them; answers only once they are
+/// durable. Scheduling overlaps the fsync: the insert is queued in the store
+/// first, so any later write about these tasks (their results) commits after
+/// it. If the commit fails the tasks are cancelled and the client told so.
 async fn submit(shared: &Shared, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ApiError> {
     let n = specs.len() as u64;
     let first = shared.store.allocate_ids(n);
@@ -155,12 +158,17 @@ async fn submit(shared: &Shared, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, Ap
             created_at: now,
         })
         .collect();
-    let ids = pending.iter().map(|p| p.id).collect();
-    shared
+    let ids: Vec<TaskId> = pending.iter().map(|p| p.id).collect();
+    let durable = shared
         .store
-        .commit(pending.iter().cloned().map(Op::InsertTask).collect())
-        .await?;
+        .begin_commit(pending.iter().cloned().map(Op::InsertTask).collect())?;
     shared.sched.send(SchedMsg::Submit(pending)).await?;
+    if let Err(e) = durable.wait().await {
+        for id in &ids {
+            let _ = shared.sched.cancel(*id).await;
+        }
+        return Err(e.into());
+    }
     Ok(ids)
 }
 

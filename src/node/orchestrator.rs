@@ -18,7 +18,7 @@ use super::now_millis;
 use super::registry::Registry;
 use crate::config::OrchestratorConfig;
 use crate::core::{Counters, Scheduler};
-use crate::store::{Op, RedbBackend, Store, StoreError, TokenKind, WorkerRecord};
+use crate::store::{Backend, Op, RedbBackend, Store, StoreError, TokenKind, WorkerRecord};
 use crate::task::WorkerId;
 use crate::transport::{self, FrameError, close};
 use crate::wire::{self, EnrollRequest, EnrollResponse, OrchMsg, PROTOCOL_VERSION, WorkerMsg};
@@ -142,12 +142,23 @@ fn generate_api_key() -> String {
 }
 
 impl Orchestrator {
-    /// Starts everything; returns once both listeners are bound.
+    /// Starts everything on the redb store in the data dir; returns once both
+    /// listeners are bound.
     pub async fn start(cfg: OrchestratorConfig) -> Result<Orchestrator, StartError> {
+        files::ensure_dir(&cfg.data_dir)?;
+        let backend = Arc::new(RedbBackend::open(&cfg.data_dir.join(DB_FILE))?);
+        Self::start_with_backend(cfg, backend).await
+    }
+
+    /// Starts on a given store backend (tests use the in-memory twin to
+    /// inject store failures).
+    pub async fn start_with_backend(
+        cfg: OrchestratorConfig,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Orchestrator, StartError> {
         let dir = cfg.data_dir.clone();
         files::ensure_dir(&dir)?;
         let (ca, cert_pem, key_pem) = load_identity(&dir)?;
-        let backend = Arc::new(RedbBackend::open(&dir.join(DB_FILE))?);
         let (store, snapshot) = Store::open(backend)?;
         let revocations = Revocations::default();
         let mut registry = Registry::new(snapshot.tokens, snapshot.workers, revocations.clone());

@@ -58,11 +58,23 @@ impl TestCluster {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut OrchestratorConfig)) -> TestCluster {
+        Self::start_on(tune, None).await
+    }
+
+    /// Starts on the given store backend (default: redb in the temp dir).
+    pub async fn start_on(
+        tune: impl FnOnce(&mut OrchestratorConfig),
+        backend: Option<Arc<dyn d8::store::Backend>>,
+    ) -> TestCluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = local_config(&dir.path().join("orchestrator"));
         tune(&mut cfg);
-        let orch = Orchestrator::start(cfg).await.expect("orchestrator starts");
+        let orch = match backend {
+            Some(b) => Orchestrator::start_with_backend(cfg, b).await,
+            None => Orchestrator::start(cfg).await,
+        }
+        .expect("orchestrator starts");
         let base = format!("http://{}", orch.http_addr());
         let key = orch.api_key().to_owned();
         TestCluster {

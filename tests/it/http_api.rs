@@ -179,3 +179,42 @@ async fn stats_have_exactly_the_original_shape() {
         ["success_rate", "total_completed", "total_failed"]
     );
 }
+
+#[tokio::test]
+async fn store_failure_is_a_503_and_nothing_stays_queued() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let backend = Arc::new(d8::store::MemBackend::default());
+    let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
+    let _w = c.worker("w", 0, 2).await;
+    let ok = c.submit("before", 5).await;
+    assert_eq!(c.wait_task(&ok, 10).await["status"], "completed");
+    backend.fail_commits.store(true, Ordering::Relaxed);
+    let (s, v) = c
+        .request(
+            Method::POST,
+            "/api/tasks",
+            Some(super::harness::chat("lost?", 5)),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("could not store")
+    );
+    backend.fail_commits.store(false, Ordering::Relaxed);
+    let stats = c.stats().await;
+    assert_eq!(stats["tasks"]["pending"], 0);
+    assert_eq!(stats["tasks"]["assigned"], 0);
+    // Nothing durable means nothing to re-run after a restart either; a task
+    // that had already finished before the failure was reported is cancelled
+    // no further (the scheduler answers NotLive).
+    assert!(
+        d8::store::Backend::load(backend.as_ref())
+            .expect("load")
+            .pending
+            .is_empty()
+    );
+}

@@ -208,18 +208,28 @@ impl Actor {
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
+                    // Actions are carried out after every message, so a query
+                    // never sees a task the core has finished but the actor
+                    // has not yet recorded; only store writes are batched.
                     self.handle(msg);
+                    self.act();
                     for _ in 0..BATCH {
                         match self.rx.try_recv() {
-                            Ok(msg) => self.handle(msg),
+                            Ok(msg) => {
+                                self.handle(msg);
+                                self.act();
+                            }
                             Err(_) => break,
                         }
                     }
                 }
-                () = tokio::time::sleep(sleep) => self.core.handle_timeout(now_millis()),
+                () = tokio::time::sleep(sleep) => {
+                    self.core.handle_timeout(now_millis());
+                    self.act();
+                }
                 () = self.shutdown.cancelled() => break,
             }
-            self.act();
+            self.flush_persist();
         }
         for (_, conn) in self.conns.drain() {
             conn.close(close::NORMAL, b"orchestrator shutting down");
@@ -357,7 +367,6 @@ impl Actor {
                 }
             }
         }
-        self.flush_persist();
     }
 
     /// Hands finished tasks to the store as one batch; they leave the
@@ -476,5 +485,70 @@ async fn run_attempt(
             Ok(TaskReply::Done { outcome }) => return Some(outcome),
             Err(e) => return Some(failed("read", &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::SchedulerConfig;
+    use crate::store::MemBackend;
+    use crate::task::{ChatRequest, Millis};
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_type: "agent_action".into(),
+            priority: 5,
+            request: ChatRequest::default(),
+            max_attempts: 3,
+            attempt_timeout_ms: 60_000,
+            deadline: None,
+            agent_id: None,
+        }
+    }
+
+    /// A query handled in the same batch as the message that finished the
+    /// task must see the final state, not "unknown" (which the HTTP layer
+    /// would turn into a 404 while the result is not yet in the store).
+    #[tokio::test]
+    async fn query_in_the_same_batch_sees_a_just_finished_task() {
+        let (store, _) = Store::open(Arc::new(MemBackend::default())).expect("store");
+        let core = Scheduler::new(SchedulerConfig::lan(), crate::core::Counters::default());
+        let shutdown = CancellationToken::new();
+        let (actor, handle) = Actor::new(core, store, shutdown.clone());
+        // Queue everything before the actor runs, so it lands in one batch.
+        handle
+            .send(SchedMsg::Submit(vec![PendingTask {
+                id: TaskId(1),
+                spec: spec(),
+                created_at: Millis(0),
+            }]))
+            .await
+            .expect("send");
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        handle
+            .send(SchedMsg::Cancel {
+                id: TaskId(1),
+                reply: cancel_tx,
+            })
+            .await
+            .expect("send");
+        let (query_tx, query_rx) = oneshot::channel();
+        handle
+            .send(SchedMsg::Query {
+                id: TaskId(1),
+                wait: false,
+                reply: query_tx,
+            })
+            .await
+            .expect("send");
+        let running = tokio::spawn(actor.run());
+        assert_eq!(cancel_rx.await.expect("reply"), CancelResult::Cancelled);
+        match query_rx.await.expect("reply") {
+            QueryReply::State(s) => assert_eq!(s.status, "cancelled"),
+            other => panic!("expected the final state, got {other:?}"),
+        }
+        shutdown.cancel();
+        running.await.expect("actor");
     }
 }

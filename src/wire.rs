@@ -179,6 +179,18 @@ pub struct TaskAssign {
     pub spec: TaskSpec,
 }
 
+/// The sending side of [`TaskAssign`]: same encoding, borrows the spec so
+/// the orchestrator does not copy every task it dispatches.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TaskAssignRef<'a> {
+    /// The task.
+    pub id: TaskId,
+    /// The attempt.
+    pub attempt: u32,
+    /// What to run.
+    pub spec: &'a TaskSpec,
+}
+
 /// Worker → orchestrator on a task stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskReply {
@@ -275,6 +287,24 @@ mod tests {
                 message: "slow down".into(),
             }),
         });
+    }
+
+    #[test]
+    fn borrowed_assign_encodes_like_the_owned_one() {
+        let owned = TaskAssign {
+            id: TaskId(7),
+            attempt: 3,
+            spec: spec(),
+        };
+        let borrowed = TaskAssignRef {
+            id: TaskId(7),
+            attempt: 3,
+            spec: &owned.spec,
+        };
+        assert_eq!(
+            encode(&owned).expect("owned"),
+            encode(&borrowed).expect("borrowed")
+        );
     }
 
     #[test]

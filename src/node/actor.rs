@@ -23,7 +23,7 @@ use crate::task::{
     WorkerId,
 };
 use crate::transport::{self, STREAM_ABORTED, close};
-use crate::wire::{TaskAssign, TaskReply};
+use crate::wire::{TaskAssignRef, TaskReply};
 
 /// A task's state as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -463,10 +463,10 @@ async fn run_attempt(
         },
         () = abort.cancelled() => return None,
     };
-    let assign = TaskAssign {
+    let assign = TaskAssignRef {
         id: task,
         attempt,
-        spec: spec.clone(),
+        spec,
     };
     if let Err(e) = transport::write_frame(&mut send, &assign).await {
         return Some(failed("write", &e));

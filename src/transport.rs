@@ -77,14 +77,22 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result
         .map_err(|e| FrameError::Io(e.to_string()))
 }
 
+/// Streams a worker may open to the orchestrator: the control stream, with
+/// room for a reconnect overlap. quinn sizes per-connection tables from this,
+/// so keeping it small keeps the orchestrator's memory per worker small.
+const SERVER_STREAMS: u32 = 8;
+/// Task streams the orchestrator may have open to one worker at once: the
+/// most slots a worker can advertise, plus aborted streams still closing.
+const CLIENT_STREAMS: u32 = 2_048;
+
 /// QUIC transport settings for a LAN: keep-alives well inside the idle timeout
-/// (quinn sends none by default), room for many concurrent task streams.
-fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
+/// (quinn sends none by default) and `streams` peer-opened streams at once.
+fn transport_config(idle_timeout: Duration, streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(idle_timeout / 4));
     // Fits in a VarInt for any sane value; fall back to quinn's default otherwise.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
-    t.max_concurrent_bidi_streams(VarInt::from_u32(4_096));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     Arc::new(t)
 }
@@ -116,7 +124,7 @@ pub fn server_endpoint(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(idle_timeout));
+    cfg.transport_config(transport_config(idle_timeout, SERVER_STREAMS));
     quinn::Endpoint::server(cfg, addr).map_err(|source| EndpointError::Bind { addr, source })
 }
 
@@ -127,7 +135,7 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig, EndpointError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config(idle_timeout));
+    cfg.transport_config(transport_config(idle_timeout, CLIENT_STREAMS));
     Ok(cfg)
 }
 

@@ -43,7 +43,7 @@ impl RedbBackend {
         // orchestrator targets tens of MB. Hot data (pending tasks) lives in
         // the scheduler anyway.
         let db = Database::builder()
-            .set_cache_size(8 * 1024 * 1024)
+            .set_cache_size(1024 * 1024)
             .create(path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {

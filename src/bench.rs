@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Sequential latency samples on the idle cluster.
     #[arg(long, default_value_t = 300)]
     pub samples: usize,
+    /// Repetitions per worker count; the table shows medians (peak RSS: the maximum).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub runs: u32,
     /// Scratch directory (default: a new temp dir, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -321,18 +324,43 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
     };
     let mut rows = Vec::new();
     for &n in &args.workers {
-        eprintln!("bench: {n} worker(s), {} tasks …", args.tasks);
-        let run_dir = dir.join(format!("n{n}"));
-        let cluster = Cluster::start(&run_dir, n, args.slots).await?;
-        let row = measure(&cluster, &args, n).await;
-        cluster.stop().await;
-        let row = row?;
-        eprintln!(
-            "bench: {n} worker(s): {:.0} tasks/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB",
-            row.tasks_per_sec, row.p50_ms, row.p99_ms, row.peak_rss_mb
-        );
-        rows.push(row);
+        let mut runs = Vec::new();
+        for r in 0..args.runs {
+            eprintln!(
+                "bench: {n} worker(s), {} tasks, run {}/{} …",
+                args.tasks,
+                r + 1,
+                args.runs
+            );
+            let run_dir = dir.join(format!("n{n}-r{r}"));
+            let cluster = Cluster::start(&run_dir, n, args.slots).await?;
+            let row = measure(&cluster, &args, n).await;
+            cluster.stop().await;
+            let row = row?;
+            eprintln!(
+                "bench:   {:.0} tasks/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB",
+                row.tasks_per_sec, row.p50_ms, row.p99_ms, row.peak_rss_mb
+            );
+            runs.push(row);
+        }
+        let median = |f: fn(&BenchRow) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        rows.push(BenchRow {
+            workers: n,
+            tasks: args.tasks,
+            tasks_per_sec: median(|r| r.tasks_per_sec),
+            p50_ms: median(|r| r.p50_ms),
+            p99_ms: median(|r| r.p99_ms),
+            peak_rss_mb: runs.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+        });
     }
+    println!(
+        "median of {} run(s) per row; peak RSS is the maximum over the runs",
+        args.runs
+    );
     println!(
         "| workers | tasks | tasks/s | p50 submit→result (idle) | p99 | orchestrator peak RSS |"
     );

@@ -1,6 +1,7 @@
-//! The HTTP API (axum). [`router`] builds everything and is testable with
-//! `tower::ServiceExt::oneshot`. Handlers are in [`api`]; every error is an
-//! [`ApiError`] rendered as `{"error": {"code", "message"}}` with a 4xx/5xx status.
+//! The HTTP API (axum). `router` builds everything over the orchestrator's
+//! shared state; handlers are in `api`; every error is an [`ApiError`]
+//! rendered as `{"error": {"code", "message"}}` with a 4xx/5xx status. The
+//! integration tests exercise it over real sockets (`tests/it/http_api.rs`).
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the
 //! original project's clients and `curl -d` send form content types).
@@ -81,6 +82,3 @@ async fn require_key(State(shared): State<Arc<Shared>>, req: Request, next: Next
     }
     next.run(req).await
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,9 +1,25 @@
 //! d8: a zero-config LAN cluster for LLM agent work.
 //!
+//! One orchestrator (`d8 serve`) keeps a durable priority queue and pushes
+//! tasks over QUIC with mutual TLS to workers (`d8 join`), which run them with
+//! their own provider keys. Agents talk to the orchestrator's HTTP API.
+//!
 //! Module map (who owns what):
-//! - [`task`]: the shared data types (task specs, outcomes, capabilities).
-//! - [`core`]: the pure scheduler state machine; no I/O, time passed in.
-//! - [`wire`]: versioned bincode messages and framing for QUIC streams.
+//! - [`task`]: the data every layer shares (specs, outcomes, capabilities).
+//! - [`core`]: the scheduler, a pure state machine; no I/O, time passed in.
+//! - [`wire`]: versioned bincode messages and bounded framing (pure).
+//! - [`transport`]: quinn endpoints, framed stream I/O, close codes.
+//! - [`store`]: durable state (redb) behind a trait with an in-memory twin;
+//!   group commit.
+//! - [`providers`]: the `Provider` trait and the built-in `echo` provider.
+//! - [`node`]: the async shells: orchestrator (accept loop, enrollment,
+//!   scheduler actor, registry) and worker (session loop, drain).
+//! - [`http`]: the axum router and its single error type.
+//! - [`config`]: validated configuration and presets; [`cli`]: clap commands.
+//! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`.
+//!
+//! Identity (CA, tokens, CSR signing, rustls configs) lives in the `d8-certs`
+//! crate.
 
 pub mod admin;
 pub mod bench;

@@ -3,7 +3,7 @@
 //! Who owns what:
 //! - [`orchestrator`]: QUIC accept loop (enrollment and cluster connections),
 //!   one task per worker connection, and the HTTP server.
-//! - [`actor`]: the scheduler actor, sole owner of [`crate::core::Scheduler`];
+//! - `actor`: the scheduler actor, sole owner of [`crate::core::Scheduler`];
 //!   turns its actions into QUIC streams, store writes and client wake-ups.
 //! - [`registry`]: join tokens, enrolled workers, revocations.
 //! - [`worker`]: enrollment, the reconnecting session loop, task execution, drain.

@@ -1,5 +1,5 @@
 //! `d8 serve`: identity setup, the QUIC accept loop, per-worker connection
-//! tasks, the HTTP server and housekeeping. Scheduling itself is in [`super::actor`].
+//! tasks, the HTTP server and housekeeping. Scheduling itself is in the `actor` module.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -332,13 +332,17 @@ impl Orchestrator {
     }
 }
 
+/// Drops results older than the retention. Sweeps at half the retention
+/// (so nothing outlives it by more than half), at most every 10 minutes.
 async fn retention_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let retention = u64::try_from(shared.cfg.result_retention.as_millis()).unwrap_or(u64::MAX);
+    let retention = shared.cfg.result_retention;
+    let every = (retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(600));
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
     loop {
-        let before = crate::task::Millis(now_millis().0.saturating_sub(retention));
+        let before = crate::task::Millis(now_millis().0.saturating_sub(retention_ms));
         shared.store.enqueue(vec![Op::PurgeResults { before }]);
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -278,3 +278,24 @@ async fn restart_keeps_results_tokens_and_workers() {
     assert_eq!(list[0]["worker_id"], "keeper");
     assert_eq!(list[0]["status"], "online");
 }
+
+#[tokio::test]
+async fn results_expire_after_the_retention() {
+    let c = TestCluster::start_with(|cfg| cfg.result_retention = Duration::from_millis(600)).await;
+    let _w = c.worker("w", 0, 1).await;
+    let id = c.submit("short-lived", 5).await;
+    assert_eq!(c.wait_task(&id, 10).await["status"], "completed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _) = c
+            .request(Method::GET, &format!("/api/tasks/{id}"), None)
+            .await;
+        if s == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "result still there after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Totals are kept; only the stored result went.
+    assert_eq!(c.stats().await["tasks"]["completed"], 1);
+}

@@ -26,7 +26,8 @@ pub mod close {
     pub const VERSION: VarInt = VarInt::from_u32(3);
     /// The orchestrator declared the worker dead (missed heartbeats).
     pub const DEAD: VarInt = VarInt::from_u32(4);
-    /// A newer connection of the same worker replaced this one.
+    /// A newer connection of the same worker replaced this one (another
+    /// process uses the same identity, or this connection was stale).
     pub const REPLACED: VarInt = VarInt::from_u32(5);
 }
 
@@ -155,6 +156,9 @@ pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, EndpointEr
 pub fn explain(e: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match e {
+        E::ApplicationClosed(c) if c.error_code == close::REPLACED => {
+            "closed by the orchestrator: another process connected with this worker's identity (two `d8 join` sharing one --data-dir?)".to_owned()
+        }
         E::ApplicationClosed(c) => {
             let reason = String::from_utf8_lossy(&c.reason);
             format!("closed by the orchestrator: {reason}")
@@ -183,11 +187,15 @@ pub fn explain(e: &quinn::ConnectionError) -> String {
     }
 }
 
-/// True when the error means "this worker is not allowed", where retrying cannot help.
+/// True when retrying cannot help: this worker is not allowed (revoked,
+/// unknown), speaks another version, or another process holds its identity
+/// (two workers sharing one data dir would otherwise evict each other forever).
 pub fn is_unauthorized(e: &quinn::ConnectionError) -> bool {
     match e {
         quinn::ConnectionError::ApplicationClosed(c) => {
-            c.error_code == close::UNAUTHORIZED || c.error_code == close::VERSION
+            c.error_code == close::UNAUTHORIZED
+                || c.error_code == close::VERSION
+                || c.error_code == close::REPLACED
         }
         quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code) == 0x100 + 44,
         _ => false,

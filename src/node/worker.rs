@@ -46,9 +46,12 @@ pub enum WorkerError {
     /// The orchestrator refused this worker for good (revoked, incompatible).
     #[error("{0}")]
     Rejected(String),
-    /// Could not reach or talk to the orchestrator during enrollment.
+    /// Enrollment failed for a reason retrying cannot fix.
     #[error("enrollment failed: {0}")]
     Enroll(String),
+    /// The orchestrator could not be reached (retried internally).
+    #[error("orchestrator unreachable: {0}")]
+    Unreachable(String),
     /// Stored identity is unusable.
     #[error("stored identity: {0}")]
     Identity(String),
@@ -120,6 +123,29 @@ fn wanted_id(cfg: &WorkerConfig) -> String {
         .clone()
         .or_else(|| sysinfo::System::host_name().ok())
         .unwrap_or_else(|| "worker".to_owned())
+}
+
+/// Enrolls, retrying with backoff while the orchestrator is unreachable (it
+/// may simply not be up yet); refusals and CA mismatches are final.
+async fn enroll_until_done(
+    cfg: &WorkerConfig,
+    token: &JoinToken,
+    shutdown: &CancellationToken,
+) -> Result<Option<Identity>, WorkerError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match enroll(cfg, token).await {
+            Err(WorkerError::Unreachable(reason)) => {
+                tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "cannot reach the orchestrator to enroll");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(cfg.max_backoff);
+            }
+            other => return other.map(Some),
+        }
+    }
 }
 
 /// Enrolls with `token`, stores the identity, returns it.
@@ -222,10 +248,16 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
             tracing::info!(
                 "token is for a different cluster than the stored identity; enrolling again"
             );
-            enroll(&cfg, t).await?
+            match enroll_until_done(&cfg, t, &shutdown).await? {
+                Some(id) => id,
+                None => return Ok(()),
+            }
         }
         (Some(id), _) => id,
-        (None, Some(t)) => enroll(&cfg, t).await?,
+        (None, Some(t)) => match enroll_until_done(&cfg, t, &shutdown).await? {
+            Some(id) => id,
+            None => return Ok(()),
+        },
         (None, None) => return Err(WorkerError::NeedToken),
     };
     let tls = tls::cluster_client_config(

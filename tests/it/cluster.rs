@@ -299,3 +299,78 @@ async fn results_expire_after_the_retention() {
     // Totals are kept; only the stored result went.
     assert_eq!(c.stats().await["tasks"]["completed"], 1);
 }
+
+#[tokio::test]
+async fn worker_started_before_the_orchestrator_enrolls_when_it_comes_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = super::harness::free_port();
+    let mut cfg = super::harness::local_config(&dir.path().join("o"));
+    cfg.quic_addr = ([127, 0, 0, 1], port).into();
+    cfg.http_addr = ([127, 0, 0, 1], port).into();
+    // First start only to create the cluster identity and its token.
+    let orch = d8::node::orchestrator::Orchestrator::start(cfg.clone())
+        .await
+        .expect("start");
+    let token = orch.join_token();
+    orch.shutdown().await;
+
+    let providers: Vec<std::sync::Arc<dyn d8::providers::Provider>> =
+        vec![std::sync::Arc::new(d8::providers::echo::Echo::default())];
+    let mut wcfg = d8::config::WorkerConfig::local(
+        dir.path().join("w"),
+        cfg.quic_addr,
+        d8::providers::ProviderSet::new(providers),
+    );
+    wcfg.token = Some(token);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(d8::node::worker::run(wcfg, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker keeps trying while the orchestrator is down"
+    );
+
+    let orch = d8::node::orchestrator::Orchestrator::start(cfg)
+        .await
+        .expect("restart");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: Value = http
+            .get(format!("http://{}/api/workers/stats", orch.http_addr()))
+            .bearer_auth(orch.api_key())
+            .send()
+            .await
+            .expect("http")
+            .json()
+            .await
+            .expect("json");
+        if stats["workers"]["online"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker never joined: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    worker.await.expect("join").expect("clean exit");
+    orch.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_processes_with_one_identity_do_not_evict_each_other_forever() {
+    let c = TestCluster::start().await;
+    let first = c.worker("twin", 0, 1).await;
+    let mut cfg = c.worker_config("twin", 0, 1);
+    cfg.token = None;
+    cfg.data_dir = first.dir.clone();
+    let second = c.spawn_worker(cfg);
+    let e = tokio::time::timeout(Duration::from_secs(10), first.handle)
+        .await
+        .expect("the evicted worker stops")
+        .expect("join")
+        .expect_err("evicted");
+    assert!(e.to_string().contains("another process"), "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.handle.is_finished(), "the newer one stays");
+    assert_eq!(c.online().await, 1);
+}

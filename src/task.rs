@@ -227,3 +227,17 @@ pub struct Capabilities {
     /// d8 version of the worker.
     pub version: String,
 }
+
+/// A plain chat task for unit tests.
+#[cfg(test)]
+pub(crate) fn test_spec(task_type: &str, priority: u8) -> TaskSpec {
+    TaskSpec {
+        task_type: task_type.to_owned(),
+        priority,
+        request: ChatRequest::default(),
+        max_attempts: 3,
+        attempt_timeout_ms: 60_000,
+        deadline: None,
+        agent_id: None,
+    }
+}

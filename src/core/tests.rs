@@ -1,20 +1,12 @@
 //! Scheduler tests, driven with a fake clock.
 
 use super::*;
-use crate::task::{ChatRequest, TaskError, TaskOutput, Usage};
+use crate::task::{TaskError, TaskOutput, Usage};
 use proptest::prelude::*;
 use std::collections::HashSet;
 
 fn spec(task_type: &str, priority: u8) -> Arc<TaskSpec> {
-    Arc::new(TaskSpec {
-        task_type: task_type.to_owned(),
-        priority,
-        request: ChatRequest::default(),
-        max_attempts: 3,
-        attempt_timeout_ms: 60_000,
-        deadline: None,
-        agent_id: None,
-    })
+    Arc::new(crate::task::test_spec(task_type, priority))
 }
 
 fn caps(worker_type: &str, slots: u32) -> Capabilities {

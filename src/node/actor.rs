@@ -493,18 +493,10 @@ mod tests {
     use super::*;
     use crate::core::SchedulerConfig;
     use crate::store::MemBackend;
-    use crate::task::{ChatRequest, Millis};
+    use crate::task::Millis;
 
     fn spec() -> TaskSpec {
-        TaskSpec {
-            task_type: "agent_action".into(),
-            priority: 5,
-            request: ChatRequest::default(),
-            max_attempts: 3,
-            attempt_timeout_ms: 60_000,
-            deadline: None,
-            agent_id: None,
-        }
+        crate::task::test_spec("agent_action", 5)
     }
 
     /// A query handled in the same batch as the message that finished the

@@ -1,18 +1,10 @@
 //! Store tests: both backends must behave the same.
 
 use super::*;
-use crate::task::{ChatRequest, TaskSpec};
+use crate::task::TaskSpec;
 
 fn spec() -> TaskSpec {
-    TaskSpec {
-        task_type: "agent_action".into(),
-        priority: 5,
-        request: ChatRequest::default(),
-        max_attempts: 3,
-        attempt_timeout_ms: 1_000,
-        deadline: None,
-        agent_id: None,
-    }
+    crate::task::test_spec("agent_action", 5)
 }
 
 fn finished(id: u64, at: u64) -> FinishedTask {

@@ -168,6 +168,18 @@ async fn raw_connect(
         .await
 }
 
+/// Stops an enrolled worker and returns a TLS config with its identity, for
+/// a hand-made client that then misbehaves.
+async fn enrolled_identity(w: super::harness::TestWorker) -> rustls::ClientConfig {
+    let dir = w.dir.clone();
+    w.drain().await.expect("drain");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let key = WorkerKey::from_pem(&read("worker.key")).expect("key");
+    let cert = pem_to_der(&read("worker.crt"), "cert").expect("cert");
+    let ca = pem_to_der(&read("ca.crt"), "ca").expect("ca");
+    tls::cluster_client_config(ca, vec![cert], Some(key.private_key_der())).expect("tls")
+}
+
 fn ca_of(c: &TestCluster) -> rustls::pki_types::CertificateDer<'static> {
     let pem = std::fs::read_to_string(c.dir.path().join("orchestrator/ca.crt")).expect("ca");
     pem_to_der(&pem, "ca").expect("der")
@@ -237,13 +249,7 @@ async fn revoked_worker_is_disconnected_and_cannot_return() {
 async fn incompatible_protocol_version_is_explained_on_both_sides() {
     let c = TestCluster::start().await;
     let w = c.worker("old-timer", 0, 1).await;
-    let dir = w.dir.clone();
-    w.drain().await.expect("drain");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
-    let key = WorkerKey::from_pem(&read("worker.key")).expect("key");
-    let cert = pem_to_der(&read("worker.crt"), "cert").expect("cert");
-    let ca = pem_to_der(&read("ca.crt"), "ca").expect("ca");
-    let cfg = tls::cluster_client_config(ca, vec![cert], Some(key.private_key_der())).expect("tls");
+    let cfg = enrolled_identity(w).await;
     let conn = raw_connect(&c, cfg).await.expect("handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let hello = WorkerMsg::Hello(Hello {
@@ -281,13 +287,7 @@ async fn garbage_on_the_control_stream_closes_only_that_connection() {
     let c = TestCluster::start().await;
     let good = c.worker("good", 0, 1).await;
     let bad = c.worker("bad", 0, 1).await;
-    let dir = bad.dir.clone();
-    bad.drain().await.expect("drain");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
-    let key = WorkerKey::from_pem(&read("worker.key")).expect("key");
-    let cert = pem_to_der(&read("worker.crt"), "cert").expect("cert");
-    let ca = pem_to_der(&read("ca.crt"), "ca").expect("ca");
-    let cfg = tls::cluster_client_config(ca, vec![cert], Some(key.private_key_der())).expect("tls");
+    let cfg = enrolled_identity(bad).await;
     let conn = raw_connect(&c, cfg).await.expect("handshake");
     let (mut send, _recv) = conn.open_bi().await.expect("stream");
     // A length prefix far over the limit.

@@ -218,3 +218,10 @@ async fn store_failure_is_a_503_and_nothing_stays_queued() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn no_auth_mode_serves_without_a_key() {
+    let c = TestCluster::start_with(|cfg| cfg.require_api_key = false).await;
+    let (s, v) = raw(&c, Method::GET, "/api/workers/stats", None, None).await;
+    assert_eq!(s, 200, "{v}");
+}

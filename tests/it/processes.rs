@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use super::harness::{chat, free_port, init_tracing};
@@ -154,6 +154,22 @@ impl ProcCluster {
             .expect("json")
     }
 
+    /// Submits a chat task; returns its id.
+    async fn submit(&self, content: &str) -> String {
+        let v: Value = self
+            .http
+            .post(self.url("/api/tasks"))
+            .bearer_auth(&self.key)
+            .json(&chat(content, 5))
+            .send()
+            .await
+            .expect("http")
+            .json()
+            .await
+            .expect("json");
+        v["task_id"].as_str().expect("id").to_owned()
+    }
+
     async fn wait_online(&self, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.get("/api/workers/stats").await["workers"]["online"].as_u64() != Some(n) {
@@ -197,18 +213,7 @@ async fn worker_killed_mid_task_is_detected_and_its_task_completes_elsewhere() {
     let mut c = ProcCluster::start().await;
     c.add_worker("victim", &["--echo-delay-ms", "60000", "--slots", "1"]);
     c.wait_online(1).await;
-    let v: Value = c
-        .http
-        .post(c.url("/api/tasks"))
-        .bearer_auth(&c.key)
-        .json(&chat("do not lose me", 5))
-        .send()
-        .await
-        .expect("http")
-        .json()
-        .await
-        .expect("json");
-    let id = v["task_id"].as_str().expect("id").to_owned();
+    let id = c.submit("do not lose me").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.get(&format!("/api/tasks/{id}")).await["status"] != "assigned" {
         assert!(Instant::now() < deadline);
@@ -430,18 +435,7 @@ async fn sigint_drains_the_worker_and_stops_the_orchestrator_cleanly() {
     let mut c = ProcCluster::start().await;
     c.add_worker("gentle", &["--echo-delay-ms", "700", "--slots", "1"]);
     c.wait_online(1).await;
-    let v: Value = c
-        .http
-        .post(c.url("/api/tasks"))
-        .bearer_auth(&c.key)
-        .json(&json!({"type": "agent_action", "data": {"messages": [{"role": "user", "content": "in flight"}]}}))
-        .send()
-        .await
-        .expect("http")
-        .json()
-        .await
-        .expect("json");
-    let id = v["task_id"].as_str().expect("id").to_owned();
+    let id = c.submit("in flight").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = c.workers[0].child.id().expect("pid").to_string();
     let sent = Command::new("kill")

@@ -1,5 +1,9 @@
-//! `d8 bench`: starts a real cluster on loopback — the orchestrator and N echo
-//! workers as separate `d8` processes — and measures it through the HTTP API.
+//! `d8 bench`: starts a real cluster on loopback and measures it through the
+//! HTTP API. The orchestrator is always its own `d8 serve` process. The N echo
+//! workers run either inside the bench process (`--worker-mode inprocess`, the
+//! default: one runtime for all of them, so 16 workers do not mean 16
+//! processes fighting over 2 cores) or as N `d8 join` processes
+//! (`--worker-mode process`). Either way every task crosses loopback QUIC.
 //!
 //! Figures:
 //! - throughput: `--tasks` tasks submitted in batches of `--batch` by
@@ -32,6 +36,9 @@ pub struct BenchArgs {
     /// Concurrent HTTP clients submitting batches.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// Where the workers run: `inprocess` or `process`.
+    #[arg(long, default_value = "inprocess", value_parser = ["inprocess", "process"])]
+    pub worker_mode: String,
     /// Slots per worker.
     #[arg(long, default_value_t = 64)]
     pub slots: u32,
@@ -63,16 +70,24 @@ pub struct BenchRow {
     pub peak_rss_mb: f64,
 }
 
+enum Workers {
+    Processes(Vec<Child>),
+    InProcess(
+        tokio_util::sync::CancellationToken,
+        Vec<tokio::task::JoinHandle<()>>,
+    ),
+}
+
 struct Cluster {
     orchestrator: Child,
-    workers: Vec<Child>,
+    workers: Workers,
     http: reqwest::Client,
     base: String,
     key: String,
 }
 
 impl Cluster {
-    async fn start(dir: &Path, n: usize, slots: u32) -> Result<Cluster> {
+    async fn start(dir: &Path, n: usize, slots: u32, in_process: bool) -> Result<Cluster> {
         let exe = std::env::current_exe().context("locating the d8 binary")?;
         let port = free_port()?;
         let odir = dir.join("orchestrator");
@@ -102,28 +117,48 @@ impl Cluster {
         }
         let key = std::fs::read_to_string(&key_file)?.trim().to_owned();
         let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
-        let mut workers = Vec::new();
-        for i in 0..n {
-            workers.push(
-                Command::new(&exe)
-                    .args([
-                        "join",
-                        &format!("127.0.0.1:{port}"),
-                        "--provider",
-                        "echo",
-                        "--slots",
-                        &slots.to_string(),
-                    ])
-                    .args(["--worker-id", &format!("bench-{i}"), "--data-dir"])
-                    .arg(dir.join(format!("w{i}")))
-                    .env("D8_TOKEN", &token)
-                    .env("D8_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .context("starting d8 join")?,
-            );
-        }
+        let workers = if in_process {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let token = d8_certs::JoinToken::parse(&token).context("join token")?;
+            let mut handles = Vec::new();
+            for i in 0..n {
+                let providers: Vec<std::sync::Arc<dyn crate::providers::Provider>> =
+                    vec![std::sync::Arc::new(crate::providers::echo::Echo::default())];
+                let mut cfg = crate::config::WorkerConfig::lan(
+                    dir.join(format!("w{i}")),
+                    ([127, 0, 0, 1], port).into(),
+                    crate::providers::ProviderSet::new(providers),
+                );
+                cfg.token = Some(token.clone());
+                cfg.worker_id = Some(format!("bench-{i}"));
+                cfg.slots = slots;
+                let stop = stop.clone();
+                handles.push(tokio::spawn(async move {
+                    if let Err(e) = crate::node::worker::run(cfg, stop).await {
+                        eprintln!("bench worker {i}: {e}");
+                    }
+                }));
+            }
+            Workers::InProcess(stop, handles)
+        } else {
+            let mut children = Vec::new();
+            for i in 0..n {
+                children.push(
+                    Command::new(&exe)
+                        .args(["join", &format!("127.0.0.1:{port}"), "--provider", "echo"])
+                        .args(["--slots", &slots.to_string()])
+                        .args(["--worker-id", &format!("bench-{i}"), "--data-dir"])
+                        .arg(dir.join(format!("w{i}")))
+                        .env("D8_TOKEN", &token)
+                        .env("D8_LOG", "warn")
+                        .stdout(Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .context("starting d8 join")?,
+                );
+            }
+            Workers::Processes(children)
+        };
         let c = Cluster {
             orchestrator,
             workers,
@@ -181,8 +216,18 @@ impl Cluster {
     }
 
     async fn stop(mut self) {
-        for w in &mut self.workers {
-            let _ = w.kill().await;
+        match &mut self.workers {
+            Workers::Processes(children) => {
+                for w in children {
+                    let _ = w.kill().await;
+                }
+            }
+            Workers::InProcess(stop, handles) => {
+                stop.cancel();
+                for h in handles {
+                    h.abort();
+                }
+            }
         }
         let _ = self.orchestrator.kill().await;
     }
@@ -333,7 +378,8 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
                 args.runs
             );
             let run_dir = dir.join(format!("n{n}-r{r}"));
-            let cluster = Cluster::start(&run_dir, n, args.slots).await?;
+            let cluster =
+                Cluster::start(&run_dir, n, args.slots, args.worker_mode == "inprocess").await?;
             let row = measure(&cluster, &args, n).await;
             cluster.stop().await;
             let row = row?;
@@ -358,7 +404,12 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
         });
     }
     println!(
-        "median of {} run(s) per row; peak RSS is the maximum over the runs",
+        "workers {}; median of {} run(s) per row; peak RSS is the maximum over the runs",
+        if args.worker_mode == "inprocess" {
+            "in the bench process"
+        } else {
+            "as separate processes"
+        },
         args.runs
     );
     println!(

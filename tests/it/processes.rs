@@ -469,3 +469,52 @@ async fn sigint_drains_the_worker_and_stops_the_orchestrator_cleanly() {
         .expect("wait");
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn original_environment_variables_and_dotenv_configure_a_worker() {
+    let c = ProcCluster::start().await;
+    // The original project's worker variables, from a `.env` in the working directory.
+    let wdir = c.dir.path().join("envworker");
+    std::fs::create_dir_all(&wdir).expect("dir");
+    let dotenv = format!(
+        "ORCHESTRATOR_URL=http://127.0.0.1:{port}\nWORKER_ID=legacy-box\nWORKER_TYPE=deepseek_gpu\nPOLL_INTERVAL=5\nD8_PROVIDERS=echo\nD8_TOKEN={token}\nD8_DATA_DIR={dir}\n",
+        port = c.port,
+        token = c.token,
+        dir = wdir.join("data").display(),
+    );
+    std::fs::write(wdir.join(".env"), dotenv).expect("write .env");
+    let log = std::fs::File::create(c.dir.path().join("envworker.log")).expect("log");
+    let mut child = Command::new(BIN)
+        .arg("join")
+        .current_dir(&wdir)
+        .env_remove("D8_TOKEN")
+        .env_remove("D8_DATA_DIR")
+        .env("D8_LOG", "d8=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    c.wait_online(1).await;
+    let workers = c.get("/api/workers").await;
+    assert_eq!(workers[0]["worker_id"], "legacy-box", "{workers}");
+    assert_eq!(workers[0]["worker_type"], "deepseek_gpu");
+    // deepseek_gpu may run code generation under the original routing.
+    let v: Value = c
+        .http
+        .post(c.url("/api/tasks"))
+        .bearer_auth(&c.key)
+        .json(&serde_json::json!({"type": "code_generation", "data": {"messages": [{"role": "user", "content": "fn main"}]}}))
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    let id = v["task_id"].as_str().expect("id");
+    let t = c.get(&format!("/api/tasks/{id}?wait=10")).await;
+    assert_eq!(t["worker_id"], "legacy-box", "{t}");
+    let logged = std::fs::read_to_string(c.dir.path().join("envworker.log")).expect("log");
+    assert!(logged.contains("POLL_INTERVAL is ignored"), "{logged}");
+    let _ = child.kill().await;
+}

@@ -207,7 +207,17 @@ fn from_bytes<T: serde::de::DeserializeOwned>(
 
 struct Request {
     ops: Vec<Op>,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    reply: Reply,
+}
+
+/// How the writer answers a request.
+enum Reply {
+    /// Fire and forget.
+    None,
+    /// Success or the error.
+    Done(oneshot::Sender<Result<(), StoreError>>),
+    /// Success, or the error with the ops handed back for a retry.
+    GiveBack(oneshot::Sender<Result<(), (StoreError, Vec<Op>)>>),
 }
 
 /// Largest number of ops folded into one transaction.
@@ -269,15 +279,35 @@ impl Store {
         self.tx
             .send(Request {
                 ops,
-                done: Some(done),
+                reply: Reply::Done(done),
             })
             .map_err(|_| StoreError::Closed)?;
         Ok(PendingCommit(wait))
     }
 
+    /// Like [`Store::commit`], but a failed commit hands the ops back so the
+    /// caller can retry them without having kept a copy.
+    pub async fn commit_or_return(&self, ops: Vec<Op>) -> Result<(), (StoreError, Vec<Op>)> {
+        let (done, wait) = oneshot::channel();
+        if let Err(mpsc::SendError(r)) = self.tx.send(Request {
+            ops,
+            reply: Reply::GiveBack(done),
+        }) {
+            return Err((StoreError::Closed, r.ops));
+        }
+        wait.await.unwrap_or(Err((StoreError::Closed, Vec::new())))
+    }
+
     /// Queues `ops` without waiting (they are committed in order with the rest).
     pub fn enqueue(&self, ops: Vec<Op>) {
-        if self.tx.send(Request { ops, done: None }).is_err() {
+        if self
+            .tx
+            .send(Request {
+                ops,
+                reply: Reply::None,
+            })
+            .is_err()
+        {
             tracing::error!("store is shut down; dropped a write");
         }
     }
@@ -329,7 +359,8 @@ fn writer(backend: &dyn Backend, rx: &mpsc::Receiver<Request>, commits: &AtomicU
                 Err(_) => break,
             }
         }
-        let ops: Vec<Op> = batch.iter_mut().flat_map(|r| r.ops.drain(..)).collect();
+        let lens: Vec<usize> = batch.iter().map(|r| r.ops.len()).collect();
+        let mut ops: Vec<Op> = batch.iter_mut().flat_map(|r| r.ops.drain(..)).collect();
         let result = if ops.is_empty() {
             Ok(())
         } else {
@@ -340,9 +371,18 @@ fn writer(backend: &dyn Backend, rx: &mpsc::Receiver<Request>, commits: &AtomicU
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = ops.len(), "store commit failed");
         }
-        for r in batch {
-            if let Some(done) = r.done {
-                let _ = done.send(result.clone());
+        for (r, len) in batch.into_iter().zip(lens) {
+            // Each request's ops are the next `len` of the batch.
+            let rest = ops.split_off(len.min(ops.len()));
+            let mine = std::mem::replace(&mut ops, rest);
+            match r.reply {
+                Reply::None => {}
+                Reply::Done(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+                Reply::GiveBack(tx) => {
+                    let _ = tx.send(result.clone().map_err(|e| (e, mine)));
+                }
             }
         }
     }

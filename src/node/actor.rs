@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::now_millis;
 use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
-use crate::store::{Op, PendingTask, Store};
+use crate::store::{Op, PendingTask, Store, StoreError};
 use crate::task::{
     Capabilities, ErrorKind, FinishedTask, Outcome, TaskError, TaskId, TaskOutput, TaskSpec,
     WorkerId,
@@ -386,12 +386,24 @@ impl Actor {
         let store = self.store.clone();
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            match store.commit(ops).await {
-                Ok(()) => {
-                    let _ = handle.send(SchedMsg::Persisted(ids)).await;
+            // Until durable the results stay in the actor's memory (clients
+            // still see them); a failing store is retried with backoff.
+            let mut ops = ops;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match store.commit_or_return(ops).await {
+                    Ok(()) => {
+                        let _ = handle.send(SchedMsg::Persisted(ids)).await;
+                        return;
+                    }
+                    Err((StoreError::Closed, _)) => return,
+                    Err((e, back)) => {
+                        tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not persist finished tasks");
+                        ops = back;
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
                 }
-                // Kept in memory so clients still see them; logged by the store.
-                Err(e) => tracing::error!(error = %e, "could not persist finished tasks"),
             }
         });
     }

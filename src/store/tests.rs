@@ -134,3 +134,25 @@ async fn commit_errors_reach_the_caller() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn failed_commits_hand_their_ops_back_in_order() {
+    let backend = Arc::new(MemBackend::default());
+    let (store, _) = Store::open(backend.clone()).expect("store");
+    backend
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let a = vec![Op::Finish(finished(1, 10)), Op::Finish(finished(2, 10))];
+    let b = vec![Op::Finish(finished(3, 10))];
+    let (ra, rb) = tokio::join!(
+        store.commit_or_return(a.clone()),
+        store.commit_or_return(b.clone())
+    );
+    assert_eq!(ra.expect_err("fails").1, a);
+    assert_eq!(rb.expect_err("fails").1, b);
+    backend
+        .fail_commits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    store.commit_or_return(a).await.expect("retry succeeds");
+    assert!(backend.result(TaskId(2)).expect("read").is_some());
+}

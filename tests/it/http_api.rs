@@ -189,6 +189,19 @@ async fn store_failure_is_a_503_and_nothing_stays_queued() {
     let _w = c.worker("w", 0, 2).await;
     let ok = c.submit("before", 5).await;
     assert_eq!(c.wait_task(&ok, 10).await["status"], "completed");
+    // Its result is persisted shortly after it completes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d8::store::Backend::load(backend.as_ref())
+        .expect("load")
+        .pending
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "result never persisted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     backend.fail_commits.store(true, Ordering::Relaxed);
     let (s, v) = c
         .request(

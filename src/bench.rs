@@ -94,6 +94,7 @@ impl Cluster {
         let orchestrator = Command::new(&exe)
             .args([
                 "serve",
+                "--no-mdns",
                 "--bind",
                 "127.0.0.1",
                 "--port",

@@ -101,6 +101,19 @@ pub struct ServeArgs {
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,
+    /// Do not advertise over mDNS (workers then need the address).
+    #[arg(long, env = "D8_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Advertise over mDNS only on these interfaces; repeatable or comma-separated.
+    #[arg(
+        long = "mdns-interface",
+        env = "D8_MDNS_INTERFACE",
+        value_delimiter = ','
+    )]
+    pub mdns_interfaces: Vec<String>,
+    /// Name announced over mDNS (default: d8-<hostname>).
+    #[arg(long, env = "D8_NAME")]
+    pub name: Option<String>,
 }
 
 /// `d8 join` flags.
@@ -145,6 +158,13 @@ pub struct JoinArgs {
     /// Accepted for compatibility and ignored: tasks are pushed, nothing polls.
     #[arg(long, env = "POLL_INTERVAL", hide = true)]
     pub poll_interval: Option<String>,
+    /// Look for the orchestrator over mDNS only on these interfaces; repeatable or comma-separated.
+    #[arg(
+        long = "mdns-interface",
+        env = "D8_MDNS_INTERFACE",
+        value_delimiter = ','
+    )]
+    pub mdns_interfaces: Vec<String>,
 }
 
 /// Flags of commands that talk to a running orchestrator over HTTP.
@@ -245,6 +265,13 @@ impl ServeArgs {
         }
         cfg.max_body_bytes = self.max_body_bytes;
         cfg.require_api_key = !self.no_auth;
+        cfg.mdns = (!self.no_mdns).then(|| self.mdns_interfaces.clone());
+        if let Some(n) = &self.name
+            && (n.is_empty() || n.len() > 63 || n.contains('.'))
+        {
+            return Err("--name must be 1-63 characters without dots".into());
+        }
+        cfg.name = self.name.clone();
         Ok(cfg)
     }
 }
@@ -252,10 +279,11 @@ impl ServeArgs {
 impl JoinArgs {
     /// Validated worker configuration.
     pub fn to_config(&self) -> Result<WorkerConfig, String> {
-        let addr = self.addr.as_deref().ok_or(
-            "no orchestrator address: give HOST[:PORT] (or set ORCHESTRATOR_URL), e.g. `d8 join 192.168.1.10 --token …`",
-        )?;
-        let orchestrator = parse_orchestrator_addr(addr, self.port)?;
+        let orchestrator = self
+            .addr
+            .as_deref()
+            .map(|a| parse_orchestrator_addr(a, self.port))
+            .transpose()?;
         if self.poll_interval.is_some() {
             tracing::info!("POLL_INTERVAL is ignored: the orchestrator pushes tasks to workers");
         }
@@ -283,7 +311,9 @@ impl JoinArgs {
             .data_dir
             .clone()
             .unwrap_or_else(|| default_data_dir("worker"));
-        let mut cfg = WorkerConfig::lan(dir, orchestrator, ProviderSet::new(providers));
+        let placeholder = (std::net::Ipv4Addr::UNSPECIFIED, DEFAULT_PORT).into();
+        let mut cfg = WorkerConfig::lan(dir, placeholder, ProviderSet::new(providers));
+        cfg.orchestrator = orchestrator;
         cfg.token = self
             .token
             .as_deref()
@@ -294,6 +324,16 @@ impl JoinArgs {
         cfg.worker_type = self.worker_type.clone();
         cfg.slots = self.slots;
         cfg.drain_timeout = self.drain_timeout;
+        if orchestrator.is_none() {
+            // No address: find the orchestrator of our cluster over mDNS.
+            let mdns =
+                crate::discovery::MdnsDiscovery::new(&self.mdns_interfaces).map_err(|e| {
+                    format!(
+                        "cannot start mDNS discovery ({e}); give the orchestrator's address instead"
+                    )
+                })?;
+            cfg.discovery = Some(Arc::new(mdns));
+        }
         Ok(cfg)
     }
 }
@@ -350,7 +390,7 @@ mod tests {
             panic!("join");
         };
         let cfg = j.to_config().expect("config");
-        assert_eq!(cfg.orchestrator.port(), 5000);
+        assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
         assert!(cfg.token.is_none());
         let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "groq"])
             .expect("parse")

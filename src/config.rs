@@ -41,6 +41,11 @@ pub struct OrchestratorConfig {
     pub max_wait: Duration,
     /// Require the bearer API key on `/api/*` (default true).
     pub require_api_key: bool,
+    /// Advertise over mDNS: `None` off, `Some([])` on every non-loopback
+    /// interface, `Some(names)` only on those.
+    pub mdns: Option<Vec<String>>,
+    /// Name announced over mDNS (default: `d8-<hostname>`).
+    pub name: Option<String>,
 }
 
 impl OrchestratorConfig {
@@ -63,6 +68,8 @@ impl OrchestratorConfig {
             attempt_timeout: Duration::from_secs(300),
             max_wait: Duration::from_secs(300),
             require_api_key: true,
+            mdns: Some(Vec::new()),
+            name: None,
         }
     }
 
@@ -76,17 +83,22 @@ impl OrchestratorConfig {
         cfg.scheduler.suspect_after_ms = 400;
         cfg.scheduler.dead_after_ms = 800;
         cfg.idle_timeout = Duration::from_secs(4);
+        // Tests outside a network namespace must never multicast on the
+        // machine's real interfaces.
+        cfg.mdns = None;
         cfg
     }
 }
 
 /// Worker settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// Where the worker's key, certificate and id live.
     pub data_dir: PathBuf,
-    /// Orchestrator QUIC address.
-    pub orchestrator: SocketAddr,
+    /// Orchestrator QUIC address; `None` to find it with `discovery`.
+    pub orchestrator: Option<SocketAddr>,
+    /// How to find the orchestrator when no address is given.
+    pub discovery: Option<std::sync::Arc<dyn crate::discovery::Discovery>>,
     /// Join token; needed only until the worker is enrolled.
     pub token: Option<JoinToken>,
     /// Preferred worker id (default: the hostname).
@@ -110,7 +122,8 @@ impl WorkerConfig {
     pub fn lan(data_dir: PathBuf, orchestrator: SocketAddr, providers: ProviderSet) -> Self {
         WorkerConfig {
             data_dir,
-            orchestrator,
+            orchestrator: Some(orchestrator),
+            discovery: None,
             token: None,
             worker_id: None,
             worker_type: None,
@@ -129,6 +142,20 @@ impl WorkerConfig {
         cfg.max_backoff = Duration::from_millis(300);
         cfg.drain_timeout = Duration::from_secs(10);
         cfg
+    }
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("orchestrator", &self.orchestrator)
+            .field("discovery", &self.discovery.is_some())
+            .field("token", &self.token)
+            .field("worker_id", &self.worker_id)
+            .field("slots", &self.slots)
+            .field("providers", &self.providers)
+            .finish_non_exhaustive()
     }
 }
 

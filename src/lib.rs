@@ -26,6 +26,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod discovery;
 pub mod http;
 pub mod node;
 pub mod providers;

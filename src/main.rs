@@ -77,6 +77,14 @@ async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
     println!("  QUIC (workers)   udp {}", orch.quic_addr());
     println!("  HTTP API         http://{}", orch.http_addr());
     println!("  data directory   {}", data_dir.display());
+    if orch.advertising() {
+        println!(
+            "  mDNS             advertising as {} (_d8._udp)",
+            orch.name()
+        );
+    } else {
+        println!("  mDNS             off: workers need this machine's address");
+    }
     println!();
     println!("  join token       {token}");
     println!(

@@ -77,6 +77,8 @@ pub struct Orchestrator {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: quinn::Endpoint,
+    advertiser: Option<crate::discovery::Advertiser>,
+    name: String,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -278,6 +280,31 @@ impl Orchestrator {
             shared.clone(),
             shutdown.clone(),
         )));
+        let name = shared.cfg.name.clone().unwrap_or_else(|| {
+            let host = sysinfo::System::host_name().unwrap_or_default();
+            let cid = crate::discovery::cluster_id(&shared.ca.digest());
+            // Unique per cluster even where hosts share a hostname (containers,
+            // network namespaces).
+            format!("d8-{}-{}", d8_certs::sanitize_worker_id(&host), &cid[..6])
+        });
+        let advertiser = shared.cfg.mdns.as_ref().and_then(|interfaces| {
+            let spec = crate::discovery::AdvertSpec {
+                name: name.clone(),
+                cluster_id: crate::discovery::cluster_id(&shared.ca.digest()),
+                quic_port: quic_addr.port(),
+                http_port: http_addr.port(),
+            };
+            match crate::discovery::Advertiser::start(interfaces, &spec) {
+                Ok(a) => {
+                    tracing::info!(name = %name, interfaces = ?interfaces, "advertising over mDNS");
+                    Some(a)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mDNS advertising failed; workers need this machine's address");
+                    None
+                }
+            }
+        });
         tracing::info!(%quic_addr, %http_addr, data_dir = %shared.cfg.data_dir.display(), "orchestrator up");
         Ok(Orchestrator {
             shared,
@@ -286,6 +313,8 @@ impl Orchestrator {
             shutdown,
             tasks,
             endpoint,
+            advertiser,
+            name,
         })
     }
 
@@ -318,8 +347,23 @@ impl Orchestrator {
         self.shared.ca.digest()
     }
 
-    /// Stops cleanly: closes worker connections, stops HTTP, flushes the store.
-    pub async fn shutdown(self) {
+    /// The name announced over mDNS.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True while advertising over mDNS.
+    pub fn advertising(&self) -> bool {
+        self.advertiser.is_some()
+    }
+
+    /// Stops cleanly: withdraws the mDNS advert, closes worker connections,
+    /// stops HTTP, flushes the store.
+    pub async fn shutdown(mut self) {
+        if let Some(a) = self.advertiser.take() {
+            // Sends the mDNS goodbye; blocking for at most half a second.
+            let _ = tokio::task::spawn_blocking(move || a.stop()).await;
+        }
         self.shutdown.cancel();
         self.endpoint
             .close(close::NORMAL, b"orchestrator shutting down");

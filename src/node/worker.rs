@@ -7,6 +7,7 @@
 //! it opens the control stream (Hello, heartbeats, Drain) and answers each task
 //! stream the orchestrator opens. Provider keys stay in this process.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::files::{self, FileError};
 use crate::config::WorkerConfig;
+use crate::discovery;
 use crate::providers::{ChunkSink, ProviderSet};
 use crate::task::{Capabilities, ErrorKind, Outcome, TaskError};
 use crate::transport::{self, close};
@@ -125,31 +127,93 @@ fn wanted_id(cfg: &WorkerConfig) -> String {
         .unwrap_or_else(|| "worker".to_owned())
 }
 
-/// Enrolls, retrying with backoff while the orchestrator is unreachable (it
-/// may simply not be up yet); refusals and CA mismatches are final.
+/// Enrolls, retrying with backoff while the orchestrator cannot be found or
+/// reached (it may simply not be up yet); refusals and CA mismatches are final.
 async fn enroll_until_done(
     cfg: &WorkerConfig,
     token: &JoinToken,
     shutdown: &CancellationToken,
 ) -> Result<Option<Identity>, WorkerError> {
+    let cluster = discovery::cluster_id(&token.ca_digest());
     let mut backoff = Duration::from_millis(200);
     loop {
-        match enroll(cfg, token).await {
-            Err(WorkerError::Unreachable(reason)) => {
-                tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "cannot reach the orchestrator to enroll");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return Ok(None),
+        let reason = match tokio::select! {
+            r = locate(cfg, &cluster) => r,
+            () = shutdown.cancelled() => return Ok(None),
+        } {
+            Ok(addrs) => {
+                let mut last = String::new();
+                for addr in addrs {
+                    match enroll(cfg, token, addr).await {
+                        Err(WorkerError::Unreachable(reason)) => last = reason,
+                        other => return other.map(Some),
+                    }
                 }
-                backoff = (backoff * 2).min(cfg.max_backoff);
+                last
             }
-            other => return other.map(Some),
+            Err(reason) => reason,
+        };
+        tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "cannot reach the orchestrator to enroll");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return Ok(None),
         }
+        backoff = (backoff * 2).min(cfg.max_backoff);
     }
 }
 
+/// How long one discovery round listens before reporting that nothing answered.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(3);
+/// How long one address may take to complete a QUIC handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where to connect: the configured address, or what discovery finds now
+/// for this cluster, best address first.
+async fn locate(cfg: &WorkerConfig, cluster: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Some(addr) = cfg.orchestrator {
+        return Ok(vec![addr]);
+    }
+    let Some(d) = &cfg.discovery else {
+        return Err("no orchestrator address given and discovery is off".into());
+    };
+    let t0 = std::time::Instant::now();
+    let adverts = d
+        .discover(Some(cluster), DISCOVERY_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let local = discovery::local_addrs(&[]);
+    let mut out = Vec::new();
+    for a in &adverts {
+        if a.proto != PROTOCOL_VERSION {
+            tracing::warn!(orchestrator = %a.name, proto = a.proto, "orchestrator speaks another protocol version; trying anyway");
+        }
+        out.extend(
+            discovery::order_addrs(&a.addrs, &local)
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, a.quic_port)),
+        );
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "no orchestrator of cluster {cluster} answered over mDNS within {}s (run `d8 doctor`, or give the address: d8 join HOST[:PORT])",
+            DISCOVERY_WAIT.as_secs()
+        ));
+    }
+    tracing::info!(
+        cluster,
+        found_in_ms = t0.elapsed().as_millis() as u64,
+        addrs = ?out,
+        "found the orchestrator over mDNS"
+    );
+    Ok(out)
+}
+
 /// Enrolls with `token`, stores the identity, returns it.
-async fn enroll(cfg: &WorkerConfig, token: &JoinToken) -> Result<Identity, WorkerError> {
+async fn enroll(
+    cfg: &WorkerConfig,
+    token: &JoinToken,
+    addr: SocketAddr,
+) -> Result<Identity, WorkerError> {
     let key = WorkerKey::generate().map_err(|e| WorkerError::Identity(e.to_string()))?;
     let wanted = wanted_id(cfg);
     let csr = key
@@ -159,15 +223,23 @@ async fn enroll(cfg: &WorkerConfig, token: &JoinToken) -> Result<Identity, Worke
         .map_err(|e| WorkerError::Enroll(e.to_string()))?;
     let client = transport::client_config(tls, cfg.idle_timeout)
         .map_err(|e| WorkerError::Enroll(e.to_string()))?;
-    let endpoint = transport::client_endpoint(cfg.orchestrator)
+    let endpoint =
+        transport::client_endpoint(addr).map_err(|e| WorkerError::Enroll(e.to_string()))?;
+    let connecting = endpoint
+        .connect_with(client, addr, ORCHESTRATOR_NAME)
         .map_err(|e| WorkerError::Enroll(e.to_string()))?;
-    let conn = endpoint
-        .connect_with(client, cfg.orchestrator, ORCHESTRATOR_NAME)
-        .map_err(|e| WorkerError::Enroll(e.to_string()))?
-        .await
-        .map_err(|e| {
-            WorkerError::Enroll(format!("{} ({})", transport::explain(&e), cfg.orchestrator))
-        })?;
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => return Err(WorkerError::Unreachable(format!("no answer from {addr}"))),
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let why = format!("{} ({addr})", transport::explain(&e));
+            return Err(match e {
+                // TLS said no (wrong CA, …): final.
+                quinn::ConnectionError::TransportError(_) => WorkerError::Enroll(why),
+                _ => WorkerError::Unreachable(why),
+            });
+        }
+    };
     let reply = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         transport::write_frame(
@@ -270,60 +342,94 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         .map_err(|e| WorkerError::Identity(e.to_string()))?;
     let caps = capabilities(&cfg);
     let load = Arc::new(Load::default());
+    let cluster = discovery::cluster_id(&fingerprint(&ident.ca));
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
-        match session(&cfg, &ident.worker_id, &client, &caps, &load, &shutdown).await {
-            SessionEnd::Drained => return Ok(()),
-            SessionEnd::Fatal(reason) => return Err(WorkerError::Rejected(reason)),
-            SessionEnd::Lost(reason) => {
-                if shutdown.is_cancelled() {
-                    return Ok(());
+        let reason = match tokio::select! {
+            r = locate(&cfg, &cluster) => r,
+            () = shutdown.cancelled() => return Ok(()),
+        } {
+            Err(reason) => reason,
+            Ok(addrs) => {
+                let mut reason = String::new();
+                for addr in addrs {
+                    match session(
+                        &cfg,
+                        addr,
+                        &ident.worker_id,
+                        &client,
+                        &caps,
+                        &load,
+                        &shutdown,
+                    )
+                    .await
+                    {
+                        SessionEnd::Drained => return Ok(()),
+                        SessionEnd::Fatal(r) => return Err(WorkerError::Rejected(r)),
+                        // Try the next address.
+                        SessionEnd::Unreachable(r) => reason = r,
+                        SessionEnd::Lost(r) => {
+                            reason = r;
+                            break;
+                        }
+                    }
                 }
-                // A session that lasted resets the backoff.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(100);
-                }
-                let jitter = Duration::from_millis(u64::from(rand::random::<u8>()) % 100);
-                tracing::warn!(reason = %reason, retry_in_ms = (backoff + jitter).as_millis() as u64, "not connected to the orchestrator");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff + jitter) => {}
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(cfg.max_backoff);
+                reason
             }
+        };
+        if shutdown.is_cancelled() {
+            return Ok(());
         }
+        // A session that lasted resets the backoff.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        let jitter = Duration::from_millis(u64::from(rand::random::<u8>()) % 100);
+        tracing::warn!(reason = %reason, retry_in_ms = (backoff + jitter).as_millis() as u64, "not connected to the orchestrator");
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(cfg.max_backoff);
     }
 }
 
 enum SessionEnd {
+    /// Shut down on request.
     Drained,
+    /// This address did not answer: try the next one.
+    Unreachable(String),
+    /// Was connected, or was refused in a way worth retrying later.
     Lost(String),
+    /// Retrying cannot help.
     Fatal(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &WorkerConfig,
+    addr: SocketAddr,
     worker_id: &str,
     client: &quinn::ClientConfig,
     caps: &Capabilities,
     load: &Arc<Load>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let endpoint = match transport::client_endpoint(cfg.orchestrator) {
+    let endpoint = match transport::client_endpoint(addr) {
         Ok(e) => e,
-        Err(e) => return SessionEnd::Lost(e.to_string()),
+        Err(e) => return SessionEnd::Unreachable(e.to_string()),
     };
-    let connecting =
-        match endpoint.connect_with(client.clone(), cfg.orchestrator, ORCHESTRATOR_NAME) {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(e.to_string()),
-        };
+    let connecting = match endpoint.connect_with(client.clone(), addr, ORCHESTRATOR_NAME) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Unreachable(format!("{addr}: {e}")),
+    };
     let conn = tokio::select! {
-        c = connecting => match c {
-            Ok(c) => c,
-            Err(e) if transport::is_unauthorized(&e) => return SessionEnd::Fatal(transport::explain(&e)),
-            Err(e) => return SessionEnd::Lost(transport::explain(&e)),
+        c = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match c {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) if transport::is_unauthorized(&e) => return SessionEnd::Fatal(transport::explain(&e)),
+            Ok(Err(e)) => return SessionEnd::Unreachable(format!("{} ({addr})", transport::explain(&e))),
+            Err(_) => return SessionEnd::Unreachable(format!("no answer from {addr}")),
         },
         () = shutdown.cancelled() => return SessionEnd::Drained,
     };

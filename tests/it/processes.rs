@@ -79,6 +79,7 @@ impl ProcCluster {
         let p = spawn(
             &[
                 "serve",
+                "--no-mdns",
                 "--bind",
                 "127.0.0.1",
                 "--port",

@@ -69,6 +69,10 @@ pub trait Discovery: Send + Sync + 'static {
         cluster: Option<&'a str>,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<Advert>, DiscoveryError>>;
+
+    /// No lookups are wanted for now (the worker is connected): stop any
+    /// background querying. The next `discover` resumes it.
+    fn idle(&self) {}
 }
 
 /// Discovery from a fixed, replaceable list.

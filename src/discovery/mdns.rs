@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
@@ -30,11 +31,24 @@ fn daemon(interfaces: &[String]) -> Result<ServiceDaemon, DiscoveryError> {
 /// Time allowed after the first matching answer for more addresses of the
 /// same orchestrator (mdns-sd may report an IPv6 link-local address first and
 /// IPv4 tens of milliseconds later).
-const SETTLE: Duration = Duration::from_millis(60);
+const SETTLE: Duration = Duration::from_millis(20);
 
-/// Browses `_d8._udp.local.`.
+/// What the browse thread has seen so far, by service full name.
+#[derive(Default)]
+struct Seen {
+    adverts: Mutex<BTreeMap<String, Advert>>,
+    changed: tokio::sync::Notify,
+}
+
+/// Browses `_d8._udp.local.` while a lookup is wanted: from the first
+/// [`Discovery::discover`] until [`Discovery::idle`] (a connected worker goes
+/// idle, so a LAN full of workers does not keep querying). While browsing,
+/// lookups answer at once from what is already known, and a moved or
+/// restarted orchestrator is noticed as soon as it announces itself.
 pub struct MdnsDiscovery {
     daemon: ServiceDaemon,
+    seen: Arc<Seen>,
+    browsing: Mutex<bool>,
 }
 
 impl std::fmt::Debug for MdnsDiscovery {
@@ -48,7 +62,62 @@ impl MdnsDiscovery {
     pub fn new(interfaces: &[String]) -> Result<Self, DiscoveryError> {
         Ok(MdnsDiscovery {
             daemon: daemon(interfaces)?,
+            seen: Arc::new(Seen::default()),
+            browsing: Mutex::new(false),
         })
+    }
+
+    /// Starts browsing unless already browsing. What was known from an
+    /// earlier browse is dropped: it may be stale by now.
+    fn ensure_browsing(&self) -> Result<(), DiscoveryError> {
+        let mut browsing = self.browsing.lock().unwrap_or_else(|p| p.into_inner());
+        if *browsing {
+            return Ok(());
+        }
+        self.seen
+            .adverts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let rx = self.daemon.browse(SERVICE_TYPE).map_err(err)?;
+        let sink = self.seen.clone();
+        std::thread::Builder::new()
+            .name("d8-mdns-browse".into())
+            .spawn(move || {
+                // Ends when the browse stops and mdns-sd closes the channel.
+                while let Ok(event) = rx.recv() {
+                    let mut map = sink.adverts.lock().unwrap_or_else(|p| p.into_inner());
+                    match event {
+                        ServiceEvent::ServiceResolved(r) => {
+                            if let Some(a) = parse(&r) {
+                                // Each resolution carries the full current address set.
+                                map.insert(r.fullname.clone(), a);
+                            }
+                        }
+                        ServiceEvent::ServiceRemoved(_, fullname) => {
+                            map.remove(&fullname);
+                        }
+                        ServiceEvent::SearchStopped(_) => break,
+                        _ => continue,
+                    }
+                    drop(map);
+                    sink.changed.notify_waiters();
+                }
+            })
+            .map_err(err)?;
+        *browsing = true;
+        Ok(())
+    }
+
+    fn matching(&self, cluster: Option<&str>) -> Vec<Advert> {
+        self.seen
+            .adverts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|a| cluster.is_none_or(|c| a.cluster_id == c))
+            .cloned()
+            .collect()
     }
 }
 
@@ -90,46 +159,39 @@ impl Discovery for MdnsDiscovery {
         wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<Advert>, DiscoveryError>> {
         Box::pin(async move {
-            let rx = self.daemon.browse(SERVICE_TYPE).map_err(err)?;
+            self.ensure_browsing()?;
             let deadline = tokio::time::Instant::now() + wait;
-            let mut settle: Option<tokio::time::Instant> = None;
-            let mut found: BTreeMap<String, Advert> = BTreeMap::new();
-            loop {
-                let until = settle.map_or(deadline, |s| s.min(deadline));
-                let event = match tokio::time::timeout_at(until, rx.recv_async()).await {
-                    Ok(Ok(e)) => e,
-                    Ok(Err(_)) | Err(_) => break,
-                };
-                match event {
-                    ServiceEvent::ServiceResolved(r) => {
-                        let Some(advert) = parse(&r) else { continue };
-                        if cluster.is_some_and(|c| c != advert.cluster_id) {
-                            continue;
-                        }
-                        let entry = found
-                            .entry(r.fullname.clone())
-                            .or_insert_with(|| advert.clone());
-                        for ip in advert.addrs {
-                            if !entry.addrs.contains(&ip) {
-                                entry.addrs.push(ip);
-                            }
-                        }
-                        entry.quic_port = advert.quic_port;
-                        entry.http_port = advert.http_port;
-                        if cluster.is_some() && settle.is_none() && entry.addrs.iter().any(routable)
-                        {
-                            settle = Some(tokio::time::Instant::now() + SETTLE);
-                        }
-                    }
-                    ServiceEvent::ServiceRemoved(_, fullname) => {
-                        found.remove(&fullname);
-                    }
-                    _ => {}
-                }
+            let known = self.matching(cluster);
+            if cluster.is_some() && known.iter().any(|a| a.addrs.iter().any(routable)) {
+                // Already resolved earlier: its addresses have settled.
+                return Ok(known);
             }
-            let _ = self.daemon.stop_browse(SERVICE_TYPE);
-            Ok(found.into_values().collect())
+            let mut settle: Option<tokio::time::Instant> = None;
+            loop {
+                // Register for wake-ups before looking, so no change is missed.
+                let changed = self.seen.changed.notified();
+                let now = self.matching(cluster);
+                if cluster.is_some()
+                    && settle.is_none()
+                    && now.iter().any(|a| a.addrs.iter().any(routable))
+                {
+                    settle = Some(tokio::time::Instant::now() + SETTLE);
+                }
+                let until = settle.map_or(deadline, |s| s.min(deadline));
+                if tokio::time::Instant::now() >= until {
+                    return Ok(now);
+                }
+                let _ = tokio::time::timeout_at(until, changed).await;
+            }
         })
+    }
+
+    fn idle(&self) {
+        let mut browsing = self.browsing.lock().unwrap_or_else(|p| p.into_inner());
+        if *browsing {
+            let _ = self.daemon.stop_browse(SERVICE_TYPE);
+            *browsing = false;
+        }
     }
 }
 

@@ -263,7 +263,8 @@ async fn enroll(
         .map_err(|_| WorkerError::Enroll("orchestrator did not answer within 15 s".into()))?
         .map_err(WorkerError::Enroll);
     conn.close(close::NORMAL, b"enrolled");
-    endpoint.wait_idle().await;
+    // Long enough for the close to leave; not worth waiting for its ack.
+    let _ = tokio::time::timeout(Duration::from_millis(50), endpoint.wait_idle()).await;
     match reply? {
         EnrollResponse::Refused { reason } => Err(WorkerError::Refused(reason)),
         EnrollResponse::Enrolled {
@@ -442,6 +443,7 @@ async fn session(
     );
     let end = run_session(
         &conn,
+        cfg.discovery.as_deref(),
         worker_id,
         caps,
         &cfg.providers,
@@ -465,8 +467,10 @@ fn lost(e: &quinn::ConnectionError) -> SessionEnd {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_session(
     conn: &Connection,
+    discovery: Option<&dyn discovery::Discovery>,
     worker_id: &str,
     caps: &Capabilities,
     providers: &ProviderSet,
@@ -501,6 +505,9 @@ async fn run_session(
         }
     };
     tracing::info!(worker = %worker_id, addr = %conn.remote_address(), "connected to the orchestrator");
+    if let Some(d) = discovery {
+        d.idle();
+    }
     load.draining.store(false, Ordering::Relaxed);
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Logs from the code under test, shown for failing tests (`RUST_LOG` to tune).
+#[allow(dead_code)]
 pub fn init_tracing() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "d8=info".into());
     let _ = tracing_subscriber::fmt()

@@ -4,4 +4,6 @@ mod cluster;
 mod enrollment;
 mod harness;
 mod http_api;
+#[cfg(target_os = "linux")]
+mod netns;
 mod processes;

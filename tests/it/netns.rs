@@ -1,0 +1,346 @@
+//! Multi-host tests that really cross a network: each "host" is a Linux
+//! network namespace these tests create, joined to the others by a bridge
+//! living in its own namespace, with addresses in 10.77.0.0/16 that exist
+//! only inside them. The real `d8` binary runs in each. mDNS therefore runs
+//! only on those private links, never on this machine's interfaces.
+//!
+//! They need root (CI runs as root) and `ip` from iproute2; without either
+//! they print why they were skipped and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_d8");
+
+/// Why these tests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    if uid != "0" {
+        return Some(format!(
+            "needs root to create network namespaces (uid {uid})"
+        ));
+    }
+    match StdCommand::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("needs `ip` from iproute2".into()),
+    }
+}
+
+macro_rules! lab_or_skip {
+    ($name:expr) => {
+        match unavailable() {
+            Some(why) => {
+                eprintln!("SKIPPED {}: {why}", $name);
+                return;
+            }
+            None => Lab::new(),
+        }
+    };
+}
+
+fn ip(args: &[&str]) {
+    let out = StdCommand::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// A set of namespaces on one bridge; everything is torn down on drop.
+struct Lab {
+    tag: String,
+    switch: String,
+    namespaces: Vec<String>,
+    links: u32,
+    procs: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        super::harness::init_tracing();
+        let tag = format!(
+            "d8t{}x{}",
+            std::process::id() % 100_000,
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let switch = format!("{tag}sw");
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        Lab {
+            tag,
+            namespaces: vec![switch.clone()],
+            switch,
+            links: 0,
+            procs: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A new host with `eth0` on the bridge holding `addrs` (CIDR).
+    fn host(&mut self, name: &str, addrs: &[&str]) -> String {
+        let ns = format!("{}{name}", self.tag);
+        ip(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.attach(&ns, "eth0", addrs);
+        ns
+    }
+
+    /// Connects `ns` to the bridge with a new interface `ifname`.
+    fn attach(&mut self, ns: &str, ifname: &str, addrs: &[&str]) {
+        self.links += 1;
+        let port = format!("v{}", self.links);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            ns,
+        ]);
+        ip(&["-n", &self.switch, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &self.switch, "link", "set", &port, "up"]);
+        for a in addrs {
+            ip(&["-n", ns, "addr", "add", a, "dev", ifname]);
+        }
+        ip(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Runs `d8 args…` inside `ns`, logging to `<dir>/<log>.log`.
+    fn spawn(&mut self, ns: &str, log: &str, args: &[&str]) -> usize {
+        let file = std::fs::File::create(self.path(&format!("{log}.log"))).expect("log");
+        let err = file.try_clone().expect("clone");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .env(
+                "D8_LOG",
+                std::env::var("D8_TEST_LOG").unwrap_or_else(|_| "d8=info".into()),
+            )
+            .env_remove("D8_TOKEN")
+            .env_remove("ORCHESTRATOR_URL")
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn d8");
+        self.procs.push(child);
+        self.procs.len() - 1
+    }
+
+    fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{log}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `log` contains `needle`; returns the time it took.
+    async fn wait_log(&self, log: &str, needle: &str, secs: u64) -> Duration {
+        let t0 = Instant::now();
+        while !self.log(log).contains(needle) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "{log} never said {needle:?}:\n{}",
+                self.log(log)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t0.elapsed()
+    }
+
+    /// Starts an orchestrator in `ns`; returns its join token.
+    async fn orchestrator(&mut self, ns: &str, name: &str) -> String {
+        let dir = self.path(name);
+        self.spawn(
+            ns,
+            name,
+            &[
+                "serve",
+                "--mdns-interface",
+                "eth0",
+                "--data-dir",
+                dir.to_str().expect("utf8"),
+            ],
+        );
+        let token_file = dir.join("join-token");
+        let t0 = Instant::now();
+        while !token_file.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "orchestrator did not start: {}",
+                self.log(name)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.wait_log(name, "advertising over mDNS", 10).await;
+        std::fs::read_to_string(token_file)
+            .expect("token")
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts a worker in `ns` with no orchestrator address.
+    fn worker(&mut self, ns: &str, name: &str, token: &str) {
+        let dir = self.path(name);
+        self.spawn(
+            ns,
+            name,
+            &[
+                "join",
+                "--token",
+                token,
+                "--provider",
+                "echo",
+                "--worker-id",
+                name,
+                "--mdns-interface",
+                "eth0",
+                "--data-dir",
+                dir.to_str().expect("utf8"),
+            ],
+        );
+    }
+
+    /// `GET http://127.0.0.1:5000{path}` inside `ns`, with the API key of the
+    /// orchestrator whose data dir is `orch`.
+    fn api(&self, ns: &str, orch: &str, path: &str) -> Value {
+        http(ns, &self.path(orch), "GET", path, None)
+    }
+}
+
+/// An HTTP call made from inside a namespace (with python3, which every
+/// machine this project builds on has).
+fn http(ns: &str, orch_dir: &Path, method: &str, path: &str, body: Option<&str>) -> Value {
+    let key = std::fs::read_to_string(orch_dir.join("api-key")).expect("key");
+    let script = "import sys,urllib.request\n\
+        m,u,k,b=sys.argv[1:5]\n\
+        r=urllib.request.Request(u,method=m,data=(b.encode() if b else None),headers={'Authorization':'Bearer '+k})\n\
+        print(urllib.request.urlopen(r,timeout=20).read().decode())";
+    let out = StdCommand::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script, method])
+        .arg(format!("http://127.0.0.1:5000{path}"))
+        .arg(key.trim())
+        .arg(body.unwrap_or(""))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.start_kill();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = StdCommand::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+async fn worker_on_another_host_discovers_and_joins_without_an_address() {
+    let mut lab = lab_or_skip!("worker_on_another_host_discovers_and_joins_without_an_address");
+    let o = lab.host("o", &["10.77.0.1/24"]);
+    let w = lab.host("w", &["10.77.0.2/24"]);
+    let token = lab.orchestrator(&o, "orch").await;
+    let mut times = Vec::new();
+    for i in 0..5 {
+        // An mDNS responder multicasts a record at most once a second per link
+        // (RFC 6762 §6): a query within a second of the last answer (or of the
+        // orchestrator's start-up announcements) waits for the next query a
+        // second later. This measures a worker joining a settled cluster.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let name = format!("w{i}");
+        lab.worker(&w, &name, &token);
+        times.push(
+            lab.wait_log(&name, "connected to the orchestrator", 20)
+                .await,
+        );
+    }
+    let stats = lab.api(&o, "orch", "/api/workers/stats");
+    assert_eq!(stats["workers"]["online"], 5, "{stats}");
+    assert!(lab.log("w0").contains("found the orchestrator over mDNS"));
+    assert!(lab.log("w0").contains("10.77.0.1"), "{}", lab.log("w0"));
+    // A task crosses the link.
+    let v = http(
+        &o,
+        &lab.path("orch"),
+        "POST",
+        "/api/tasks",
+        Some(
+            r#"{"type":"agent_action","data":{"messages":[{"role":"user","content":"over the bridge"}]}}"#,
+        ),
+    );
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    let t = lab.api(&o, "orch", &format!("/api/tasks/{id}?wait=10"));
+    assert_eq!(t["status"], "completed", "{t}");
+    let med = median(times.clone());
+    eprintln!(
+        "discovery to connected (process start included): median {med:?} over {} workers: {times:?}",
+        times.len()
+    );
+    assert!(med < Duration::from_millis(1_500), "median {med:?}");
+}
+
+#[tokio::test]
+async fn two_clusters_on_one_bridge_never_mix() {
+    let mut lab = lab_or_skip!("two_clusters_on_one_bridge_never_mix");
+    let o1 = lab.host("o1", &["10.77.1.1/16"]);
+    let o2 = lab.host("o2", &["10.77.1.2/16"]);
+    let w = lab.host("w", &["10.77.1.3/16"]);
+    let t1 = lab.orchestrator(&o1, "orch1").await;
+    let t2 = lab.orchestrator(&o2, "orch2").await;
+    for (name, token) in [("a1", &t1), ("b2", &t2), ("c1", &t1), ("d2", &t2)] {
+        lab.worker(&w, name, token);
+    }
+    for name in ["a1", "b2", "c1", "d2"] {
+        lab.wait_log(name, "connected to the orchestrator", 20)
+            .await;
+    }
+    let ids = |v: &Value| {
+        let mut ids: Vec<String> = v
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|w| w["worker_id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&lab.api(&o1, "orch1", "/api/workers")), ["a1", "c1"]);
+    assert_eq!(ids(&lab.api(&o2, "orch2", "/api/workers")), ["b2", "d2"]);
+}

@@ -58,6 +58,9 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// The worker's log line once it holds a session.
+const CONNECTED: &str = "d8::node::worker: connected to the orchestrator";
+
 static LABS: AtomicU32 = AtomicU32::new(0);
 
 /// A set of namespaces on one bridge; everything is torn down on drop.
@@ -172,23 +175,23 @@ impl Lab {
         t0.elapsed()
     }
 
-    /// Starts an orchestrator in `ns`; returns its join token.
+    /// Starts an orchestrator in `ns` advertising on `eth0`; returns its join token.
     async fn orchestrator(&mut self, ns: &str, name: &str) -> String {
+        self.orchestrator_with(ns, name, &["--mdns-interface", "eth0"])
+            .await
+    }
+
+    /// Starts an orchestrator in `ns` with extra flags; returns its join token.
+    async fn orchestrator_with(&mut self, ns: &str, name: &str, extra: &[&str]) -> String {
         let dir = self.path(name);
-        self.spawn(
-            ns,
-            name,
-            &[
-                "serve",
-                "--mdns-interface",
-                "eth0",
-                "--data-dir",
-                dir.to_str().expect("utf8"),
-            ],
-        );
+        let dir_s = dir.to_str().expect("utf8").to_owned();
+        let mut args = vec!["serve", "--data-dir", &dir_s];
+        args.extend_from_slice(extra);
+        let _ = std::fs::remove_file(self.path(&format!("{name}.log")));
+        self.spawn(ns, name, &args);
         let token_file = dir.join("join-token");
         let t0 = Instant::now();
-        while !token_file.exists() {
+        while !token_file.exists() || !self.log(name).contains("advertising over mDNS") {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "orchestrator did not start: {}",
@@ -196,33 +199,46 @@ impl Lab {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.wait_log(name, "advertising over mDNS", 10).await;
         std::fs::read_to_string(token_file)
             .expect("token")
             .trim()
             .to_owned()
     }
 
-    /// Starts a worker in `ns` with no orchestrator address.
-    fn worker(&mut self, ns: &str, name: &str, token: &str) {
+    /// Starts a worker in `ns` with no orchestrator address, browsing on `eth0`.
+    fn worker(&mut self, ns: &str, name: &str, token: &str) -> usize {
+        self.worker_with(ns, name, token, &["--mdns-interface", "eth0"])
+    }
+
+    /// Starts a worker in `ns` with no orchestrator address and extra flags.
+    fn worker_with(&mut self, ns: &str, name: &str, token: &str, extra: &[&str]) -> usize {
         let dir = self.path(name);
-        self.spawn(
-            ns,
+        let dir_s = dir.to_str().expect("utf8").to_owned();
+        let mut args = vec![
+            "join",
+            "--token",
+            token,
+            "--provider",
+            "echo",
+            "--worker-id",
             name,
-            &[
-                "join",
-                "--token",
-                token,
-                "--provider",
-                "echo",
-                "--worker-id",
-                name,
-                "--mdns-interface",
-                "eth0",
-                "--data-dir",
-                dir.to_str().expect("utf8"),
-            ],
-        );
+            "--data-dir",
+            &dir_s,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(ns, name, &args)
+    }
+
+    /// Stops process `idx` with SIGINT (clean shutdown) and waits for it.
+    async fn interrupt(&mut self, idx: usize) {
+        let child = &mut self.procs[idx];
+        if let Some(pid) = child.id() {
+            // `ip netns exec` execs d8 in place, so this pid is d8's.
+            let _ = StdCommand::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
 
     /// `GET http://127.0.0.1:5000{path}` inside `ns`, with the API key of the
@@ -286,10 +302,7 @@ async fn worker_on_another_host_discovers_and_joins_without_an_address() {
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let name = format!("w{i}");
         lab.worker(&w, &name, &token);
-        times.push(
-            lab.wait_log(&name, "connected to the orchestrator", 20)
-                .await,
-        );
+        times.push(lab.wait_log(&name, CONNECTED, 20).await);
     }
     let stats = lab.api(&o, "orch", "/api/workers/stats");
     assert_eq!(stats["workers"]["online"], 5, "{stats}");
@@ -328,8 +341,7 @@ async fn two_clusters_on_one_bridge_never_mix() {
         lab.worker(&w, name, token);
     }
     for name in ["a1", "b2", "c1", "d2"] {
-        lab.wait_log(name, "connected to the orchestrator", 20)
-            .await;
+        lab.wait_log(name, CONNECTED, 20).await;
     }
     let ids = |v: &Value| {
         let mut ids: Vec<String> = v
@@ -343,4 +355,165 @@ async fn two_clusters_on_one_bridge_never_mix() {
     };
     assert_eq!(ids(&lab.api(&o1, "orch1", "/api/workers")), ["a1", "c1"]);
     assert_eq!(ids(&lab.api(&o2, "orch2", "/api/workers")), ["b2", "d2"]);
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[tokio::test]
+async fn orchestrator_restarted_on_a_new_address_is_found_again() {
+    let mut lab = lab_or_skip!("orchestrator_restarted_on_a_new_address_is_found_again");
+    let o = lab.host("o", &["10.77.2.1/24"]);
+    let w = lab.host("w", &["10.77.2.2/24"]);
+    let token = lab.orchestrator(&o, "orch").await;
+    lab.worker(&w, "mover", &token);
+    lab.wait_log("mover", CONNECTED, 20).await;
+    let orch = 0;
+    lab.interrupt(orch).await;
+    ip(&["-n", &o, "addr", "del", "10.77.2.1/24", "dev", "eth0"]);
+    ip(&["-n", &o, "addr", "add", "10.77.2.9/24", "dev", "eth0"]);
+    let t0 = Instant::now();
+    lab.orchestrator(&o, "orch").await;
+    while count(&lab.log("mover"), CONNECTED) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never came back:\n{}",
+            lab.log("mover")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = lab.log("mover");
+    let last = log
+        .lines()
+        .filter(|l| l.contains(CONNECTED))
+        .last()
+        .unwrap_or_default();
+    assert!(last.contains("10.77.2.9"), "{last}");
+    eprintln!(
+        "worker found the moved orchestrator {:?} after its restart",
+        t0.elapsed()
+    );
+    let stats = lab.api(&o, "orch", "/api/workers/stats");
+    assert_eq!(stats["workers"]["online"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn cut_link_requeues_and_the_worker_rejoins_without_a_duplicate() {
+    let mut lab = lab_or_skip!("cut_link_requeues_and_the_worker_rejoins_without_a_duplicate");
+    let o = lab.host("o", &["10.77.3.1/24"]);
+    let cut = lab.host("cut", &["10.77.3.2/24"]);
+    let spare = lab.host("spare", &["10.77.3.3/24"]);
+    let token = lab
+        .orchestrator_with(
+            &o,
+            "orch",
+            &[
+                "--mdns-interface",
+                "eth0",
+                "--heartbeat",
+                "200ms",
+                "--dead-after",
+                "1s",
+            ],
+        )
+        .await;
+    lab.worker_with(
+        &cut,
+        "cut",
+        &token,
+        &[
+            "--mdns-interface",
+            "eth0",
+            "--slots",
+            "1",
+            "--echo-delay-ms",
+            "30000",
+        ],
+    );
+    lab.wait_log("cut", CONNECTED, 20).await;
+    let v = http(
+        &o,
+        &lab.path("orch"),
+        "POST",
+        "/api/tasks",
+        Some(
+            r#"{"type":"agent_action","data":{"messages":[{"role":"user","content":"survive the cut"}]}}"#,
+        ),
+    );
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    let t = lab.api(&o, "orch", &format!("/api/tasks/{id}"));
+    assert_eq!(
+        (t["status"].as_str(), t["worker_id"].as_str()),
+        (Some("assigned"), Some("cut")),
+        "{t}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    lab.worker(&spare, "spare", &token);
+    lab.wait_log("spare", CONNECTED, 20).await;
+
+    // Unplug the worker's cable (its bridge port).
+    let t0 = Instant::now();
+    ip(&["-n", &cut, "link", "set", "eth0", "down"]);
+    let t = lab.api(&o, "orch", &format!("/api/tasks/{id}?wait=15"));
+    let took = t0.elapsed();
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["worker_id"], "spare");
+    assert_eq!(t["attempts"], 2);
+    assert!(took < Duration::from_secs(5), "re-queued after {took:?}");
+    eprintln!("cut link: task completed elsewhere {took:?} after the cut");
+
+    // Plug it back: the worker finds its way back by itself.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    ip(&["-n", &cut, "link", "set", "eth0", "up"]);
+    let t1 = Instant::now();
+    while count(&lab.log("cut"), CONNECTED) < 2 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(40),
+            "never rejoined:\n{}",
+            lab.log("cut")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cut link: worker rejoined {:?} after the link came back",
+        t1.elapsed()
+    );
+    let stats = lab.api(&o, "orch", "/api/workers/stats");
+    assert_eq!(stats["workers"]["online"], 2, "{stats}");
+    assert_eq!(
+        stats["tasks"]["completed"], 1,
+        "no duplicate result: {stats}"
+    );
+    let t = lab.api(&o, "orch", &format!("/api/tasks/{id}"));
+    assert_eq!(t["worker_id"], "spare", "the late result was ignored: {t}");
+}
+
+#[tokio::test]
+async fn worker_with_a_decoy_bridge_still_connects() {
+    let mut lab = lab_or_skip!("worker_with_a_decoy_bridge_still_connects");
+    let o = lab.host("o", &["10.77.4.1/24"]);
+    let w = lab.host("w", &["10.77.4.2/24"]);
+    // Both hosts also carry a docker-style bridge with the same address, the
+    // classic way discovery picks an address that leads nowhere (or to itself).
+    for ns in [&o, &w] {
+        ip(&["-n", ns, "link", "add", "docker0", "type", "bridge"]);
+        ip(&["-n", ns, "addr", "add", "172.17.0.1/16", "dev", "docker0"]);
+        ip(&["-n", ns, "link", "set", "docker0", "multicast", "on"]);
+        ip(&["-n", ns, "link", "set", "docker0", "up"]);
+    }
+    // Every interface on both sides: no --mdns-interface.
+    let token = lab.orchestrator_with(&o, "orch", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let t0 = Instant::now();
+    lab.worker_with(&w, "decoyed", &token, &[]);
+    lab.wait_log("decoyed", CONNECTED, 20).await;
+    let took = t0.elapsed();
+    let log = lab.log("decoyed");
+    let line = log
+        .lines()
+        .find(|l| l.contains(CONNECTED))
+        .unwrap_or_default();
+    assert!(line.contains("10.77.4.1"), "{log}");
+    eprintln!("decoy bridge: connected in {took:?}");
 }

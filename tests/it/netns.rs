@@ -386,8 +386,7 @@ async fn orchestrator_restarted_on_a_new_address_is_found_again() {
     let log = lab.log("mover");
     let last = log
         .lines()
-        .filter(|l| l.contains(CONNECTED))
-        .last()
+        .rfind(|l| l.contains(CONNECTED))
         .unwrap_or_default();
     assert!(last.contains("10.77.2.9"), "{last}");
     eprintln!(

@@ -57,6 +57,8 @@ pub enum Command {
     },
     /// Measure throughput and latency on this machine (starts its own cluster).
     Bench(crate::bench::BenchArgs),
+    /// Explain why a worker cannot find or reach its orchestrator.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// `d8 serve` flags.

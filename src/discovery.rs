@@ -16,7 +16,7 @@ mod mdns;
 mod order;
 
 pub use mdns::{AdvertSpec, Advertiser, MdnsDiscovery};
-pub use order::{LocalAddr, local_addrs, order_addrs};
+pub use order::{LocalAddr, is_virtual_interface, local_addrs, order_addrs};
 
 use std::net::IpAddr;
 use std::sync::Mutex;

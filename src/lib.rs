@@ -16,7 +16,9 @@
 //!   scheduler actor, registry) and worker (session loop, drain).
 //! - [`http`]: the axum router and its single error type.
 //! - [`config`]: validated configuration and presets; [`cli`]: clap commands.
-//! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`.
+//! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`;
+//!   [`doctor`]: `d8 doctor`.
+//! - [`discovery`]: mDNS advert and browse, address ordering.
 //!
 //! Identity (CA, tokens, CSR signing, rustls configs) lives in the `d8-certs`
 //! crate.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod discovery;
+pub mod doctor;
 pub mod http;
 pub mod node;
 pub mod providers;

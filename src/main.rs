@@ -50,6 +50,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Token { action, client } => d8::admin::token(&action, &client).await,
         Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
         Command::Bench(args) => d8::bench::run(args).await.map(|_| ()),
+        Command::Doctor(args) => {
+            if d8::doctor::run(args).await? {
+                Ok(())
+            } else {
+                // The report already said what is wrong.
+                std::process::exit(1);
+            }
+        }
     }
 }
 

@@ -263,3 +263,84 @@ pub fn cluster_client_config(
     cfg.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
     Ok(cfg)
 }
+
+/// What a probe handshake saw: the SHA-256 of every certificate the server
+/// presented (the last is its CA for a d8 orchestrator).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeSeen(Arc<std::sync::Mutex<Vec<[u8; 32]>>>);
+
+impl ProbeSeen {
+    /// Fingerprints of the presented chain, leaf first.
+    pub fn chain(&self) -> Vec<[u8; 32]> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Debug)]
+struct ProbeVerifier {
+    seen: ProbeSeen,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ProbeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut seen = self.seen.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.clear();
+        seen.push(fingerprint(end_entity));
+        seen.extend(intermediates.iter().map(|c| fingerprint(c)));
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client config for `d8 doctor`'s reachability probe: it trusts nothing
+/// and sends nothing secret, it only records which certificates the server
+/// presented (so the doctor can compare the CA with a token) and completes the
+/// handshake on the enrollment ALPN.
+pub fn probe_client_config(seen: ProbeSeen) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ProbeVerifier { seen, provider }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
+    Ok(cfg)
+}

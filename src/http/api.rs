@@ -126,7 +126,13 @@ fn check_task_type(t: &str) -> Result<(), ApiError> {
 }
 
 pub(crate) async fn health() -> Response {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+    // `time` lets `d8 doctor` measure clock skew between machines.
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "time": now_millis().0,
+    }))
+    .into_response()
 }
 
 pub(crate) async fn not_found() -> ApiError {

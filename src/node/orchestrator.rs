@@ -428,7 +428,15 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: C
 async fn enroll(conn: Connection, shared: &Shared) {
     let remote = conn.remote_address();
     let result = tokio::time::timeout(Duration::from_secs(10), async {
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            // `d8 doctor` probes reachability this way: handshake, then close.
+            Err(quinn::ConnectionError::ApplicationClosed(_)) => {
+                tracing::debug!(%remote, "probe connection closed before enrolling");
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let req: EnrollRequest = transport::read_frame(&mut recv)
             .await
             .map_err(|e| e.to_string())?;

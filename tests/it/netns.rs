@@ -516,3 +516,94 @@ async fn worker_with_a_decoy_bridge_still_connects() {
     assert!(line.contains("10.77.4.1"), "{log}");
     eprintln!("decoy bridge: connected in {took:?}");
 }
+
+impl Lab {
+    /// Runs `d8 args…` inside `ns` to completion: (success, stdout).
+    fn run(&self, ns: &str, args: &[&str]) -> (bool, String) {
+        let out = StdCommand::new("ip")
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .env("D8_LOG", "warn")
+            .env_remove("D8_TOKEN")
+            .env_remove("ORCHESTRATOR_URL")
+            .env_remove("D8_DATA_DIR")
+            .output()
+            .expect("run d8");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn doctor_says_ok_when_all_is_well_and_explains_what_is_not() {
+    let mut lab = lab_or_skip!("doctor_says_ok_when_all_is_well_and_explains_what_is_not");
+    let o = lab.host("o", &["10.77.5.1/24"]);
+    let w = lab.host("w", &["10.77.5.2/24"]);
+
+    // Nothing there yet.
+    let (ok, report) = lab.run(&w, &["doctor", "--mdns-interface", "eth0", "--wait", "1s"]);
+    eprintln!("--- doctor, no orchestrator ---\n{report}");
+    assert!(!ok);
+    assert!(
+        report.contains("eth0") && report.contains("10.77.5.2/24"),
+        "{report}"
+    );
+    assert!(
+        report.contains("no orchestrator answered over mDNS"),
+        "{report}"
+    );
+
+    let token = lab.orchestrator(&o, "orch").await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (ok, report) = lab.run(
+        &w,
+        &[
+            "doctor",
+            "--token",
+            &token,
+            "--mdns-interface",
+            "eth0",
+            "--wait",
+            "1s",
+        ],
+    );
+    eprintln!("--- doctor, working ---\n{report}");
+    assert!(ok, "{report}");
+    assert!(report.contains("Verdict: OK"), "{report}");
+    assert!(
+        report.contains("10.77.5.1:5000") && report.contains("QUIC reachable"),
+        "{report}"
+    );
+    assert!(report.contains("CA matches your token"), "{report}");
+    assert!(report.contains("clock"), "{report}");
+    assert!(
+        !report.contains(token.rsplit('-').next().expect("secret")),
+        "the token secret is never printed"
+    );
+
+    // A token of another cluster.
+    let other = d8_certs::JoinToken::generate([9; 32]).to_string();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (ok, report) = lab.run(
+        &w,
+        &[
+            "doctor",
+            "--token",
+            &other,
+            "--mdns-interface",
+            "eth0",
+            "--wait",
+            "1s",
+        ],
+    );
+    eprintln!("--- doctor, wrong token ---\n{report}");
+    assert!(!ok);
+    assert!(report.contains("none belongs to cluster"), "{report}");
+
+    // An explicit address that does not answer.
+    let (ok, report) = lab.run(&w, &["doctor", "10.77.5.77:5000", "--token", &token]);
+    assert!(!ok);
+    assert!(report.contains("NOT reachable"), "{report}");
+}

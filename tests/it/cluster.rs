@@ -374,3 +374,43 @@ async fn two_processes_with_one_identity_do_not_evict_each_other_forever() {
     assert!(!second.handle.is_finished(), "the newer one stays");
     assert_eq!(c.online().await, 1);
 }
+
+#[tokio::test]
+async fn worker_without_an_address_follows_what_discovery_reports() {
+    use d8::discovery::{Advert, StaticDiscovery, cluster_id};
+    let c = TestCluster::start().await;
+    let addr = c.orch().quic_addr();
+    let advert = |cid: String, ip: &str, port: u16| Advert {
+        name: "orch".into(),
+        cluster_id: cid,
+        proto: d8::wire::PROTOCOL_VERSION,
+        version: "test".into(),
+        quic_port: port,
+        http_port: port,
+        addrs: vec![ip.parse().expect("ip")],
+    };
+    let mine = cluster_id(&c.orch().ca_digest());
+    // Another cluster's orchestrator is announced too, and a dead address of ours.
+    let discovery = std::sync::Arc::new(StaticDiscovery::new(vec![
+        advert("0000000000000000".into(), "127.0.0.1", addr.port()),
+        advert(mine.clone(), "127.0.0.1", super::harness::free_port()),
+    ]));
+    let mut cfg = c.worker_config("roamer", 0, 1);
+    cfg.orchestrator = None;
+    cfg.discovery = Some(discovery.clone());
+    let w = c.spawn_worker(cfg);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        c.online().await,
+        0,
+        "neither the other cluster nor a dead address connects"
+    );
+    // Discovery now reports the orchestrator where it really is.
+    discovery.set(vec![advert(mine, "127.0.0.1", addr.port())]);
+    c.wait_until(
+        |s| s["workers"]["online"] == 1,
+        "worker found the orchestrator",
+    )
+    .await;
+    w.drain().await.expect("drain");
+}

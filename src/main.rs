@@ -108,10 +108,19 @@ async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
         data_dir.join("api-key").display()
     );
     println!();
-    println!(
-        "  on each worker:  d8 join <this-machine's-address>:{} --token {token} --provider echo",
-        orch.quic_addr().port()
-    );
+    if orch.advertising() {
+        // Workers on this LAN find it; the address form is the fallback.
+        println!("  on each worker:  d8 join --token {token} --provider echo");
+        println!(
+            "  (across VLANs/VPNs: d8 join <this-machine's-address>:{} --token … )",
+            orch.quic_addr().port()
+        );
+    } else {
+        println!(
+            "  on each worker:  d8 join <this-machine's-address>:{} --token {token} --provider echo",
+            orch.quic_addr().port()
+        );
+    }
     stop_signal().await;
     eprintln!("stopping …");
     orch.shutdown().await;

@@ -6,6 +6,7 @@
 //! around rate limits. Vendors live one per file; this issue ships only
 //! [`echo::Echo`], the deterministic provider for tests, benchmarks and smoke checks.
 
+pub mod classify;
 pub mod echo;
 
 use std::future::Future;

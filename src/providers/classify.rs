@@ -1,0 +1,461 @@
+//! Turning a vendor's failed HTTP answer into a [`ProviderError`] that steers
+//! the scheduler: how long to rest after a 429 (from `Retry-After`, the
+//! `x-ratelimit-reset-*` headers, Anthropic's `anthropic-ratelimit-*-reset`
+//! timestamps, or Gemini's `RetryInfo.retryDelay` in the JSON body), quota
+//! and budget exhaustion, bad keys, transient failures, and invalid requests
+//! (which fail the task with the vendor's own message).
+//!
+//! Every message that leaves here has passed [`redact`]: vendors sometimes
+//! echo (parts of) the key they were given.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+
+use super::{ProviderError, ProviderErrorKind};
+
+/// Rest after a 429 that names no time.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Rest after a daily quota or budget is exhausted, when the vendor names no time.
+pub const QUOTA_COOLDOWN: Duration = Duration::from_secs(3_600);
+/// Longest rest honoured (a broken header must not park a worker for days).
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3_600);
+
+/// Parses Go-style durations as used in `x-ratelimit-reset-*` and Gemini's
+/// `retryDelay`: `"20ms"`, `"7.66s"`, `"2m59.56s"`, `"1h"`, or bare seconds.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += n * match unit {
+            "h" => 3_600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(1e9)))
+}
+
+/// Parses an RFC 3339 UTC timestamp (`2026-11-25T18:00:30Z`, fractions
+/// allowed) into a time; only the `Z` form vendors send is supported.
+fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
+    let s = s.trim().strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3_600 + mi * 60 + se;
+    let nanos = format!("{frac:0<9}")[..9].parse::<u64>().ok()?;
+    let secs = u64::try_from(secs).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+}
+
+/// Parses an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`), the HTTP-date form of `Retry-After`.
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|x| x == month)? + 1;
+    parse_rfc3339_utc(&format!("{year}-{m:02}-{day:0>2}T{time}Z"))
+}
+
+fn until(t: SystemTime, now: SystemTime) -> Duration {
+    t.duration_since(now).unwrap_or_default()
+}
+
+/// The longest wait any rate-limit header asks for, if any does.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut waits = Vec::new();
+    if let Some(v) = text("retry-after") {
+        if let Ok(secs) = v.trim().parse::<f64>() {
+            if secs.is_finite() && secs >= 0.0 {
+                waits.push(Duration::from_secs_f64(secs.min(1e9)));
+            }
+        } else if let Some(t) = parse_http_date(v) {
+            waits.push(until(t, now));
+        }
+    }
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
+        waits.push(Duration::from_millis(ms));
+    }
+    for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+        if let Some(d) = text(name).and_then(parse_go_duration) {
+            waits.push(d);
+        }
+    }
+    for name in [
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-input-tokens-reset",
+        "anthropic-ratelimit-output-tokens-reset",
+    ] {
+        if let Some(t) = text(name).and_then(parse_rfc3339_utc) {
+            waits.push(until(t, now));
+        }
+    }
+    waits.into_iter().max()
+}
+
+/// Gemini's `error.details[].retryDelay` (type `google.rpc.RetryInfo`).
+fn gemini_retry_delay(body: &serde_json::Value) -> Option<Duration> {
+    body["error"]["details"]
+        .as_array()?
+        .iter()
+        .filter(|d| {
+            d["@type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("google.rpc.RetryInfo"))
+        })
+        .find_map(|d| d["retryDelay"].as_str().and_then(parse_go_duration))
+}
+
+/// The vendor's own error text from a JSON error body, or a trimmed raw body.
+fn vendor_message(body: &serde_json::Value, raw: &str) -> String {
+    let candidates = [
+        &body["error"]["message"],
+        &body["message"],
+        &body["error"],
+        &body["detail"],
+    ];
+    candidates
+        .iter()
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| raw.chars().take(300).collect::<String>().trim().to_owned())
+}
+
+/// Text that means "no more quota until later" rather than "slow down".
+fn says_quota_exhausted(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "per day",
+        "perday",
+        "daily",
+        "usage limit",
+        "credit balance",
+        "insufficient credit",
+        "quota exceeded for quota metric",
+        "billing",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
+}
+
+/// Removes `key` and anything that looks like a provider key from `text`.
+pub fn redact(text: &str, key: Option<&str>) -> String {
+    let mut out = text.to_owned();
+    if let Some(k) = key.filter(|k| k.len() >= 8) {
+        out = out.replace(k, "<redacted>");
+    }
+    // Known key shapes: OpenAI `sk-…`, Groq `gsk_…`, Anthropic `sk-ant-…`,
+    // Google `AIza…`, OpenRouter `sk-or-…`.
+    for prefix in ["sk-", "gsk_", "AIza"] {
+        let mut from = 0;
+        while let Some(pos) = out[from..].find(prefix) {
+            let start = from + pos;
+            let at_word_start = out[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            let len = out[start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .unwrap_or(out.len() - start);
+            if at_word_start && len >= prefix.len() + 12 {
+                out.replace_range(start..start + len, "<redacted>");
+                from = start + "<redacted>".len();
+            } else {
+                from = start + prefix.len();
+            }
+        }
+    }
+    out
+}
+
+/// Classifies a failed answer from `vendor`.
+pub fn classify(
+    vendor: &str,
+    status: u16,
+    headers: &HeaderMap,
+    body: &str,
+    key: Option<&str>,
+    now: SystemTime,
+) -> ProviderError {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    let said = redact(&vendor_message(&json, body), key);
+    let ms = |d: Duration| u64::try_from(d.min(MAX_COOLDOWN).as_millis()).unwrap_or(u64::MAX);
+    let (kind, what) = match status {
+        429 if says_quota_exhausted(&said) || says_quota_exhausted(body) => (
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: ms(retry_after(headers, now)
+                    .or_else(|| gemini_retry_delay(&json))
+                    .unwrap_or(QUOTA_COOLDOWN)),
+            },
+            "quota exhausted",
+        ),
+        429 => (
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: ms(retry_after(headers, now)
+                    .or_else(|| gemini_retry_delay(&json))
+                    .unwrap_or(DEFAULT_RETRY_AFTER)),
+            },
+            "rate limited",
+        ),
+        402 => (
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: ms(retry_after(headers, now).unwrap_or(QUOTA_COOLDOWN)),
+            },
+            "out of credit",
+        ),
+        400 if says_quota_exhausted(&said) => (
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: ms(retry_after(headers, now).unwrap_or(QUOTA_COOLDOWN)),
+            },
+            "usage limit reached",
+        ),
+        401 | 403 => (ProviderErrorKind::Auth, "key rejected"),
+        408 | 409 | 425 | 500..=599 => (ProviderErrorKind::Transient, "vendor unavailable"),
+        _ => (ProviderErrorKind::Invalid, "request rejected"),
+    };
+    ProviderError {
+        kind,
+        message: format!("{vendor}: {what} (HTTP {status}): {said}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn now() -> SystemTime {
+        parse_rfc3339_utc("2026-11-25T18:00:00Z").expect("time")
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(
+            parse_go_duration("7.66s"),
+            Some(Duration::from_millis(7_660))
+        );
+        assert_eq!(
+            parse_go_duration("2m59.5s"),
+            Some(Duration::from_millis(179_500))
+        );
+        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3_600)));
+        assert_eq!(parse_go_duration("30"), Some(Duration::from_secs(30)));
+        for bad in ["", "s", "5x", "-3s", "1..2s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates() {
+        let t = parse_rfc3339_utc("2026-11-25T18:00:30.5Z").expect("rfc3339");
+        assert_eq!(until(t, now()), Duration::from_millis(30_500));
+        let h = parse_http_date("Wed, 25 Nov 2026 18:01:00 GMT").expect("http date");
+        assert_eq!(until(h, now()), Duration::from_secs(60));
+        assert!(parse_http_date("tomorrow").is_none());
+        assert!(parse_rfc3339_utc("2026-11-25T18:00:30+01:00").is_none());
+    }
+
+    #[test]
+    fn rate_limit_waits_come_from_every_header_style() {
+        let cases: Vec<(Vec<(&str, &str)>, Duration)> = vec![
+            (vec![("retry-after", "12")], Duration::from_secs(12)),
+            (
+                vec![("retry-after", "Wed, 25 Nov 2026 18:00:45 GMT")],
+                Duration::from_secs(45),
+            ),
+            (
+                vec![
+                    ("x-ratelimit-reset-requests", "2m0s"),
+                    ("x-ratelimit-reset-tokens", "7.5s"),
+                ],
+                Duration::from_secs(120),
+            ),
+            (
+                vec![("anthropic-ratelimit-requests-reset", "2026-11-25T18:00:20Z")],
+                Duration::from_secs(20),
+            ),
+            (
+                vec![("retry-after-ms", "1500")],
+                Duration::from_millis(1_500),
+            ),
+        ];
+        for (h, want) in cases {
+            assert_eq!(retry_after(&headers(&h), now()), Some(want), "{h:?}");
+        }
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "soon")]), now()),
+            None
+        );
+    }
+
+    #[test]
+    fn gemini_retry_info_in_the_body() {
+        let body = r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED",
+            "details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"31s"}]}}"#;
+        let e = classify("gemini", 429, &HeaderMap::new(), body, None, now());
+        assert_eq!(
+            e.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 31_000
+            }
+        );
+    }
+
+    #[test]
+    fn every_status_class() {
+        let h = HeaderMap::new();
+        let k = |status, body: &str| classify("v", status, &h, body, None, now()).kind;
+        assert_eq!(
+            k(429, "{}"),
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 10_000
+            }
+        );
+        assert_eq!(
+            k(
+                429,
+                r#"{"error":{"message":"Quota exceeded for quota metric 'GenerateContent requests per day'"}}"#
+            ),
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000
+            }
+        );
+        assert_eq!(
+            k(402, r#"{"error":{"message":"Insufficient credits"}}"#),
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000
+            }
+        );
+        assert_eq!(
+            k(
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits."}}"#
+            ),
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000
+            }
+        );
+        assert_eq!(k(401, "{}"), ProviderErrorKind::Auth);
+        assert_eq!(k(403, "{}"), ProviderErrorKind::Auth);
+        assert_eq!(k(500, "oops"), ProviderErrorKind::Transient);
+        assert_eq!(
+            k(
+                529,
+                r#"{"type":"error","error":{"type":"overloaded_error"}}"#
+            ),
+            ProviderErrorKind::Transient
+        );
+        assert_eq!(
+            k(404, r#"{"error":{"message":"model not found"}}"#),
+            ProviderErrorKind::Invalid
+        );
+        let e = classify(
+            "groq",
+            400,
+            &h,
+            r#"{"error":{"message":"context too long"}}"#,
+            None,
+            now(),
+        );
+        assert_eq!(
+            e.message,
+            "groq: request rejected (HTTP 400): context too long"
+        );
+        // Absurd waits are capped.
+        let long = classify(
+            "v",
+            429,
+            &headers(&[("retry-after", "99999999")]),
+            "{}",
+            None,
+            now(),
+        );
+        assert_eq!(
+            long.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 86_400_000
+            }
+        );
+    }
+
+    #[test]
+    fn keys_never_survive() {
+        let key = "gsk_live_0123456789abcdefghij";
+        let body = format!(
+            r#"{{"error":{{"message":"Invalid API Key: {key} (also sk-proj-ABCDEFGHIJKLMNOP and AIzaSyA1234567890abcdef)"}}}}"#
+        );
+        let e = classify("groq", 401, &HeaderMap::new(), &body, Some(key), now());
+        assert!(!e.message.contains(key), "{}", e.message);
+        assert!(
+            !e.message.contains("sk-proj-ABCDEFGHIJKLMNOP"),
+            "{}",
+            e.message
+        );
+        assert!(
+            !e.message.contains("AIzaSyA1234567890abcdef"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("<redacted>"));
+        assert_eq!(
+            redact("a task-based sk-short reply", None),
+            "a task-based sk-short reply"
+        );
+        let prose = "a task-based-approach-with-many-words";
+        assert_eq!(redact(prose, None), prose);
+    }
+}

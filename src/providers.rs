@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod echo;
+pub mod sse;
 
 use std::future::Future;
 use std::pin::Pin;

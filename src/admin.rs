@@ -17,6 +17,7 @@ pub struct Client {
 impl Client {
     /// Builds a client; the key comes from the flag/env or the orchestrator's data dir.
     pub fn new(args: &ClientArgs) -> Result<Client> {
+        crate::ensure_crypto_provider();
         let key = match &args.api_key {
             Some(k) => k.trim().to_owned(),
             None => {

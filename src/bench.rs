@@ -360,6 +360,7 @@ async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
 
 /// Runs the benchmark and prints the table.
 pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
+    crate::ensure_crypto_provider();
     let tmp;
     let dir = match &args.dir {
         Some(d) => d.clone(),

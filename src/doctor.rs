@@ -144,6 +144,7 @@ async fn clock_skew(http: SocketAddr) -> Option<i64> {
 
 /// Runs the checks; prints the report; returns whether all is well.
 pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
+    crate::ensure_crypto_provider();
     let mut out = String::new();
     let wanted = wanted_cluster(&args).map_err(anyhow::Error::msg)?;
     let _ = writeln!(out, "d8 doctor {}\n", env!("CARGO_PKG_VERSION"));

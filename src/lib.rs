@@ -37,3 +37,15 @@ pub mod store;
 pub mod task;
 pub mod transport;
 pub mod wire;
+
+/// Installs ring as the process-wide rustls crypto provider (once; later
+/// calls do nothing). d8's own TLS configs name ring explicitly, but HTTP
+/// clients (reqwest) take the process default, and two providers compiled in
+/// would make rustls refuse to pick one. Call before building any client.
+pub fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another default is already installed; that one stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     // One crypto provider for rustls, quinn and rcgen; must precede any TLS config.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    d8::ensure_crypto_provider();
     // `.env` in the working directory; real environment variables win.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();

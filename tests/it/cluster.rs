@@ -302,6 +302,7 @@ async fn results_expire_after_the_retention() {
 
 #[tokio::test]
 async fn worker_started_before_the_orchestrator_enrolls_when_it_comes_up() {
+    super::harness::init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = super::harness::free_port();
     let mut cfg = super::harness::local_config(&dir.path().join("o"));

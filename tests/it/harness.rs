@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// Logs from the code under test, shown for failing tests (`RUST_LOG` to tune).
 #[allow(dead_code)]
 pub fn init_tracing() {
+    d8::ensure_crypto_provider();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "d8=info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

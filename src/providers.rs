@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod echo;
+pub mod openai;
 pub mod sse;
 
 use std::future::Future;
@@ -40,6 +41,28 @@ impl ChunkSink {
         if let Some(tx) = &self.0 {
             let _ = tx.send(text).await;
         }
+    }
+}
+
+/// A provider key. It is only ever read through [`Secret::expose`] when a
+/// request is built; `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a key.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The key itself, for a request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -144,5 +167,144 @@ impl ProviderSet {
             .as_ref()
             .and_then(|m| self.providers.iter().find(|p| p.models().contains(m)))
             .or_else(|| self.providers.first())
+    }
+}
+
+/// The HTTP client every vendor provider shares: rustls, connection reuse,
+/// bounded connect and read stalls (a whole attempt is bounded by the
+/// orchestrator's attempt timeout).
+pub fn http_client() -> Result<reqwest::Client, String> {
+    crate::ensure_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("d8/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(120))
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Where provider settings come from (the process environment in `d8 join`,
+/// a map in tests).
+pub trait Env {
+    /// The value of `name`, if set and not empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned().filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Builds the provider called `name` from `env`. `legacy_key` is the
+/// original project's `API_KEY`, used when `WORKER_TYPE` names this provider
+/// and its own variable is unset.
+pub fn build(
+    name: &str,
+    env: &dyn Env,
+    legacy_key: Option<&str>,
+    echo_delay: std::time::Duration,
+) -> Result<Arc<dyn Provider>, String> {
+    if name == "echo" {
+        return Ok(Arc::new(echo::Echo { delay: echo_delay }));
+    }
+    let Some(preset) = openai::PRESETS.iter().find(|p| p.kind == name) else {
+        return Err(format!(
+            "provider {name:?} is not available in this build; available: echo, {}",
+            openai::PRESETS
+                .iter()
+                .map(|p| p.kind)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    let key = env
+        .var(preset.key_env)
+        .or_else(|| legacy_key.map(str::to_owned))
+        .ok_or_else(|| {
+            format!(
+                "provider {name}: set {} (the key stays on this machine)",
+                preset.key_env
+            )
+        })?;
+    let base = env
+        .var(preset.base_url_env)
+        .unwrap_or_else(|| preset.base_url.to_owned());
+    if !(base.starts_with("https://") || base.starts_with("http://")) {
+        return Err(format!(
+            "{}: {base:?} is not an http(s) URL",
+            preset.base_url_env
+        ));
+    }
+    Ok(Arc::new(openai::OpenAiCompat::new(
+        *preset,
+        &base,
+        Some(Secret::new(key)),
+        http_client()?,
+    )))
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn builds_presets_from_the_environment() {
+        let d = std::time::Duration::ZERO;
+        let p = build("groq", &env(&[("GROQ_API_KEY", "gsk_x")]), None, d).expect("groq");
+        assert_eq!(p.kind(), "groq");
+        assert!(
+            build("groq", &env(&[]), Some("legacy"), d).is_ok(),
+            "API_KEY with WORKER_TYPE=groq"
+        );
+        let e = build("groq", &env(&[]), None, d).err().expect("no key");
+        assert!(e.contains("GROQ_API_KEY"), "{e}");
+        let e = build(
+            "openai",
+            &env(&[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", "ftp://x")]),
+            None,
+            d,
+        )
+        .err()
+        .expect("bad url");
+        assert!(e.contains("OPENAI_BASE_URL"), "{e}");
+        assert!(
+            build("gemini", &env(&[]), None, d)
+                .err()
+                .expect("n/a")
+                .contains("not available")
+        );
+        assert_eq!(
+            build("echo", &env(&[]), None, d).expect("echo").kind(),
+            "echo"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("gsk_very_secret_value");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        let p =
+            openai::OpenAiCompat::new(openai::GROQ, "http://x", Some(s), reqwest::Client::new());
+        assert!(!format!("{p:?}").contains("very_secret"));
     }
 }

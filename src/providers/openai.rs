@@ -1,0 +1,506 @@
+//! `openai`: any OpenAI-compatible Chat Completions endpoint, with presets for
+//! Groq, DeepSeek and OpenRouter (same wire format, different base URLs).
+//!
+//! Request: `POST {base_url}/chat/completions` with `Authorization: Bearer
+//! <key>` and `{model, messages, temperature?, max_tokens?, stream}`; when
+//! streaming, `stream_options.include_usage` so the last event carries token
+//! counts. Streaming answers are SSE `data: {choices:[{delta:{content}}]}`
+//! events ending with `data: [DONE]`.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use super::classify::classify;
+use super::sse::SseParser;
+use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
+use crate::task::{ChatRequest, TaskOutput, Usage};
+
+/// A named OpenAI-compatible service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// Provider kind advertised to the orchestrator.
+    pub kind: &'static str,
+    /// Default base URL (overridable, e.g. `GROQ_BASE_URL`).
+    pub base_url: &'static str,
+    /// Model used when a task names none.
+    pub default_model: &'static str,
+    /// Environment variable holding the key.
+    pub key_env: &'static str,
+    /// Environment variable overriding the base URL.
+    pub base_url_env: &'static str,
+}
+
+/// OpenAI itself.
+pub const OPENAI: Preset = Preset {
+    kind: "openai",
+    base_url: "https://api.openai.com/v1",
+    default_model: "gpt-4o-mini",
+    key_env: "OPENAI_API_KEY",
+    base_url_env: "OPENAI_BASE_URL",
+};
+/// Groq's OpenAI-compatible API.
+pub const GROQ: Preset = Preset {
+    kind: "groq",
+    base_url: "https://api.groq.com/openai/v1",
+    default_model: "llama-3.1-8b-instant",
+    key_env: "GROQ_API_KEY",
+    base_url_env: "GROQ_BASE_URL",
+};
+/// The DeepSeek API.
+pub const DEEPSEEK: Preset = Preset {
+    kind: "deepseek",
+    base_url: "https://api.deepseek.com/v1",
+    default_model: "deepseek-chat",
+    key_env: "DEEPSEEK_API_KEY",
+    base_url_env: "DEEPSEEK_API_BASE_URL",
+};
+/// OpenRouter.
+pub const OPENROUTER: Preset = Preset {
+    kind: "openrouter",
+    base_url: "https://openrouter.ai/api/v1",
+    default_model: "openrouter/auto",
+    key_env: "OPENROUTER_API_KEY",
+    base_url_env: "OPENROUTER_BASE_URL",
+};
+
+/// All presets, for lookup by name.
+pub const PRESETS: [Preset; 4] = [OPENAI, GROQ, DEEPSEEK, OPENROUTER];
+
+/// An OpenAI-compatible provider.
+#[derive(Debug, Clone)]
+pub struct OpenAiCompat {
+    kind: String,
+    base_url: String,
+    key: Option<Secret>,
+    default_model: String,
+    models: Vec<String>,
+    client: reqwest::Client,
+}
+
+impl OpenAiCompat {
+    /// A provider for `preset` at `base_url` (trailing `/` ignored) with `key`.
+    pub fn new(
+        preset: Preset,
+        base_url: &str,
+        key: Option<Secret>,
+        client: reqwest::Client,
+    ) -> Self {
+        OpenAiCompat {
+            kind: preset.kind.to_owned(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            key,
+            default_model: preset.default_model.to_owned(),
+            models: vec![preset.default_model.to_owned()],
+            client,
+        }
+    }
+
+    /// Sets the models served (the first is the default).
+    pub fn with_models(mut self, models: Vec<String>) -> Self {
+        if let Some(first) = models.first() {
+            self.default_model = first.clone();
+            self.models = models;
+        }
+        self
+    }
+
+    fn body(&self, req: &ChatRequest, stream: bool) -> Value {
+        let mut body = json!({
+            "model": req.model.clone().unwrap_or_else(|| self.default_model.clone()),
+            "messages": req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
+            "stream": stream,
+        });
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(n) = req.max_tokens {
+            body["max_tokens"] = json!(n);
+        }
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
+        // reqwest errors name the URL, never headers, so no key can leak here.
+        ProviderError {
+            kind: ProviderErrorKind::Transient,
+            message: format!("{}: cannot reach {}: {e}", self.kind, self.base_url),
+        }
+    }
+
+    fn bad_answer(&self, what: &str) -> ProviderError {
+        ProviderError {
+            kind: ProviderErrorKind::Transient,
+            message: format!("{}: unexpected answer: {what}", self.kind),
+        }
+    }
+
+    async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
+        let stream = req.stream;
+        let mut http = self
+            .client
+            .post(format!("{}/chat/completions", self.base_url))
+            .json(&self.body(req, stream));
+        if let Some(k) = &self.key {
+            http = http.bearer_auth(k.expose());
+        }
+        let mut resp = http.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status().as_u16();
+        if !resp.status().is_success() {
+            let headers = resp.headers().clone();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(classify(
+                &self.kind,
+                status,
+                &headers,
+                &body,
+                self.key.as_ref().map(Secret::expose),
+                SystemTime::now(),
+            ));
+        }
+        let model_asked = req
+            .model
+            .clone()
+            .unwrap_or_else(|| self.default_model.clone());
+        if !stream {
+            let v: Value = resp
+                .json()
+                .await
+                .map_err(|e| self.bad_answer(&e.to_string()))?;
+            let content = v["choices"][0]["message"]["content"]
+                .as_str()
+                .ok_or_else(|| self.bad_answer("no choices[0].message.content"))?
+                .to_owned();
+            return Ok(TaskOutput {
+                content,
+                provider: self.kind.clone(),
+                model: v["model"].as_str().map_or(model_asked, str::to_owned),
+                usage: usage(&v["usage"]),
+            });
+        }
+        let mut parser = SseParser::default();
+        let mut content = String::new();
+        let mut model = model_asked;
+        let mut used = Usage::default();
+        let mut done = false;
+        loop {
+            let events = match resp.chunk().await.map_err(|e| self.transport_error(&e))? {
+                Some(bytes) => parser.feed(&bytes).map_err(|e| self.bad_answer(&e))?,
+                None => parser.finish(),
+            };
+            let ended = events.is_empty() && done;
+            for ev in events {
+                if ev.data == "[DONE]" {
+                    done = true;
+                    continue;
+                }
+                let v: Value =
+                    serde_json::from_str(&ev.data).map_err(|e| self.bad_answer(&e.to_string()))?;
+                if let Some(m) = v["model"].as_str() {
+                    model = m.to_owned();
+                }
+                if v["usage"].is_object() {
+                    used = usage(&v["usage"]);
+                }
+                if let Some(delta) = v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .filter(|d| !d.is_empty())
+                {
+                    content.push_str(delta);
+                    sink.push(delta.to_owned()).await;
+                }
+            }
+            if done || ended {
+                break;
+            }
+        }
+        Ok(TaskOutput {
+            content,
+            provider: self.kind.clone(),
+            model,
+            usage: used,
+        })
+    }
+}
+
+fn usage(v: &Value) -> Usage {
+    let n = |k: &str| {
+        v[k].as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        prompt_tokens: n("prompt_tokens"),
+        completion_tokens: n("completion_tokens"),
+    }
+}
+
+impl Provider for OpenAiCompat {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.models.clone()
+    }
+
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        sink: ChunkSink,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        Box::pin(self.call(req, sink))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::Response;
+    use axum::routing::post;
+
+    use super::*;
+    use crate::task::ChatMessage;
+
+    /// What the fake vendor saw.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        path: String,
+        auth: Option<String>,
+        body: Value,
+    }
+
+    /// A fake OpenAI-compatible server answering every request with `reply`.
+    async fn fake(
+        reply: impl Fn(&Value) -> Response + Clone + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(
+                move |headers: HeaderMap, uri: axum::http::Uri, body: String| {
+                    let reply = reply.clone();
+                    let log = log.clone();
+                    async move {
+                        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                        log.lock().expect("lock").push(Seen {
+                            path: uri.path().to_owned(),
+                            auth: headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned),
+                            body: body.clone(),
+                        });
+                        reply(&body)
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        (format!("http://{addr}/v1"), seen)
+    }
+
+    fn provider(base: &str, key: &str) -> OpenAiCompat {
+        crate::ensure_crypto_provider();
+        OpenAiCompat::new(GROQ, base, Some(Secret::new(key)), reqwest::Client::new())
+    }
+
+    fn request(stream: bool) -> ChatRequest {
+        ChatRequest {
+            messages: vec![
+                ChatMessage {
+                    role: "system".into(),
+                    content: "be brief".into(),
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: "hi".into(),
+                },
+            ],
+            model: None,
+            temperature: Some(0.2),
+            max_tokens: Some(64),
+            stream,
+        }
+    }
+
+    fn json_response(status: u16, headers: &[(&str, &str)], body: Value) -> Response {
+        let mut b = Response::builder()
+            .status(status)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::from(body.to_string())).expect("response")
+    }
+
+    #[tokio::test]
+    async fn sends_the_exact_request_and_reads_the_answer() {
+        let (base, seen) = fake(|_| {
+            json_response(200, &[], json!({
+                "id": "x", "model": "llama-3.1-8b-instant",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello!"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+            }))
+        })
+        .await;
+        let out = provider(&base, "gsk_test_key_123456")
+            .chat(&request(false), ChunkSink::none())
+            .await
+            .expect("ok");
+        assert_eq!(out.content, "hello!");
+        assert_eq!(out.provider, "groq");
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 12,
+                completion_tokens: 3
+            }
+        );
+        let s = seen.lock().expect("lock")[0].clone();
+        assert_eq!(s.path, "/v1/chat/completions");
+        assert_eq!(s.auth.as_deref(), Some("Bearer gsk_test_key_123456"));
+        assert_eq!(
+            s.body,
+            json!({
+                "model": "llama-3.1-8b-instant",
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                "temperature": 0.2f32,
+                "max_tokens": 64,
+                "stream": false
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_deltas_in_order_and_keeps_usage() {
+        let (base, seen) = fake(|_| {
+            let events = [
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"content":"lo"}}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+                r#"{"model":"m1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#,
+            ];
+            let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+            body.push_str("data: [DONE]\n\n");
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from(body))
+                .expect("response")
+        })
+        .await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let out = provider(&base, "k-0123456789")
+            .chat(&request(true), ChunkSink::new(tx))
+            .await
+            .expect("ok");
+        assert_eq!(out.content, "Hello");
+        assert_eq!(out.model, "m1");
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 5,
+                completion_tokens: 2
+            }
+        );
+        let mut chunks = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            chunks.push(c);
+        }
+        assert_eq!(chunks, ["Hel", "lo"]);
+        let body = seen.lock().expect("lock")[0].body.clone();
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified_and_keys_redacted() {
+        let key = "gsk_secret_abcdefghijklmnop";
+        let (base, _) = fake(move |body| match body["messages"][1]["content"].as_str() {
+            Some("slow") => json_response(
+                429,
+                &[("retry-after", "7"), ("x-ratelimit-reset-requests", "2.5s")],
+                json!({"error": {"message": "Rate limit reached"}}),
+            ),
+            Some("bad key") => json_response(
+                401,
+                &[],
+                json!({"error": {"message": format!("Invalid API Key {key}")}}),
+            ),
+            Some("broken") => json_response(503, &[], json!({"error": {"message": "overloaded"}})),
+            Some("garbage") => Response::builder()
+                .status(StatusCode::OK)
+                .body(Body::from("not json"))
+                .expect("response"),
+            _ => json_response(
+                400,
+                &[],
+                json!({"error": {"message": "max_tokens is too large"}}),
+            ),
+        })
+        .await;
+        let p = provider(&base, key);
+        let ask = |content: &str| {
+            let mut r = request(false);
+            r.messages[1].content = content.into();
+            r
+        };
+        let e = p
+            .chat(&ask("slow"), ChunkSink::none())
+            .await
+            .expect_err("429");
+        assert_eq!(
+            e.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 7_000
+            }
+        );
+        let e = p
+            .chat(&ask("bad key"), ChunkSink::none())
+            .await
+            .expect_err("401");
+        assert_eq!(e.kind, ProviderErrorKind::Auth);
+        assert!(!e.message.contains(key), "{}", e.message);
+        let e = p
+            .chat(&ask("broken"), ChunkSink::none())
+            .await
+            .expect_err("503");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
+        let e = p
+            .chat(&ask("garbage"), ChunkSink::none())
+            .await
+            .expect_err("bad body");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
+        let e = p
+            .chat(&ask("other"), ChunkSink::none())
+            .await
+            .expect_err("400");
+        assert_eq!(e.kind, ProviderErrorKind::Invalid);
+        assert!(
+            e.message.contains("max_tokens is too large"),
+            "{}",
+            e.message
+        );
+        // Nothing listening: transient, and the message names the URL only.
+        let gone = provider("http://127.0.0.1:9/v1", key);
+        let e = gone
+            .chat(&ask("x"), ChunkSink::none())
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
+        assert!(!e.message.contains(key));
+    }
+}

@@ -14,7 +14,7 @@ use d8_certs::JoinToken;
 use crate::config::{
     DEFAULT_PORT, OrchestratorConfig, WorkerConfig, parse_duration, parse_orchestrator_addr,
 };
-use crate::providers::{Provider, ProviderSet, echo::Echo};
+use crate::providers::{Provider, ProviderSet};
 
 /// d8: turn the machines you own into one cluster for LLM agent work.
 #[derive(Debug, Parser)]
@@ -139,7 +139,7 @@ pub struct JoinArgs {
     /// Worker type for routing: groq, gemini, claude, deepseek_gpu, … (default: first provider).
     #[arg(long, env = "WORKER_TYPE")]
     pub worker_type: Option<String>,
-    /// Provider to run tasks with; repeatable. This build offers `echo`.
+    /// Provider to run tasks with; repeatable: echo, openai, groq, deepseek, openrouter.
     #[arg(long = "provider", env = "D8_PROVIDERS", value_delimiter = ',')]
     pub providers: Vec<String>,
     /// Artificial latency of the echo provider, ms.
@@ -289,25 +289,37 @@ impl JoinArgs {
         if self.poll_interval.is_some() {
             tracing::info!("POLL_INTERVAL is ignored: the orchestrator pushes tasks to workers");
         }
+        // The original project's WORKER_TYPE names the provider when no
+        // --provider is given; its API_KEY is that provider's key.
+        let legacy = match self.worker_type.as_deref() {
+            Some("claude") => Some("anthropic"),
+            Some("deepseek_gpu") => Some("ollama"),
+            other => other,
+        };
+        let names: Vec<String> = if self.providers.is_empty() {
+            legacy.map(|l| vec![l.to_owned()]).unwrap_or_default()
+        } else {
+            self.providers
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
-        for p in &self.providers {
-            match p.trim() {
-                "echo" => providers.push(Arc::new(Echo {
-                    delay: Duration::from_millis(self.echo_delay_ms),
-                })),
-                "" => {}
-                other => {
-                    return Err(format!(
-                        "provider {other:?} is not available in this build; available: echo"
-                    ));
-                }
-            }
+        for name in &names {
+            let legacy_key = self
+                .api_key
+                .as_deref()
+                .filter(|_| legacy == Some(name.as_str()));
+            providers.push(crate::providers::build(
+                name,
+                &crate::providers::ProcessEnv,
+                legacy_key,
+                Duration::from_millis(self.echo_delay_ms),
+            )?);
         }
         if providers.is_empty() {
-            return Err(
-                "no provider: pass --provider echo (vendor providers arrive in a later release)"
-                    .into(),
-            );
+            return Err("no provider: pass --provider (echo, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
         }
         let dir = self
             .data_dir
@@ -394,7 +406,7 @@ mod tests {
         let cfg = j.to_config().expect("config");
         assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
         assert!(cfg.token.is_none());
-        let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "groq"])
+        let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "gemini"])
             .expect("parse")
             .command
         else {

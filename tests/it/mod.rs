@@ -2,6 +2,7 @@
 
 mod cluster;
 mod enrollment;
+mod fakes;
 mod harness;
 mod http_api;
 #[cfg(target_os = "linux")]

@@ -120,23 +120,34 @@ impl ProcCluster {
     }
 
     fn add_worker(&mut self, name: &str, extra: &[&str]) {
+        self.add_worker_with(name, &["--provider", "echo"], extra, &[]);
+    }
+
+    /// A worker with explicit provider flags and extra environment.
+    fn add_worker_with(
+        &mut self,
+        name: &str,
+        providers: &[&str],
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) {
         let log = self.dir.path().join(format!("{name}.log"));
         let wdir = self.dir.path().join(name);
         let addr = format!("127.0.0.1:{}", self.port);
         let mut args = vec![
             "join",
             &addr,
-            "--provider",
-            "echo",
             "--worker-id",
             name,
             "--data-dir",
             wdir.to_str().expect("utf8"),
         ];
+        args.extend_from_slice(providers);
         args.extend_from_slice(extra);
         let token = self.token.clone();
-        self.workers
-            .push(spawn(&args, &log, &[("D8_TOKEN", &token)]));
+        let mut all = vec![("D8_TOKEN", token.as_str())];
+        all.extend_from_slice(envs);
+        self.workers.push(spawn(&args, &log, &all));
     }
 
     fn url(&self, path: &str) -> String {
@@ -518,4 +529,80 @@ async fn original_environment_variables_and_dotenv_configure_a_worker() {
     let logged = std::fs::read_to_string(c.dir.path().join("envworker.log")).expect("log");
     assert!(logged.contains("POLL_INTERVAL is ignored"), "{logged}");
     let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn vendor_keys_stay_on_their_worker_and_429s_route_around() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let limited = FakeOpenAi::start(Mode::RateLimited {
+        retry_after_secs: 30,
+    })
+    .await;
+    let fresh = FakeOpenAi::start(Mode::Ok).await;
+    let key_limited = "gsk_limited_0123456789abcdef";
+    let key_fresh = "gsk_fresh_0123456789abcdefgh";
+    let mut c = ProcCluster::start().await;
+    c.add_worker_with(
+        "limited",
+        &["--provider", "groq"],
+        &[],
+        &[
+            ("GROQ_API_KEY", key_limited),
+            ("GROQ_BASE_URL", &limited.base),
+        ],
+    );
+    c.wait_online(1).await;
+    let first = c.submit("before the fresh worker exists").await;
+    c.add_worker_with(
+        "fresh",
+        &["--provider", "groq"],
+        &[],
+        &[("GROQ_API_KEY", key_fresh), ("GROQ_BASE_URL", &fresh.base)],
+    );
+    c.wait_online(2).await;
+    let mut ids = vec![first];
+    for i in 0..8 {
+        ids.push(c.submit(&format!("task {i}")).await);
+    }
+    let mut answers = Vec::new();
+    for id in &ids {
+        let t = c.get(&format!("/api/tasks/{id}?wait=20")).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["worker_id"], "fresh", "{t}");
+        assert_eq!(t["result"]["provider"], "groq");
+        answers.push(t.to_string());
+    }
+    let stats = c.get("/api/workers/stats").await;
+    assert_eq!(
+        stats["tasks"]["failed"], 0,
+        "429s never fail a task: {stats}"
+    );
+    // The limited worker was asked once, answered 429, and then rested.
+    assert_eq!(limited.calls(), 1, "a cooling worker gets no more tasks");
+    // Each key went only to its own vendor.
+    assert!(
+        limited
+            .auth_headers()
+            .iter()
+            .all(|h| h == &format!("Bearer {key_limited}"))
+    );
+    assert!(
+        fresh
+            .auth_headers()
+            .iter()
+            .all(|h| h == &format!("Bearer {key_fresh}"))
+    );
+    // And no key appears in any log or API answer.
+    let workers = c.get("/api/workers").await.to_string();
+    let mut everything = c.all_logs();
+    everything.push_str(&workers);
+    everything.push_str(&stats.to_string());
+    everything.push_str(&answers.join("\n"));
+    for key in [key_limited, key_fresh] {
+        assert!(!everything.contains(key), "a provider key leaked");
+        assert!(
+            !everything.contains(&key[4..20]),
+            "part of a provider key leaked"
+        );
+    }
 }

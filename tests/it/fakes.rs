@@ -1,0 +1,103 @@
+//! In-process fake LLM vendors speaking the real wire formats, on 127.0.0.1:0.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// How the fake answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// A normal completion echoing the last message.
+    Ok,
+    /// Always 429 with `Retry-After`.
+    RateLimited { retry_after_secs: u64 },
+}
+
+/// A fake OpenAI-compatible Chat Completions server.
+pub struct FakeOpenAi {
+    /// Base URL to configure (`…/v1`).
+    pub base: String,
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl FakeOpenAi {
+    pub async fn start(mode: Mode) -> FakeOpenAi {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(move |headers: HeaderMap, body: String| {
+                let log = log.clone();
+                async move {
+                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    log.lock().expect("lock").push((auth, body.clone()));
+                    match mode {
+                        Mode::Ok => {
+                            let last = body["messages"]
+                                .as_array()
+                                .and_then(|m| m.last())
+                                .and_then(|m| m["content"].as_str())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let answer = json!({
+                                "id": "chatcmpl-fake",
+                                "object": "chat.completion",
+                                "model": body["model"],
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("fake: {last}")}, "finish_reason": "stop"}],
+                                "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+                            });
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Body::from(answer.to_string()))
+                                .expect("response")
+                        }
+                        Mode::RateLimited { retry_after_secs } => Response::builder()
+                            .status(429)
+                            .header("content-type", "application/json")
+                            .header("retry-after", retry_after_secs.to_string())
+                            .body(Body::from(
+                                json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}).to_string(),
+                            ))
+                            .expect("response"),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeOpenAi {
+            base: format!("http://{addr}/v1"),
+            seen,
+        }
+    }
+
+    /// Requests received.
+    pub fn calls(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    /// The `Authorization` headers received.
+    pub fn auth_headers(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+}

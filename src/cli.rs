@@ -139,7 +139,7 @@ pub struct JoinArgs {
     /// Worker type for routing: groq, gemini, claude, deepseek_gpu, … (default: first provider).
     #[arg(long, env = "WORKER_TYPE")]
     pub worker_type: Option<String>,
-    /// Provider to run tasks with; repeatable: echo, openai, groq, deepseek, openrouter.
+    /// Provider to run tasks with; repeatable: echo, ollama, openai, groq, deepseek, openrouter.
     #[arg(long = "provider", env = "D8_PROVIDERS", value_delimiter = ',')]
     pub providers: Vec<String>,
     /// Artificial latency of the echo provider, ms.
@@ -157,6 +157,9 @@ pub struct JoinArgs {
     /// Ollama base URL for deepseek_gpu workers (original project's variable).
     #[arg(long, env = "DEEPSEEK_BASE_URL")]
     pub deepseek_base_url: Option<String>,
+    /// Ollama URL (default http://localhost:11434); wins over DEEPSEEK_BASE_URL.
+    #[arg(long, env = "OLLAMA_HOST")]
+    pub ollama_url: Option<String>,
     /// Accepted for compatibility and ignored: tasks are pushed, nothing polls.
     #[arg(long, env = "POLL_INTERVAL", hide = true)]
     pub poll_interval: Option<String>,
@@ -305,6 +308,18 @@ impl JoinArgs {
                 .filter(|p| !p.is_empty())
                 .collect()
         };
+        let mut over = std::collections::HashMap::new();
+        if let Some(u) = self
+            .ollama_url
+            .clone()
+            .or_else(|| self.deepseek_base_url.clone())
+        {
+            over.insert("OLLAMA_HOST".to_owned(), u);
+        }
+        let env = crate::providers::Overlay {
+            base: &crate::providers::ProcessEnv,
+            over,
+        };
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
         for name in &names {
             let legacy_key = self
@@ -313,13 +328,13 @@ impl JoinArgs {
                 .filter(|_| legacy == Some(name.as_str()));
             providers.push(crate::providers::build(
                 name,
-                &crate::providers::ProcessEnv,
+                &env,
                 legacy_key,
                 Duration::from_millis(self.echo_delay_ms),
             )?);
         }
         if providers.is_empty() {
-            return Err("no provider: pass --provider (echo, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
+            return Err("no provider: pass --provider (echo, ollama, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
         }
         let dir = self
             .data_dir

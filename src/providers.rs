@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod echo;
+pub mod ollama;
 pub mod openai;
 pub mod sse;
 
@@ -207,6 +208,24 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
+/// Settings given as flags, over an environment.
+pub struct Overlay<'a> {
+    /// The environment underneath.
+    pub base: &'a dyn Env,
+    /// Values that win over it.
+    pub over: std::collections::HashMap<String, String>,
+}
+
+impl Env for Overlay<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.over
+            .get(name)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| self.base.var(name))
+    }
+}
+
 /// Builds the provider called `name` from `env`. `legacy_key` is the
 /// original project's `API_KEY`, used when `WORKER_TYPE` names this provider
 /// and its own variable is unset.
@@ -219,9 +238,27 @@ pub fn build(
     if name == "echo" {
         return Ok(Arc::new(echo::Echo { delay: echo_delay }));
     }
+    if name == "ollama" {
+        // OLLAMA_HOST is Ollama's own variable; DEEPSEEK_BASE_URL is the
+        // original project's name for the same thing on deepseek_gpu workers.
+        let url = env
+            .var("OLLAMA_HOST")
+            .or_else(|| env.var("DEEPSEEK_BASE_URL"))
+            .unwrap_or_else(|| ollama::DEFAULT_URL.to_owned());
+        let models = env
+            .var("OLLAMA_MODELS")
+            .map(|m| {
+                m.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok(Arc::new(ollama::Ollama::new(&url, models, http_client()?)));
+    }
     let Some(preset) = openai::PRESETS.iter().find(|p| p.kind == name) else {
         return Err(format!(
-            "provider {name:?} is not available in this build; available: echo, {}",
+            "provider {name:?} is not available in this build; available: echo, ollama, {}",
             openai::PRESETS
                 .iter()
                 .map(|p| p.kind)

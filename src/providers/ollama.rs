@@ -1,0 +1,351 @@
+//! `ollama`: a local Ollama server's native `/api/chat` (DeepSeek and other
+//! local models on a GPU worker). No key. Streaming answers are NDJSON: one
+//! `{message:{content}, done:false}` object per piece, then a `done:true`
+//! object with the token counts.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use super::classify::classify;
+use super::sse::NdjsonParser;
+use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind};
+use crate::task::{ChatRequest, TaskOutput, Usage};
+
+/// Where Ollama listens by default.
+pub const DEFAULT_URL: &str = "http://localhost:11434";
+/// Model used when neither the task nor the configuration names one.
+pub const DEFAULT_MODEL: &str = "deepseek-r1:8b";
+
+/// Normalises `OLLAMA_HOST`-style values (`host`, `host:port`, or a URL).
+pub fn normalize_url(raw: &str) -> String {
+    let raw = raw.trim().trim_end_matches('/');
+    // `OLLAMA_HOST=0.0.0.0` means "listen everywhere" to the server; a client
+    // reaches that server on localhost.
+    let raw = raw.replace("0.0.0.0", "localhost");
+    if raw.starts_with("http://") || raw.starts_with("https://") {
+        // A full URL means what it says (e.g. a proxy on the default port).
+        return raw;
+    }
+    if raw
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    {
+        format!("http://{raw}")
+    } else {
+        format!("http://{raw}:11434")
+    }
+}
+
+/// The Ollama provider.
+#[derive(Debug, Clone)]
+pub struct Ollama {
+    base_url: String,
+    models: Vec<String>,
+    client: reqwest::Client,
+}
+
+impl Ollama {
+    /// A provider for the server at `base_url` serving `models` (first = default).
+    pub fn new(base_url: &str, models: Vec<String>, client: reqwest::Client) -> Self {
+        Ollama {
+            base_url: normalize_url(base_url),
+            models: if models.is_empty() {
+                vec![DEFAULT_MODEL.to_owned()]
+            } else {
+                models
+            },
+            client,
+        }
+    }
+
+    fn error(&self, kind: ProviderErrorKind, what: &str) -> ProviderError {
+        ProviderError {
+            kind,
+            message: format!("ollama: {what}"),
+        }
+    }
+
+    async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
+        let model = req.model.clone().unwrap_or_else(|| self.models[0].clone());
+        let mut body = json!({
+            "model": model,
+            "messages": req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
+            "stream": req.stream,
+        });
+        let mut options = serde_json::Map::new();
+        if let Some(t) = req.temperature {
+            options.insert("temperature".into(), json!(t));
+        }
+        if let Some(n) = req.max_tokens {
+            options.insert("num_predict".into(), json!(n));
+        }
+        if !options.is_empty() {
+            body["options"] = Value::Object(options);
+        }
+        let mut resp = self
+            .client
+            .post(format!("{}/api/chat", self.base_url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                self.error(
+                    ProviderErrorKind::Transient,
+                    &format!(
+                        "cannot reach {} (is `ollama serve` running?): {e}",
+                        self.base_url
+                    ),
+                )
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(classify(
+                "ollama",
+                status,
+                &headers,
+                &text,
+                None,
+                SystemTime::now(),
+            ));
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            self.error(
+                ProviderErrorKind::Transient,
+                &format!("unexpected answer: {e}"),
+            )
+        };
+        let mut content = String::new();
+        let mut last = Value::Null;
+        if req.stream {
+            let mut parser = NdjsonParser::default();
+            loop {
+                let lines = match resp.chunk().await.map_err(|e| bad(&e))? {
+                    Some(bytes) => parser.feed(&bytes).map_err(|e| bad(&e))?,
+                    None => parser.finish().into_iter().collect(),
+                };
+                let finished = lines.is_empty();
+                for line in lines {
+                    let v: Value = serde_json::from_str(&line).map_err(|e| bad(&e))?;
+                    if let Some(e) = v["error"].as_str() {
+                        return Err(self.error(ProviderErrorKind::Transient, e));
+                    }
+                    if let Some(piece) = v["message"]["content"].as_str().filter(|p| !p.is_empty())
+                    {
+                        content.push_str(piece);
+                        sink.push(piece.to_owned()).await;
+                    }
+                    if v["done"].as_bool() == Some(true) {
+                        last = v;
+                    }
+                }
+                if finished || !last.is_null() {
+                    break;
+                }
+            }
+        } else {
+            last = resp.json().await.map_err(|e| bad(&e))?;
+            content = last["message"]["content"]
+                .as_str()
+                .ok_or_else(|| bad(&"no message.content"))?
+                .to_owned();
+        }
+        let n = |k: &str| {
+            last[k]
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .unwrap_or(0)
+        };
+        Ok(TaskOutput {
+            content,
+            provider: "ollama".into(),
+            model: last["model"].as_str().map_or(model, str::to_owned),
+            usage: Usage {
+                prompt_tokens: n("prompt_eval_count"),
+                completion_tokens: n("eval_count"),
+            },
+        })
+    }
+}
+
+impl Provider for Ollama {
+    fn kind(&self) -> &str {
+        "ollama"
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.models.clone()
+    }
+
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        sink: ChunkSink,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        Box::pin(self.call(req, sink))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::response::Response;
+    use axum::routing::post;
+
+    use super::*;
+    use crate::task::ChatMessage;
+
+    async fn fake(
+        reply: impl Fn(&Value) -> Response + Clone + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = Router::new().route(
+            "/api/chat",
+            post(move |body: String| {
+                let reply = reply.clone();
+                let log = log.clone();
+                async move {
+                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    log.lock().expect("lock").push(body.clone());
+                    reply(&body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn request(stream: bool) -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "why is the sky blue?".into(),
+            }],
+            model: Some("deepseek-r1:8b".into()),
+            temperature: Some(0.5),
+            max_tokens: Some(100),
+            stream,
+        }
+    }
+
+    fn provider(base: &str) -> Ollama {
+        crate::ensure_crypto_provider();
+        Ollama::new(base, vec![], reqwest::Client::new())
+    }
+
+    #[tokio::test]
+    async fn native_chat_request_and_answer() {
+        let (base, seen) = fake(|_| {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"model": "deepseek-r1:8b", "message": {"role": "assistant", "content": "Rayleigh."}, "done": true, "prompt_eval_count": 9, "eval_count": 4}).to_string(),
+                ))
+                .expect("response")
+        })
+        .await;
+        let out = provider(&base)
+            .chat(&request(false), ChunkSink::none())
+            .await
+            .expect("ok");
+        assert_eq!(
+            (out.content.as_str(), out.provider.as_str()),
+            ("Rayleigh.", "ollama")
+        );
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 9,
+                completion_tokens: 4
+            }
+        );
+        assert_eq!(
+            seen.lock().expect("lock")[0],
+            json!({
+                "model": "deepseek-r1:8b",
+                "messages": [{"role": "user", "content": "why is the sky blue?"}],
+                "stream": false,
+                "options": {"temperature": 0.5, "num_predict": 100}
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn ndjson_stream() {
+        let (base, _) = fake(|_| {
+            let lines = [
+                json!({"model": "m", "message": {"role": "assistant", "content": "Ray"}, "done": false}),
+                json!({"model": "m", "message": {"role": "assistant", "content": "leigh"}, "done": false}),
+                json!({"model": "m", "message": {"role": "assistant", "content": ""}, "done": true, "prompt_eval_count": 3, "eval_count": 2}),
+            ];
+            let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            Response::builder()
+                .header("content-type", "application/x-ndjson")
+                .body(Body::from(body))
+                .expect("response")
+        })
+        .await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let out = provider(&base)
+            .chat(&request(true), ChunkSink::new(tx))
+            .await
+            .expect("ok");
+        assert_eq!(out.content, "Rayleigh");
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2
+            }
+        );
+        assert_eq!(rx.recv().await.as_deref(), Some("Ray"));
+        assert_eq!(rx.recv().await.as_deref(), Some("leigh"));
+    }
+
+    #[tokio::test]
+    async fn missing_model_is_a_permanent_error_and_no_server_is_transient() {
+        let (base, _) = fake(|_| {
+            Response::builder()
+                .status(404)
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"error": "model 'nope' not found, try pulling it first"}).to_string(),
+                ))
+                .expect("response")
+        })
+        .await;
+        let e = provider(&base)
+            .chat(&request(false), ChunkSink::none())
+            .await
+            .expect_err("404");
+        assert_eq!(e.kind, ProviderErrorKind::Invalid);
+        assert!(e.message.contains("not found"), "{}", e.message);
+        let e = provider("http://127.0.0.1:9")
+            .chat(&request(false), ChunkSink::none())
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
+        assert!(e.message.contains("ollama serve"), "{}", e.message);
+    }
+
+    #[test]
+    fn ollama_host_forms() {
+        assert_eq!(normalize_url("localhost"), "http://localhost:11434");
+        assert_eq!(normalize_url("0.0.0.0:11434"), "http://localhost:11434");
+        assert_eq!(normalize_url("http://gpu-box:8080/"), "http://gpu-box:8080");
+        assert_eq!(
+            normalize_url("https://ollama.example"),
+            "https://ollama.example"
+        );
+    }
+}

@@ -139,7 +139,7 @@ pub struct JoinArgs {
     /// Worker type for routing: groq, gemini, claude, deepseek_gpu, … (default: first provider).
     #[arg(long, env = "WORKER_TYPE")]
     pub worker_type: Option<String>,
-    /// Provider to run tasks with; repeatable: echo, ollama, openai, groq, deepseek, openrouter.
+    /// Provider to run tasks with; repeatable: echo, ollama, anthropic, openai, groq, deepseek, openrouter.
     #[arg(long = "provider", env = "D8_PROVIDERS", value_delimiter = ',')]
     pub providers: Vec<String>,
     /// Artificial latency of the echo provider, ms.
@@ -334,7 +334,7 @@ impl JoinArgs {
             )?);
         }
         if providers.is_empty() {
-            return Err("no provider: pass --provider (echo, ollama, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
+            return Err("no provider: pass --provider (echo, ollama, anthropic, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
         }
         let dir = self
             .data_dir
@@ -421,7 +421,7 @@ mod tests {
         let cfg = j.to_config().expect("config");
         assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
         assert!(cfg.token.is_none());
-        let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "gemini"])
+        let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "mistral"])
             .expect("parse")
             .command
         else {

@@ -6,11 +6,14 @@
 //! around rate limits. Vendors live one per file; this issue ships only
 //! [`echo::Echo`], the deterministic provider for tests, benchmarks and smoke checks.
 
+pub mod anthropic;
 pub mod classify;
 pub mod echo;
 pub mod ollama;
 pub mod openai;
 pub mod sse;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -256,9 +259,41 @@ pub fn build(
             .unwrap_or_default();
         return Ok(Arc::new(ollama::Ollama::new(&url, models, http_client()?)));
     }
+    let models = |var: &str| -> Vec<String> {
+        env.var(var)
+            .map(|m| {
+                m.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let key_for = |var: &str| -> Result<Secret, String> {
+        env.var(var)
+            .or_else(|| legacy_key.map(str::to_owned))
+            .map(Secret::new)
+            .ok_or_else(|| format!("provider {name}: set {var} (the key stays on this machine)"))
+    };
+    let url = |var: &str, default: &str| -> Result<String, String> {
+        let u = env.var(var).unwrap_or_else(|| default.to_owned());
+        if u.starts_with("https://") || u.starts_with("http://") {
+            Ok(u)
+        } else {
+            Err(format!("{var}: {u:?} is not an http(s) URL"))
+        }
+    };
+    if name == "anthropic" || name == "claude" {
+        return Ok(Arc::new(anthropic::Anthropic::new(
+            &url("ANTHROPIC_BASE_URL", anthropic::BASE_URL)?,
+            key_for("ANTHROPIC_API_KEY")?,
+            models("ANTHROPIC_MODELS"),
+            http_client()?,
+        )));
+    }
     let Some(preset) = openai::PRESETS.iter().find(|p| p.kind == name) else {
         return Err(format!(
-            "provider {name:?} is not available in this build; available: echo, ollama, {}",
+            "provider {name:?} is not available in this build; available: echo, ollama, anthropic, {}",
             openai::PRESETS
                 .iter()
                 .map(|p| p.kind)
@@ -266,30 +301,14 @@ pub fn build(
                 .join(", ")
         ));
     };
-    let key = env
-        .var(preset.key_env)
-        .or_else(|| legacy_key.map(str::to_owned))
-        .ok_or_else(|| {
-            format!(
-                "provider {name}: set {} (the key stays on this machine)",
-                preset.key_env
-            )
-        })?;
-    let base = env
-        .var(preset.base_url_env)
-        .unwrap_or_else(|| preset.base_url.to_owned());
-    if !(base.starts_with("https://") || base.starts_with("http://")) {
-        return Err(format!(
-            "{}: {base:?} is not an http(s) URL",
-            preset.base_url_env
-        ));
+    let key = key_for(preset.key_env)?;
+    let base = url(preset.base_url_env, preset.base_url)?;
+    let mut p = openai::OpenAiCompat::new(*preset, &base, Some(key), http_client()?);
+    let served = models(&format!("{}_MODELS", preset.kind.to_ascii_uppercase()));
+    if !served.is_empty() {
+        p = p.with_models(served);
     }
-    Ok(Arc::new(openai::OpenAiCompat::new(
-        *preset,
-        &base,
-        Some(Secret::new(key)),
-        http_client()?,
-    )))
+    Ok(Arc::new(p))
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ pub struct JoinArgs {
     /// Worker type for routing: groq, gemini, claude, deepseek_gpu, … (default: first provider).
     #[arg(long, env = "WORKER_TYPE")]
     pub worker_type: Option<String>,
-    /// Provider to run tasks with; repeatable: echo, ollama, anthropic, openai, groq, deepseek, openrouter.
+    /// Provider to run tasks with; repeatable: echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter.
     #[arg(long = "provider", env = "D8_PROVIDERS", value_delimiter = ',')]
     pub providers: Vec<String>,
     /// Artificial latency of the echo provider, ms.
@@ -334,7 +334,7 @@ impl JoinArgs {
             )?);
         }
         if providers.is_empty() {
-            return Err("no provider: pass --provider (echo, ollama, anthropic, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
+            return Err("no provider: pass --provider (echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
         }
         let dir = self
             .data_dir

@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod classify;
 pub mod echo;
+pub mod gemini;
 pub mod ollama;
 pub mod openai;
 pub mod sse;
@@ -291,9 +292,17 @@ pub fn build(
             http_client()?,
         )));
     }
+    if name == "gemini" {
+        return Ok(Arc::new(gemini::Gemini::new(
+            &url("GEMINI_BASE_URL", gemini::BASE_URL)?,
+            key_for("GEMINI_API_KEY")?,
+            models("GEMINI_MODELS"),
+            http_client()?,
+        )));
+    }
     let Some(preset) = openai::PRESETS.iter().find(|p| p.kind == name) else {
         return Err(format!(
-            "provider {name:?} is not available in this build; available: echo, ollama, anthropic, {}",
+            "provider {name:?} is not available in this build; available: echo, ollama, anthropic, gemini, {}",
             openai::PRESETS
                 .iter()
                 .map(|p| p.kind)

@@ -1,0 +1,389 @@
+//! `gemini`: Google's Gemini API.
+//!
+//! `POST {base}/v1beta/models/{model}:generateContent` (streaming:
+//! `:streamGenerateContent?alt=sse`) with the key in `x-goog-api-key`. Roles
+//! are `user` and `model`; system messages become `systemInstruction`.
+//! A 429's wait may arrive only in the JSON body (`RetryInfo.retryDelay`),
+//! which the classifier reads.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use super::classify::classify;
+use super::sse::SseParser;
+use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
+use crate::task::{ChatRequest, TaskOutput, Usage};
+
+/// Default base URL.
+pub const BASE_URL: &str = "https://generativelanguage.googleapis.com";
+/// Model used when neither task nor configuration names one.
+pub const DEFAULT_MODEL: &str = "gemini-2.0-flash";
+
+/// The Gemini provider.
+#[derive(Debug, Clone)]
+pub struct Gemini {
+    base_url: String,
+    key: Secret,
+    models: Vec<String>,
+    client: reqwest::Client,
+}
+
+impl Gemini {
+    /// A provider at `base_url` with `key`, serving `models` (first = default).
+    pub fn new(base_url: &str, key: Secret, models: Vec<String>, client: reqwest::Client) -> Self {
+        Gemini {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            key,
+            models: if models.is_empty() {
+                vec![DEFAULT_MODEL.to_owned()]
+            } else {
+                models
+            },
+            client,
+        }
+    }
+
+    fn body(req: &ChatRequest) -> Value {
+        let system: Vec<Value> = req
+            .messages
+            .iter()
+            .filter(|m| m.role == "system")
+            .map(|m| json!({"text": m.content}))
+            .collect();
+        let contents: Vec<Value> = req
+            .messages
+            .iter()
+            .filter(|m| m.role != "system")
+            .map(|m| {
+                let role = if m.role == "assistant" {
+                    "model"
+                } else {
+                    "user"
+                };
+                json!({"role": role, "parts": [{"text": m.content}]})
+            })
+            .collect();
+        let mut body = json!({ "contents": contents });
+        if !system.is_empty() {
+            body["systemInstruction"] = json!({ "parts": system });
+        }
+        let mut config = serde_json::Map::new();
+        if let Some(t) = req.temperature {
+            config.insert("temperature".into(), json!(t));
+        }
+        if let Some(n) = req.max_tokens {
+            config.insert("maxOutputTokens".into(), json!(n));
+        }
+        if !config.is_empty() {
+            body["generationConfig"] = Value::Object(config);
+        }
+        body
+    }
+
+    fn fail(&self, kind: ProviderErrorKind, what: &str) -> ProviderError {
+        ProviderError {
+            kind,
+            message: super::classify::redact(&format!("gemini: {what}"), Some(self.key.expose())),
+        }
+    }
+
+    /// Text of the first candidate; a prompt blocked by safety filters is the
+    /// request's fault.
+    fn text(&self, v: &Value) -> Result<String, ProviderError> {
+        if let Some(reason) = v["promptFeedback"]["blockReason"].as_str() {
+            return Err(self.fail(
+                ProviderErrorKind::Invalid,
+                &format!("prompt blocked ({reason})"),
+            ));
+        }
+        Ok(v["candidates"][0]["content"]["parts"]
+            .as_array()
+            .map(|parts| parts.iter().filter_map(|p| p["text"].as_str()).collect())
+            .unwrap_or_default())
+    }
+
+    async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
+        let model = req.model.clone().unwrap_or_else(|| self.models[0].clone());
+        let url = if req.stream {
+            format!(
+                "{}/v1beta/models/{model}:streamGenerateContent?alt=sse",
+                self.base_url
+            )
+        } else {
+            format!("{}/v1beta/models/{model}:generateContent", self.base_url)
+        };
+        let mut resp = self
+            .client
+            .post(url)
+            .header("x-goog-api-key", self.key.expose())
+            .json(&Self::body(req))
+            .send()
+            .await
+            .map_err(|e| {
+                self.fail(
+                    ProviderErrorKind::Transient,
+                    &format!("cannot reach {}: {e}", self.base_url),
+                )
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(classify(
+                "gemini",
+                status,
+                &headers,
+                &text,
+                Some(self.key.expose()),
+                SystemTime::now(),
+            ));
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            self.fail(
+                ProviderErrorKind::Transient,
+                &format!("unexpected answer: {e}"),
+            )
+        };
+        let usage_of = |v: &Value| -> Option<Usage> {
+            let m = &v["usageMetadata"];
+            m.is_object().then(|| {
+                let n = |k: &str| {
+                    m[k].as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .unwrap_or(0)
+                };
+                Usage {
+                    prompt_tokens: n("promptTokenCount"),
+                    completion_tokens: n("candidatesTokenCount"),
+                }
+            })
+        };
+        let mut model_used = model;
+        if !req.stream {
+            let v: Value = resp.json().await.map_err(|e| bad(&e))?;
+            return Ok(TaskOutput {
+                content: self.text(&v)?,
+                provider: "gemini".into(),
+                model: v["modelVersion"].as_str().map_or(model_used, str::to_owned),
+                usage: usage_of(&v).unwrap_or_default(),
+            });
+        }
+        let mut parser = SseParser::default();
+        let mut content = String::new();
+        let mut used = Usage::default();
+        loop {
+            let (events, end) = match resp.chunk().await.map_err(|e| bad(&e))? {
+                Some(bytes) => (parser.feed(&bytes).map_err(|e| bad(&e))?, false),
+                None => (parser.finish(), true),
+            };
+            for ev in events {
+                let v: Value = serde_json::from_str(&ev.data).map_err(|e| bad(&e))?;
+                let piece = self.text(&v)?;
+                if !piece.is_empty() {
+                    content.push_str(&piece);
+                    sink.push(piece).await;
+                }
+                if let Some(u) = usage_of(&v) {
+                    used = u;
+                }
+                if let Some(m) = v["modelVersion"].as_str() {
+                    model_used = m.to_owned();
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        Ok(TaskOutput {
+            content,
+            provider: "gemini".into(),
+            model: model_used,
+            usage: used,
+        })
+    }
+}
+
+impl Provider for Gemini {
+    fn kind(&self) -> &str {
+        "gemini"
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.models.clone()
+    }
+
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        sink: ChunkSink,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        Box::pin(self.call(req, sink))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{fake, json as json_resp, sse};
+    use super::*;
+    use crate::task::ChatMessage;
+
+    const KEY: &str = "AIzaSyTest0123456789abcdefghij";
+
+    fn request(stream: bool) -> ChatRequest {
+        ChatRequest {
+            messages: vec![
+                ChatMessage {
+                    role: "system".into(),
+                    content: "Answer in French.".into(),
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: "Hello".into(),
+                },
+                ChatMessage {
+                    role: "assistant".into(),
+                    content: "Bonjour".into(),
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: "Thanks".into(),
+                },
+            ],
+            model: None,
+            temperature: Some(0.1),
+            max_tokens: Some(50),
+            stream,
+        }
+    }
+
+    fn provider(base: &str) -> Gemini {
+        Gemini::new(base, Secret::new(KEY), vec![], reqwest::Client::new())
+    }
+
+    #[tokio::test]
+    async fn generate_content_request_and_answer() {
+        let (base, log) = fake(|_| {
+            json_resp(200, &[], &json!({
+                "candidates": [{"content": {"role": "model", "parts": [{"text": "De rien"}, {"text": "."}]}, "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 3, "totalTokenCount": 11},
+                "modelVersion": "gemini-2.0-flash-001"
+            }))
+        })
+        .await;
+        let out = provider(&base)
+            .chat(&request(false), ChunkSink::none())
+            .await
+            .expect("ok");
+        assert_eq!(
+            (out.content.as_str(), out.model.as_str()),
+            ("De rien.", "gemini-2.0-flash-001")
+        );
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 8,
+                completion_tokens: 3
+            }
+        );
+        let seen = log.lock().expect("lock")[0].clone();
+        assert_eq!(seen.path, "/v1beta/models/gemini-2.0-flash:generateContent");
+        assert_eq!(seen.header("x-goog-api-key"), Some(KEY));
+        assert!(!seen.path.contains(KEY), "the key never goes in the URL");
+        assert_eq!(
+            seen.body,
+            json!({
+                "contents": [
+                    {"role": "user", "parts": [{"text": "Hello"}]},
+                    {"role": "model", "parts": [{"text": "Bonjour"}]},
+                    {"role": "user", "parts": [{"text": "Thanks"}]}
+                ],
+                "systemInstruction": {"parts": [{"text": "Answer in French."}]},
+                "generationConfig": {"temperature": 0.1f32, "maxOutputTokens": 50}
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_generate_content_over_sse() {
+        let (base, log) = fake(|_| {
+            sse(&[
+                (None, json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "De "}]}}]}).to_string()),
+                (None, json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "rien"}]}, "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 2}}).to_string()),
+            ])
+        })
+        .await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let out = provider(&base)
+            .chat(&request(true), ChunkSink::new(tx))
+            .await
+            .expect("ok");
+        assert_eq!(out.content, "De rien");
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 8,
+                completion_tokens: 2
+            }
+        );
+        assert_eq!(rx.recv().await.as_deref(), Some("De "));
+        assert_eq!(rx.recv().await.as_deref(), Some("rien"));
+        assert_eq!(
+            log.lock().expect("lock")[0].path,
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_delay_from_the_body_quota_and_blocked_prompts() {
+        let (base, _) = fake(|s| match s.body["contents"][0]["parts"][0]["text"].as_str() {
+            Some("busy") => json_resp(429, &[], &json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Resource has been exhausted (e.g. check quota).",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "42s"}]}})),
+            Some("daily") => json_resp(429, &[], &json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "You exceeded your current quota. Quota exceeded for quota metric 'Generate Content API requests per day'",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3600s"}]}})),
+            Some("key") => json_resp(400, &[], &json!({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": format!("API key not valid: {KEY}")}})),
+            _ => json_resp(200, &[], &json!({"promptFeedback": {"blockReason": "SAFETY"}})),
+        })
+        .await;
+        let p = provider(&base);
+        let ask = |content: &str| ChatRequest {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: content.into(),
+            }],
+            ..Default::default()
+        };
+        let e = p
+            .chat(&ask("busy"), ChunkSink::none())
+            .await
+            .expect_err("429");
+        assert_eq!(
+            e.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 42_000
+            }
+        );
+        let e = p
+            .chat(&ask("daily"), ChunkSink::none())
+            .await
+            .expect_err("quota");
+        assert_eq!(
+            e.kind,
+            ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000
+            }
+        );
+        let e = p
+            .chat(&ask("key"), ChunkSink::none())
+            .await
+            .expect_err("bad key");
+        assert!(!e.message.contains(KEY), "{}", e.message);
+        let e = p
+            .chat(&ask("unsafe"), ChunkSink::none())
+            .await
+            .expect_err("blocked");
+        assert_eq!(e.kind, ProviderErrorKind::Invalid);
+        assert!(e.message.contains("SAFETY"));
+    }
+}

@@ -352,16 +352,44 @@ mod build_tests {
         .err()
         .expect("bad url");
         assert!(e.contains("OPENAI_BASE_URL"), "{e}");
-        assert!(
-            build("gemini", &env(&[]), None, d)
-                .err()
-                .expect("n/a")
-                .contains("not available")
-        );
+        let e = build("mistral", &env(&[]), None, d).err().expect("n/a");
+        assert!(e.contains("not available"), "{e}");
         assert_eq!(
             build("echo", &env(&[]), None, d).expect("echo").kind(),
             "echo"
         );
+        let o = build(
+            "ollama",
+            &env(&[
+                ("DEEPSEEK_BASE_URL", "http://gpu:11434"),
+                ("OLLAMA_MODELS", "a, b"),
+            ]),
+            None,
+            d,
+        )
+        .expect("ollama");
+        assert_eq!(
+            (o.kind(), o.models()),
+            ("ollama", vec!["a".to_owned(), "b".to_owned()])
+        );
+        for (name, var, kind) in [
+            ("anthropic", "ANTHROPIC_API_KEY", "anthropic"),
+            ("claude", "ANTHROPIC_API_KEY", "anthropic"),
+            ("gemini", "GEMINI_API_KEY", "gemini"),
+        ] {
+            let p = build(name, &env(&[(var, "key-1234567890")]), None, d).expect(name);
+            assert_eq!(p.kind(), kind);
+            let e = build(name, &env(&[]), None, d).err().expect("no key");
+            assert!(e.contains(var), "{e}");
+        }
+        let g = build(
+            "groq",
+            &env(&[("GROQ_API_KEY", "k"), ("GROQ_MODELS", "m1,m2")]),
+            None,
+            d,
+        )
+        .expect("groq");
+        assert_eq!(g.models(), ["m1", "m2"]);
     }
 
     #[test]

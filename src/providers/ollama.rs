@@ -190,39 +190,17 @@ impl Provider for Ollama {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use axum::Router;
     use axum::body::Body;
     use axum::response::Response;
-    use axum::routing::post;
 
+    use super::super::testkit::{self, Log};
     use super::*;
     use crate::task::ChatMessage;
 
     async fn fake(
         reply: impl Fn(&Value) -> Response + Clone + Send + Sync + 'static,
-    ) -> (String, Arc<Mutex<Vec<Value>>>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let app = Router::new().route(
-            "/api/chat",
-            post(move |body: String| {
-                let reply = reply.clone();
-                let log = log.clone();
-                async move {
-                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    log.lock().expect("lock").push(body.clone());
-                    reply(&body)
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        (format!("http://{addr}"), seen)
+    ) -> (String, Log) {
+        testkit::fake(move |s| reply(&s.body)).await
     }
 
     fn request(stream: bool) -> ChatRequest {
@@ -270,7 +248,7 @@ mod tests {
             }
         );
         assert_eq!(
-            seen.lock().expect("lock")[0],
+            seen.lock().expect("lock")[0].body,
             json!({
                 "model": "deepseek-r1:8b",
                 "messages": [{"role": "user", "content": "why is the sky blue?"}],

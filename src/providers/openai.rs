@@ -258,58 +258,20 @@ impl Provider for OpenAiCompat {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use axum::Router;
     use axum::body::Body;
-    use axum::http::{HeaderMap, StatusCode};
+    use axum::http::StatusCode;
     use axum::response::Response;
-    use axum::routing::post;
 
+    use super::super::testkit::{self, Log};
     use super::*;
     use crate::task::ChatMessage;
 
-    /// What the fake vendor saw.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        path: String,
-        auth: Option<String>,
-        body: Value,
-    }
-
-    /// A fake OpenAI-compatible server answering every request with `reply`.
+    /// A fake answering `reply(body)`; returns the `/v1` base URL and the log.
     async fn fake(
         reply: impl Fn(&Value) -> Response + Clone + Send + Sync + 'static,
-    ) -> (String, Arc<Mutex<Vec<Seen>>>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let app = Router::new().route(
-            "/v1/chat/completions",
-            post(
-                move |headers: HeaderMap, uri: axum::http::Uri, body: String| {
-                    let reply = reply.clone();
-                    let log = log.clone();
-                    async move {
-                        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                        log.lock().expect("lock").push(Seen {
-                            path: uri.path().to_owned(),
-                            auth: headers
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_owned),
-                            body: body.clone(),
-                        });
-                        reply(&body)
-                    }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        (format!("http://{addr}/v1"), seen)
+    ) -> (String, Log) {
+        let (base, log) = testkit::fake(move |s| reply(&s.body)).await;
+        (format!("{base}/v1"), log)
     }
 
     fn provider(base: &str, key: &str) -> OpenAiCompat {
@@ -371,7 +333,10 @@ mod tests {
         );
         let s = seen.lock().expect("lock")[0].clone();
         assert_eq!(s.path, "/v1/chat/completions");
-        assert_eq!(s.auth.as_deref(), Some("Bearer gsk_test_key_123456"));
+        assert_eq!(
+            s.header("authorization"),
+            Some("Bearer gsk_test_key_123456")
+        );
         assert_eq!(
             s.body,
             json!({

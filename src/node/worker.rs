@@ -602,7 +602,10 @@ async fn handle_task(
             tokio::select! {
                 r = &mut call => break match r {
                     Ok(out) => Outcome::Ok(out),
-                    Err(e) => Outcome::Err(e.into()),
+                    Err(e) => {
+                        report(provider.kind(), &e);
+                        Outcome::Err(e.into())
+                    }
                 },
                 Some(text) = rx.recv() => {
                     if transport::write_frame(&mut send, &TaskReply::Chunk { text }).await.is_err() {
@@ -626,5 +629,28 @@ async fn handle_task(
         .is_ok()
     {
         let _ = send.finish();
+    }
+}
+
+/// Logs a provider failure at the level it deserves: a rejected key is the
+/// operator's to fix, so it is loud; rate limits are routine.
+fn report(provider: &str, e: &crate::providers::ProviderError) {
+    use crate::providers::ProviderErrorKind as K;
+    match e.kind {
+        K::Auth => {
+            tracing::error!(provider, error = %e, "the provider rejected this worker's key; fix the key (tasks go to other workers meanwhile)")
+        }
+        K::QuotaExhausted { retry_after_ms } => {
+            tracing::warn!(provider, retry_after_ms, error = %e, "provider quota or budget exhausted; resting")
+        }
+        K::RateLimited { retry_after_ms } => tracing::info!(
+            provider,
+            retry_after_ms,
+            "rate limited; resting and handing the task back"
+        ),
+        K::Transient => {
+            tracing::warn!(provider, error = %e, "provider failed; the task will be retried")
+        }
+        K::Invalid => tracing::info!(provider, error = %e, "provider rejected the request"),
     }
 }

@@ -133,10 +133,23 @@ pub trait Provider: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>>;
 }
 
-/// The providers configured on one worker.
+/// What the worker knows about one of its providers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    /// Rate limited or out of quota until then.
+    resting_until: Option<std::time::Instant>,
+    /// The vendor rejected the key: not used again until the worker restarts.
+    disabled: bool,
+}
+
+/// The providers configured on one worker, with their rest periods: a 429 on
+/// one provider sends the task to the next one on the same worker first;
+/// only when every provider able to serve the task is resting does the task
+/// go back to the orchestrator (which then rests the whole worker).
 #[derive(Clone, Default)]
 pub struct ProviderSet {
     providers: Vec<Arc<dyn Provider>>,
+    health: Arc<std::sync::Mutex<Vec<Health>>>,
 }
 
 impl std::fmt::Debug for ProviderSet {
@@ -150,7 +163,11 @@ impl std::fmt::Debug for ProviderSet {
 impl ProviderSet {
     /// A set of providers, first preferred.
     pub fn new(providers: Vec<Arc<dyn Provider>>) -> Self {
-        ProviderSet { providers }
+        let health = vec![Health::default(); providers.len()];
+        ProviderSet {
+            providers,
+            health: Arc::new(std::sync::Mutex::new(health)),
+        }
     }
 
     /// Provider kinds.
@@ -166,12 +183,261 @@ impl ProviderSet {
         m
     }
 
-    /// The provider for `req`: the first serving its model, else the first.
-    pub fn pick(&self, req: &ChatRequest) -> Option<&Arc<dyn Provider>> {
-        req.model
+    fn health(&self) -> std::sync::MutexGuard<'_, Vec<Health>> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Indices of the providers that may serve `req`, preferred first: those
+    /// serving its model when any does, else all; disabled ones never.
+    fn candidates(&self, req: &ChatRequest) -> Vec<usize> {
+        let health = self.health();
+        let usable = |i: &usize| !health[*i].disabled;
+        let by_model: Vec<usize> = req
+            .model
             .as_ref()
-            .and_then(|m| self.providers.iter().find(|p| p.models().contains(m)))
-            .or_else(|| self.providers.first())
+            .map(|m| {
+                (0..self.providers.len())
+                    .filter(|i| self.providers[*i].models().contains(m))
+                    .filter(usable)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if by_model.is_empty() {
+            (0..self.providers.len()).filter(usable).collect()
+        } else {
+            by_model
+        }
+    }
+
+    /// Runs `req` on the best provider that is not resting, moving on to the
+    /// next after a rate limit, quota exhaustion or rejected key. Other
+    /// failures are returned at once (the orchestrator retries elsewhere).
+    pub async fn run(
+        &self,
+        req: &ChatRequest,
+        sink: ChunkSink,
+        mut report: impl FnMut(&str, &ProviderError),
+    ) -> Result<TaskOutput, ProviderError> {
+        let mut last: Option<ProviderError> = None;
+        for i in self.candidates(req) {
+            let now = std::time::Instant::now();
+            if self.health()[i].resting_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            let p = &self.providers[i];
+            match p.chat(req, sink.clone()).await {
+                Ok(out) => return Ok(out),
+                Err(e) => {
+                    report(p.kind(), &e);
+                    match e.kind {
+                        ProviderErrorKind::RateLimited { retry_after_ms }
+                        | ProviderErrorKind::QuotaExhausted { retry_after_ms } => {
+                            self.health()[i].resting_until =
+                                Some(now + std::time::Duration::from_millis(retry_after_ms));
+                        }
+                        ProviderErrorKind::Auth => self.health()[i].disabled = true,
+                        ProviderErrorKind::Transient | ProviderErrorKind::Invalid => return Err(e),
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        // Every candidate is resting (or was just put to rest): hand the task
+        // back with the shortest rest, so the orchestrator can rest this worker.
+        let now = std::time::Instant::now();
+        let soonest = self
+            .candidates(req)
+            .into_iter()
+            .filter_map(|i| self.health()[i].resting_until)
+            .map(|t| t.saturating_duration_since(now))
+            .min();
+        Err(match soonest {
+            Some(wait) => ProviderError {
+                kind: ProviderErrorKind::RateLimited {
+                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+                },
+                message: last.map_or_else(
+                    || "every provider on this worker is resting".to_owned(),
+                    |e| e.message,
+                ),
+            },
+            None => last.unwrap_or(ProviderError {
+                kind: ProviderErrorKind::Transient,
+                message: "no usable provider on this worker (keys rejected?)".to_owned(),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod set_tests {
+    use super::*;
+    use crate::task::Usage;
+    use std::sync::Mutex;
+
+    /// A provider answering from a script.
+    struct Scripted {
+        kind: &'static str,
+        answers: Mutex<Vec<Result<(), ProviderErrorKind>>>,
+        calls: Mutex<u32>,
+    }
+
+    impl Scripted {
+        fn new(kind: &'static str, answers: Vec<Result<(), ProviderErrorKind>>) -> Arc<Self> {
+            Arc::new(Scripted {
+                kind,
+                answers: Mutex::new(answers),
+                calls: Mutex::new(0),
+            })
+        }
+        fn calls(&self) -> u32 {
+            *self.calls.lock().expect("lock")
+        }
+    }
+
+    impl Provider for Scripted {
+        fn kind(&self) -> &str {
+            self.kind
+        }
+        fn models(&self) -> Vec<String> {
+            vec![format!("{}-model", self.kind)]
+        }
+        fn chat<'a>(
+            &'a self,
+            _req: &'a ChatRequest,
+            _sink: ChunkSink,
+        ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+            *self.calls.lock().expect("lock") += 1;
+            let next = {
+                let mut a = self.answers.lock().expect("lock");
+                if a.is_empty() { Ok(()) } else { a.remove(0) }
+            };
+            let kind = self.kind.to_owned();
+            Box::pin(async move {
+                next.map(|()| TaskOutput {
+                    content: kind.clone(),
+                    provider: kind,
+                    model: "m".into(),
+                    usage: Usage::default(),
+                })
+                .map_err(|k| ProviderError {
+                    kind: k,
+                    message: "scripted".into(),
+                })
+            })
+        }
+    }
+
+    fn req(model: Option<&str>) -> ChatRequest {
+        ChatRequest {
+            model: model.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_moves_to_the_next_provider_and_rests_the_first() {
+        let groq = Scripted::new(
+            "groq",
+            vec![Err(ProviderErrorKind::RateLimited {
+                retry_after_ms: 60_000,
+            })],
+        );
+        let gemini = Scripted::new("gemini", vec![]);
+        let set = ProviderSet::new(vec![groq.clone(), gemini.clone()]);
+        let mut seen = Vec::new();
+        let out = set
+            .run(&req(None), ChunkSink::none(), |k, _| {
+                seen.push(k.to_owned())
+            })
+            .await
+            .expect("ok");
+        assert_eq!(out.provider, "gemini");
+        assert_eq!(seen, ["groq"]);
+        // groq rests: the next task goes straight to gemini.
+        let out = set
+            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .await
+            .expect("ok");
+        assert_eq!(
+            (out.provider.as_str(), groq.calls(), gemini.calls()),
+            ("gemini", 1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn all_resting_hands_the_task_back_with_the_shortest_rest() {
+        let a = Scripted::new(
+            "a",
+            vec![Err(ProviderErrorKind::RateLimited {
+                retry_after_ms: 50_000,
+            })],
+        );
+        let b = Scripted::new(
+            "b",
+            vec![Err(ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000,
+            })],
+        );
+        let set = ProviderSet::new(vec![a, b]);
+        let e = set
+            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .await
+            .expect_err("resting");
+        match e.kind {
+            ProviderErrorKind::RateLimited { retry_after_ms } => assert!(
+                (49_000..=50_000).contains(&retry_after_ms),
+                "{retry_after_ms}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn rejected_keys_disable_and_other_failures_return_at_once() {
+        let bad = Scripted::new("bad", vec![Err(ProviderErrorKind::Auth)]);
+        let flaky = Scripted::new("flaky", vec![Err(ProviderErrorKind::Transient)]);
+        let set = ProviderSet::new(vec![bad.clone(), flaky.clone()]);
+        let e = set
+            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .await
+            .expect_err("transient");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
+        let out = set
+            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .await
+            .expect("ok");
+        assert_eq!(out.provider, "flaky");
+        assert_eq!(bad.calls(), 1, "a disabled provider is not called again");
+        let only_bad =
+            ProviderSet::new(vec![Scripted::new("x", vec![Err(ProviderErrorKind::Auth)])]);
+        let e = only_bad
+            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .await
+            .expect_err("auth");
+        assert_eq!(e.kind, ProviderErrorKind::Auth);
+        let e = only_bad
+            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .await
+            .expect_err("none left");
+        assert!(e.message.contains("no usable provider"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_named_model_prefers_its_provider() {
+        let a = Scripted::new("a", vec![]);
+        let b = Scripted::new("b", vec![]);
+        let set = ProviderSet::new(vec![a, b]);
+        let out = set
+            .run(&req(Some("b-model")), ChunkSink::none(), |_, _| {})
+            .await
+            .expect("ok");
+        assert_eq!(out.provider, "b");
+        let out = set
+            .run(&req(Some("unknown")), ChunkSink::none(), |_, _| {})
+            .await
+            .expect("ok");
+        assert_eq!(out.provider, "a");
     }
 }
 

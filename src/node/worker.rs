@@ -587,7 +587,7 @@ async fn handle_task(
             kind: ErrorKind::WorkerLost,
             message: "worker is draining".into(),
         })
-    } else if let Some(provider) = providers.pick(&assign.spec.request) {
+    } else {
         let stopped = send.stopped();
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let sink = if assign.spec.request.stream {
@@ -595,17 +595,14 @@ async fn handle_task(
         } else {
             ChunkSink::none()
         };
-        let call = provider.chat(&assign.spec.request, sink);
+        let call = providers.run(&assign.spec.request, sink, report);
         tokio::pin!(call);
         tokio::pin!(stopped);
         loop {
             tokio::select! {
                 r = &mut call => break match r {
                     Ok(out) => Outcome::Ok(out),
-                    Err(e) => {
-                        report(provider.kind(), &e);
-                        Outcome::Err(e.into())
-                    }
+                    Err(e) => Outcome::Err(e.into()),
                 },
                 Some(text) = rx.recv() => {
                     if transport::write_frame(&mut send, &TaskReply::Chunk { text }).await.is_err() {
@@ -618,11 +615,6 @@ async fn handle_task(
                 }
             }
         }
-    } else {
-        Outcome::Err(TaskError {
-            kind: ErrorKind::Permanent,
-            message: "no provider on this worker".into(),
-        })
     };
     if transport::write_frame(&mut send, &TaskReply::Done { outcome })
         .await

@@ -183,6 +183,30 @@ impl ProviderSet {
         m
     }
 
+    /// Providers that cannot take work now, for heartbeats and the API.
+    pub fn cooldowns(&self) -> Vec<crate::wire::ProviderCooldown> {
+        let now = std::time::Instant::now();
+        self.health()
+            .iter()
+            .zip(&self.providers)
+            .filter_map(|(h, p)| {
+                let remaining = h
+                    .resting_until
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or_default();
+                (h.disabled || !remaining.is_zero()).then(|| crate::wire::ProviderCooldown {
+                    provider: p.kind().to_owned(),
+                    remaining_ms: if h.disabled {
+                        0
+                    } else {
+                        u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)
+                    },
+                    disabled: h.disabled,
+                })
+            })
+            .collect()
+    }
+
     fn health(&self) -> std::sync::MutexGuard<'_, Vec<Health>> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -363,6 +387,12 @@ mod set_tests {
             (out.provider.as_str(), groq.calls(), gemini.calls()),
             ("gemini", 1, 2)
         );
+        let c = set.cooldowns();
+        assert_eq!(
+            (c.len(), c[0].provider.as_str(), c[0].disabled),
+            (1, "groq", false)
+        );
+        assert!((59_000..=60_000).contains(&c[0].remaining_ms), "{c:?}");
     }
 
     #[tokio::test]
@@ -409,6 +439,7 @@ mod set_tests {
             .expect("ok");
         assert_eq!(out.provider, "flaky");
         assert_eq!(bad.calls(), 1, "a disabled provider is not called again");
+        assert!(set.cooldowns()[0].disabled);
         let only_bad =
             ProviderSet::new(vec![Scripted::new("x", vec![Err(ProviderErrorKind::Auth)])]);
         let e = only_bad

@@ -140,13 +140,26 @@ pub struct Hello {
 pub enum WorkerMsg {
     /// Must be first. Variant 0 forever.
     Hello(Hello),
-    /// Liveness and load.
+    /// Liveness, load and the state of the worker's providers.
     Heartbeat {
         /// Tasks running now.
         active: u32,
+        /// Providers resting or disabled (the rest are ready).
+        cooldowns: Vec<ProviderCooldown>,
     },
     /// Stop sending me tasks; I will finish what I have and leave.
     Drain,
+}
+
+/// A provider that cannot take work now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderCooldown {
+    /// Provider kind.
+    pub provider: String,
+    /// Milliseconds until it may be used again (0 when disabled).
+    pub remaining_ms: u64,
+    /// Its key was rejected: unused until the worker restarts.
+    pub disabled: bool,
 }
 
 /// Orchestrator → worker on the control stream.
@@ -260,7 +273,14 @@ mod tests {
                 ..Default::default()
             },
         }));
-        roundtrip(WorkerMsg::Heartbeat { active: 3 });
+        roundtrip(WorkerMsg::Heartbeat {
+            active: 3,
+            cooldowns: vec![ProviderCooldown {
+                provider: "groq".into(),
+                remaining_ms: 1_500,
+                disabled: false,
+            }],
+        });
         roundtrip(OrchMsg::Rejected {
             reason: "old".into(),
             supported: 1,
@@ -320,7 +340,11 @@ mod tests {
         let future = encode(&(0u32, 77u16, vec!["new", "fields"], 3.5f64)).expect("encode");
         assert_eq!(peek_hello_version(&future[4..]), Some(77));
         assert!(decode::<WorkerMsg>(&future[4..]).is_err());
-        let hb = encode(&WorkerMsg::Heartbeat { active: 1 }).expect("encode");
+        let hb = encode(&WorkerMsg::Heartbeat {
+            active: 1,
+            cooldowns: vec![],
+        })
+        .expect("encode");
         assert_eq!(peek_hello_version(&hb[4..]), None);
     }
 

@@ -569,7 +569,7 @@ pub(crate) async fn worker_stats(State(shared): State<Arc<Shared>>) -> ApiResult
 }
 
 pub(crate) async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult {
-    let live = shared.sched.workers().await?;
+    let (live, cooldowns) = shared.sched.workers().await?;
     let enrolled: Vec<_> = shared.registry().workers().cloned().collect();
     let now = now_millis();
     let mut out = Vec::new();
@@ -601,6 +601,7 @@ pub(crate) async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult
             "connected_at": l.map(|w| rfc3339(w.connected_at.0)),
             "last_seen_ms_ago": l.map(|w| now.since(w.last_seen)),
             "cooldown_ms": l.and_then(|w| w.cooldown_until).map(|c| c.since(now)),
+            "provider_cooldowns": cooldowns.get(&crate::task::WorkerId(rec.id.clone())).cloned().unwrap_or_default(),
         }));
     }
     Ok(Json(out).into_response())

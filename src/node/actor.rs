@@ -23,7 +23,10 @@ use crate::task::{
     WorkerId,
 };
 use crate::transport::{self, STREAM_ABORTED, close};
-use crate::wire::{TaskAssignRef, TaskReply};
+use crate::wire::{ProviderCooldown, TaskAssignRef, TaskReply};
+
+/// Provider cooldowns per worker, remaining times as of the query.
+pub(crate) type Cooldowns = HashMap<WorkerId, Vec<ProviderCooldown>>;
 
 /// A task's state as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -97,7 +100,7 @@ pub(crate) enum SchedMsg {
         id: WorkerId,
         conn_id: usize,
     },
-    Heartbeat(WorkerId),
+    Heartbeat(WorkerId, Vec<ProviderCooldown>),
     Drain(WorkerId),
     Query {
         id: TaskId,
@@ -109,7 +112,7 @@ pub(crate) enum SchedMsg {
         reply: oneshot::Sender<CancelResult>,
     },
     Stats(oneshot::Sender<Stats>),
-    Workers(oneshot::Sender<Vec<WorkerView>>),
+    Workers(oneshot::Sender<(Vec<WorkerView>, Cooldowns)>),
     Disconnect {
         id: WorkerId,
         reason: &'static str,
@@ -151,7 +154,7 @@ impl SchedHandle {
         self.ask(SchedMsg::Stats).await
     }
 
-    pub(crate) async fn workers(&self) -> Result<Vec<WorkerView>, Gone> {
+    pub(crate) async fn workers(&self) -> Result<(Vec<WorkerView>, Cooldowns), Gone> {
         self.ask(SchedMsg::Workers).await
     }
 }
@@ -166,6 +169,8 @@ pub(crate) struct Actor {
     finished: HashMap<TaskId, TaskState>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskState>>>,
     to_persist: Vec<Op>,
+    /// Provider cooldowns from each worker's last heartbeat, with its time.
+    cooldowns: HashMap<WorkerId, (crate::task::Millis, Vec<ProviderCooldown>)>,
     shutdown: CancellationToken,
 }
 
@@ -191,6 +196,7 @@ impl Actor {
                 finished: HashMap::new(),
                 waiters: HashMap::new(),
                 to_persist: Vec::new(),
+                cooldowns: HashMap::new(),
                 shutdown,
             },
             handle,
@@ -273,11 +279,19 @@ impl Actor {
                     .is_some_and(|c| c.stable_id() == conn_id)
                 {
                     self.conns.remove(&id);
+                    self.cooldowns.remove(&id);
                     tracing::info!(worker = %id, "worker disconnected");
                     self.core.handle_worker_down(now, &id);
                 }
             }
-            SchedMsg::Heartbeat(id) => self.core.handle_heartbeat(now, &id),
+            SchedMsg::Heartbeat(id, cooldowns) => {
+                self.core.handle_heartbeat(now, &id);
+                if cooldowns.is_empty() {
+                    self.cooldowns.remove(&id);
+                } else {
+                    self.cooldowns.insert(id, (now, cooldowns));
+                }
+            }
             SchedMsg::Drain(id) => {
                 tracing::info!(worker = %id, "worker draining");
                 self.core.handle_drain(now, &id);
@@ -319,7 +333,28 @@ impl Actor {
                 let _ = reply.send(self.core.stats());
             }
             SchedMsg::Workers(reply) => {
-                let _ = reply.send(self.core.workers());
+                // Remaining times as of now, not as of the last heartbeat.
+                let cooldowns = self
+                    .cooldowns
+                    .iter()
+                    .map(|(id, (at, list))| {
+                        let elapsed = now.since(*at);
+                        let list = list
+                            .iter()
+                            .filter(|c| c.disabled || c.remaining_ms > elapsed)
+                            .map(|c| ProviderCooldown {
+                                remaining_ms: if c.disabled {
+                                    0
+                                } else {
+                                    c.remaining_ms - elapsed
+                                },
+                                ..c.clone()
+                            })
+                            .collect();
+                        (id.clone(), list)
+                    })
+                    .collect();
+                let _ = reply.send((self.core.workers(), cooldowns));
             }
             SchedMsg::Disconnect { id, reason } => {
                 if let Some(conn) = self.conns.remove(&id) {

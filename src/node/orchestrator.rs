@@ -622,10 +622,10 @@ async fn serve_worker(conn: Connection, shared: &Shared) {
     }
     loop {
         match transport::read_frame::<WorkerMsg>(&mut recv).await {
-            Ok(WorkerMsg::Heartbeat { .. }) => {
+            Ok(WorkerMsg::Heartbeat { cooldowns, .. }) => {
                 if shared
                     .sched
-                    .send(SchedMsg::Heartbeat(id.clone()))
+                    .send(SchedMsg::Heartbeat(id.clone(), cooldowns))
                     .await
                     .is_err()
                 {

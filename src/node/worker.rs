@@ -536,7 +536,10 @@ async fn run_session(
                 Err(e) => return lost(&e),
             },
             _ = tick.tick() => {
-                let beat = WorkerMsg::Heartbeat { active: load.active.load(Ordering::Relaxed) };
+                let beat = WorkerMsg::Heartbeat {
+                    active: load.active.load(Ordering::Relaxed),
+                    cooldowns: providers.cooldowns(),
+                };
                 if let Err(e) = transport::write_frame(&mut control, &beat).await {
                     return match conn.close_reason() {
                         Some(e) => lost(&e),

@@ -415,3 +415,61 @@ async fn worker_without_an_address_follows_what_discovery_reports() {
     .await;
     w.drain().await.expect("drain");
 }
+
+#[tokio::test]
+async fn provider_cooldowns_are_visible_in_the_workers_api() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let c = TestCluster::start().await;
+    let vendor = FakeOpenAi::start(Mode::RateLimited {
+        retry_after_secs: 30,
+    })
+    .await;
+    let env: std::collections::HashMap<String, String> = [
+        (
+            "GROQ_API_KEY".to_owned(),
+            "gsk_test_cooldown_0123456789".to_owned(),
+        ),
+        ("GROQ_BASE_URL".to_owned(), vendor.base.clone()),
+    ]
+    .into();
+    let groq = d8::providers::build("groq", &env, None, Duration::ZERO).expect("groq");
+    let mut cfg = c.worker_config("limited", 0, 1);
+    cfg.providers = d8::providers::ProviderSet::new(vec![groq]);
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let id = c.submit("anything", 5).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let (_, list) = c.request(Method::GET, "/api/workers", None).await;
+        if list[0]["provider_cooldowns"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "no cooldown reported: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let cd = &list[0]["provider_cooldowns"][0];
+    assert_eq!(
+        (cd["provider"].as_str(), cd["disabled"].as_bool()),
+        (Some("groq"), Some(false)),
+        "{list}"
+    );
+    let remaining = cd["remaining_ms"].as_u64().expect("ms");
+    assert!((20_000..=30_000).contains(&remaining), "{remaining}");
+    // The orchestrator rests the whole worker too (its only provider rests),
+    // and the task waits without having used up an attempt.
+    assert!(
+        list[0]["cooldown_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 20_000),
+        "{list}"
+    );
+    let (_, t) = c
+        .request(Method::GET, &format!("/api/tasks/{id}"), None)
+        .await;
+    assert_eq!(t["status"], "pending", "{t}");
+    assert_eq!(vendor.calls(), 1);
+}

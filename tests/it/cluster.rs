@@ -473,3 +473,68 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
     assert_eq!(t["status"], "pending", "{t}");
     assert_eq!(vendor.calls(), 1);
 }
+
+/// A provider whose calls never finish and that records when a call is dropped.
+struct Hang {
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct SetOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl d8::providers::Provider for Hang {
+    fn kind(&self) -> &str {
+        "hang"
+    }
+    fn models(&self) -> Vec<String> {
+        vec!["hang".into()]
+    }
+    fn chat<'a>(
+        &'a self,
+        _req: &'a d8::task::ChatRequest,
+        _sink: d8::providers::ChunkSink,
+    ) -> d8::providers::BoxFuture<'a, Result<d8::task::TaskOutput, d8::providers::ProviderError>>
+    {
+        let guard = SetOnDrop(self.dropped.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves")
+        })
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_task_stops_the_provider_call() {
+    let c = TestCluster::start().await;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = c.worker_config("hanger", 0, 1);
+    cfg.providers = d8::providers::ProviderSet::new(vec![std::sync::Arc::new(Hang {
+        dropped: dropped.clone(),
+    })]);
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let id = c.submit("forever", 5).await;
+    c.wait_until(|s| s["tasks"]["assigned"] == 1, "running")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+    let (s, _) = c
+        .request(Method::DELETE, &format!("/api/tasks/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the provider call was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

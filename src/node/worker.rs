@@ -105,7 +105,7 @@ fn capabilities(cfg: &WorkerConfig) -> Capabilities {
         worker_type: cfg
             .worker_type
             .clone()
-            .or_else(|| kinds.first().cloned())
+            .or_else(|| kinds.first().map(|k| default_worker_type(k).to_owned()))
             .unwrap_or_default(),
         providers: kinds,
         models: cfg.providers.models(),
@@ -116,6 +116,17 @@ fn capabilities(cfg: &WorkerConfig) -> Capabilities {
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)),
         memory_mb,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// The original project's worker type for a provider kind, so the default
+/// routing (evolution and code generation on `deepseek_gpu`, `claude` or
+/// `gemini` workers) works without setting `WORKER_TYPE`.
+fn default_worker_type(kind: &str) -> &str {
+    match kind {
+        "anthropic" => "claude",
+        "ollama" => "deepseek_gpu",
+        other => other,
     }
 }
 
@@ -647,5 +658,18 @@ fn report(provider: &str, e: &crate::providers::ProviderError) {
             tracing::warn!(provider, error = %e, "provider failed; the task will be retried")
         }
         K::Invalid => tracing::info!(provider, error = %e, "provider rejected the request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_worker_type;
+
+    #[test]
+    fn provider_kinds_map_to_the_original_worker_types() {
+        assert_eq!(default_worker_type("anthropic"), "claude");
+        assert_eq!(default_worker_type("ollama"), "deepseek_gpu");
+        assert_eq!(default_worker_type("gemini"), "gemini");
+        assert_eq!(default_worker_type("groq"), "groq");
     }
 }

@@ -6,11 +6,9 @@
 //! `message_start` (input tokens), `content_block_delta` (`text_delta`),
 //! `message_delta` (output tokens), `message_stop`; an `error` event ends it.
 
-use std::time::SystemTime;
-
 use serde_json::{Value, json};
 
-use super::classify::classify;
+use super::classify::send;
 use super::sse::SseParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
@@ -86,33 +84,13 @@ impl Anthropic {
     }
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
-        let mut resp = self
+        let request = self
             .client
             .post(format!("{}/v1/messages", self.base_url))
             .header("x-api-key", self.key.expose())
             .header("anthropic-version", API_VERSION)
-            .json(&self.body(req))
-            .send()
-            .await
-            .map_err(|e| {
-                self.fail(
-                    ProviderErrorKind::Transient,
-                    &format!("cannot reach {}: {e}", self.base_url),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(classify(
-                "anthropic",
-                status,
-                &headers,
-                &text,
-                Some(self.key.expose()),
-                SystemTime::now(),
-            ));
-        }
+            .json(&self.body(req));
+        let mut resp = send("anthropic", Some(self.key.expose()), request, "").await?;
         let bad = |e: &dyn std::fmt::Display| {
             self.fail(
                 ProviderErrorKind::Transient,

@@ -6,11 +6,9 @@
 //! A 429's wait may arrive only in the JSON body (`RetryInfo.retryDelay`),
 //! which the classifier reads.
 
-use std::time::SystemTime;
-
 use serde_json::{Value, json};
 
-use super::classify::classify;
+use super::classify::send;
 use super::sse::SseParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
@@ -113,32 +111,12 @@ impl Gemini {
         } else {
             format!("{}/v1beta/models/{model}:generateContent", self.base_url)
         };
-        let mut resp = self
+        let request = self
             .client
             .post(url)
             .header("x-goog-api-key", self.key.expose())
-            .json(&Self::body(req))
-            .send()
-            .await
-            .map_err(|e| {
-                self.fail(
-                    ProviderErrorKind::Transient,
-                    &format!("cannot reach {}: {e}", self.base_url),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(classify(
-                "gemini",
-                status,
-                &headers,
-                &text,
-                Some(self.key.expose()),
-                SystemTime::now(),
-            ));
-        }
+            .json(&Self::body(req));
+        let mut resp = send("gemini", Some(self.key.expose()), request, "").await?;
         let bad = |e: &dyn std::fmt::Display| {
             self.fail(
                 ProviderErrorKind::Transient,

@@ -3,11 +3,9 @@
 //! `{message:{content}, done:false}` object per piece, then a `done:true`
 //! object with the token counts.
 
-use std::time::SystemTime;
-
 use serde_json::{Value, json};
 
-use super::classify::classify;
+use super::classify::send;
 use super::sse::NdjsonParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind};
 use crate::task::{ChatRequest, TaskOutput, Usage};
@@ -83,34 +81,11 @@ impl Ollama {
         if !options.is_empty() {
             body["options"] = Value::Object(options);
         }
-        let mut resp = self
+        let request = self
             .client
             .post(format!("{}/api/chat", self.base_url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                self.error(
-                    ProviderErrorKind::Transient,
-                    &format!(
-                        "cannot reach {} (is `ollama serve` running?): {e}",
-                        self.base_url
-                    ),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(classify(
-                "ollama",
-                status,
-                &headers,
-                &text,
-                None,
-                SystemTime::now(),
-            ));
-        }
+            .json(&body);
+        let mut resp = send("ollama", None, request, " (is `ollama serve` running?)").await?;
         let bad = |e: &dyn std::fmt::Display| {
             self.error(
                 ProviderErrorKind::Transient,

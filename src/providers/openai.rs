@@ -7,11 +7,9 @@
 //! counts. Streaming answers are SSE `data: {choices:[{delta:{content}}]}`
 //! events ending with `data: [DONE]`.
 
-use std::time::SystemTime;
-
 use serde_json::{Value, json};
 
-use super::classify::classify;
+use super::classify::send;
 use super::sse::SseParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
@@ -147,20 +145,7 @@ impl OpenAiCompat {
         if let Some(k) = &self.key {
             http = http.bearer_auth(k.expose());
         }
-        let mut resp = http.send().await.map_err(|e| self.transport_error(&e))?;
-        let status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            let headers = resp.headers().clone();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(classify(
-                &self.kind,
-                status,
-                &headers,
-                &body,
-                self.key.as_ref().map(Secret::expose),
-                SystemTime::now(),
-            ));
-        }
+        let mut resp = send(&self.kind, self.key.as_ref().map(Secret::expose), http, "").await?;
         let model_asked = req
             .model
             .clone()

@@ -16,6 +16,8 @@ pub enum Mode {
     Ok,
     /// Always 429 with `Retry-After`.
     RateLimited { retry_after_secs: u64 },
+    /// `allow` normal answers, then 429 with `Retry-After` (a key whose quota runs out).
+    Quota { allow: usize, retry_after_secs: u64 },
 }
 
 /// A fake OpenAI-compatible Chat Completions server.
@@ -40,7 +42,16 @@ impl FakeOpenAi {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_owned();
-                    log.lock().expect("lock").push((auth, body.clone()));
+                    let served = {
+                        let mut l = log.lock().expect("lock");
+                        l.push((auth, body.clone()));
+                        l.len()
+                    };
+                    let mode = match mode {
+                        Mode::Quota { allow, .. } if served <= allow => Mode::Ok,
+                        Mode::Quota { retry_after_secs, .. } => Mode::RateLimited { retry_after_secs },
+                        other => other,
+                    };
                     match mode {
                         Mode::Ok => {
                             let last = body["messages"]
@@ -61,7 +72,7 @@ impl FakeOpenAi {
                                 .body(Body::from(answer.to_string()))
                                 .expect("response")
                         }
-                        Mode::RateLimited { retry_after_secs } => Response::builder()
+                        Mode::RateLimited { retry_after_secs } | Mode::Quota { retry_after_secs, .. } => Response::builder()
                             .status(429)
                             .header("content-type", "application/json")
                             .header("retry-after", retry_after_secs.to_string())

@@ -606,3 +606,67 @@ async fn vendor_keys_stay_on_their_worker_and_429s_route_around() {
         );
     }
 }
+
+#[tokio::test]
+async fn three_keys_with_different_quotas_share_the_work_without_failures() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let small = FakeOpenAi::start(Mode::Quota {
+        allow: 2,
+        retry_after_secs: 60,
+    })
+    .await;
+    let medium = FakeOpenAi::start(Mode::Quota {
+        allow: 5,
+        retry_after_secs: 60,
+    })
+    .await;
+    let large = FakeOpenAi::start(Mode::Ok).await;
+    let mut c = ProcCluster::start().await;
+    for (name, fake, key) in [
+        ("small", &small, "gsk_small_0123456789abcdef"),
+        ("medium", &medium, "gsk_medium_0123456789abcdef"),
+        ("large", &large, "gsk_large_0123456789abcdef"),
+    ] {
+        c.add_worker_with(
+            name,
+            &["--provider", "groq"],
+            &["--slots", "1"],
+            &[("GROQ_API_KEY", key), ("GROQ_BASE_URL", &fake.base)],
+        );
+    }
+    c.wait_online(3).await;
+    // One attempt each: a 429 that counted as an attempt would fail the task.
+    let body: Vec<Value> = (0..20)
+        .map(|i| serde_json::json!({"type": "agent_action", "max_attempts": 1, "data": {"messages": [{"role": "user", "content": format!("q{i}")}]}}))
+        .collect();
+    let ids: Vec<String> = c
+        .http
+        .post(c.url("/api/tasks/batch"))
+        .bearer_auth(&c.key)
+        .json(&body)
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("ids");
+    let mut per_worker = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let t = c.get(&format!("/api/tasks/{id}?wait=30")).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        *per_worker
+            .entry(t["worker_id"].as_str().expect("worker").to_owned())
+            .or_default() += 1;
+    }
+    // Each key served exactly its quota; the rest went around the 429s.
+    assert_eq!(per_worker.get("small"), Some(&2), "{per_worker:?}");
+    assert_eq!(per_worker.get("medium"), Some(&5), "{per_worker:?}");
+    assert_eq!(per_worker.get("large"), Some(&13), "{per_worker:?}");
+    assert_eq!(
+        (small.calls(), medium.calls()),
+        (3, 6),
+        "one 429 each, then rest"
+    );
+    let stats = c.get("/api/workers/stats").await;
+    assert_eq!(stats["tasks"]["failed"], 0, "{stats}");
+}

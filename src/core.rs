@@ -190,8 +190,32 @@ pub struct Stats {
 
 /// Order in a class queue: `(created_at − priority × aging_step, id)`.
 type QueueKey = (i128, TaskId);
-/// The set of worker types a task may use; `None` = any.
-type ClassKey = Option<Vec<String>>;
+/// What a worker must offer to run a task: one of the worker types its
+/// routing rule allows (`None` = any), the model it names, the provider it
+/// names. Tasks with equal requirements share one queue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct ClassKey {
+    worker_types: Option<Vec<String>>,
+    model: Option<String>,
+    provider: Option<String>,
+}
+
+impl ClassKey {
+    fn of(routing: &Routing, spec: &TaskSpec) -> ClassKey {
+        // "auto" (and an empty name) mean: whatever the worker runs by default.
+        let named = |s: &Option<String>| {
+            s.as_ref()
+                .map(|m| m.trim())
+                .filter(|m| !m.is_empty() && *m != "auto")
+                .map(str::to_owned)
+        };
+        ClassKey {
+            worker_types: routing.allowed(&spec.task_type).map(<[String]>::to_vec),
+            model: named(&spec.request.model),
+            provider: named(&spec.provider),
+        }
+    }
+}
 
 #[derive(Debug)]
 enum State {
@@ -234,8 +258,17 @@ impl WorkerEntry {
             && (self.active.len() as u64) < u64::from(self.caps.slots)
             && self.cooldown_until.is_none_or(|t| t <= now)
             && class
+                .worker_types
                 .as_ref()
                 .is_none_or(|types| types.contains(&self.caps.worker_type))
+            && class
+                .model
+                .as_ref()
+                .is_none_or(|m| self.caps.models.contains(m))
+            && class
+                .provider
+                .as_ref()
+                .is_none_or(|p| self.caps.providers.contains(p))
     }
 }
 
@@ -291,11 +324,7 @@ impl Scheduler {
             i128::from(created_at.0) - priority * i128::from(self.cfg.aging_step_ms),
             id,
         );
-        let class = self
-            .cfg
-            .routing
-            .allowed(&spec.task_type)
-            .map(<[String]>::to_vec);
+        let class = ClassKey::of(&self.cfg.routing, &spec);
         if let Some(deadline) = spec.deadline {
             self.timers.insert((deadline, Timer::Deadline(id)));
         }

@@ -211,23 +211,28 @@ impl ProviderSet {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Indices of the providers that may serve `req`, preferred first: those
-    /// serving its model when any does, else all; disabled ones never.
-    fn candidates(&self, req: &ChatRequest) -> Vec<usize> {
+    /// Indices of the providers that may serve `req`, preferred first: only
+    /// those of the named provider kind, if any; among them those serving its
+    /// model when any does, else all; disabled ones never.
+    fn candidates(&self, req: &ChatRequest, provider: Option<&str>) -> Vec<usize> {
         let health = self.health();
-        let usable = |i: &usize| !health[*i].disabled;
+        let usable: Vec<usize> = (0..self.providers.len())
+            .filter(|i| !health[*i].disabled)
+            .filter(|i| provider.is_none_or(|k| self.providers[*i].kind() == k))
+            .collect();
         let by_model: Vec<usize> = req
             .model
             .as_ref()
             .map(|m| {
-                (0..self.providers.len())
+                usable
+                    .iter()
+                    .copied()
                     .filter(|i| self.providers[*i].models().contains(m))
-                    .filter(usable)
                     .collect()
             })
             .unwrap_or_default();
         if by_model.is_empty() {
-            (0..self.providers.len()).filter(usable).collect()
+            usable
         } else {
             by_model
         }
@@ -239,11 +244,27 @@ impl ProviderSet {
     pub async fn run(
         &self,
         req: &ChatRequest,
+        provider: Option<&str>,
         sink: ChunkSink,
         mut report: impl FnMut(&str, &ProviderError),
     ) -> Result<TaskOutput, ProviderError> {
+        // "auto" asks for each provider's own default model.
+        let auto;
+        let req = if req
+            .model
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty() || m == "auto")
+        {
+            auto = ChatRequest {
+                model: None,
+                ..req.clone()
+            };
+            &auto
+        } else {
+            req
+        };
         let mut last: Option<ProviderError> = None;
-        for i in self.candidates(req) {
+        for i in self.candidates(req, provider) {
             let now = std::time::Instant::now();
             if self.health()[i].resting_until.is_some_and(|t| t > now) {
                 continue;
@@ -270,7 +291,7 @@ impl ProviderSet {
         // back with the shortest rest, so the orchestrator can rest this worker.
         let now = std::time::Instant::now();
         let soonest = self
-            .candidates(req)
+            .candidates(req, provider)
             .into_iter()
             .filter_map(|i| self.health()[i].resting_until)
             .map(|t| t.saturating_duration_since(now))
@@ -304,6 +325,7 @@ mod set_tests {
         kind: &'static str,
         answers: Mutex<Vec<Result<(), ProviderErrorKind>>>,
         calls: Mutex<u32>,
+        last_model: Mutex<Option<String>>,
     }
 
     impl Scripted {
@@ -312,6 +334,7 @@ mod set_tests {
                 kind,
                 answers: Mutex::new(answers),
                 calls: Mutex::new(0),
+                last_model: Mutex::new(None),
             })
         }
         fn calls(&self) -> u32 {
@@ -328,10 +351,11 @@ mod set_tests {
         }
         fn chat<'a>(
             &'a self,
-            _req: &'a ChatRequest,
+            req: &'a ChatRequest,
             _sink: ChunkSink,
         ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
             *self.calls.lock().expect("lock") += 1;
+            *self.last_model.lock().expect("lock") = req.model.clone();
             let next = {
                 let mut a = self.answers.lock().expect("lock");
                 if a.is_empty() { Ok(()) } else { a.remove(0) }
@@ -371,7 +395,7 @@ mod set_tests {
         let set = ProviderSet::new(vec![groq.clone(), gemini.clone()]);
         let mut seen = Vec::new();
         let out = set
-            .run(&req(None), ChunkSink::none(), |k, _| {
+            .run(&req(None), None, ChunkSink::none(), |k, _| {
                 seen.push(k.to_owned())
             })
             .await
@@ -380,7 +404,7 @@ mod set_tests {
         assert_eq!(seen, ["groq"]);
         // groq rests: the next task goes straight to gemini.
         let out = set
-            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
             .await
             .expect("ok");
         assert_eq!(
@@ -411,7 +435,7 @@ mod set_tests {
         );
         let set = ProviderSet::new(vec![a, b]);
         let e = set
-            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
             .await
             .expect_err("resting");
         match e.kind {
@@ -429,12 +453,12 @@ mod set_tests {
         let flaky = Scripted::new("flaky", vec![Err(ProviderErrorKind::Transient)]);
         let set = ProviderSet::new(vec![bad.clone(), flaky.clone()]);
         let e = set
-            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
             .await
             .expect_err("transient");
         assert_eq!(e.kind, ProviderErrorKind::Transient);
         let out = set
-            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
             .await
             .expect("ok");
         assert_eq!(out.provider, "flaky");
@@ -443,12 +467,12 @@ mod set_tests {
         let only_bad =
             ProviderSet::new(vec![Scripted::new("x", vec![Err(ProviderErrorKind::Auth)])]);
         let e = only_bad
-            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
             .await
             .expect_err("auth");
         assert_eq!(e.kind, ProviderErrorKind::Auth);
         let e = only_bad
-            .run(&req(None), ChunkSink::none(), |_, _| {})
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
             .await
             .expect_err("none left");
         assert!(e.message.contains("no usable provider"), "{}", e.message);
@@ -458,17 +482,29 @@ mod set_tests {
     async fn a_named_model_prefers_its_provider() {
         let a = Scripted::new("a", vec![]);
         let b = Scripted::new("b", vec![]);
-        let set = ProviderSet::new(vec![a, b]);
+        let set = ProviderSet::new(vec![a.clone(), b]);
         let out = set
-            .run(&req(Some("b-model")), ChunkSink::none(), |_, _| {})
+            .run(&req(Some("b-model")), None, ChunkSink::none(), |_, _| {})
             .await
             .expect("ok");
         assert_eq!(out.provider, "b");
         let out = set
-            .run(&req(Some("unknown")), ChunkSink::none(), |_, _| {})
+            .run(&req(Some("unknown")), None, ChunkSink::none(), |_, _| {})
             .await
             .expect("ok");
         assert_eq!(out.provider, "a");
+        let out = set
+            .run(&req(None), Some("b"), ChunkSink::none(), |_, _| {})
+            .await
+            .expect("ok");
+        assert_eq!(out.provider, "b", "a named provider kind wins");
+        // "auto" reaches the provider as no model at all.
+        let out = set
+            .run(&req(Some("auto")), None, ChunkSink::none(), |_, _| {})
+            .await
+            .expect("ok");
+        assert_eq!(out.provider, "a");
+        assert_eq!(*a.last_model.lock().expect("lock"), None);
     }
 }
 

@@ -90,6 +90,8 @@ pub struct TaskSpec {
     pub deadline: Option<Millis>,
     /// Agent the task was submitted for, if any.
     pub agent_id: Option<String>,
+    /// Provider kind the task must run on (`groq`, `ollama`, …), if any.
+    pub provider: Option<String>,
 }
 
 /// Token counts a provider reported.
@@ -239,5 +241,6 @@ pub(crate) fn test_spec(task_type: &str, priority: u8) -> TaskSpec {
         attempt_timeout_ms: 60_000,
         deadline: None,
         agent_id: None,
+        provider: None,
     }
 }

@@ -250,6 +250,7 @@ mod tests {
             attempt_timeout_ms: 1000,
             deadline: None,
             agent_id: Some("a".into()),
+            provider: Some("groq".into()),
         }
     }
 

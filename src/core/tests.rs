@@ -529,3 +529,47 @@ proptest! {
         prop_assert_eq!(s.stats().pending + s.stats().assigned, 0);
     }
 }
+
+#[test]
+fn named_models_and_providers_only_reach_workers_that_offer_them() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    let with = |kind: &str, models: &[&str]| Capabilities {
+        worker_type: kind.into(),
+        providers: vec![kind.into()],
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        slots: 4,
+        ..Capabilities::default()
+    };
+    s.handle_worker_up(t0, w("groq-box"), with("groq", &["llama-3.1-8b-instant"]));
+    s.handle_worker_up(t0, w("gpu-box"), with("ollama", &["deepseek-r1:8b"]));
+    let named = |id: u64, model: Option<&str>, provider: Option<&str>| {
+        let mut sp = crate::task::test_spec("agent_action", 5);
+        sp.request.model = model.map(str::to_owned);
+        sp.provider = provider.map(str::to_owned);
+        (TaskId(id), Arc::new(sp))
+    };
+    for (id, sp) in [
+        named(1, Some("deepseek-r1:8b"), None),
+        named(2, None, Some("groq")),
+        named(3, Some("auto"), None),
+        named(4, Some("gpt-4o"), None),
+        named(5, Some("llama-3.1-8b-instant"), Some("ollama")),
+    ] {
+        s.handle_submit(t0, id, sp, t0);
+    }
+    let d = dispatches(&drain(&mut s));
+    let on = |id: u64| d.iter().find(|x| x.0 == TaskId(id)).map(|x| x.2.0.clone());
+    assert_eq!(on(1).as_deref(), Some("gpu-box"));
+    assert_eq!(on(2).as_deref(), Some("groq-box"));
+    assert!(on(3).is_some(), "auto runs anywhere");
+    assert_eq!(on(4), None, "nobody serves gpt-4o: it waits");
+    assert_eq!(on(5), None, "no ollama worker serves that model");
+    s.check_invariants();
+    // A worker that serves it arrives: the waiting task runs there.
+    s.handle_worker_up(t0, w("openai-box"), with("openai", &["gpt-4o"]));
+    assert_eq!(
+        dispatches(&drain(&mut s)),
+        vec![(TaskId(4), 1, w("openai-box"))]
+    );
+}

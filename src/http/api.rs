@@ -260,6 +260,7 @@ pub(crate) async fn agent_act(
             .unwrap_or(u64::MAX),
         deadline: None,
         agent_id: Some(agent_id),
+        provider: None,
     };
     let ids = submit(&shared, vec![spec]).await?;
     Ok(accepted(ids[0]))
@@ -360,6 +361,8 @@ struct TaskRequest {
 struct TaskData {
     messages: Vec<ChatMessage>,
     model: Option<String>,
+    /// Run only on workers with this provider (`groq`, `ollama`, …).
+    provider: Option<String>,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
 }
@@ -388,6 +391,16 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
         ));
     }
     check_temperature(req.data.temperature)?;
+    for (what, v) in [("model", &req.data.model), ("provider", &req.data.provider)] {
+        if v.as_ref()
+            .is_some_and(|s| s.len() > 128 || s.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("data.{what} must be at most 128 printable characters"),
+            ));
+        }
+    }
     if req.max_attempts.is_some_and(|a| !(1..=20).contains(&a)) {
         return Err(ApiError::bad_request(
             "invalid_max_attempts",
@@ -420,6 +433,7 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
             .deadline_secs
             .map(|s| Millis(now.0.saturating_add(s.saturating_mul(1_000)))),
         agent_id: None,
+        provider: req.data.provider,
     })
 }
 

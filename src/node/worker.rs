@@ -609,7 +609,12 @@ async fn handle_task(
         } else {
             ChunkSink::none()
         };
-        let call = providers.run(&assign.spec.request, sink, report);
+        let call = providers.run(
+            &assign.spec.request,
+            assign.spec.provider.as_deref(),
+            sink,
+            report,
+        );
         tokio::pin!(call);
         tokio::pin!(stopped);
         loop {

@@ -75,6 +75,7 @@ async fn bad_bodies_are_4xx_and_store_nothing() {
         ("/api/tasks", "array not object", b"[1,2,3]".to_vec(), 400, "invalid_request"),
         ("/api/tasks", "too large", format!(r#"{{"type":"t","data":{{"messages":[{{"role":"user","content":"{}"}}]}}}}"#, "x".repeat(100_000)).into_bytes(), 413, "body_too_large"),
         ("/api/tasks/batch", "empty batch", b"[]".to_vec(), 400, "invalid_batch"),
+        ("/api/tasks", "model too long", format!(r#"{{"type":"t","data":{{"model":"{}","messages":[{{"role":"user","content":"x"}}]}}}}"#, "m".repeat(200)).into_bytes(), 400, "invalid_request"),
         ("/api/tasks/batch", "one bad in batch", br#"[{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}]}}, {"type": "t", "priority": 99, "data": {"messages": [{"role": "user", "content": "x"}]}}]"#.to_vec(), 400, "invalid_priority"),
         ("/api/agents/a1/act", "no action_type", br#"{"input_data": {}}"#.to_vec(), 400, "invalid_request"),
         ("/api/agents/a1/act", "empty action_type", br#"{"action_type": " "}"#.to_vec(), 400, "invalid_action_type"),

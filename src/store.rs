@@ -45,6 +45,18 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("store is shut down")]
     Closed,
+    /// The database was written by a d8 with another record layout.
+    #[error(
+        "{path} holds data in format {found}, this d8 understands format {supported}: use the matching d8 version or start with a new --data-dir"
+    )]
+    Incompatible {
+        /// The database file.
+        path: String,
+        /// Format found (0 = unmarked, from a pre-release build).
+        found: u64,
+        /// Format this build reads.
+        supported: u64,
+    },
 }
 
 /// A task accepted but not finished.

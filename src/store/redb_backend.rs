@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
     AgentDef, Backend, Op, PendingTask, Snapshot, StoreError, TokenRecord, Totals, WorkerRecord,
@@ -20,6 +20,10 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const NEXT_ID: &str = "next_task_id";
+/// Meta key holding the record layout version.
+const FORMAT: &str = "format";
+/// Record layout version written and understood by this build.
+pub const FORMAT_VERSION: u64 = 1;
 const COMPLETED: &str = "completed";
 const FAILED: &str = "failed";
 const CANCELLED: &str = "cancelled";
@@ -60,7 +64,23 @@ impl RedbBackend {
             txn.open_table(TOKENS).map_err(be)?;
             txn.open_table(WORKERS).map_err(be)?;
             txn.open_table(AGENTS).map_err(be)?;
-            txn.open_table(META).map_err(be)?;
+            let mut meta = txn.open_table(META).map_err(be)?;
+            // Records are bincode: a file written by another layout must be
+            // refused whole rather than misread. A new file gets our format.
+            let found = meta.get(FORMAT).map_err(be)?.map(|g| g.value());
+            match found {
+                Some(FORMAT_VERSION) => {}
+                None if meta.is_empty().map_err(be)? => {
+                    meta.insert(FORMAT, FORMAT_VERSION).map_err(be)?;
+                }
+                other => {
+                    return Err(StoreError::Incompatible {
+                        path: path.display().to_string(),
+                        found: other.unwrap_or(0),
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
         }
         txn.commit().map_err(be)?;
         Ok(RedbBackend {

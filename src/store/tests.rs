@@ -156,3 +156,29 @@ async fn failed_commits_hand_their_ops_back_in_order() {
     store.commit_or_return(a).await.expect("retry succeeds");
     assert!(backend.result(TaskId(2)).expect("read").is_some());
 }
+
+#[test]
+fn databases_of_another_format_are_refused() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d8.redb");
+    drop(RedbBackend::open(&path).expect("new file gets our format"));
+    drop(RedbBackend::open(&path).expect("and reopens"));
+    {
+        let db = redb::Database::create(&path).expect("raw open");
+        let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(meta)
+            .expect("meta")
+            .insert("format", 99)
+            .expect("insert");
+        txn.commit().expect("commit");
+        let _ = db.begin_read();
+    }
+    match RedbBackend::open(&path) {
+        Err(e @ StoreError::Incompatible { found: 99, .. }) => {
+            assert!(e.to_string().contains("new --data-dir"), "{e}");
+        }
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+}

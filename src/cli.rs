@@ -157,6 +157,9 @@ pub struct JoinArgs {
     /// Ollama base URL for deepseek_gpu workers (original project's variable).
     #[arg(long, env = "DEEPSEEK_BASE_URL")]
     pub deepseek_base_url: Option<String>,
+    /// TOML file with providers, models, base URLs, key variables and per-minute limits.
+    #[arg(long, env = "D8_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Ollama URL (default http://localhost:11434); wins over DEEPSEEK_BASE_URL.
     #[arg(long, env = "OLLAMA_HOST")]
     pub ollama_url: Option<String>,
@@ -320,28 +323,49 @@ impl JoinArgs {
             base: &crate::providers::ProcessEnv,
             over,
         };
+        let delay = Duration::from_millis(self.echo_delay_ms);
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
-        for name in &names {
+        let mut limits: Vec<Option<u32>> = Vec::new();
+        // The file's providers first (in its order), then flags it does not name.
+        let file = self
+            .config
+            .as_deref()
+            .map(crate::providers::file::WorkerFile::load)
+            .transpose()?
+            .unwrap_or_default();
+        for entry in &file.providers {
+            let legacy_key = self
+                .api_key
+                .as_deref()
+                .filter(|_| legacy == Some(entry.kind.as_str()));
+            let p = crate::providers::build(&entry.kind, &entry.overlay(&env), legacy_key, delay)?;
+            providers.push(p);
+            limits.push(entry.requests_per_minute);
+        }
+        for name in names
+            .iter()
+            .filter(|n| !file.providers.iter().any(|e| e.kind == **n))
+        {
             let legacy_key = self
                 .api_key
                 .as_deref()
                 .filter(|_| legacy == Some(name.as_str()));
-            providers.push(crate::providers::build(
-                name,
-                &env,
-                legacy_key,
-                Duration::from_millis(self.echo_delay_ms),
-            )?);
+            providers.push(crate::providers::build(name, &env, legacy_key, delay)?);
+            limits.push(None);
         }
         if providers.is_empty() {
-            return Err("no provider: pass --provider (echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter) or set WORKER_TYPE".into());
+            return Err("no provider: pass --provider (echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter), --config FILE, or set WORKER_TYPE".into());
         }
         let dir = self
             .data_dir
             .clone()
             .unwrap_or_else(|| default_data_dir("worker"));
         let placeholder = (std::net::Ipv4Addr::UNSPECIFIED, DEFAULT_PORT).into();
-        let mut cfg = WorkerConfig::lan(dir, placeholder, ProviderSet::new(providers));
+        let mut cfg = WorkerConfig::lan(
+            dir,
+            placeholder,
+            ProviderSet::new(providers).with_limits(&limits),
+        );
         cfg.orchestrator = orchestrator;
         cfg.token = self
             .token
@@ -421,6 +445,32 @@ mod tests {
         let cfg = j.to_config().expect("config");
         assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
         assert!(cfg.token.is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[[providers]]\nkind = \"echo\"\nrequests_per_minute = 5\n",
+        )
+        .expect("write");
+        let Command::Join(j) = parse(&[
+            "join",
+            "127.0.0.1",
+            "--config",
+            file.to_str().expect("utf8"),
+        ])
+        .expect("parse")
+        .command
+        else {
+            panic!("join");
+        };
+        let cfg = j.to_config().expect("config from file");
+        assert_eq!(cfg.providers.kinds(), ["echo"]);
+        std::fs::write(&file, "[[providers]]\nkind = \"echo\"\nsecret = 1\n").expect("write");
+        let e = j.to_config().expect_err("bad file");
+        assert!(
+            e.contains("worker.toml") && e.contains("unknown field"),
+            "{e}"
+        );
         let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "mistral"])
             .expect("parse")
             .command

@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod classify;
 pub mod echo;
+pub mod file;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
@@ -134,12 +135,40 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// What the worker knows about one of its providers.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Health {
     /// Rate limited or out of quota until then.
     resting_until: Option<std::time::Instant>,
     /// The vendor rejected the key: not used again until the worker restarts.
     disabled: bool,
+    /// Own limit: calls per minute (from the worker's file).
+    per_minute: Option<u32>,
+    /// Start times of the calls of the last minute, oldest first.
+    recent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl Health {
+    /// Takes a call slot under the provider's own per-minute limit, or rests
+    /// the provider until the oldest call of the last minute ages out.
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        let Some(limit) = self.per_minute else {
+            return true;
+        };
+        let minute = std::time::Duration::from_secs(60);
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= minute)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= limit as usize {
+            self.resting_until = self.recent.front().map(|t| *t + minute);
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
 }
 
 /// The providers configured on one worker, with their rest periods: a 429 on
@@ -168,6 +197,14 @@ impl ProviderSet {
             providers,
             health: Arc::new(std::sync::Mutex::new(health)),
         }
+    }
+
+    /// Sets each provider's own calls-per-minute limit (same order as `new`).
+    pub fn with_limits(self, per_minute: &[Option<u32>]) -> Self {
+        for (h, l) in self.health().iter_mut().zip(per_minute) {
+            h.per_minute = *l;
+        }
+        self
     }
 
     /// Provider kinds.
@@ -266,8 +303,11 @@ impl ProviderSet {
         let mut last: Option<ProviderError> = None;
         for i in self.candidates(req, provider) {
             let now = std::time::Instant::now();
-            if self.health()[i].resting_until.is_some_and(|t| t > now) {
-                continue;
+            {
+                let mut health = self.health();
+                if health[i].resting_until.is_some_and(|t| t > now) || !health[i].admit(now) {
+                    continue;
+                }
             }
             let p = &self.providers[i];
             match p.chat(req, sink.clone()).await {
@@ -476,6 +516,39 @@ mod set_tests {
             .await
             .expect_err("none left");
         assert!(e.message.contains("no usable provider"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn own_per_minute_limits_are_kept_without_asking_the_vendor() {
+        let a = Scripted::new("a", vec![]);
+        let b = Scripted::new("b", vec![]);
+        let set = ProviderSet::new(vec![a.clone(), b.clone()]).with_limits(&[Some(2), None]);
+        let mut used = Vec::new();
+        for _ in 0..3 {
+            let out = set
+                .run(&req(None), None, ChunkSink::none(), |_, _| {})
+                .await
+                .expect("ok");
+            used.push(out.provider);
+        }
+        assert_eq!(used, ["a", "a", "b"]);
+        assert_eq!(a.calls(), 2, "the third call never reached a");
+        let c = set.cooldowns();
+        assert_eq!(c[0].provider, "a");
+        assert!((59_000..=60_000).contains(&c[0].remaining_ms), "{c:?}");
+        // Alone, a limited provider hands the task back with the wait.
+        let solo = ProviderSet::new(vec![Scripted::new("s", vec![])]).with_limits(&[Some(1)]);
+        solo.run(&req(None), None, ChunkSink::none(), |_, _| {})
+            .await
+            .expect("first");
+        let e = solo
+            .run(&req(None), None, ChunkSink::none(), |_, _| {})
+            .await
+            .expect_err("limited");
+        assert!(
+            matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if retry_after_ms > 59_000),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

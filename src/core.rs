@@ -38,6 +38,10 @@ pub struct SchedulerConfig {
     pub dead_after_ms: u64,
     /// Priority levels are worth this much waiting time (aging).
     pub aging_step_ms: u64,
+    /// Worker losses (crash, disconnect, drain hand-back) a task survives
+    /// before it fails: losses are not the task's fault, but a task that
+    /// takes every worker down with it must not circulate forever.
+    pub max_worker_losses: u32,
     /// Task type routing.
     pub routing: Routing,
 }
@@ -52,6 +56,7 @@ impl SchedulerConfig {
             suspect_after_ms: 1_500,
             dead_after_ms: 3_000,
             aging_step_ms: 30_000,
+            max_worker_losses: 10,
             routing: Routing::default(),
         }
     }
@@ -234,6 +239,8 @@ struct TaskEntry {
     attempt: u32,
     /// Attempts that failed in a way that counts against `max_attempts`.
     failures: u32,
+    /// Attempts that ended with the worker lost.
+    losses: u32,
     last_error: Option<String>,
     last_worker: Option<WorkerId>,
 }
@@ -339,6 +346,7 @@ impl Scheduler {
                 state: State::Pending,
                 attempt: 0,
                 failures: 0,
+                losses: 0,
                 last_error: None,
                 last_worker: None,
             },
@@ -405,8 +413,25 @@ impl Scheduler {
         };
         for task in w.active {
             self.assigned -= 1;
+            self.lose(now, task, "worker lost".to_owned());
+        }
+    }
+
+    /// An attempt ended with its worker gone: re-queue without consuming an
+    /// attempt, unless the task has now lost too many workers.
+    fn lose(&mut self, now: Millis, task: TaskId, why: String) -> ResultDisposition {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return ResultDisposition::Late;
+        };
+        t.losses += 1;
+        if t.losses > self.cfg.max_worker_losses {
+            let msg = format!("lost {} workers while running it (last: {why})", t.losses);
+            self.finish(now, task, TaskStatus::Failed, None, Some(msg));
+            ResultDisposition::Finished
+        } else {
             self.counters.requeued += 1;
-            self.requeue(now, task, Some("worker lost".to_owned()));
+            self.requeue(now, task, Some(why));
+            ResultDisposition::Requeued
         }
     }
 
@@ -471,11 +496,7 @@ impl Scheduler {
                     self.requeue(now, task, Some(err.message));
                     ResultDisposition::Requeued
                 }
-                ErrorKind::WorkerLost => {
-                    self.counters.requeued += 1;
-                    self.requeue(now, task, Some(err.message));
-                    ResultDisposition::Requeued
-                }
+                ErrorKind::WorkerLost => self.lose(now, task, err.message),
                 ErrorKind::Transient | ErrorKind::Timeout => {
                     self.fail_attempt(now, task, err.message)
                 }

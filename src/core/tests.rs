@@ -573,3 +573,28 @@ fn named_models_and_providers_only_reach_workers_that_offer_them() {
         vec![(TaskId(4), 1, w("openai-box"))]
     );
 }
+
+#[test]
+fn a_task_that_keeps_losing_workers_eventually_fails() {
+    let mut s = sched();
+    let limit = SchedulerConfig::lan().max_worker_losses;
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    for round in 0..=limit {
+        let id = w(&format!("w{round}"));
+        s.handle_worker_up(Millis(0), id.clone(), caps("echo", 1));
+        assert_eq!(dispatches(&drain(&mut s)).len(), 1, "round {round}");
+        s.handle_worker_down(Millis(0), &id);
+        s.check_invariants();
+    }
+    let f = finished(&drain(&mut s));
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].status, TaskStatus::Failed);
+    assert!(
+        f[0].error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("lost 11 workers"),
+        "{:?}",
+        f[0].error
+    );
+}

@@ -70,6 +70,19 @@ fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
     let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
     let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    // Headers come from outside: bound every field so the arithmetic below
+    // cannot overflow and the fraction slice cannot split a character.
+    let in_range = (1970..=9999).contains(&y)
+        && (1..=12).contains(&mo)
+        && (1..=31).contains(&da)
+        && (0..24).contains(&h)
+        && (0..60).contains(&mi)
+        && (0..=60).contains(&se)
+        && !frac.is_empty()
+        && frac.bytes().all(|b| b.is_ascii_digit());
+    if !in_range {
+        return None;
+    }
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if mo <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -339,6 +352,15 @@ mod tests {
         assert_eq!(until(h, now()), Duration::from_secs(60));
         assert!(parse_http_date("tomorrow").is_none());
         assert!(parse_rfc3339_utc("2026-11-25T18:00:30+01:00").is_none());
+        for hostile in [
+            "99999999999999999-01-01T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T25:00:00Z",
+            "2026-01-01T00:00:00.12345678é9Z",
+            "2026-01-01T00:00:00.Z",
+        ] {
+            assert!(parse_rfc3339_utc(hostile).is_none(), "{hostile}");
+        }
     }
 
     #[test]

@@ -224,7 +224,8 @@ pub fn redact(text: &str, key: Option<&str>) -> String {
 }
 
 /// Sends a vendor request. A transport failure is transient (its text names
-/// the URL, never headers); an answer other than 2xx is classified. `hint`
+/// host and port only, never headers, path or credentials); an answer other
+/// than 2xx is classified. `hint`
 /// is appended to the transport error (e.g. how to start a local server).
 pub async fn send(
     vendor: &str,
@@ -232,12 +233,20 @@ pub async fn send(
     request: reqwest::RequestBuilder,
     hint: &str,
 ) -> Result<reqwest::Response, ProviderError> {
-    let resp = request.send().await.map_err(|e| ProviderError {
-        kind: ProviderErrorKind::Transient,
-        message: redact(
-            &format!("{vendor}: cannot reach the vendor{hint}: {e}"),
-            key,
-        ),
+    let resp = request.send().await.map_err(|e| {
+        // Name only host and port: a base URL may carry credentials
+        // (`https://user:pass@gateway/…`) and a query may carry a key.
+        let target = e
+            .url()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| "the vendor".to_owned());
+        ProviderError {
+            kind: ProviderErrorKind::Transient,
+            message: redact(
+                &format!("{vendor}: cannot reach {target}{hint}: {}", e.without_url()),
+                key,
+            ),
+        }
     })?;
     if resp.status().is_success() {
         return Ok(resp);

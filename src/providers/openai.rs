@@ -444,13 +444,16 @@ mod tests {
             "{}",
             e.message
         );
-        // Nothing listening: transient, and the message names the URL only.
-        let gone = provider("http://127.0.0.1:9/v1", key);
+        // Nothing listening: transient, and the message names host and port
+        // only, never credentials in the base URL.
+        let gone = provider("http://user:hunter2secret@127.0.0.1:9/v1", key);
         let e = gone
             .chat(&ask("x"), ChunkSink::none())
             .await
             .expect_err("refused");
         assert_eq!(e.kind, ProviderErrorKind::Transient);
         assert!(!e.message.contains(key));
+        assert!(!e.message.contains("hunter2secret"), "{}", e.message);
+        assert!(e.message.contains("127.0.0.1:9"), "{}", e.message);
     }
 }

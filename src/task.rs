@@ -68,6 +68,12 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Upper bound on generated tokens.
     pub max_tokens: Option<u32>,
+    /// Sequences that end generation (at most four; OpenAI's limit).
+    pub stop: Vec<String>,
+    /// Ask for a single JSON object (OpenAI `response_format: json_object`,
+    /// Gemini `responseMimeType`, Ollama `format: json`; Anthropic has no
+    /// such mode, so the system prompt asks for it instead).
+    pub json: bool,
     /// Forward text deltas as they are generated (worker → orchestrator chunks).
     pub stream: bool,
 }

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::task::{Capabilities, Outcome, TaskId, TaskSpec};
 
-/// Version of the message protocol spoken here.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the message protocol spoken here. 2: chat requests carry stop
+/// sequences and JSON mode.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest payload accepted or sent (8 MiB): bigger than any sane chat, small
 /// enough that a hostile length prefix cannot exhaust a Pi's memory.
@@ -244,6 +245,8 @@ mod tests {
                 model: Some("m".into()),
                 temperature: Some(0.5),
                 max_tokens: None,
+                stop: vec!["\n\n".into()],
+                json: true,
                 stream: true,
             },
             max_attempts: 3,

@@ -252,8 +252,7 @@ pub(crate) async fn agent_act(
             ],
             model,
             temperature,
-            max_tokens: None,
-            stream: false,
+            ..ChatRequest::default()
         },
         max_attempts: shared.cfg.max_attempts,
         attempt_timeout_ms: u64::try_from(shared.cfg.attempt_timeout.as_millis())
@@ -365,6 +364,55 @@ struct TaskData {
     provider: Option<String>,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
+    /// One stop sequence or a list of up to four.
+    stop: Option<Stop>,
+    /// `{"type": "json_object"}` asks for JSON; `{"type": "text"}` is the default.
+    response_format: Option<ResponseFormat>,
+}
+
+/// OpenAI's `stop`: a string or an array of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Validates `stop` and `response_format`; returns (stop sequences, JSON mode).
+fn check_output_controls(
+    stop: Option<Stop>,
+    format: Option<ResponseFormat>,
+) -> Result<(Vec<String>, bool), ApiError> {
+    let stop = match stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        return Err(ApiError::bad_request(
+            "invalid_stop",
+            "stop must be a non-empty string or a list of at most 4 of them, each at most 256 bytes",
+        ));
+    }
+    let json = match format.as_ref().map(|f| f.kind.as_str()) {
+        None | Some("text") => false,
+        Some("json_object") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_response_format",
+                format!(
+                    "response_format type {other:?} is not supported (use \"json_object\" or \"text\")"
+                ),
+            ));
+        }
+    };
+    Ok((stop, json))
 }
 
 fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
@@ -391,6 +439,7 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
         ));
     }
     check_temperature(req.data.temperature)?;
+    let (stop, json) = check_output_controls(req.data.stop, req.data.response_format)?;
     for (what, v) in [("model", &req.data.model), ("provider", &req.data.provider)] {
         if v.as_ref()
             .is_some_and(|s| s.len() > 128 || s.chars().any(char::is_control))
@@ -422,6 +471,8 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
             model: req.data.model,
             temperature: req.data.temperature,
             max_tokens: req.data.max_tokens,
+            stop,
+            json,
             stream: false,
         },
         max_attempts: req.max_attempts.unwrap_or(shared.cfg.max_attempts),

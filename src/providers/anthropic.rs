@@ -19,6 +19,10 @@ pub const BASE_URL: &str = "https://api.anthropic.com";
 pub const API_VERSION: &str = "2023-06-01";
 /// Model used when neither task nor configuration names one.
 pub const DEFAULT_MODEL: &str = "claude-3-5-haiku-latest";
+/// Appended to the system prompt of a task that asks for JSON.
+const JSON_INSTRUCTION: &str =
+    "Answer with one valid JSON object and nothing else: no prose, no code fences.";
+
 /// `max_tokens` when the task gives none (the API requires one).
 pub const DEFAULT_MAX_TOKENS: u32 = 1_024;
 
@@ -47,12 +51,17 @@ impl Anthropic {
     }
 
     fn body(&self, req: &ChatRequest) -> Value {
-        let system: Vec<&str> = req
+        let mut system: Vec<&str> = req
             .messages
             .iter()
             .filter(|m| m.role == "system")
             .map(|m| m.content.as_str())
             .collect();
+        // The Messages API has no JSON mode; asking in the system prompt is
+        // what Anthropic's documentation recommends instead.
+        if req.json {
+            system.push(JSON_INSTRUCTION);
+        }
         let mut body = json!({
             "model": req.model.clone().unwrap_or_else(|| self.models[0].clone()),
             "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -66,6 +75,9 @@ impl Anthropic {
         }
         if let Some(t) = req.temperature {
             body["temperature"] = json!(t);
+        }
+        if !req.stop.is_empty() {
+            body["stop_sequences"] = json!(req.stop);
         }
         if req.stream {
             body["stream"] = json!(true);
@@ -230,6 +242,7 @@ mod tests {
             temperature: Some(0.7),
             max_tokens: None,
             stream,
+            ..ChatRequest::default()
         }
     }
 
@@ -278,6 +291,37 @@ mod tests {
                 "temperature": 0.7f32
             })
         );
+    }
+
+    #[tokio::test]
+    async fn stop_sequences_and_json_by_system_prompt() {
+        let (base, log) = fake(|_| {
+            json_resp(
+                200,
+                &[],
+                &json!({
+                    "model": "claude-x", "content": [{"type": "text", "text": "{}"}],
+                    "usage": {"input_tokens": 1, "output_tokens": 1}
+                }),
+            )
+        })
+        .await;
+        let req = ChatRequest {
+            stop: vec!["END".into()],
+            json: true,
+            ..request(false)
+        };
+        provider(&base)
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        let body = log.lock().expect("lock")[0].body.clone();
+        assert_eq!(body["stop_sequences"], json!(["END"]));
+        assert_eq!(
+            body["system"],
+            json!(format!("You are terse.\n\n{JSON_INSTRUCTION}"))
+        );
+        assert!(body.get("response_format").is_none());
     }
 
     #[tokio::test]

@@ -73,6 +73,12 @@ impl Gemini {
         if let Some(n) = req.max_tokens {
             config.insert("maxOutputTokens".into(), json!(n));
         }
+        if !req.stop.is_empty() {
+            config.insert("stopSequences".into(), json!(req.stop));
+        }
+        if req.json {
+            config.insert("responseMimeType".into(), json!("application/json"));
+        }
         if !config.is_empty() {
             body["generationConfig"] = Value::Object(config);
         }
@@ -232,6 +238,7 @@ mod tests {
             temperature: Some(0.1),
             max_tokens: Some(50),
             stream,
+            ..ChatRequest::default()
         }
     }
 
@@ -278,6 +285,39 @@ mod tests {
                 ],
                 "systemInstruction": {"parts": [{"text": "Answer in French."}]},
                 "generationConfig": {"temperature": 0.1f32, "maxOutputTokens": 50}
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_sequences_and_json_mime_type() {
+        let (base, log) = fake(|_| {
+            json_resp(
+                200,
+                &[],
+                &json!({
+                    "candidates": [{"content": {"role": "model", "parts": [{"text": "{}"}]}}]
+                }),
+            )
+        })
+        .await;
+        let req = ChatRequest {
+            stop: vec!["END".into()],
+            json: true,
+            ..request(false)
+        };
+        provider(&base)
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        let body = log.lock().expect("lock")[0].body.clone();
+        assert_eq!(
+            body["generationConfig"],
+            json!({
+                "temperature": 0.1f32,
+                "maxOutputTokens": 50,
+                "stopSequences": ["END"],
+                "responseMimeType": "application/json"
             })
         );
     }

@@ -78,6 +78,12 @@ impl Ollama {
         if let Some(n) = req.max_tokens {
             options.insert("num_predict".into(), json!(n));
         }
+        if !req.stop.is_empty() {
+            options.insert("stop".into(), json!(req.stop));
+        }
+        if req.json {
+            body["format"] = json!("json");
+        }
         if !options.is_empty() {
             body["options"] = Value::Object(options);
         }
@@ -188,6 +194,7 @@ mod tests {
             temperature: Some(0.5),
             max_tokens: Some(100),
             stream,
+            ..ChatRequest::default()
         }
     }
 
@@ -230,6 +237,34 @@ mod tests {
                 "stream": false,
                 "options": {"temperature": 0.5, "num_predict": 100}
             })
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_sequences_and_json_format() {
+        let (base, seen) = fake(|_| {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"model": "m", "message": {"role": "assistant", "content": "{}"}, "done": true}).to_string(),
+                ))
+                .expect("response")
+        })
+        .await;
+        let req = ChatRequest {
+            stop: vec!["END".into()],
+            json: true,
+            ..request(false)
+        };
+        provider(&base)
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        let body = seen.lock().expect("lock")[0].body.clone();
+        assert_eq!(body["format"], json!("json"));
+        assert_eq!(
+            body["options"],
+            json!({"temperature": 0.5, "num_predict": 100, "stop": ["END"]})
         );
     }
 

@@ -115,6 +115,12 @@ impl OpenAiCompat {
         if let Some(n) = req.max_tokens {
             body["max_tokens"] = json!(n);
         }
+        if !req.stop.is_empty() {
+            body["stop"] = json!(req.stop);
+        }
+        if req.json {
+            body["response_format"] = json!({"type": "json_object"});
+        }
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
@@ -280,6 +286,7 @@ mod tests {
             temperature: Some(0.2),
             max_tokens: Some(64),
             stream,
+            ..ChatRequest::default()
         }
     }
 
@@ -332,6 +339,39 @@ mod tests {
                 "stream": false
             })
         );
+    }
+
+    #[tokio::test]
+    async fn stop_sequences_and_json_mode() {
+        let (base, seen) = fake(|_| {
+            json_response(
+                200,
+                &[],
+                json!({
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}}]
+                }),
+            )
+        })
+        .await;
+        let req = ChatRequest {
+            stop: vec!["END".into(), "\n\n".into()],
+            json: true,
+            ..request(false)
+        };
+        provider(&base, "k")
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        let body = seen.lock().expect("lock")[0].body.clone();
+        assert_eq!(body["stop"], json!(["END", "\n\n"]));
+        assert_eq!(body["response_format"], json!({"type": "json_object"}));
+        let plain = provider(&base, "k");
+        plain
+            .chat(&request(false), ChunkSink::none())
+            .await
+            .expect("ok");
+        let body = seen.lock().expect("lock")[1].body.clone();
+        assert!(body.get("stop").is_none() && body.get("response_format").is_none());
     }
 
     #[tokio::test]

@@ -23,7 +23,8 @@ const NEXT_ID: &str = "next_task_id";
 /// Meta key holding the record layout version.
 const FORMAT: &str = "format";
 /// Record layout version written and understood by this build.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: chat requests gained stop sequences and JSON mode.
+pub const FORMAT_VERSION: u64 = 2;
 const COMPLETED: &str = "completed";
 const FAILED: &str = "failed";
 const CANCELLED: &str = "cancelled";

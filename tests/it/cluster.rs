@@ -474,6 +474,42 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
     assert_eq!(vendor.calls(), 1);
 }
 
+#[tokio::test]
+async fn stop_sequences_and_json_mode_reach_the_vendor() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let c = TestCluster::start().await;
+    let vendor = FakeOpenAi::start(Mode::Ok).await;
+    let env: std::collections::HashMap<String, String> = [
+        ("OPENAI_API_KEY".to_owned(), "sk-test-0123456789".to_owned()),
+        ("OPENAI_BASE_URL".to_owned(), vendor.base.clone()),
+    ]
+    .into();
+    let openai = d8::providers::build("openai", &env, None, Duration::ZERO).expect("openai");
+    let mut cfg = c.worker_config("gpt", 0, 1);
+    cfg.providers = d8::providers::ProviderSet::new(vec![openai]);
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let body = serde_json::json!({
+        "type": "agent_action",
+        "data": {
+            "messages": [{"role": "user", "content": "list three colours"}],
+            "stop": "###",
+            "response_format": {"type": "json_object"}
+        }
+    });
+    let (status, v) = c.request(Method::POST, "/api/tasks", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    let t = c.wait_task(v["task_id"].as_str().expect("id"), 10).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let sent = &vendor.bodies()[0];
+    assert_eq!(sent["stop"], serde_json::json!(["###"]), "{sent}");
+    assert_eq!(
+        sent["response_format"],
+        serde_json::json!({"type": "json_object"})
+    );
+}
+
 /// A provider whose calls never finish and that records when a call is dropped.
 struct Hang {
     dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -102,6 +102,16 @@ impl FakeOpenAi {
         self.seen.lock().expect("lock").len()
     }
 
+    /// The JSON bodies received.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
     /// The `Authorization` headers received.
     pub fn auth_headers(&self) -> Vec<String> {
         self.seen

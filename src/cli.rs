@@ -325,7 +325,7 @@ impl JoinArgs {
         };
         let delay = Duration::from_millis(self.echo_delay_ms);
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
-        let mut limits: Vec<Option<u32>> = Vec::new();
+        let mut settings = Vec::new();
         // The file's providers first (in its order), then flags it does not name.
         let file = self
             .config
@@ -340,7 +340,7 @@ impl JoinArgs {
                 .filter(|_| legacy == Some(entry.kind.as_str()));
             let p = crate::providers::build(&entry.kind, &entry.overlay(&env), legacy_key, delay)?;
             providers.push(p);
-            limits.push(entry.requests_per_minute);
+            settings.push(entry.settings());
         }
         for name in names
             .iter()
@@ -351,7 +351,7 @@ impl JoinArgs {
                 .as_deref()
                 .filter(|_| legacy == Some(name.as_str()));
             providers.push(crate::providers::build(name, &env, legacy_key, delay)?);
-            limits.push(None);
+            settings.push(crate::providers::ProviderSettings::default());
         }
         if providers.is_empty() {
             return Err("no provider: pass --provider (echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter), --config FILE, or set WORKER_TYPE".into());
@@ -364,7 +364,7 @@ impl JoinArgs {
         let mut cfg = WorkerConfig::lan(
             dir,
             placeholder,
-            ProviderSet::new(providers).with_limits(&limits),
+            ProviderSet::with_settings(providers, &settings),
         );
         cfg.orchestrator = orchestrator;
         cfg.token = self

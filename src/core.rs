@@ -16,6 +16,7 @@
 //! only from the worker holding the task's current attempt. Anything else is a
 //! late result, dropped and counted.
 
+mod offers;
 mod routing;
 #[cfg(test)]
 mod tests;
@@ -26,8 +27,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::task::{
-    Capabilities, ErrorKind, FinishedTask, Millis, Outcome, TaskId, TaskSpec, TaskStatus, WorkerId,
+    Capabilities, ErrorKind, FinishedTask, Millis, Outcome, ProviderCooldown, Route, TaskId,
+    TaskSpec, TaskStatus, Tier, WorkerId,
 };
+use offers::{Choice, OfferState};
 
 /// Scheduler tuning. Every field has a LAN default in [`SchedulerConfig::lan`].
 #[derive(Debug, Clone)]
@@ -42,6 +45,12 @@ pub struct SchedulerConfig {
     /// before it fails: losses are not the task's fault, but a task that
     /// takes every worker down with it must not circulate forever.
     pub max_worker_losses: u32,
+    /// Tasks at least this urgent skip the cheapest-tier-first order and go
+    /// to the fastest provider measured so far.
+    pub urgent_priority: u8,
+    /// Rest for a provider that answered rate-limited or unavailable when
+    /// its worker reported no rest of its own: bounds retries of one key.
+    pub min_rest_ms: u64,
     /// Task type routing.
     pub routing: Routing,
 }
@@ -57,6 +66,8 @@ impl SchedulerConfig {
             dead_after_ms: 3_000,
             aging_step_ms: 30_000,
             max_worker_losses: 10,
+            urgent_priority: 8,
+            min_rest_ms: 1_000,
             routing: Routing::default(),
         }
     }
@@ -75,6 +86,8 @@ pub enum Action {
         worker: WorkerId,
         /// What to run.
         spec: Arc<TaskSpec>,
+        /// Which of the worker's providers to use.
+        route: Route,
     },
     /// Stop attempt `attempt` of `task` on `worker` (cancelled or timed out).
     Abort {
@@ -155,8 +168,14 @@ pub struct WorkerView {
     pub connected_at: Millis,
     /// When it was last heard from.
     pub last_seen: Millis,
-    /// No new tasks before this instant (rate limited).
+    /// No new tasks before this instant: every provider rests (rate
+    /// limited or out of quota). `None` when some provider is ready or
+    /// every resting one is disabled.
     pub cooldown_until: Option<Millis>,
+    /// Resting providers and models, time left as of the snapshot.
+    pub rests: Vec<ProviderCooldown>,
+    /// Smoothed time from dispatch to result per provider, ms.
+    pub latency_ms: BTreeMap<String, u64>,
 }
 
 /// A snapshot of one live task.
@@ -203,6 +222,7 @@ struct ClassKey {
     worker_types: Option<Vec<String>>,
     model: Option<String>,
     provider: Option<String>,
+    max_tier: Option<Tier>,
 }
 
 impl ClassKey {
@@ -218,6 +238,7 @@ impl ClassKey {
             worker_types: routing.allowed(&spec.task_type).map(<[String]>::to_vec),
             model: named(&spec.request.model),
             provider: named(&spec.provider),
+            max_tier: spec.max_tier,
         }
     }
 }
@@ -225,7 +246,12 @@ impl ClassKey {
 #[derive(Debug)]
 enum State {
     Pending,
-    Assigned { worker: WorkerId, expires: Millis },
+    Assigned {
+        worker: WorkerId,
+        expires: Millis,
+        since: Millis,
+        provider: String,
+    },
 }
 
 #[derive(Debug)]
@@ -253,29 +279,44 @@ struct WorkerEntry {
     connected_at: Millis,
     liveness: Liveness,
     draining: bool,
-    cooldown_until: Option<Millis>,
+    offers: OfferState,
     dispatched: u64,
     completed: u64,
 }
 
 impl WorkerEntry {
-    fn can_take(&self, class: &ClassKey, now: Millis) -> bool {
-        self.liveness == Liveness::Alive
+    /// The route for a `class` task if this worker can take it now.
+    fn can_take(&self, class: &ClassKey, urgent: bool, now: Millis) -> Option<(Choice, Route)> {
+        let able = self.liveness == Liveness::Alive
             && !self.draining
             && (self.active.len() as u64) < u64::from(self.caps.slots)
-            && self.cooldown_until.is_none_or(|t| t <= now)
             && class
                 .worker_types
                 .as_ref()
-                .is_none_or(|types| types.contains(&self.caps.worker_type))
-            && class
-                .model
-                .as_ref()
-                .is_none_or(|m| self.caps.models.contains(m))
-            && class
-                .provider
-                .as_ref()
-                .is_none_or(|p| self.caps.providers.contains(p))
+                .is_none_or(|types| types.contains(&self.caps.worker_type));
+        if !able {
+            return None;
+        }
+        self.offers.choose(&self.caps.offers, class, urgent, now)
+    }
+
+    /// When the worker can take work again if every provider rests.
+    fn cooldown_until(&self, now: Millis) -> Option<Millis> {
+        let open = ClassKey {
+            worker_types: None,
+            model: None,
+            provider: None,
+            max_tier: None,
+        };
+        if self.caps.offers.is_empty()
+            || self
+                .offers
+                .choose(&self.caps.offers, &open, false, now)
+                .is_some()
+        {
+            return None;
+        }
+        self.offers.next_expiry().filter(|t| *t > now)
     }
 }
 
@@ -371,7 +412,7 @@ impl Scheduler {
                 connected_at: now,
                 liveness: Liveness::Alive,
                 draining: false,
-                cooldown_until: None,
+                offers: OfferState::default(),
                 dispatched: 0,
                 completed: 0,
             },
@@ -387,6 +428,15 @@ impl Scheduler {
                 w.liveness = Liveness::Alive;
                 self.schedule(now);
             }
+        }
+    }
+
+    /// The worker's report of its resting providers (with a heartbeat or a
+    /// result); replaces the previous one.
+    pub fn handle_cooldowns(&mut self, now: Millis, id: &WorkerId, report: &[ProviderCooldown]) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.offers.set_report(now, report);
+            self.schedule(now);
         }
     }
 
@@ -462,14 +512,19 @@ impl Scheduler {
         attempt: u32,
         outcome: Outcome,
     ) -> ResultDisposition {
-        let current = self.tasks.get(&task).is_some_and(|t| {
-            t.attempt == attempt
-                && matches!(&t.state, State::Assigned { worker: w, .. } if w == worker)
+        let route = self.tasks.get(&task).and_then(|t| match &t.state {
+            State::Assigned {
+                worker: w,
+                since,
+                provider,
+                ..
+            } if t.attempt == attempt && w == worker => Some((*since, provider.clone())),
+            _ => None,
         });
-        if !current {
+        let Some((since, provider)) = route else {
             self.counters.late_results += 1;
             return ResultDisposition::Late;
-        }
+        };
         self.assigned -= 1;
         if let Some(w) = self.workers.get_mut(worker) {
             w.active.remove(&task);
@@ -479,6 +534,7 @@ impl Scheduler {
             Outcome::Ok(output) => {
                 if let Some(w) = self.workers.get_mut(worker) {
                     w.completed += 1;
+                    w.offers.record_latency(&output.provider, now.since(since));
                 }
                 self.finish(now, task, TaskStatus::Completed, Some(output), None);
                 ResultDisposition::Finished
@@ -488,9 +544,15 @@ impl Scheduler {
                     self.finish(now, task, TaskStatus::Failed, None, Some(err.message));
                     ResultDisposition::Finished
                 }
-                ErrorKind::RateLimited { retry_after_ms } => {
+                ErrorKind::RateLimited { .. } | ErrorKind::Unavailable => {
+                    let rest = match err.kind {
+                        ErrorKind::RateLimited { retry_after_ms } => retry_after_ms,
+                        _ => 0,
+                    }
+                    .max(self.cfg.min_rest_ms);
                     if let Some(w) = self.workers.get_mut(worker) {
-                        w.cooldown_until = Some(now.plus(retry_after_ms.max(1)));
+                        w.offers
+                            .rest_unless_reported(now, &provider, now.plus(rest));
                     }
                     self.counters.requeued += 1;
                     self.requeue(now, task, Some(err.message));
@@ -552,7 +614,9 @@ impl Scheduler {
                     q.remove(&t.key);
                 }
             }
-            State::Assigned { worker, expires } => {
+            State::Assigned {
+                worker, expires, ..
+            } => {
                 self.assigned -= 1;
                 self.timers
                     .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
@@ -626,9 +690,7 @@ impl Scheduler {
             } else if silent >= self.cfg.suspect_after_ms {
                 w.liveness = Liveness::Suspect;
             }
-            if w.cooldown_until.is_some_and(|t| t <= now) {
-                w.cooldown_until = None;
-            }
+            w.offers.expire(now);
         }
         for id in dead {
             self.remove_worker(now, &id);
@@ -678,7 +740,7 @@ impl Scheduler {
                     Liveness::Alive => w.last_seen.plus(self.cfg.suspect_after_ms),
                     Liveness::Suspect => w.last_seen.plus(self.cfg.dead_after_ms),
                 };
-                [Some(liveness), w.cooldown_until]
+                [Some(liveness), w.offers.next_expiry()]
             })
             .flatten()
             .min();
@@ -693,47 +755,60 @@ impl Scheduler {
     /// Assigns queued tasks while some eligible worker has a free slot.
     fn schedule(&mut self, now: Millis) {
         loop {
-            let mut best: Option<(QueueKey, ClassKey, WorkerId)> = None;
+            let mut best: Option<(QueueKey, ClassKey, WorkerId, Route)> = None;
             for (class, queue) in &self.queues {
                 let Some(head) = queue.first() else { continue };
-                if best.as_ref().is_some_and(|(k, _, _)| k <= head) {
+                if best.as_ref().is_some_and(|(k, ..)| k <= head) {
                     continue;
                 }
-                if let Some(worker) = self.pick_worker(class, now) {
-                    best = Some((*head, class.clone(), worker));
+                let urgent = self
+                    .tasks
+                    .get(&head.1)
+                    .is_some_and(|t| t.spec.priority >= self.cfg.urgent_priority);
+                if let Some((worker, route)) = self.pick_worker(class, urgent, now) {
+                    best = Some((*head, class.clone(), worker, route));
                 }
             }
-            let Some((key, class, worker)) = best else {
+            let Some((key, class, worker, route)) = best else {
                 break;
             };
             if let Some(q) = self.queues.get_mut(&class) {
                 q.remove(&key);
             }
-            self.assign(now, key.1, worker);
+            self.assign(now, key.1, worker, route);
         }
         self.queues.retain(|_, q| !q.is_empty());
     }
 
-    /// Least-loaded eligible worker: lowest active/slots, then most free
-    /// slots, then fewest dispatches so far (spreads ties), then id.
-    fn pick_worker(&self, class: &ClassKey, now: Millis) -> Option<WorkerId> {
+    /// The eligible worker with the best offer: for an urgent task the
+    /// fastest measured provider, otherwise the cheapest tier; then least
+    /// loaded (lowest active/slots, then most free slots), then fewest
+    /// dispatches so far (spreads ties), then id.
+    fn pick_worker(
+        &self,
+        class: &ClassKey,
+        urgent: bool,
+        now: Millis,
+    ) -> Option<(WorkerId, Route)> {
         self.workers
             .iter()
-            .filter(|(_, w)| w.can_take(class, now))
-            .min_by(|(ia, a), (ib, b)| {
+            .filter_map(|(id, w)| w.can_take(class, urgent, now).map(|c| (id, w, c)))
+            .min_by(|(ia, a, (ca, _)), (ib, b, (cb, _))| {
                 let la = a.active.len() as u64 * u64::from(b.caps.slots);
                 let lb = b.active.len() as u64 * u64::from(a.caps.slots);
                 let free_a = u64::from(a.caps.slots) - a.active.len() as u64;
                 let free_b = u64::from(b.caps.slots) - b.active.len() as u64;
-                la.cmp(&lb)
+                (ca.speed, ca.tier)
+                    .cmp(&(cb.speed, cb.tier))
+                    .then(la.cmp(&lb))
                     .then(free_b.cmp(&free_a))
                     .then(a.dispatched.cmp(&b.dispatched))
                     .then(ia.cmp(ib))
             })
-            .map(|(id, _)| id.clone())
+            .map(|(id, _, (_, route))| (id.clone(), route))
     }
 
-    fn assign(&mut self, now: Millis, task: TaskId, worker: WorkerId) {
+    fn assign(&mut self, now: Millis, task: TaskId, worker: WorkerId, route: Route) {
         let (Some(t), Some(w)) = (self.tasks.get_mut(&task), self.workers.get_mut(&worker)) else {
             return;
         };
@@ -742,6 +817,8 @@ impl Scheduler {
         t.state = State::Assigned {
             worker: worker.clone(),
             expires,
+            since: now,
+            provider: route.prefer.clone(),
         };
         t.last_worker = Some(worker.clone());
         w.active.insert(task);
@@ -754,6 +831,7 @@ impl Scheduler {
             attempt: t.attempt,
             worker,
             spec: t.spec.clone(),
+            route,
         });
     }
 
@@ -774,8 +852,8 @@ impl Scheduler {
         })
     }
 
-    /// All connected workers.
-    pub fn workers(&self) -> Vec<WorkerView> {
+    /// All connected workers, rests as of `now`.
+    pub fn workers(&self, now: Millis) -> Vec<WorkerView> {
         self.workers
             .iter()
             .map(|(id, w)| WorkerView {
@@ -787,7 +865,9 @@ impl Scheduler {
                 completed: w.completed,
                 connected_at: w.connected_at,
                 last_seen: w.last_seen,
-                cooldown_until: w.cooldown_until,
+                cooldown_until: w.cooldown_until(now),
+                rests: w.offers.report(now),
+                latency_ms: w.offers.latency_ms.clone(),
             })
             .collect()
     }

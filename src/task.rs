@@ -98,6 +98,8 @@ pub struct TaskSpec {
     pub agent_id: Option<String>,
     /// Provider kind the task must run on (`groq`, `ollama`, …), if any.
     pub provider: Option<String>,
+    /// The dearest tier it may run on (`None`: any).
+    pub max_tier: Option<Tier>,
 }
 
 /// Token counts a provider reported.
@@ -139,6 +141,9 @@ pub enum ErrorKind {
     WorkerLost,
     /// The attempt exceeded its timeout: consumes an attempt.
     Timeout,
+    /// The worker cannot serve it right now (every suitable key rejected or
+    /// out of quota): run it elsewhere without consuming an attempt.
+    Unavailable,
 }
 
 /// A failed attempt.
@@ -212,16 +217,121 @@ pub struct FinishedTask {
     pub completed_at: Millis,
 }
 
+/// What a call costs, cheapest first: the scheduler fills the cheapest tier
+/// with a free slot before it spends money (see `core`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Hardware the user owns (Ollama on a GPU box).
+    Local,
+    /// A free-tier key: costs nothing but has tight rate limits.
+    Free,
+    /// A key that is billed per token.
+    Paid,
+}
+
+impl Tier {
+    /// Every tier, cheapest first.
+    pub const ALL: [Tier; 3] = [Tier::Local, Tier::Free, Tier::Paid];
+
+    /// `local`, `free` or `paid`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Local => "local",
+            Tier::Free => "free",
+            Tier::Paid => "paid",
+        }
+    }
+
+    /// The tier a provider kind starts in unless its worker says otherwise:
+    /// Ollama (and the built-in echo) are local, Groq and Gemini are
+    /// usually used with their free tiers, every other vendor bills.
+    pub fn default_for(kind: &str) -> Tier {
+        match kind {
+            "ollama" | "echo" => Tier::Local,
+            "groq" | "gemini" => Tier::Free,
+            _ => Tier::Paid,
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown tier {s:?} (expected local, free or paid)"))
+    }
+}
+
+/// Task types the original project sent to reasoning-capable models; every
+/// other type (`agent_action` first) gets a provider's fast default model.
+pub const REASONING_TASKS: [&str; 3] = [
+    "evolution_crossover",
+    "evolution_mutation",
+    "code_generation",
+];
+
+/// Whether a task of this type should run on a reasoning model when it names
+/// no model.
+pub fn wants_reasoning(task_type: &str) -> bool {
+    REASONING_TASKS.contains(&task_type)
+}
+
+/// One provider on a worker, as advertised to the orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Provider kind (`groq`, `ollama`, …).
+    pub provider: String,
+    /// What its calls cost.
+    pub tier: Tier,
+    /// Models served; the first is the fast default.
+    pub models: Vec<String>,
+    /// The model for reasoning task types, when it has one.
+    pub reasoning_model: Option<String>,
+}
+
+/// A provider (or one of its models) that cannot take work now, as the
+/// worker sees it; sent with heartbeats and results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderCooldown {
+    /// Provider kind.
+    pub provider: String,
+    /// The one model resting (a per-model rate limit), or `None` for the
+    /// whole provider (quota, budget, rejected key).
+    pub model: Option<String>,
+    /// Milliseconds until it may be used again (0 when disabled).
+    pub remaining_ms: u64,
+    /// Its key was rejected: unused until the worker restarts.
+    pub disabled: bool,
+}
+
+/// How the orchestrator wants one attempt run: which provider to try first
+/// and the dearest tier the worker may fall back to on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Provider kind to try first.
+    pub prefer: String,
+    /// Providers of dearer tiers are not used for this attempt.
+    pub max_tier: Tier,
+}
+
 /// What a worker offers; sent in `Hello`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Capabilities {
     /// The original project's worker type (`groq`, `gemini`, `claude`,
     /// `deepseek_gpu`, or a provider name such as `echo`).
     pub worker_type: String,
-    /// Provider kinds configured on the worker (never keys).
-    pub providers: Vec<String>,
-    /// Models served.
-    pub models: Vec<String>,
+    /// Providers configured on the worker, in its own order of preference,
+    /// with their models and cost tiers (never keys).
+    pub offers: Vec<Offer>,
     /// Tasks it runs at once.
     pub slots: u32,
     /// Operating system.
@@ -236,6 +346,25 @@ pub struct Capabilities {
     pub version: String,
 }
 
+impl Capabilities {
+    /// Provider kinds, in the worker's order.
+    pub fn providers(&self) -> Vec<String> {
+        self.offers.iter().map(|o| o.provider.clone()).collect()
+    }
+
+    /// Every model served, sorted, without repeats.
+    pub fn models(&self) -> Vec<String> {
+        let mut m: Vec<String> = self
+            .offers
+            .iter()
+            .flat_map(|o| o.models.iter().cloned())
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    }
+}
+
 /// A plain chat task for unit tests.
 #[cfg(test)]
 pub(crate) fn test_spec(task_type: &str, priority: u8) -> TaskSpec {
@@ -248,5 +377,6 @@ pub(crate) fn test_spec(task_type: &str, priority: u8) -> TaskSpec {
         deadline: None,
         agent_id: None,
         provider: None,
+        max_tier: None,
     }
 }

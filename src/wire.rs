@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::task::{Capabilities, Outcome, TaskId, TaskSpec};
 
 /// Version of the message protocol spoken here. 2: chat requests carry stop
-/// sequences and JSON mode.
+/// sequences and JSON mode; workers advertise offers (provider, tier,
+/// models); assignments carry a route; results carry the worker's rests.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest payload accepted or sent (8 MiB): bigger than any sane chat, small
@@ -152,16 +153,7 @@ pub enum WorkerMsg {
     Drain,
 }
 
-/// A provider that cannot take work now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProviderCooldown {
-    /// Provider kind.
-    pub provider: String,
-    /// Milliseconds until it may be used again (0 when disabled).
-    pub remaining_ms: u64,
-    /// Its key was rejected: unused until the worker restarts.
-    pub disabled: bool,
-}
+pub use crate::task::{ProviderCooldown, Route};
 
 /// Orchestrator → worker on the control stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +183,8 @@ pub struct TaskAssign {
     pub attempt: u32,
     /// What to run.
     pub spec: TaskSpec,
+    /// Which provider to use.
+    pub route: Route,
 }
 
 /// The sending side of [`TaskAssign`]: same encoding, borrows the spec so
@@ -203,6 +197,8 @@ pub struct TaskAssignRef<'a> {
     pub attempt: u32,
     /// What to run.
     pub spec: &'a TaskSpec,
+    /// Which provider to use.
+    pub route: &'a Route,
 }
 
 /// Worker → orchestrator on a task stream.
@@ -217,6 +213,9 @@ pub enum TaskReply {
     Done {
         /// What happened.
         outcome: Outcome,
+        /// The worker's providers that are resting now, so the orchestrator
+        /// routes the next attempt with what this one learned.
+        cooldowns: Vec<ProviderCooldown>,
     },
 }
 
@@ -231,6 +230,13 @@ mod tests {
         let len = frame_len(frame[..4].try_into().expect("prefix")).expect("len");
         assert_eq!(len, frame.len() - 4);
         assert_eq!(decode::<T>(&frame[4..]).expect("decode"), msg);
+    }
+
+    fn route() -> Route {
+        Route {
+            prefer: "groq".into(),
+            max_tier: crate::task::Tier::Free,
+        }
     }
 
     fn spec() -> TaskSpec {
@@ -254,6 +260,7 @@ mod tests {
             deadline: None,
             agent_id: Some("a".into()),
             provider: Some("groq".into()),
+            max_tier: Some(crate::task::Tier::Free),
         }
     }
 
@@ -273,6 +280,12 @@ mod tests {
             worker_id: "pc".into(),
             caps: Capabilities {
                 worker_type: "echo".into(),
+                offers: vec![crate::task::Offer {
+                    provider: "groq".into(),
+                    tier: crate::task::Tier::Free,
+                    models: vec!["llama".into()],
+                    reasoning_model: None,
+                }],
                 slots: 4,
                 ..Default::default()
             },
@@ -281,6 +294,7 @@ mod tests {
             active: 3,
             cooldowns: vec![ProviderCooldown {
                 provider: "groq".into(),
+                model: None,
                 remaining_ms: 1_500,
                 disabled: false,
             }],
@@ -293,6 +307,7 @@ mod tests {
             id: TaskId(42),
             attempt: 2,
             spec: spec(),
+            route: route(),
         });
         roundtrip(TaskReply::Done {
             outcome: Outcome::Ok(TaskOutput {
@@ -304,12 +319,19 @@ mod tests {
                     completion_tokens: 2,
                 },
             }),
+            cooldowns: vec![],
         });
         roundtrip(TaskReply::Done {
             outcome: Outcome::Err(TaskError {
                 kind: ErrorKind::RateLimited { retry_after_ms: 5 },
                 message: "slow down".into(),
             }),
+            cooldowns: vec![ProviderCooldown {
+                provider: "groq".into(),
+                model: Some("llama".into()),
+                remaining_ms: 5,
+                disabled: false,
+            }],
         });
     }
 
@@ -319,11 +341,13 @@ mod tests {
             id: TaskId(7),
             attempt: 3,
             spec: spec(),
+            route: route(),
         };
         let borrowed = TaskAssignRef {
             id: TaskId(7),
             attempt: 3,
             spec: &owned.spec,
+            route: &owned.route,
         };
         assert_eq!(
             encode(&owned).expect("owned"),
@@ -382,7 +406,7 @@ mod tests {
         /// message, never a panic.
         #[test]
         fn mutated_frames_never_panic(pos in any::<usize>(), val in any::<u8>()) {
-            let mut frame = encode(&TaskAssign { id: TaskId(1), attempt: 1, spec: spec() }).expect("encode");
+            let mut frame = encode(&TaskAssign { id: TaskId(1), attempt: 1, spec: spec(), route: route() }).expect("encode");
             let i = 4 + pos % (frame.len() - 4);
             frame[i] = val;
             let _ = decode::<TaskAssign>(&frame[4..]);

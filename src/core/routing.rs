@@ -12,11 +12,7 @@ pub struct Routing {
 /// The worker types the original project reserved for heavy task types.
 const HEAVY_WORKERS: [&str; 3] = ["deepseek_gpu", "claude", "gemini"];
 /// Task types that the original project sent only to heavy workers.
-const HEAVY_TASKS: [&str; 3] = [
-    "evolution_crossover",
-    "evolution_mutation",
-    "code_generation",
-];
+const HEAVY_TASKS: [&str; 3] = crate::task::REASONING_TASKS;
 
 impl Default for Routing {
     /// The original project's routing: `agent_action` (and anything unnamed)

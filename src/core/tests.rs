@@ -12,8 +12,18 @@ fn spec(task_type: &str, priority: u8) -> Arc<TaskSpec> {
 fn caps(worker_type: &str, slots: u32) -> Capabilities {
     Capabilities {
         worker_type: worker_type.to_owned(),
+        offers: vec![offer("echo", Tier::Local, &["echo"])],
         slots,
         ..Capabilities::default()
+    }
+}
+
+fn offer(provider: &str, tier: Tier, models: &[&str]) -> crate::task::Offer {
+    crate::task::Offer {
+        provider: provider.to_owned(),
+        tier,
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        reasoning_model: None,
     }
 }
 
@@ -217,7 +227,7 @@ fn suspect_worker_gets_no_new_tasks() {
     let mut s = sched();
     s.handle_worker_up(Millis(0), w("a"), caps("echo", 4));
     s.handle_timeout(Millis(2_000));
-    assert_eq!(s.workers()[0].liveness, Liveness::Suspect);
+    assert_eq!(s.workers(Millis(2_000))[0].liveness, Liveness::Suspect);
     s.handle_submit(
         Millis(2_000),
         TaskId(1),
@@ -263,28 +273,26 @@ fn permanent_error_fails_at_once_and_rate_limit_does_not_count() {
     s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
     for attempt in 1..=5 {
         drain(&mut s);
+        let at = u64::from(attempt) * 10_000;
         s.handle_result(
-            Millis(u64::from(attempt) * 1_000),
+            Millis(at),
             &w("a"),
             TaskId(1),
             attempt,
             err(ErrorKind::RateLimited {
-                retry_after_ms: 100,
+                retry_after_ms: 1_500,
             }),
         );
         // Cooling down: nothing dispatched until the cooldown ends.
         assert!(dispatches(&drain(&mut s)).is_empty());
-        assert_eq!(
-            s.poll_timeout(),
-            Some(Millis(u64::from(attempt) * 1_000 + 100))
-        );
-        s.handle_heartbeat(Millis(u64::from(attempt) * 1_000 + 100), &w("a"));
-        s.handle_timeout(Millis(u64::from(attempt) * 1_000 + 100));
+        assert_eq!(s.poll_timeout(), Some(Millis(at + 1_500)));
+        s.handle_heartbeat(Millis(at + 1_500), &w("a"));
+        s.handle_timeout(Millis(at + 1_500));
     }
     let d = dispatches(&drain(&mut s));
     assert_eq!(d, vec![(TaskId(1), 6, w("a"))]);
     s.handle_result(
-        Millis(6_000),
+        Millis(60_000),
         &w("a"),
         TaskId(1),
         6,
@@ -514,7 +522,7 @@ proptest! {
                 s.handle_result(now, &worker, task, attempt, ok());
             } else {
                 now = now.plus(100);
-                for id in s.workers().into_iter().map(|v| v.id) {
+                for id in s.workers(now).into_iter().map(|v| v.id) {
                     s.handle_heartbeat(now, &id);
                 }
                 s.handle_timeout(now);
@@ -536,8 +544,7 @@ fn named_models_and_providers_only_reach_workers_that_offer_them() {
     let t0 = Millis(0);
     let with = |kind: &str, models: &[&str]| Capabilities {
         worker_type: kind.into(),
-        providers: vec![kind.into()],
-        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        offers: vec![offer(kind, Tier::Free, models)],
         slots: 4,
         ..Capabilities::default()
     };
@@ -597,4 +604,292 @@ fn a_task_that_keeps_losing_workers_eventually_fails() {
         "{:?}",
         f[0].error
     );
+}
+
+/// Dispatches with their routes.
+fn routes(actions: &[Action]) -> Vec<(TaskId, WorkerId, Route)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch {
+                task,
+                worker,
+                route,
+                ..
+            } => Some((*task, worker.clone(), route.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok_from(provider: &str) -> Outcome {
+    Outcome::Ok(TaskOutput {
+        content: "x".into(),
+        provider: provider.into(),
+        model: "m".into(),
+        usage: Usage::default(),
+    })
+}
+
+fn route(prefer: &str, max_tier: Tier) -> Route {
+    Route {
+        prefer: prefer.to_owned(),
+        max_tier,
+    }
+}
+
+fn with_offers(slots: u32, offers: Vec<crate::task::Offer>) -> Capabilities {
+    Capabilities {
+        worker_type: "pc".into(),
+        offers,
+        slots,
+        ..Capabilities::default()
+    }
+}
+
+#[test]
+fn cheapest_tier_first_then_dearer_when_it_is_full_or_resting() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    // Registered dearest first: the order must come from tiers.
+    s.handle_worker_up(
+        t0,
+        w("paid"),
+        with_offers(1, vec![offer("openai", Tier::Paid, &["gpt"])]),
+    );
+    s.handle_worker_up(
+        t0,
+        w("free"),
+        with_offers(1, vec![offer("groq", Tier::Free, &["llama"])]),
+    );
+    s.handle_worker_up(
+        t0,
+        w("gpu"),
+        with_offers(1, vec![offer("ollama", Tier::Local, &["r1"])]),
+    );
+    for id in 1..=4 {
+        s.handle_submit(t0, TaskId(id), spec("agent_action", 5), t0);
+    }
+    assert_eq!(
+        routes(&drain(&mut s)),
+        vec![
+            (TaskId(1), w("gpu"), route("ollama", Tier::Local)),
+            (TaskId(2), w("free"), route("groq", Tier::Free)),
+            (TaskId(3), w("paid"), route("openai", Tier::Paid)),
+        ],
+        "each tier fills before the next one is used"
+    );
+    // The free key is rate limited for 10 s: its slot frees but it is not
+    // used; the local one is preferred again as soon as it is free.
+    s.handle_cooldowns(
+        Millis(10),
+        &w("free"),
+        &[ProviderCooldown {
+            provider: "groq".into(),
+            model: None,
+            remaining_ms: 10_000,
+            disabled: false,
+        }],
+    );
+    s.handle_result(
+        Millis(10),
+        &w("free"),
+        TaskId(2),
+        1,
+        err(ErrorKind::RateLimited {
+            retry_after_ms: 10_000,
+        }),
+    );
+    assert!(
+        routes(&drain(&mut s)).is_empty(),
+        "every usable slot is busy"
+    );
+    s.handle_result(Millis(20), &w("gpu"), TaskId(1), 1, ok_from("ollama"));
+    let next = routes(&drain(&mut s));
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        (next[0].1.clone(), next[0].2.max_tier),
+        (w("gpu"), Tier::Local)
+    );
+    s.check_invariants();
+    // A task capped at the free tier never reaches the paid worker.
+    let mut capped = crate::task::test_spec("agent_action", 5);
+    capped.max_tier = Some(Tier::Free);
+    s.handle_result(Millis(30), &w("paid"), TaskId(3), 1, ok_from("openai"));
+    s.handle_submit(Millis(30), TaskId(9), Arc::new(capped), Millis(30));
+    let d = routes(&drain(&mut s));
+    assert!(
+        d.iter()
+            .all(|(t, wk, _)| *t != TaskId(9) || *wk != w("paid")),
+        "{d:?}"
+    );
+    s.check_invariants();
+}
+
+#[test]
+fn one_worker_with_several_tiers_is_routed_to_its_cheapest_usable_one() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    s.handle_worker_up(
+        t0,
+        w("pc"),
+        with_offers(
+            4,
+            vec![
+                offer("anthropic", Tier::Paid, &["claude"]),
+                offer("gemini", Tier::Free, &["flash"]),
+            ],
+        ),
+    );
+    s.handle_submit(t0, TaskId(1), spec("agent_action", 5), t0);
+    assert_eq!(
+        routes(&drain(&mut s)),
+        vec![(TaskId(1), w("pc"), route("gemini", Tier::Free))]
+    );
+    // Gemini 429s with its cooldown reported: the retry goes to the paid key.
+    s.handle_cooldowns(
+        Millis(5),
+        &w("pc"),
+        &[ProviderCooldown {
+            provider: "gemini".into(),
+            model: Some("flash".into()),
+            remaining_ms: 30_000,
+            disabled: false,
+        }],
+    );
+    s.handle_result(
+        Millis(5),
+        &w("pc"),
+        TaskId(1),
+        1,
+        err(ErrorKind::RateLimited {
+            retry_after_ms: 30_000,
+        }),
+    );
+    assert_eq!(
+        routes(&drain(&mut s)),
+        vec![(TaskId(1), w("pc"), route("anthropic", Tier::Paid))]
+    );
+    let view = &s.workers(Millis(5))[0];
+    assert_eq!(view.rests.len(), 1);
+    assert_eq!(view.cooldown_until, None, "anthropic is still usable");
+    // A task naming the resting model waits instead.
+    let mut named = crate::task::test_spec("agent_action", 5);
+    named.request.model = Some("flash".into());
+    s.handle_submit(Millis(6), TaskId(2), Arc::new(named), Millis(6));
+    assert!(routes(&drain(&mut s)).is_empty());
+    // The rest ends: it runs.
+    s.handle_heartbeat(Millis(30_005), &w("pc"));
+    s.handle_timeout(Millis(30_005));
+    assert_eq!(
+        routes(&drain(&mut s)),
+        vec![(TaskId(2), w("pc"), route("gemini", Tier::Free))]
+    );
+    s.check_invariants();
+}
+
+#[test]
+fn a_rate_limit_without_a_report_still_rests_the_provider() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    drain(&mut s);
+    // retry_after 0 must not make the worker hammer its vendor.
+    s.handle_result(
+        Millis(0),
+        &w("a"),
+        TaskId(1),
+        1,
+        err(ErrorKind::RateLimited { retry_after_ms: 0 }),
+    );
+    assert!(dispatches(&drain(&mut s)).is_empty());
+    let min = SchedulerConfig::lan().min_rest_ms;
+    assert_eq!(s.poll_timeout(), Some(Millis(min)));
+    assert_eq!(s.workers(Millis(0))[0].cooldown_until, Some(Millis(min)));
+    // Unavailable (rejected key) reported as disabled: never picked again.
+    s.handle_heartbeat(Millis(min), &w("a"));
+    s.handle_timeout(Millis(min));
+    assert_eq!(dispatches(&drain(&mut s)).len(), 1);
+    s.handle_cooldowns(
+        Millis(min),
+        &w("a"),
+        &[ProviderCooldown {
+            provider: "echo".into(),
+            model: None,
+            remaining_ms: 0,
+            disabled: true,
+        }],
+    );
+    s.handle_result(
+        Millis(min),
+        &w("a"),
+        TaskId(1),
+        2,
+        err(ErrorKind::Unavailable),
+    );
+    s.handle_heartbeat(Millis(min * 100), &w("a"));
+    s.handle_timeout(Millis(min * 100));
+    assert!(dispatches(&drain(&mut s)).is_empty());
+    let t = s.task(TaskId(1)).expect("still queued");
+    assert_eq!(t.status, TaskStatus::Pending, "no attempt was consumed");
+    s.check_invariants();
+}
+
+#[test]
+fn urgent_tasks_go_to_the_fastest_measured_provider() {
+    let mut s = sched();
+    let t0 = Millis(0);
+    s.handle_worker_up(
+        t0,
+        w("gpu"),
+        with_offers(4, vec![offer("ollama", Tier::Local, &["r1"])]),
+    );
+    s.handle_worker_up(
+        t0,
+        w("groq"),
+        with_offers(4, vec![offer("groq", Tier::Free, &["llama"])]),
+    );
+    // Measure: the local model takes 4 s, Groq 300 ms.
+    for (id, provider) in [(1, "ollama"), (2, "groq")] {
+        let mut sp = crate::task::test_spec("agent_action", 5);
+        sp.provider = Some(provider.into());
+        s.handle_submit(t0, TaskId(id), Arc::new(sp), t0);
+    }
+    let first = routes(&drain(&mut s));
+    assert_eq!(first.len(), 2);
+    for (task, worker, r) in first {
+        let took = if r.prefer == "ollama" { 4_000 } else { 300 };
+        s.handle_result(Millis(took), &worker, task, 1, ok_from(&r.prefer));
+    }
+    let view = s.workers(Millis(5_000));
+    assert_eq!(
+        view.iter()
+            .find(|v| v.id == w("groq"))
+            .map(|v| v.latency_ms["groq"]),
+        Some(300)
+    );
+    // Normal priority: cheapest first (local). Priority ≥ 8: fastest (Groq),
+    // with any tier allowed.
+    s.handle_submit(
+        Millis(5_000),
+        TaskId(3),
+        spec("agent_action", 5),
+        Millis(5_000),
+    );
+    s.handle_submit(
+        Millis(5_000),
+        TaskId(4),
+        spec("agent_action", 8),
+        Millis(5_000),
+    );
+    let mut d = routes(&drain(&mut s));
+    d.sort_by_key(|x| x.0);
+    assert_eq!(
+        d,
+        vec![
+            (TaskId(3), w("gpu"), route("ollama", Tier::Local)),
+            (TaskId(4), w("groq"), route("groq", Tier::Paid)),
+        ]
+    );
+    s.check_invariants();
 }

@@ -260,6 +260,7 @@ pub(crate) async fn agent_act(
         deadline: None,
         agent_id: Some(agent_id),
         provider: None,
+        max_tier: None,
     };
     let ids = submit(&shared, vec![spec]).await?;
     Ok(accepted(ids[0]))
@@ -362,6 +363,8 @@ struct TaskData {
     model: Option<String>,
     /// Run only on workers with this provider (`groq`, `ollama`, …).
     provider: Option<String>,
+    /// The dearest tier allowed: `local`, `free` or `paid` (default).
+    max_tier: Option<String>,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
     /// One stop sequence or a list of up to four.
@@ -440,6 +443,13 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
     }
     check_temperature(req.data.temperature)?;
     let (stop, json) = check_output_controls(req.data.stop, req.data.response_format)?;
+    let max_tier = req
+        .data
+        .max_tier
+        .as_deref()
+        .map(str::parse::<crate::task::Tier>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_max_tier", format!("data.max_tier: {e}")))?;
     for (what, v) in [("model", &req.data.model), ("provider", &req.data.provider)] {
         if v.as_ref()
             .is_some_and(|s| s.len() > 128 || s.chars().any(char::is_control))
@@ -485,6 +495,7 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
             .map(|s| Millis(now.0.saturating_add(s.saturating_mul(1_000)))),
         agent_id: None,
         provider: req.data.provider,
+        max_tier,
     })
 }
 
@@ -634,7 +645,7 @@ pub(crate) async fn worker_stats(State(shared): State<Arc<Shared>>) -> ApiResult
 }
 
 pub(crate) async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult {
-    let (live, cooldowns) = shared.sched.workers().await?;
+    let live = shared.sched.workers().await?;
     let enrolled: Vec<_> = shared.registry().workers().cloned().collect();
     let now = now_millis();
     let mut out = Vec::new();
@@ -653,8 +664,15 @@ pub(crate) async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult
             "status": status,
             "enrolled_at": rfc3339(rec.enrolled_at.0),
             "worker_type": l.map(|w| w.caps.worker_type.clone()),
-            "providers": l.map(|w| w.caps.providers.clone()),
-            "models": l.map(|w| w.caps.models.clone()),
+            "providers": l.map(|w| w.caps.providers()),
+            "models": l.map(|w| w.caps.models()),
+            "offers": l.map(|w| w.caps.offers.iter().map(|o| json!({
+                "provider": o.provider,
+                "tier": o.tier.as_str(),
+                "models": o.models,
+                "reasoning_model": o.reasoning_model,
+                "latency_ms": w.latency_ms.get(&o.provider),
+            })).collect::<Vec<_>>()),
             "slots": l.map(|w| w.caps.slots),
             "active_tasks": l.map(|w| w.active),
             "completed_tasks": l.map(|w| w.completed),
@@ -666,7 +684,7 @@ pub(crate) async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult
             "connected_at": l.map(|w| rfc3339(w.connected_at.0)),
             "last_seen_ms_ago": l.map(|w| now.since(w.last_seen)),
             "cooldown_ms": l.and_then(|w| w.cooldown_until).map(|c| c.since(now)),
-            "provider_cooldowns": cooldowns.get(&crate::task::WorkerId(rec.id.clone())).cloned().unwrap_or_default(),
+            "provider_cooldowns": l.map(|w| w.rests.clone()).unwrap_or_default(),
         }));
     }
     Ok(Json(out).into_response())

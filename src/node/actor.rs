@@ -23,10 +23,7 @@ use crate::task::{
     WorkerId,
 };
 use crate::transport::{self, STREAM_ABORTED, close};
-use crate::wire::{ProviderCooldown, TaskAssignRef, TaskReply};
-
-/// Provider cooldowns per worker, remaining times as of the query.
-pub(crate) type Cooldowns = HashMap<WorkerId, Vec<ProviderCooldown>>;
+use crate::wire::{ProviderCooldown, Route, TaskAssignRef, TaskReply};
 
 /// A task's state as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,6 +87,8 @@ pub(crate) enum SchedMsg {
         task: TaskId,
         attempt: u32,
         outcome: Outcome,
+        /// The worker's resting providers, when the worker said.
+        cooldowns: Option<Vec<ProviderCooldown>>,
     },
     WorkerUp {
         id: WorkerId,
@@ -112,7 +111,7 @@ pub(crate) enum SchedMsg {
         reply: oneshot::Sender<CancelResult>,
     },
     Stats(oneshot::Sender<Stats>),
-    Workers(oneshot::Sender<(Vec<WorkerView>, Cooldowns)>),
+    Workers(oneshot::Sender<Vec<WorkerView>>),
     Disconnect {
         id: WorkerId,
         reason: &'static str,
@@ -154,7 +153,7 @@ impl SchedHandle {
         self.ask(SchedMsg::Stats).await
     }
 
-    pub(crate) async fn workers(&self) -> Result<(Vec<WorkerView>, Cooldowns), Gone> {
+    pub(crate) async fn workers(&self) -> Result<Vec<WorkerView>, Gone> {
         self.ask(SchedMsg::Workers).await
     }
 }
@@ -169,8 +168,6 @@ pub(crate) struct Actor {
     finished: HashMap<TaskId, TaskState>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskState>>>,
     to_persist: Vec<Op>,
-    /// Provider cooldowns from each worker's last heartbeat, with its time.
-    cooldowns: HashMap<WorkerId, (crate::task::Millis, Vec<ProviderCooldown>)>,
     shutdown: CancellationToken,
 }
 
@@ -196,7 +193,6 @@ impl Actor {
                 finished: HashMap::new(),
                 waiters: HashMap::new(),
                 to_persist: Vec::new(),
-                cooldowns: HashMap::new(),
                 shutdown,
             },
             handle,
@@ -260,8 +256,12 @@ impl Actor {
                 task,
                 attempt,
                 outcome,
+                cooldowns,
             } => {
                 self.running.remove(&(task, attempt));
+                if let Some(report) = cooldowns {
+                    self.core.handle_cooldowns(now, &worker, &report);
+                }
                 self.core
                     .handle_result(now, &worker, task, attempt, outcome);
             }
@@ -279,18 +279,13 @@ impl Actor {
                     .is_some_and(|c| c.stable_id() == conn_id)
                 {
                     self.conns.remove(&id);
-                    self.cooldowns.remove(&id);
                     tracing::info!(worker = %id, "worker disconnected");
                     self.core.handle_worker_down(now, &id);
                 }
             }
             SchedMsg::Heartbeat(id, cooldowns) => {
                 self.core.handle_heartbeat(now, &id);
-                if cooldowns.is_empty() {
-                    self.cooldowns.remove(&id);
-                } else {
-                    self.cooldowns.insert(id, (now, cooldowns));
-                }
+                self.core.handle_cooldowns(now, &id, &cooldowns);
             }
             SchedMsg::Drain(id) => {
                 tracing::info!(worker = %id, "worker draining");
@@ -333,28 +328,7 @@ impl Actor {
                 let _ = reply.send(self.core.stats());
             }
             SchedMsg::Workers(reply) => {
-                // Remaining times as of now, not as of the last heartbeat.
-                let cooldowns = self
-                    .cooldowns
-                    .iter()
-                    .map(|(id, (at, list))| {
-                        let elapsed = now.since(*at);
-                        let list = list
-                            .iter()
-                            .filter(|c| c.disabled || c.remaining_ms > elapsed)
-                            .map(|c| ProviderCooldown {
-                                remaining_ms: if c.disabled {
-                                    0
-                                } else {
-                                    c.remaining_ms - elapsed
-                                },
-                                ..c.clone()
-                            })
-                            .collect();
-                        (id.clone(), list)
-                    })
-                    .collect();
-                let _ = reply.send((self.core.workers(), cooldowns));
+                let _ = reply.send(self.core.workers(now));
             }
             SchedMsg::Disconnect { id, reason } => {
                 if let Some(conn) = self.conns.remove(&id) {
@@ -378,7 +352,8 @@ impl Actor {
                     attempt,
                     worker,
                     spec,
-                } => self.dispatch(task, attempt, worker, spec),
+                    route,
+                } => self.dispatch(task, attempt, worker, spec, route),
                 Action::Abort { task, attempt, .. } => {
                     if let Some(token) = self.running.remove(&(task, attempt)) {
                         token.cancel();
@@ -443,7 +418,14 @@ impl Actor {
         });
     }
 
-    fn dispatch(&mut self, task: TaskId, attempt: u32, worker: WorkerId, spec: Arc<TaskSpec>) {
+    fn dispatch(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        worker: WorkerId,
+        spec: Arc<TaskSpec>,
+        route: Route,
+    ) {
         let Some(conn) = self.conns.get(&worker).cloned() else {
             // The core believes the worker is up but its connection is gone:
             // report the loss so the task is re-queued at once.
@@ -455,6 +437,7 @@ impl Actor {
                         task,
                         attempt,
                         outcome: lost("worker connection gone"),
+                        cooldowns: None,
                     })
                     .await;
             });
@@ -464,13 +447,16 @@ impl Actor {
         self.running.insert((task, attempt), abort.clone());
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            if let Some(outcome) = run_attempt(&conn, task, attempt, &spec, &abort).await {
+            if let Some((outcome, cooldowns)) =
+                run_attempt(&conn, task, attempt, &spec, &route, &abort).await
+            {
                 let _ = handle
                     .send(SchedMsg::Result {
                         worker,
                         task,
                         attempt,
                         outcome,
+                        cooldowns,
                     })
                     .await;
             }
@@ -485,14 +471,16 @@ fn lost(message: &str) -> Outcome {
     })
 }
 
-/// One attempt on its own stream. `None` when aborted (the core already knows).
+/// One attempt on its own stream: its outcome and, when the worker sent
+/// them, its resting providers. `None` when aborted (the core already knows).
 async fn run_attempt(
     conn: &Connection,
     task: TaskId,
     attempt: u32,
     spec: &TaskSpec,
+    route: &Route,
     abort: &CancellationToken,
-) -> Option<Outcome> {
+) -> Option<(Outcome, Option<Vec<ProviderCooldown>>)> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         if conn.close_reason().is_some() {
             lost(&format!("worker connection lost ({what})"))
@@ -506,7 +494,7 @@ async fn run_attempt(
     let (mut send, mut recv) = tokio::select! {
         r = conn.open_bi() => match r {
             Ok(s) => s,
-            Err(e) => return Some(failed("open", &e)),
+            Err(e) => return Some((failed("open", &e), None)),
         },
         () = abort.cancelled() => return None,
     };
@@ -514,9 +502,10 @@ async fn run_attempt(
         id: task,
         attempt,
         spec,
+        route,
     };
     if let Err(e) = transport::write_frame(&mut send, &assign).await {
-        return Some(failed("write", &e));
+        return Some((failed("write", &e), None));
     }
     let _ = send.finish();
     loop {
@@ -529,8 +518,8 @@ async fn run_attempt(
         };
         match frame {
             Ok(TaskReply::Chunk { .. }) => {}
-            Ok(TaskReply::Done { outcome }) => return Some(outcome),
-            Err(e) => return Some(failed("read", &e)),
+            Ok(TaskReply::Done { outcome, cooldowns }) => return Some((outcome, Some(cooldowns))),
+            Err(e) => return Some((failed("read", &e), None)),
         }
     }
 }

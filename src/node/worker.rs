@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::files::{self, FileError};
 use crate::config::WorkerConfig;
 use crate::discovery;
-use crate::providers::{ChunkSink, ProviderSet};
+use crate::providers::{ChunkSink, Job, ProviderSet};
 use crate::task::{Capabilities, ErrorKind, Outcome, TaskError};
 use crate::transport::{self, close};
 use crate::wire::{
@@ -107,8 +107,7 @@ fn capabilities(cfg: &WorkerConfig) -> Capabilities {
             .clone()
             .or_else(|| kinds.first().map(|k| default_worker_type(k).to_owned()))
             .unwrap_or_default(),
-        providers: kinds,
-        models: cfg.providers.models(),
+        offers: cfg.providers.offers(),
         slots: cfg.slots,
         os: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
@@ -609,12 +608,13 @@ async fn handle_task(
         } else {
             ChunkSink::none()
         };
-        let call = providers.run(
-            &assign.spec.request,
-            assign.spec.provider.as_deref(),
-            sink,
-            report,
-        );
+        let job = Job {
+            req: &assign.spec.request,
+            task_type: &assign.spec.task_type,
+            provider: assign.spec.provider.as_deref(),
+            route: Some(&assign.route),
+        };
+        let call = providers.run(job, sink, report);
         tokio::pin!(call);
         tokio::pin!(stopped);
         loop {
@@ -635,10 +635,11 @@ async fn handle_task(
             }
         }
     };
-    if transport::write_frame(&mut send, &TaskReply::Done { outcome })
-        .await
-        .is_ok()
-    {
+    let done = TaskReply::Done {
+        outcome,
+        cooldowns: providers.cooldowns(),
+    };
+    if transport::write_frame(&mut send, &done).await.is_ok() {
         let _ = send.finish();
     }
 }
@@ -663,6 +664,9 @@ fn report(provider: &str, e: &crate::providers::ProviderError) {
             tracing::warn!(provider, error = %e, "provider failed; the task will be retried")
         }
         K::Invalid => tracing::info!(provider, error = %e, "provider rejected the request"),
+        K::Unavailable => {
+            tracing::info!(provider, error = %e, "no provider can serve the task here; handing it back")
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! The worker's optional TOML file (`d8 join --config FILE`): which providers
 //! to run, the models each serves, base URLs, which environment variable
 //! holds each key, and request-per-minute limits that keep a key under its
-//! vendor's quota before the vendor has to answer 429.
+//! vendor's quota before the vendor has to answer 429 (per provider and per
+//! model), each provider's cost tier (`local`, `free`, `paid`) and the model
+//! for reasoning task types.
 //!
 //! Keys are not read from the file: only the *name* of the variable that
 //! holds one (`key_env`), so the file can be shared and committed.
@@ -10,11 +12,14 @@
 //! [[providers]]
 //! kind = "groq"
 //! models = ["llama-3.1-8b-instant", "llama-3.3-70b-versatile"]
+//! reasoning_model = "llama-3.3-70b-versatile"
 //! requests_per_minute = 30
+//! model_limits = { "llama-3.3-70b-versatile" = 15 }
 //!
 //! [[providers]]
 //! kind = "gemini"
 //! key_env = "MY_GEMINI_KEY"
+//! tier = "paid"          # a billed key: used after local and free ones
 //! requests_per_minute = 15
 //!
 //! [[providers]]
@@ -23,12 +28,13 @@
 //! models = ["deepseek-r1:14b"]
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
 
-use super::Env;
+use super::{Env, ProviderSettings};
+use crate::task::Tier;
 
 /// The file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -54,6 +60,13 @@ pub struct ProviderEntry {
     pub key_env: Option<String>,
     /// Requests per minute this key may make; more wait (or go to another provider).
     pub requests_per_minute: Option<u32>,
+    /// Requests per minute per model (vendors such as Groq limit each model).
+    #[serde(default)]
+    pub model_limits: BTreeMap<String, u32>,
+    /// Cost tier: `local`, `free` or `paid` (default: by kind, see README).
+    pub tier: Option<Tier>,
+    /// Model for reasoning task types (evolution, code generation).
+    pub reasoning_model: Option<String>,
 }
 
 /// Environment variable names a provider kind reads: (key, base URL, models).
@@ -103,8 +116,17 @@ impl WorkerFile {
                     "providers[{i}]: requests_per_minute must be at least 1"
                 ));
             }
-            if p.models.iter().any(|m| m.trim().is_empty()) {
+            if p.models.iter().any(|m| m.trim().is_empty())
+                || p.reasoning_model
+                    .as_ref()
+                    .is_some_and(|m| m.trim().is_empty())
+            {
                 return Err(format!("providers[{i}]: empty model name"));
+            }
+            if let Some((m, _)) = p.model_limits.iter().find(|(_, l)| **l == 0) {
+                return Err(format!(
+                    "providers[{i}]: model_limits.{m:?} must be at least 1"
+                ));
             }
         }
         Ok(file)
@@ -112,6 +134,16 @@ impl WorkerFile {
 }
 
 impl ProviderEntry {
+    /// The entry's worker-side settings (limits, tier, reasoning model).
+    pub fn settings(&self) -> ProviderSettings {
+        ProviderSettings {
+            tier: self.tier,
+            reasoning_model: self.reasoning_model.clone(),
+            per_minute: self.requests_per_minute,
+            model_limits: self.model_limits.clone(),
+        }
+    }
+
     /// The settings of this entry as variables over `base` (so building the
     /// provider follows exactly the environment rules).
     pub fn overlay<'a>(&self, base: &'a dyn Env) -> super::Overlay<'a> {

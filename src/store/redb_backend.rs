@@ -23,7 +23,7 @@ const NEXT_ID: &str = "next_task_id";
 /// Meta key holding the record layout version.
 const FORMAT: &str = "format";
 /// Record layout version written and understood by this build.
-/// 2: chat requests gained stop sequences and JSON mode.
+/// 2: chat requests gained stop sequences and JSON mode, tasks a tier cap.
 pub const FORMAT_VERSION: u64 = 2;
 const COMPLETED: &str = "completed";
 const FAILED: &str = "failed";

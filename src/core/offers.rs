@@ -1,0 +1,198 @@
+//! Which of a worker's providers may take a task now, and which to prefer.
+//!
+//! A worker advertises its providers as [`Offer`]s (kind, tier, models). The
+//! core mirrors what the worker reports resting ([`Rest`]: a whole provider
+//! or one of its models) and measures how long each provider takes. A task
+//! then goes, among workers with a free slot, to the cheapest tier that has
+//! a usable provider (local → free → paid), least-loaded first within a
+//! tier; an urgent task (priority ≥ `urgent_priority`) goes to the provider
+//! that has been fastest instead, whatever its tier.
+
+use std::collections::BTreeMap;
+
+use crate::task::{Millis, Offer, ProviderCooldown, Route, Tier};
+
+use super::ClassKey;
+
+/// A provider (or one model of it) that must not get work on one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rest {
+    pub provider: String,
+    /// `None`: every model of the provider.
+    pub model: Option<String>,
+    /// `None`: disabled until the worker restarts (its key was rejected).
+    pub until: Option<Millis>,
+}
+
+impl Rest {
+    fn active(&self, now: Millis) -> bool {
+        self.until.is_none_or(|t| t > now)
+    }
+
+    /// A worker's report, made absolute on the orchestrator's clock.
+    pub fn from_report(now: Millis, c: &ProviderCooldown) -> Rest {
+        Rest {
+            provider: c.provider.clone(),
+            model: c.model.clone(),
+            until: (!c.disabled).then(|| now.plus(c.remaining_ms)),
+        }
+    }
+
+    /// Back to a report, with the time left at `now`.
+    pub fn to_report(&self, now: Millis) -> ProviderCooldown {
+        ProviderCooldown {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            remaining_ms: self.until.map_or(0, |t| t.since(now)),
+            disabled: self.until.is_none(),
+        }
+    }
+}
+
+/// What the core knows about one worker's providers beyond its `Hello`.
+#[derive(Debug, Default)]
+pub(super) struct OfferState {
+    /// Resting providers and models.
+    pub rests: Vec<Rest>,
+    /// Smoothed dispatch-to-result time per provider, ms (successes only).
+    pub latency_ms: BTreeMap<String, u64>,
+}
+
+impl OfferState {
+    /// Replaces the rests with the worker's own report.
+    pub fn set_report(&mut self, now: Millis, report: &[ProviderCooldown]) {
+        self.rests = report.iter().map(|c| Rest::from_report(now, c)).collect();
+    }
+
+    /// Rests `provider` until `until` unless the worker already reported a
+    /// rest for it (its report is more precise: it may name one model).
+    pub fn rest_unless_reported(&mut self, now: Millis, provider: &str, until: Millis) {
+        if !self
+            .rests
+            .iter()
+            .any(|r| r.provider == provider && r.active(now))
+        {
+            self.rests.push(Rest {
+                provider: provider.to_owned(),
+                model: None,
+                until: Some(until),
+            });
+        }
+    }
+
+    /// Folds one successful attempt's duration into the provider's average
+    /// (exponential, weight 1/4 for the newest).
+    pub fn record_latency(&mut self, provider: &str, ms: u64) {
+        self.latency_ms
+            .entry(provider.to_owned())
+            .and_modify(|avg| *avg = (avg.saturating_mul(3) + ms) / 4)
+            .or_insert(ms);
+    }
+
+    /// Drops rests that have ended.
+    pub fn expire(&mut self, now: Millis) {
+        self.rests.retain(|r| r.active(now));
+    }
+
+    /// When the next rest ends, if any does.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.rests.iter().filter_map(|r| r.until).min()
+    }
+
+    fn resting(&self, now: Millis, provider: &str, model: Option<&str>) -> bool {
+        self.rests
+            .iter()
+            .any(|r| r.provider == provider && r.model.as_deref() == model && r.active(now))
+    }
+
+    /// Whether `offer` can serve a task of `class` now.
+    pub fn usable(&self, offer: &Offer, class: &ClassKey, now: Millis) -> bool {
+        if class
+            .provider
+            .as_ref()
+            .is_some_and(|p| *p != offer.provider)
+            || class.max_tier.is_some_and(|t| offer.tier > t)
+            || self.resting(now, &offer.provider, None)
+        {
+            return false;
+        }
+        match &class.model {
+            Some(m) => offer.models.contains(m) && !self.resting(now, &offer.provider, Some(m)),
+            // With no model named the worker picks one of the provider's:
+            // any that is not resting will do.
+            None => {
+                offer.models.is_empty()
+                    || offer
+                        .models
+                        .iter()
+                        .any(|m| !self.resting(now, &offer.provider, Some(m)))
+            }
+        }
+    }
+
+    /// The offer to route a `class` task to on a worker offering `offers`,
+    /// with its sort key (smaller is better), or `None` when none is usable.
+    pub fn choose(
+        &self,
+        offers: &[Offer],
+        class: &ClassKey,
+        urgent: bool,
+        now: Millis,
+    ) -> Option<(Choice, Route)> {
+        let (choice, offer) = offers
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| self.usable(o, class, now))
+            .map(|(i, o)| {
+                let latency = self.latency_ms.get(&o.provider).copied();
+                let choice = if urgent {
+                    // Measured providers first, fastest first; tier breaks ties.
+                    Choice {
+                        speed: (latency.is_none(), latency.unwrap_or(0)),
+                        tier: o.tier,
+                        order: i,
+                    }
+                } else {
+                    Choice {
+                        speed: (false, 0),
+                        tier: o.tier,
+                        order: i,
+                    }
+                };
+                (choice, o)
+            })
+            .min_by_key(|(c, _)| *c)?;
+        let max_tier = if urgent {
+            class.max_tier.unwrap_or(Tier::Paid)
+        } else {
+            choice.tier
+        };
+        Some((
+            choice,
+            Route {
+                prefer: offer.provider.clone(),
+                max_tier,
+            },
+        ))
+    }
+
+    /// The rests, with time left at `now`, for the API.
+    pub fn report(&self, now: Millis) -> Vec<ProviderCooldown> {
+        self.rests
+            .iter()
+            .filter(|r| r.active(now))
+            .map(|r| r.to_report(now))
+            .collect()
+    }
+}
+
+/// How good a worker's best offer is for one task: compared field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Choice {
+    /// `(unmeasured, smoothed ms)` for urgent tasks; zero otherwise.
+    pub speed: (bool, u64),
+    /// Cheapest first.
+    pub tier: Tier,
+    /// The worker's own order of preference.
+    pub order: usize,
+}

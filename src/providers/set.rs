@@ -1,0 +1,888 @@
+//! The providers configured on one worker and what the worker knows about
+//! them: which rest (rate limited, out of quota) and for how long, which had
+//! their key rejected, the worker's own per-minute limits, cost tiers and
+//! model defaults per task type.
+//!
+//! The orchestrator routes each attempt with a [`Route`]: the provider to try
+//! first and the dearest tier allowed. The worker tries that provider, then
+//! its others of the same or a cheaper tier, and hands the task back (rate
+//! limited, with the shortest rest) only when none of them can serve it: a
+//! dearer provider on this worker is used only when the orchestrator routes
+//! there, because a cheaper one may be free on another machine.
+//!
+//! Rests are as fine as vendors' limits: a 429 rests the one model it was
+//! for (Groq and Gemini limit per model); an exhausted quota or budget rests
+//! the whole provider (OpenRouter credit, Anthropic's usage limit are per
+//! key); a rejected key disables the provider until the worker restarts.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{ChunkSink, Provider, ProviderError, ProviderErrorKind};
+use crate::task::{ChatRequest, Offer, ProviderCooldown, Route, TaskOutput, Tier, wants_reasoning};
+
+/// A worker's own settings for one provider (from its TOML file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderSettings {
+    /// Cost tier; the kind's default ([`Tier::default_for`]) when unset.
+    pub tier: Option<Tier>,
+    /// Model for reasoning task types (evolution, code generation) when the
+    /// task names none; the first model otherwise.
+    pub reasoning_model: Option<String>,
+    /// Calls per minute over the whole provider.
+    pub per_minute: Option<u32>,
+    /// Calls per minute per model.
+    pub model_limits: BTreeMap<String, u32>,
+}
+
+/// One task as the provider set sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The chat.
+    pub req: &'a ChatRequest,
+    /// Its task type (picks the fast or the reasoning model).
+    pub task_type: &'a str,
+    /// The provider kind the task insists on, if any.
+    pub provider: Option<&'a str>,
+    /// The orchestrator's route; `None` (tests, tools) means any tier,
+    /// cheapest first.
+    pub route: Option<&'a Route>,
+}
+
+/// Calls in the last minute under a limit.
+#[derive(Debug, Clone, Default)]
+struct Limiter {
+    per_minute: Option<u32>,
+    recent: VecDeque<Instant>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Limiter {
+    fn new(per_minute: Option<u32>) -> Self {
+        Limiter {
+            per_minute,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// When a call may start, `None` meaning now.
+    fn wait_until(&mut self, now: Instant) -> Option<Instant> {
+        let limit = self.per_minute?;
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= limit as usize {
+            self.recent.front().map(|t| *t + MINUTE)
+        } else {
+            None
+        }
+    }
+
+    fn record(&mut self, now: Instant) {
+        if self.per_minute.is_some() {
+            self.recent.push_back(now);
+        }
+    }
+}
+
+/// What the worker knows about one of its providers.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    /// The whole provider rests until then (quota, budget, own limit).
+    resting_until: Option<Instant>,
+    /// The vendor rejected the key: not used again until the worker restarts.
+    disabled: bool,
+    limiter: Limiter,
+    /// Per-model rests (429s) and limits.
+    models: HashMap<String, ModelHealth>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ModelHealth {
+    resting_until: Option<Instant>,
+    limiter: Limiter,
+}
+
+impl Health {
+    fn rests(&self, now: Instant) -> bool {
+        self.resting_until.is_some_and(|t| t > now)
+    }
+
+    fn model_rests(&self, model: &str, now: Instant) -> bool {
+        self.models
+            .get(model)
+            .and_then(|m| m.resting_until)
+            .is_some_and(|t| t > now)
+    }
+
+    /// Takes a call slot for `model` under the provider's and the model's
+    /// own limits, or rests whichever is full until a slot frees.
+    fn admit(&mut self, model: Option<&str>, now: Instant) -> bool {
+        if let Some(t) = self.limiter.wait_until(now) {
+            self.resting_until = Some(t);
+            return false;
+        }
+        if let Some(m) = model.and_then(|m| self.models.get_mut(m)) {
+            if let Some(t) = m.limiter.wait_until(now) {
+                m.resting_until = Some(t);
+                return false;
+            }
+            m.limiter.record(now);
+        }
+        self.limiter.record(now);
+        true
+    }
+
+    fn rest_model(&mut self, model: &str, until: Instant) {
+        self.models
+            .entry(model.to_owned())
+            .or_default()
+            .resting_until = Some(until);
+    }
+
+    /// When this provider could next serve something, if it is resting.
+    fn soonest(&self, models: &[String], now: Instant) -> Option<Instant> {
+        if self.disabled {
+            return None;
+        }
+        let model_free = |m: &String| {
+            self.models
+                .get(m)
+                .and_then(|h| h.resting_until)
+                .filter(|t| *t > now)
+        };
+        let models_ready = if models.is_empty() {
+            Some(now)
+        } else {
+            // Every model resting → the earliest of them; any ready → now.
+            models.iter().map(|m| model_free(m).unwrap_or(now)).min()
+        };
+        let provider_ready = self.resting_until.filter(|t| *t > now).unwrap_or(now);
+        models_ready.map(|m| m.max(provider_ready))
+    }
+}
+
+/// The reasoning model a provider kind uses unless its worker names one.
+/// Only DeepSeek's is certain enough to default (its API has served
+/// `deepseek-reasoner` beside `deepseek-chat` from the start); other vendors
+/// rename models often, and a wrong guess would fail tasks, so for them the
+/// worker's file names it (`reasoning_model`).
+pub fn default_reasoning_model(kind: &str) -> Option<&'static str> {
+    match kind {
+        "deepseek" => Some("deepseek-reasoner"),
+        _ => None,
+    }
+}
+
+struct Entry {
+    provider: Arc<dyn Provider>,
+    tier: Tier,
+    reasoning_model: Option<String>,
+}
+
+/// The providers configured on one worker, first preferred.
+#[derive(Clone, Default)]
+pub struct ProviderSet {
+    entries: Arc<Vec<Entry>>,
+    health: Arc<Mutex<Vec<Health>>>,
+}
+
+impl std::fmt::Debug for ProviderSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.entries
+                    .iter()
+                    .map(|e| format!("{} ({})", e.provider.kind(), e.tier)),
+            )
+            .finish()
+    }
+}
+
+impl ProviderSet {
+    /// A set of providers, first preferred, each in its kind's default tier.
+    pub fn new(providers: Vec<Arc<dyn Provider>>) -> Self {
+        let settings = vec![ProviderSettings::default(); providers.len()];
+        Self::with_settings(providers, &settings)
+    }
+
+    /// A set with the worker's own settings, in the same order as `providers`
+    /// (missing settings are defaults).
+    pub fn with_settings(providers: Vec<Arc<dyn Provider>>, settings: &[ProviderSettings]) -> Self {
+        let mut entries = Vec::new();
+        let mut health = Vec::new();
+        for (i, provider) in providers.into_iter().enumerate() {
+            let s = settings.get(i).cloned().unwrap_or_default();
+            let mut h = Health {
+                limiter: Limiter::new(s.per_minute),
+                ..Health::default()
+            };
+            for (model, limit) in &s.model_limits {
+                h.models.insert(
+                    model.clone(),
+                    ModelHealth {
+                        resting_until: None,
+                        limiter: Limiter::new(Some(*limit)),
+                    },
+                );
+            }
+            health.push(h);
+            entries.push(Entry {
+                tier: s.tier.unwrap_or_else(|| Tier::default_for(provider.kind())),
+                reasoning_model: s
+                    .reasoning_model
+                    .or_else(|| default_reasoning_model(provider.kind()).map(str::to_owned)),
+                provider,
+            });
+        }
+        ProviderSet {
+            entries: Arc::new(entries),
+            health: Arc::new(Mutex::new(health)),
+        }
+    }
+
+    /// Provider kinds.
+    pub fn kinds(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .map(|e| e.provider.kind().to_owned())
+            .collect()
+    }
+
+    /// What this worker advertises: kinds, tiers, models (never keys).
+    pub fn offers(&self) -> Vec<Offer> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let mut models = e.provider.models();
+                if let Some(r) = e.reasoning_model.as_ref().filter(|r| !models.contains(r)) {
+                    models.push(r.clone());
+                }
+                Offer {
+                    provider: e.provider.kind().to_owned(),
+                    tier: e.tier,
+                    models,
+                    reasoning_model: e.reasoning_model.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn health(&self) -> MutexGuard<'_, Vec<Health>> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Providers and models that cannot take work now, for heartbeats,
+    /// results and the API.
+    pub fn cooldowns(&self) -> Vec<ProviderCooldown> {
+        let now = Instant::now();
+        let left = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        };
+        let mut out = Vec::new();
+        for (h, e) in self.health().iter().zip(self.entries.iter()) {
+            let kind = e.provider.kind();
+            if h.disabled || h.rests(now) {
+                out.push(ProviderCooldown {
+                    provider: kind.to_owned(),
+                    model: None,
+                    remaining_ms: if h.disabled {
+                        0
+                    } else {
+                        h.resting_until.map_or(0, left)
+                    },
+                    disabled: h.disabled,
+                });
+            }
+            let mut models: Vec<_> = h
+                .models
+                .iter()
+                .filter_map(|(m, mh)| mh.resting_until.filter(|t| *t > now).map(|t| (m, t)))
+                .collect();
+            models.sort();
+            out.extend(models.into_iter().map(|(m, t)| ProviderCooldown {
+                provider: kind.to_owned(),
+                model: Some(m.clone()),
+                remaining_ms: left(t),
+                disabled: false,
+            }));
+        }
+        out
+    }
+
+    /// Indices of the providers that may serve `job`, in the order to try
+    /// them: the route's preferred provider, then cheapest tier first, then
+    /// the worker's own order. Only the named provider kind if the task names
+    /// one; only those serving its model when any does; none above the
+    /// route's tier; disabled ones never.
+    fn candidates(&self, job: &Job<'_>) -> Vec<usize> {
+        let health = self.health();
+        let mut usable: Vec<usize> = (0..self.entries.len())
+            .filter(|i| !health[*i].disabled)
+            .filter(|i| {
+                job.provider
+                    .is_none_or(|k| self.entries[*i].provider.kind() == k)
+            })
+            .filter(|i| {
+                job.route
+                    .is_none_or(|r| self.entries[*i].tier <= r.max_tier)
+            })
+            .collect();
+        if let Some(m) = &job.req.model {
+            let serving: Vec<usize> = usable
+                .iter()
+                .copied()
+                .filter(|i| self.entries[*i].provider.models().contains(m))
+                .collect();
+            if !serving.is_empty() {
+                usable = serving;
+            }
+        }
+        usable.sort_by_key(|i| {
+            let e = &self.entries[*i];
+            (
+                job.route.is_none_or(|r| r.prefer != e.provider.kind()),
+                e.tier,
+            )
+        });
+        usable
+    }
+
+    /// The models to try on provider `i` for `job`, best first.
+    fn models_for(&self, i: usize, job: &Job<'_>) -> Vec<Option<String>> {
+        if let Some(m) = &job.req.model {
+            return vec![Some(m.clone())];
+        }
+        let e = &self.entries[i];
+        let mut list: Vec<String> = e.provider.models();
+        if let Some(r) = e
+            .reasoning_model
+            .as_ref()
+            .filter(|_| wants_reasoning(job.task_type))
+        {
+            list.retain(|m| m != r);
+            list.insert(0, r.clone());
+        }
+        if list.is_empty() {
+            vec![None]
+        } else {
+            list.into_iter().map(Some).collect()
+        }
+    }
+
+    /// Runs `job` on the best provider and model that are not resting,
+    /// moving on after a rate limit, an exhausted quota or a rejected key.
+    /// Other failures are returned at once (the orchestrator retries
+    /// elsewhere). `report` hears about every vendor failure.
+    pub async fn run(
+        &self,
+        job: Job<'_>,
+        sink: ChunkSink,
+        mut report: impl FnMut(&str, &ProviderError),
+    ) -> Result<TaskOutput, ProviderError> {
+        // "auto" asks for the provider's own choice of model.
+        let auto;
+        let job = if job
+            .req
+            .model
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty() || m == "auto")
+        {
+            auto = ChatRequest {
+                model: None,
+                ..job.req.clone()
+            };
+            Job { req: &auto, ..job }
+        } else {
+            job
+        };
+        let mut last: Option<ProviderError> = None;
+        let candidates = self.candidates(&job);
+        for &i in &candidates {
+            let e = &self.entries[i];
+            let kind = e.provider.kind();
+            for model in self.models_for(i, &job) {
+                let now = Instant::now();
+                {
+                    let mut health = self.health();
+                    let h = &mut health[i];
+                    if h.disabled || h.rests(now) {
+                        break;
+                    }
+                    if model.as_deref().is_some_and(|m| h.model_rests(m, now)) {
+                        continue;
+                    }
+                    if !h.admit(model.as_deref(), now) {
+                        // Whichever limit was full now rests; try on.
+                        continue;
+                    }
+                }
+                let req = if model == job.req.model {
+                    std::borrow::Cow::Borrowed(job.req)
+                } else {
+                    std::borrow::Cow::Owned(ChatRequest {
+                        model: model.clone(),
+                        ..job.req.clone()
+                    })
+                };
+                match e.provider.chat(&req, sink.clone()).await {
+                    Ok(out) => return Ok(out),
+                    Err(err) => {
+                        report(kind, &err);
+                        let rest = |ms: u64| Instant::now() + Duration::from_millis(ms);
+                        let mut health = self.health();
+                        let h = &mut health[i];
+                        match err.kind {
+                            ProviderErrorKind::RateLimited { retry_after_ms } => match &model {
+                                Some(m) => h.rest_model(m, rest(retry_after_ms)),
+                                None => h.resting_until = Some(rest(retry_after_ms)),
+                            },
+                            ProviderErrorKind::QuotaExhausted { retry_after_ms } => {
+                                h.resting_until = Some(rest(retry_after_ms));
+                            }
+                            ProviderErrorKind::Auth => h.disabled = true,
+                            ProviderErrorKind::Transient
+                            | ProviderErrorKind::Invalid
+                            | ProviderErrorKind::Unavailable => return Err(err),
+                        }
+                        last = Some(err);
+                    }
+                }
+            }
+        }
+        // Nothing served it: hand the task back with the shortest rest, so
+        // the orchestrator knows when this worker is worth asking again.
+        let now = Instant::now();
+        let soonest = {
+            let health = self.health();
+            candidates
+                .iter()
+                .filter_map(|&i| {
+                    let models: Vec<String> =
+                        self.models_for(i, &job).into_iter().flatten().collect();
+                    health[i].soonest(&models, now)
+                })
+                .filter(|t| *t > now)
+                .min()
+        };
+        Err(match soonest {
+            Some(t) => ProviderError {
+                kind: ProviderErrorKind::RateLimited {
+                    retry_after_ms: u64::try_from(t.duration_since(now).as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                },
+                message: last.map_or_else(
+                    || "every suitable provider on this worker is resting".to_owned(),
+                    |e| e.message,
+                ),
+            },
+            None => match last {
+                Some(e) if e.kind == ProviderErrorKind::Auth => e,
+                _ => ProviderError {
+                    kind: ProviderErrorKind::Unavailable,
+                    message: if candidates.is_empty() {
+                        "no provider on this worker can serve this task (keys rejected, or none within its tier)".to_owned()
+                    } else {
+                        "no usable provider on this worker (keys rejected?)".to_owned()
+                    },
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::BoxFuture;
+    use crate::task::Usage;
+
+    type Answer = Result<(), ProviderErrorKind>;
+
+    /// A provider answering from a script and recording the models asked for.
+    struct Scripted {
+        kind: &'static str,
+        models: Vec<String>,
+        answers: Mutex<Vec<Answer>>,
+        asked: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Scripted {
+        fn new(kind: &'static str, answers: Vec<Answer>) -> Arc<Self> {
+            Self::with_models(kind, &[&format!("{kind}-model")], answers)
+        }
+        fn with_models(kind: &'static str, models: &[&str], answers: Vec<Answer>) -> Arc<Self> {
+            Arc::new(Scripted {
+                kind,
+                models: models.iter().map(|m| (*m).to_owned()).collect(),
+                answers: Mutex::new(answers),
+                asked: Mutex::new(Vec::new()),
+            })
+        }
+        fn calls(&self) -> usize {
+            self.asked.lock().expect("lock").len()
+        }
+        fn asked(&self) -> Vec<Option<String>> {
+            self.asked.lock().expect("lock").clone()
+        }
+    }
+
+    impl Provider for Scripted {
+        fn kind(&self) -> &str {
+            self.kind
+        }
+        fn models(&self) -> Vec<String> {
+            self.models.clone()
+        }
+        fn chat<'a>(
+            &'a self,
+            req: &'a ChatRequest,
+            _sink: ChunkSink,
+        ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+            self.asked.lock().expect("lock").push(req.model.clone());
+            let next = {
+                let mut a = self.answers.lock().expect("lock");
+                if a.is_empty() { Ok(()) } else { a.remove(0) }
+            };
+            let kind = self.kind.to_owned();
+            let model = req.model.clone().unwrap_or_default();
+            Box::pin(async move {
+                next.map(|()| TaskOutput {
+                    content: kind.clone(),
+                    provider: kind,
+                    model,
+                    usage: Usage::default(),
+                })
+                .map_err(|k| ProviderError {
+                    kind: k,
+                    message: "scripted".into(),
+                })
+            })
+        }
+    }
+
+    fn chat(model: Option<&str>) -> ChatRequest {
+        ChatRequest {
+            model: model.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    /// Runs an `agent_action` with no route; returns the provider that served.
+    async fn serve(
+        set: &ProviderSet,
+        req: &ChatRequest,
+        provider: Option<&str>,
+    ) -> Result<TaskOutput, ProviderError> {
+        let job = Job {
+            req,
+            task_type: "agent_action",
+            provider,
+            route: None,
+        };
+        set.run(job, ChunkSink::none(), |_, _| {}).await
+    }
+
+    fn limited(ms: u64) -> Answer {
+        Err(ProviderErrorKind::RateLimited { retry_after_ms: ms })
+    }
+
+    #[tokio::test]
+    async fn a_429_rests_that_model_and_moves_on() {
+        let groq = Scripted::new("groq", vec![limited(60_000)]);
+        let gemini = Scripted::new("gemini", vec![]);
+        let set = ProviderSet::new(vec![groq.clone(), gemini.clone()]);
+        let mut seen = Vec::new();
+        let out = set
+            .run(
+                Job {
+                    req: &chat(None),
+                    task_type: "agent_action",
+                    provider: None,
+                    route: None,
+                },
+                ChunkSink::none(),
+                |k, _| seen.push(k.to_owned()),
+            )
+            .await
+            .expect("ok");
+        assert_eq!(
+            (out.provider.as_str(), seen.as_slice()),
+            ("gemini", &["groq".to_owned()][..])
+        );
+        // groq's model rests: the next task goes straight to gemini.
+        let out = serve(&set, &chat(None), None).await.expect("ok");
+        assert_eq!(
+            (out.provider.as_str(), groq.calls(), gemini.calls()),
+            ("gemini", 1, 2)
+        );
+        let c = set.cooldowns();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(
+            (c[0].provider.as_str(), c[0].model.as_deref(), c[0].disabled),
+            ("groq", Some("groq-model"), false)
+        );
+        assert!((59_000..=60_000).contains(&c[0].remaining_ms), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_429_on_one_model_tries_the_next_model_of_the_same_key() {
+        let groq = Scripted::with_models("groq", &["fast", "big"], vec![limited(30_000)]);
+        let set = ProviderSet::new(vec![groq.clone()]);
+        let out = serve(&set, &chat(None), None).await.expect("ok");
+        assert_eq!(out.model, "big");
+        assert_eq!(
+            groq.asked(),
+            [Some("fast".to_owned()), Some("big".to_owned())]
+        );
+        // A task naming the resting model is handed back, not run on another.
+        let e = serve(&set, &chat(Some("fast")), None)
+            .await
+            .expect_err("rests");
+        assert!(
+            matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if retry_after_ms > 29_000),
+            "{e:?}"
+        );
+        assert_eq!(groq.calls(), 2, "a resting model is not called");
+    }
+
+    #[tokio::test]
+    async fn exhausted_quota_rests_the_whole_provider() {
+        let a = Scripted::with_models(
+            "openrouter",
+            &["m1", "m2"],
+            vec![Err(ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000,
+            })],
+        );
+        let set = ProviderSet::new(vec![a.clone()]);
+        let e = serve(&set, &chat(None), None).await.expect_err("quota");
+        assert!(
+            matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if retry_after_ms > 3_500_000),
+            "{e:?}"
+        );
+        assert_eq!(a.calls(), 1, "the second model shares the exhausted key");
+        let c = set.cooldowns();
+        assert_eq!((c.len(), c[0].model.as_deref()), (1, None), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn all_resting_hands_the_task_back_with_the_shortest_rest() {
+        let a = Scripted::new("a", vec![limited(50_000)]);
+        let b = Scripted::new(
+            "b",
+            vec![Err(ProviderErrorKind::QuotaExhausted {
+                retry_after_ms: 3_600_000,
+            })],
+        );
+        let set = ProviderSet::new(vec![a, b]);
+        let e = serve(&set, &chat(None), None).await.expect_err("resting");
+        assert!(
+            matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if (49_000..=50_000).contains(&retry_after_ms)),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejected_keys_disable_and_other_failures_return_at_once() {
+        let bad = Scripted::new("bad", vec![Err(ProviderErrorKind::Auth)]);
+        let flaky = Scripted::new("flaky", vec![Err(ProviderErrorKind::Transient)]);
+        let set = ProviderSet::new(vec![bad.clone(), flaky.clone()]);
+        let e = serve(&set, &chat(None), None).await.expect_err("transient");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
+        let out = serve(&set, &chat(None), None).await.expect("ok");
+        assert_eq!(out.provider, "flaky");
+        assert_eq!(bad.calls(), 1, "a disabled provider is not called again");
+        assert!(set.cooldowns()[0].disabled);
+        let only_bad =
+            ProviderSet::new(vec![Scripted::new("x", vec![Err(ProviderErrorKind::Auth)])]);
+        let e = serve(&only_bad, &chat(None), None).await.expect_err("auth");
+        assert_eq!(e.kind, ProviderErrorKind::Auth);
+        let e = serve(&only_bad, &chat(None), None)
+            .await
+            .expect_err("none left");
+        assert_eq!(e.kind, ProviderErrorKind::Unavailable);
+        assert!(e.message.contains("no provider"), "{}", e.message);
+        // Neither costs the task an attempt.
+        for kind in [ProviderErrorKind::Auth, ProviderErrorKind::Unavailable] {
+            let t: crate::task::TaskError = ProviderError {
+                kind,
+                message: String::new(),
+            }
+            .into();
+            assert_eq!(t.kind, crate::task::ErrorKind::Unavailable);
+        }
+    }
+
+    #[tokio::test]
+    async fn own_per_minute_limits_are_kept_without_asking_the_vendor() {
+        let a = Scripted::new("a", vec![]);
+        let b = Scripted::new("b", vec![]);
+        let two = ProviderSettings {
+            per_minute: Some(2),
+            ..Default::default()
+        };
+        let set = ProviderSet::with_settings(vec![a.clone(), b.clone()], &[two]);
+        let mut used = Vec::new();
+        for _ in 0..3 {
+            used.push(serve(&set, &chat(None), None).await.expect("ok").provider);
+        }
+        assert_eq!(used, ["a", "a", "b"]);
+        assert_eq!(a.calls(), 2, "the third call never reached a");
+        let c = set.cooldowns();
+        assert_eq!((c[0].provider.as_str(), c[0].model.as_deref()), ("a", None));
+        assert!((59_000..=60_000).contains(&c[0].remaining_ms), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn per_model_limits_rest_only_that_model() {
+        let groq = Scripted::with_models("groq", &["small", "large"], vec![]);
+        let settings = ProviderSettings {
+            model_limits: [("large".to_owned(), 1)].into(),
+            ..Default::default()
+        };
+        let set = ProviderSet::with_settings(vec![groq.clone()], &[settings]);
+        serve(&set, &chat(Some("large")), None)
+            .await
+            .expect("first");
+        let e = serve(&set, &chat(Some("large")), None)
+            .await
+            .expect_err("limited");
+        assert!(
+            matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if retry_after_ms > 59_000),
+            "{e:?}"
+        );
+        let out = serve(&set, &chat(Some("small")), None)
+            .await
+            .expect("unlimited");
+        assert_eq!(out.model, "small");
+        let c = set.cooldowns();
+        assert_eq!(
+            (c.len(), c[0].model.as_deref()),
+            (1, Some("large")),
+            "{c:?}"
+        );
+        assert_eq!(groq.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_named_model_or_kind_picks_its_provider() {
+        let a = Scripted::new("a", vec![]);
+        let b = Scripted::new("b", vec![]);
+        let set = ProviderSet::new(vec![a.clone(), b]);
+        let served = |r: Result<TaskOutput, ProviderError>| r.expect("ok").provider;
+        assert_eq!(served(serve(&set, &chat(Some("b-model")), None).await), "b");
+        assert_eq!(served(serve(&set, &chat(Some("unknown")), None).await), "a");
+        assert_eq!(served(serve(&set, &chat(None), Some("b")).await), "b");
+        // "auto" means the provider's own default model.
+        assert_eq!(served(serve(&set, &chat(Some("auto")), None).await), "a");
+        assert_eq!(a.asked().last(), Some(&Some("a-model".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn tiers_order_the_providers_and_routes_cap_them() {
+        let paid = Scripted::new("openai", vec![]);
+        let free = Scripted::new("groq", vec![limited(10_000)]);
+        let local = Scripted::new("ollama", vec![]);
+        // Listed dearest first on purpose: tiers decide, not the list order.
+        let set = ProviderSet::new(vec![paid.clone(), free.clone(), local.clone()]);
+        assert_eq!(
+            set.offers().iter().map(|o| o.tier).collect::<Vec<_>>(),
+            [Tier::Paid, Tier::Free, Tier::Local]
+        );
+        let r = chat(None);
+        assert_eq!(serve(&set, &r, None).await.expect("ok").provider, "ollama");
+        let route = |prefer: &str, max_tier| Route {
+            prefer: prefer.to_owned(),
+            max_tier,
+        };
+        let run = |route: Route| {
+            let set = set.clone();
+            async move {
+                let r = chat(None);
+                let job = Job {
+                    req: &r,
+                    task_type: "agent_action",
+                    provider: None,
+                    route: Some(&route),
+                };
+                set.run(job, ChunkSink::none(), |_, _| {}).await
+            }
+        };
+        // The free key is preferred but rate limited: the worker may fall back
+        // to the local model (cheaper), never to the paid key (dearer).
+        let out = run(route("groq", Tier::Free)).await.expect("ok");
+        assert_eq!(out.provider, "ollama");
+        assert_eq!((free.calls(), paid.calls()), (1, 0));
+        // Free tier allowed, the free key rate limited, only a paid key
+        // left: the task is handed back instead of spending money.
+        let only_free = ProviderSet::new(vec![
+            paid.clone(),
+            Scripted::new("groq", vec![limited(10_000)]),
+        ]);
+        let r2 = chat(None);
+        let rt = route("groq", Tier::Free);
+        let e = only_free
+            .run(
+                Job {
+                    req: &r2,
+                    task_type: "agent_action",
+                    provider: None,
+                    route: Some(&rt),
+                },
+                ChunkSink::none(),
+                |_, _| {},
+            )
+            .await
+            .expect_err("handed back");
+        assert!(
+            matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if retry_after_ms > 9_000),
+            "{e:?}"
+        );
+        assert_eq!(paid.calls(), 0, "a paid key is used only when routed there");
+        // Routed to paid (an urgent task): the preferred provider goes first.
+        let out = run(route("openai", Tier::Paid)).await.expect("ok");
+        assert_eq!(out.provider, "openai");
+    }
+
+    #[tokio::test]
+    async fn reasoning_task_types_get_the_reasoning_model() {
+        let ds = Scripted::with_models("deepseek", &["deepseek-chat", "deepseek-reasoner"], vec![]);
+        let settings = ProviderSettings {
+            reasoning_model: Some("deepseek-reasoner".into()),
+            ..Default::default()
+        };
+        let set = ProviderSet::with_settings(vec![ds.clone()], &[settings]);
+        for task_type in ["agent_action", "code_generation", "evolution_mutation"] {
+            let r = chat(None);
+            let job = Job {
+                req: &r,
+                task_type,
+                provider: None,
+                route: None,
+            };
+            set.run(job, ChunkSink::none(), |_, _| {})
+                .await
+                .expect("ok");
+        }
+        assert_eq!(
+            ds.asked(),
+            [
+                Some("deepseek-chat".to_owned()),
+                Some("deepseek-reasoner".to_owned()),
+                Some("deepseek-reasoner".to_owned())
+            ]
+        );
+        assert_eq!(
+            set.offers()[0].reasoning_model.as_deref(),
+            Some("deepseek-reasoner")
+        );
+    }
+}

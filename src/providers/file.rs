@@ -176,11 +176,15 @@ mod tests {
             [[providers]]
             kind = "groq"
             models = ["llama-3.1-8b-instant", "llama-3.3-70b-versatile"]
+            reasoning_model = "llama-3.3-70b-versatile"
             requests_per_minute = 30
+            model_limits = { "llama-3.3-70b-versatile" = 15 }
 
             [[providers]]
             kind = "gemini"
             key_env = "MY_GEMINI_KEY"
+            tier = "paid"
+            requests_per_minute = 15
 
             [[providers]]
             kind = "ollama"
@@ -189,7 +193,16 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(f.providers.len(), 3);
-        assert_eq!(f.providers[0].requests_per_minute, Some(30));
+        assert_eq!(
+            f.providers[0].settings(),
+            ProviderSettings {
+                tier: None,
+                reasoning_model: Some("llama-3.3-70b-versatile".into()),
+                per_minute: Some(30),
+                model_limits: [("llama-3.3-70b-versatile".to_owned(), 15)].into(),
+            }
+        );
+        assert_eq!(f.providers[1].settings().tier, Some(Tier::Paid));
         let env: HashMap<String, String> =
             [("MY_GEMINI_KEY".to_owned(), "AIza-x".to_owned())].into();
         let o = f.providers[1].overlay(&env);
@@ -220,6 +233,14 @@ mod tests {
             (
                 "[[providers]]\nkind = \"groq\"\nmodels = [\"\"]",
                 "empty model",
+            ),
+            (
+                "[[providers]]\nkind = \"groq\"\ntier = \"cheap\"",
+                "unknown variant",
+            ),
+            (
+                "[[providers]]\nkind = \"groq\"\nmodel_limits = { \"m\" = 0 }",
+                "model_limits",
             ),
             ("providers = 3", "invalid type"),
             ("not toml at all [", ""),

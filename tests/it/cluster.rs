@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::harness::{TestCluster, chat};
+use super::harness::{TestCluster, TestWorker, chat};
 
 #[tokio::test]
 async fn happy_path_agent_action() {
@@ -508,6 +508,80 @@ async fn stop_sequences_and_json_mode_reach_the_vendor() {
         sent["response_format"],
         serde_json::json!({"type": "json_object"})
     );
+}
+
+/// A worker whose only provider is an OpenAI-compatible `kind` at `base`.
+fn vendor_worker(c: &TestCluster, name: &str, kind: &str, key: &str, base: &str) -> TestWorker {
+    let upper = kind.to_uppercase();
+    let env: std::collections::HashMap<String, String> = [
+        (format!("{upper}_API_KEY"), key.to_owned()),
+        (format!("{upper}_BASE_URL"), base.to_owned()),
+    ]
+    .into();
+    let p = d8::providers::build(kind, &env, None, Duration::ZERO).expect("provider");
+    let mut cfg = c.worker_config(name, 0, 4);
+    cfg.providers = d8::providers::ProviderSet::new(vec![p]);
+    c.spawn_worker(cfg)
+}
+
+#[tokio::test]
+async fn free_keys_are_used_before_paid_ones_and_429s_spill_over() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let c = TestCluster::start().await;
+    // A free Groq key good for two calls, then 429 with a minute to wait.
+    let groq = FakeOpenAi::start(Mode::Quota {
+        allow: 2,
+        retry_after_secs: 60,
+    })
+    .await;
+    let openai = FakeOpenAi::start(Mode::Ok).await;
+    let _paid = vendor_worker(&c, "a-paid", "openai", "sk-paid-0123456789", &openai.base);
+    // Named so that a tie on load would favour the paid worker: only the
+    // tiers can put the free key first.
+    let _free = vendor_worker(&c, "z-free", "groq", "gsk_free_0123456789", &groq.base);
+    c.wait_until(|s| s["workers"]["online"] == 2, "both online")
+        .await;
+    let (_, list) = c.request(Method::GET, "/api/workers", None).await;
+    let tier_of = |name: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|w| w["worker_id"] == name))
+            .map(|w| w["offers"][0]["tier"].clone())
+    };
+    assert_eq!(tier_of("z-free"), Some(serde_json::json!("free")), "{list}");
+    assert_eq!(tier_of("a-paid"), Some(serde_json::json!("paid")), "{list}");
+    let mut ran_on = Vec::new();
+    for i in 0..5 {
+        let id = c.submit(&format!("task {i}"), 5).await;
+        let t = c.wait_task(&id, 10).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        ran_on.push(t["worker_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        ran_on,
+        ["z-free", "z-free", "a-paid", "a-paid", "a-paid"],
+        "the free key serves until its quota runs out, then the paid key"
+    );
+    assert_eq!(groq.calls(), 3, "two served, one 429, then it rests");
+    assert_eq!(openai.calls(), 3);
+    // A task capped at the free tier waits for the free key instead.
+    let body = serde_json::json!({
+        "type": "agent_action",
+        "data": {"messages": [{"role": "user", "content": "cheap only"}], "max_tier": "free"}
+    });
+    let (status, v) = c.request(Method::POST, "/api/tasks", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, t) = c
+        .request(
+            Method::GET,
+            &format!("/api/tasks/{}", v["task_id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    assert_eq!(t["status"], "pending", "{t}");
+    assert_eq!(openai.calls(), 3, "the paid key was not used");
+    let stats = c.stats().await;
+    assert_eq!(stats["tasks"]["failed"], 0, "{stats}");
 }
 
 /// A provider whose calls never finish and that records when a call is dropped.

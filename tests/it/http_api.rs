@@ -75,6 +75,7 @@ async fn bad_bodies_are_4xx_and_store_nothing() {
         ("/api/tasks", "empty stop", br#"{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}], "stop": ""}}"#.to_vec(), 400, "invalid_stop"),
         ("/api/tasks", "stop number", br#"{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}], "stop": 7}}"#.to_vec(), 400, "invalid_request"),
         ("/api/tasks", "json schema", br#"{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}}"#.to_vec(), 400, "invalid_response_format"),
+        ("/api/tasks", "bad tier", br#"{"type": "t", "data": {"messages": [{"role": "user", "content": "x"}], "max_tier": "cheap"}}"#.to_vec(), 400, "invalid_max_tier"),
         ("/api/tasks", "bad type name", br#"{"type": "a b/c", "data": {"messages": [{"role": "user", "content": "x"}]}}"#.to_vec(), 400, "invalid_type"),
         ("/api/tasks", "array not object", b"[1,2,3]".to_vec(), 400, "invalid_request"),
         ("/api/tasks", "too large", format!(r#"{{"type":"t","data":{{"messages":[{{"role":"user","content":"{}"}}]}}}}"#, "x".repeat(100_000)).into_bytes(), 413, "body_too_large"),

@@ -619,10 +619,19 @@ async fn handle_task(
         tokio::pin!(stopped);
         loop {
             tokio::select! {
-                r = &mut call => break match r {
-                    Ok(out) => Outcome::Ok(out),
-                    Err(e) => Outcome::Err(e.into()),
-                },
+                r = &mut call => {
+                    // Chunks pushed just before the call returned are still
+                    // queued: they go out before Done.
+                    while let Ok(text) = rx.try_recv() {
+                        if transport::write_frame(&mut send, &TaskReply::Chunk { text }).await.is_err() {
+                            return;
+                        }
+                    }
+                    break match r {
+                        Ok(out) => Outcome::Ok(out),
+                        Err(e) => Outcome::Err(e.into()),
+                    };
+                }
                 Some(text) = rx.recv() => {
                     if transport::write_frame(&mut send, &TaskReply::Chunk { text }).await.is_err() {
                         return;

@@ -8,6 +8,7 @@
 
 pub(crate) mod api;
 mod error;
+mod stream;
 
 pub use api::rfc3339;
 pub use error::ApiError;
@@ -34,6 +35,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/tasks", post(api::submit_task))
         .route("/tasks/batch", post(api::submit_batch))
         .route("/tasks/{id}", get(api::get_task).delete(api::cancel_task))
+        .route("/tasks/{id}/stream", get(stream::stream_task))
         .route("/workers/stats", get(api::worker_stats))
         .route("/workers", get(api::list_workers))
         .route("/workers/{id}", axum::routing::delete(api::revoke_worker))

@@ -6,6 +6,7 @@
 //! - `actor`: the scheduler actor, sole owner of [`crate::core::Scheduler`];
 //!   turns its actions into QUIC streams, store writes and client wake-ups.
 //! - [`registry`]: join tokens, enrolled workers, revocations.
+//! - `streams`: streamed output of running tasks, for HTTP subscribers.
 //! - [`worker`]: enrollment, the reconnecting session loop, task execution, drain.
 //! - [`files`]: data-dir helpers (0600 secrets, atomic writes).
 
@@ -13,6 +14,7 @@ pub(crate) mod actor;
 pub mod files;
 pub mod orchestrator;
 pub mod registry;
+pub(crate) mod streams;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -80,7 +80,7 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-fn task_json(s: &TaskState) -> Value {
+pub(crate) fn task_json(s: &TaskState) -> Value {
     json!({
         "task_id": s.task_id.to_string(),
         "status": s.status,
@@ -371,6 +371,9 @@ struct TaskData {
     stop: Option<Stop>,
     /// `{"type": "json_object"}` asks for JSON; `{"type": "text"}` is the default.
     response_format: Option<ResponseFormat>,
+    /// Forward tokens as they are generated (`GET /api/tasks/{id}/stream`).
+    #[serde(default)]
+    stream: bool,
 }
 
 /// OpenAI's `stop`: a string or an array of strings.
@@ -483,7 +486,7 @@ fn task_spec(shared: &Shared, req: TaskRequest) -> Result<TaskSpec, ApiError> {
             max_tokens: req.data.max_tokens,
             stop,
             json,
-            stream: false,
+            stream: req.data.stream,
         },
         max_attempts: req.max_attempts.unwrap_or(shared.cfg.max_attempts),
         attempt_timeout_ms: req.timeout_secs.map_or_else(
@@ -538,7 +541,7 @@ pub(crate) async fn submit_batch(
     Ok((StatusCode::CREATED, Json(ids)).into_response())
 }
 
-fn parse_task_id(s: &str) -> Result<TaskId, ApiError> {
+pub(crate) fn parse_task_id(s: &str) -> Result<TaskId, ApiError> {
     s.parse::<u64>()
         .map(TaskId)
         .map_err(|_| ApiError::not_found(format!("no task {s:?}")))
@@ -549,7 +552,7 @@ pub(crate) struct WaitQuery {
     wait: Option<String>,
 }
 
-async fn task_state(shared: &Shared, id: TaskId) -> Result<TaskState, ApiError> {
+pub(crate) async fn task_state(shared: &Shared, id: TaskId) -> Result<TaskState, ApiError> {
     match shared.sched.query(id, false).await? {
         QueryReply::State(s) | QueryReply::Waiting(s, _) => Ok(s),
         QueryReply::NotLive => match shared.store.result(id)? {

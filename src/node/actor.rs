@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::now_millis;
+use super::streams::Streams;
 use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
 use crate::store::{Op, PendingTask, Store, StoreError};
 use crate::task::{
@@ -123,6 +124,8 @@ pub(crate) enum SchedMsg {
 #[derive(Clone)]
 pub(crate) struct SchedHandle {
     tx: mpsc::Sender<SchedMsg>,
+    /// Streamed output of running tasks (published by attempt runners).
+    pub(crate) streams: Streams,
 }
 
 /// The actor is gone (orchestrator shutting down).
@@ -181,7 +184,10 @@ impl Actor {
         shutdown: CancellationToken,
     ) -> (Actor, SchedHandle) {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = SchedHandle { tx };
+        let handle = SchedHandle {
+            tx,
+            streams: Streams::default(),
+        };
         (
             Actor {
                 core,
@@ -360,6 +366,7 @@ impl Actor {
                     }
                 }
                 Action::Finished(f) => {
+                    self.handle.streams.finish(f.id);
                     let state = TaskState::from(&f);
                     if let Some(list) = self.waiters.remove(&f.id) {
                         for w in list {
@@ -448,7 +455,7 @@ impl Actor {
         let handle = self.handle.clone();
         tokio::spawn(async move {
             if let Some((outcome, cooldowns)) =
-                run_attempt(&conn, task, attempt, &spec, &route, &abort).await
+                run_attempt(&conn, task, attempt, &spec, &route, &abort, &handle.streams).await
             {
                 let _ = handle
                     .send(SchedMsg::Result {
@@ -480,6 +487,7 @@ async fn run_attempt(
     spec: &TaskSpec,
     route: &Route,
     abort: &CancellationToken,
+    streams: &Streams,
 ) -> Option<(Outcome, Option<Vec<ProviderCooldown>>)> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         if conn.close_reason().is_some() {
@@ -517,7 +525,7 @@ async fn run_attempt(
             }
         };
         match frame {
-            Ok(TaskReply::Chunk { .. }) => {}
+            Ok(TaskReply::Chunk { text }) => streams.publish(task, attempt, &text),
             Ok(TaskReply::Done { outcome, cooldowns }) => return Some((outcome, Some(cooldowns))),
             Err(e) => return Some((failed("read", &e), None)),
         }

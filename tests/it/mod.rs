@@ -8,3 +8,4 @@ mod http_api;
 #[cfg(target_os = "linux")]
 mod netns;
 mod processes;
+mod streaming;

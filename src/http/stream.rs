@@ -1,0 +1,145 @@
+//! `GET /api/tasks/{id}/stream`: a task's output as Server-Sent Events.
+//!
+//! Events, in order:
+//! - `chunk` `{"attempt": n, "text": "…"}`: generated text. The first event
+//!   of a subscription carries everything the current attempt produced so
+//!   far. A chunk with a higher `attempt` than the previous one means the
+//!   earlier attempt failed and its text is void: start over.
+//! - `reset` `{"attempt": n, "text": "…"}`: the subscriber fell behind; the
+//!   text is the attempt's whole output so far and replaces what it has.
+//! - `done`: the final task, exactly as `GET /api/tasks/{id}` returns it.
+//!
+//! Only tasks submitted with `"stream": true` produce chunks; any other task
+//! gets just `done` when it finishes, which makes this a push alternative to
+//! long-polling.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::{broadcast, oneshot};
+
+use super::api::{parse_task_id, task_json, task_state};
+use super::error::ApiError;
+use crate::node::actor::{QueryReply, TaskState};
+use crate::node::orchestrator::Shared;
+use crate::node::streams::{Chunk, Streams};
+use crate::task::TaskId;
+
+fn chunk_event(kind: &'static str, c: &Chunk) -> Event {
+    Event::default()
+        .event(kind)
+        .data(json!({"attempt": c.attempt, "text": &*c.text}).to_string())
+}
+
+fn done_event(s: &TaskState) -> Event {
+    Event::default()
+        .event("done")
+        .data(task_json(s).to_string())
+}
+
+/// Where one subscription is.
+struct Follow {
+    id: TaskId,
+    streams: Streams,
+    first: Option<Chunk>,
+    rx: Option<broadcast::Receiver<Chunk>>,
+    done: Option<oneshot::Receiver<TaskState>>,
+    shared: Arc<Shared>,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Follow)> {
+        if let Some(c) = self.first.take() {
+            return Some((Ok(chunk_event("chunk", &c)), self));
+        }
+        loop {
+            let done = self.done.as_mut()?;
+            let rx = self.rx.as_mut()?;
+            tokio::select! {
+                biased;
+                chunk = rx.recv() => match chunk {
+                    Ok(c) => return Some((Ok(chunk_event("chunk", &c)), self)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        *rx = rx.resubscribe();
+                        if let Some(all) = self.streams.snapshot(self.id) {
+                            return Some((Ok(chunk_event("reset", &all)), self));
+                        }
+                    }
+                    // The task finished: only `done` is left. Waiting on the
+                    // closed channel again would spin, so wait on `done`.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let done = self.done.take()?;
+                        let state = match done.await {
+                            Ok(s) => s,
+                            Err(_) => task_state(&self.shared, self.id).await.ok()?,
+                        };
+                        return Some((Ok(done_event(&state)), self));
+                    }
+                },
+                state = done => {
+                    self.done = None;
+                    let state = match state {
+                        Ok(s) => s,
+                        Err(_) => task_state(&self.shared, self.id).await.ok()?,
+                    };
+                    return Some((Ok(done_event(&state)), self));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        // Unsubscribe first, so the entry counts no listener.
+        self.rx = None;
+        self.streams.release(self.id);
+    }
+}
+
+pub(crate) async fn stream_task(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_task_id(&id)?;
+    let streams = shared.sched.streams.clone();
+    // Subscribe before asking, so nothing produced in between is missed.
+    let (first, rx) = streams.subscribe(id);
+    let reply = match shared.sched.query(id, true).await {
+        Ok(r) => r,
+        Err(e) => {
+            drop(rx);
+            streams.release(id);
+            return Err(e.into());
+        }
+    };
+    let follow = match reply {
+        QueryReply::Waiting(_, done) => Follow {
+            id,
+            streams,
+            first,
+            rx: Some(rx),
+            done: Some(done),
+            shared: shared.clone(),
+        },
+        finished => {
+            drop(rx);
+            streams.release(id);
+            let state = match finished {
+                QueryReply::State(s) => s,
+                _ => task_state(&shared, id).await?,
+            };
+            let once = futures_util::stream::iter([Ok::<_, Infallible>(done_event(&state))]);
+            return Ok(Sse::new(once).into_response());
+        }
+    };
+    let events = futures_util::stream::unfold(follow, Follow::next);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}

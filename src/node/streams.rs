@@ -1,0 +1,161 @@
+//! Streamed output of running tasks, on the orchestrator.
+//!
+//! Workers send `Chunk` frames for tasks submitted with `stream: true`. The
+//! attempt's runner publishes them here without going through the scheduler
+//! actor (tokens are many; the actor's queue is for decisions). Each task
+//! keeps the text of its current attempt so far, so a subscriber that comes
+//! late, or falls behind, starts from the whole text instead of missing the
+//! beginning. The entry goes when the task finishes; its subscribers then see
+//! the channel close and read the final state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use crate::task::TaskId;
+
+/// Chunks a slow subscriber may fall behind before it is resynchronised.
+const BACKLOG: usize = 256;
+
+/// One delta of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// The attempt that produced it: a new number means the text so far was
+    /// abandoned (the previous attempt failed) and starts again.
+    pub attempt: u32,
+    /// The text delta.
+    pub text: Arc<str>,
+}
+
+struct Entry {
+    attempt: u32,
+    text: String,
+    tx: broadcast::Sender<Chunk>,
+}
+
+/// Live task output, shared by the actor's attempt runners and the HTTP API.
+#[derive(Clone, Default)]
+pub(crate) struct Streams(Arc<Mutex<HashMap<TaskId, Entry>>>);
+
+impl Streams {
+    fn map(&self) -> MutexGuard<'_, HashMap<TaskId, Entry>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(map: &mut HashMap<TaskId, Entry>, id: TaskId) -> &mut Entry {
+        map.entry(id).or_insert_with(|| Entry {
+            attempt: 0,
+            text: String::new(),
+            tx: broadcast::channel(BACKLOG).0,
+        })
+    }
+
+    /// Records and forwards a chunk of attempt `attempt` of task `id`.
+    /// Chunks of an older attempt than the current one are dropped.
+    pub(crate) fn publish(&self, id: TaskId, attempt: u32, text: &str) {
+        let mut map = self.map();
+        let e = Self::entry(&mut map, id);
+        if attempt < e.attempt {
+            return;
+        }
+        if attempt > e.attempt {
+            e.attempt = attempt;
+            e.text.clear();
+        }
+        e.text.push_str(text);
+        let _ = e.tx.send(Chunk {
+            attempt,
+            text: Arc::from(text),
+        });
+    }
+
+    /// Subscribes to task `id`: the text of its current attempt so far (if
+    /// any) and the chunks that follow.
+    pub(crate) fn subscribe(&self, id: TaskId) -> (Option<Chunk>, broadcast::Receiver<Chunk>) {
+        let mut map = self.map();
+        let e = Self::entry(&mut map, id);
+        let so_far = (e.attempt > 0).then(|| Chunk {
+            attempt: e.attempt,
+            text: Arc::from(e.text.as_str()),
+        });
+        (so_far, e.tx.subscribe())
+    }
+
+    /// The current attempt's whole text, for a subscriber that fell behind.
+    pub(crate) fn snapshot(&self, id: TaskId) -> Option<Chunk> {
+        self.map().get(&id).map(|e| Chunk {
+            attempt: e.attempt,
+            text: Arc::from(e.text.as_str()),
+        })
+    }
+
+    /// The task finished: drop its output; subscribers see the end.
+    pub(crate) fn finish(&self, id: TaskId) {
+        self.map().remove(&id);
+    }
+
+    /// A subscriber gave up on a task that never streamed: forget it unless
+    /// someone else still listens.
+    pub(crate) fn release(&self, id: TaskId) {
+        let mut map = self.map();
+        if map
+            .get(&id)
+            .is_some_and(|e| e.attempt == 0 && e.tx.receiver_count() == 0)
+        {
+            map.remove(&id);
+        }
+    }
+
+    /// Tasks with an entry (for tests and leak checks).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn late_subscribers_get_the_text_so_far_and_retries_start_over() {
+        let s = Streams::default();
+        let id = TaskId(1);
+        s.publish(id, 1, "Hel");
+        let (so_far, mut rx) = s.subscribe(id);
+        assert_eq!(
+            so_far,
+            Some(Chunk {
+                attempt: 1,
+                text: Arc::from("Hel")
+            })
+        );
+        s.publish(id, 1, "lo");
+        assert_eq!(&*rx.recv().await.expect("chunk").text, "lo");
+        // Attempt 2 replaces attempt 1's text; stray attempt-1 chunks drop.
+        s.publish(id, 2, "Bon");
+        s.publish(id, 1, "stale");
+        s.publish(id, 2, "jour");
+        assert_eq!(rx.recv().await.expect("chunk").attempt, 2);
+        assert_eq!(&*rx.recv().await.expect("chunk").text, "jour");
+        assert_eq!(&*s.snapshot(id).expect("live").text, "Bonjour");
+        s.finish(id);
+        assert!(rx.recv().await.is_err(), "closed at the end");
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn release_forgets_only_silent_unwatched_tasks() {
+        let s = Streams::default();
+        let (_, rx) = s.subscribe(TaskId(7));
+        s.release(TaskId(7));
+        assert_eq!(s.len(), 1, "still watched");
+        drop(rx);
+        s.release(TaskId(7));
+        assert_eq!(s.len(), 0);
+        s.publish(TaskId(8), 1, "x");
+        s.release(TaskId(8));
+        assert_eq!(s.len(), 1, "streaming tasks stay until they finish");
+    }
+}

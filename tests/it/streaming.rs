@@ -1,0 +1,176 @@
+//! Tokens stream provider → worker → orchestrator → HTTP subscriber (SSE).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use d8::providers::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderSet};
+use d8::task::{ChatRequest, TaskOutput, Usage};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::harness::TestCluster;
+
+/// Streams "Hel", waits for the test to open `gate`, streams "lo", answers.
+struct Drip {
+    started: Arc<Semaphore>,
+    gate: Arc<Semaphore>,
+}
+
+impl Provider for Drip {
+    fn kind(&self) -> &str {
+        "drip"
+    }
+    fn models(&self) -> Vec<String> {
+        vec!["drip".into()]
+    }
+    fn chat<'a>(
+        &'a self,
+        _req: &'a ChatRequest,
+        sink: ChunkSink,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        Box::pin(async move {
+            sink.push("Hel".into()).await;
+            self.started.add_permits(1);
+            let _ = self.gate.acquire().await.map(|p| p.forget());
+            sink.push("lo".into()).await;
+            Ok(TaskOutput {
+                content: "Hello".into(),
+                provider: "drip".into(),
+                model: "drip".into(),
+                usage: Usage::default(),
+            })
+        })
+    }
+}
+
+/// Reads SSE events (`event`, parsed `data`) from a streaming response.
+struct Events {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Events {
+    async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_owned();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return Some((event, serde_json::from_str(&data).expect("json data")));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.resp.chunk())
+                .await
+                .expect("an event within 10 s")
+                .expect("body")?;
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        }
+    }
+}
+
+async fn subscribe(c: &TestCluster, id: &str) -> (u16, Events) {
+    let resp = c
+        .http
+        .get(format!("{}/api/tasks/{id}/stream", c.base))
+        .bearer_auth(&c.key)
+        .send()
+        .await
+        .expect("http");
+    let status = resp.status().as_u16();
+    (
+        status,
+        Events {
+            resp,
+            buf: String::new(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn tokens_reach_an_sse_subscriber_in_order_then_done() {
+    let c = TestCluster::start().await;
+    let started = Arc::new(Semaphore::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let mut cfg = c.worker_config("streamer", 0, 1);
+    cfg.providers = ProviderSet::new(vec![Arc::new(Drip {
+        started: started.clone(),
+        gate: gate.clone(),
+    })]);
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let body = json!({
+        "type": "agent_action",
+        "data": {"messages": [{"role": "user", "content": "greet"}], "stream": true}
+    });
+    let (status, v) = c.request(Method::POST, "/api/tasks", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    // The first chunk is out before anyone subscribes.
+    tokio::time::timeout(Duration::from_secs(10), started.acquire())
+        .await
+        .expect("provider started")
+        .expect("semaphore")
+        .forget();
+    let (status, mut events) = subscribe(&c, &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        events
+            .resp
+            .headers()
+            .get("content-type")
+            .and_then(|h| h.to_str().ok()),
+        Some("text/event-stream")
+    );
+    // "Hel" is on its way through the worker; the subscriber gets it either
+    // as the text so far or as the next chunk, then the rest.
+    let mut text = String::new();
+    gate.add_permits(1);
+    let done = loop {
+        let (event, data) = events.next().await.expect("event");
+        match event.as_str() {
+            "chunk" => {
+                assert_eq!(data["attempt"], 1, "{data}");
+                text.push_str(data["text"].as_str().expect("text"));
+            }
+            "done" => break data,
+            other => panic!("unexpected event {other}: {data}"),
+        }
+    };
+    assert_eq!(text, "Hello");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["content"], "Hello");
+    assert!(events.next().await.is_none(), "the stream ends after done");
+    // Subscribing to a finished task answers `done` at once; unknown is 404.
+    let (_, mut again) = subscribe(&c, &id).await;
+    let (event, data) = again.next().await.expect("done");
+    assert_eq!(
+        (event.as_str(), &data["status"]),
+        ("done", &json!("completed"))
+    );
+    let (status, _) = subscribe(&c, "999999").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_task_submitted_without_stream_still_pushes_done() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w", 300, 1).await;
+    let id = c.submit("quiet", 5).await;
+    let (status, mut events) = subscribe(&c, &id).await;
+    assert_eq!(status, 200);
+    let (event, data) = events.next().await.expect("event");
+    assert_eq!(event, "done", "{data}");
+    assert_eq!(data["result"]["content"], "quiet");
+}

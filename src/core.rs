@@ -285,8 +285,8 @@ struct WorkerEntry {
 }
 
 impl WorkerEntry {
-    /// The route for a `class` task if this worker can take it now.
-    fn can_take(&self, class: &ClassKey, urgent: bool, now: Millis) -> Option<(Choice, Route)> {
+    /// The best offer for a `class` task if this worker can take it now.
+    fn can_take(&self, class: &ClassKey, urgent: bool, now: Millis) -> Option<Choice> {
         let able = self.liveness == Liveness::Alive
             && !self.draining
             && (self.active.len() as u64) < u64::from(self.caps.slots)
@@ -512,13 +512,13 @@ impl Scheduler {
         attempt: u32,
         outcome: Outcome,
     ) -> ResultDisposition {
-        let route = self.tasks.get(&task).and_then(|t| match &t.state {
+        let route = self.tasks.get_mut(&task).and_then(|t| match &mut t.state {
             State::Assigned {
                 worker: w,
                 since,
                 provider,
                 ..
-            } if t.attempt == attempt && w == worker => Some((*since, provider.clone())),
+            } if t.attempt == attempt && w == worker => Some((*since, std::mem::take(provider))),
             _ => None,
         });
         let Some((since, provider)) = route else {
@@ -793,7 +793,7 @@ impl Scheduler {
         self.workers
             .iter()
             .filter_map(|(id, w)| w.can_take(class, urgent, now).map(|c| (id, w, c)))
-            .min_by(|(ia, a, (ca, _)), (ib, b, (cb, _))| {
+            .min_by(|(ia, a, ca), (ib, b, cb)| {
                 let la = a.active.len() as u64 * u64::from(b.caps.slots);
                 let lb = b.active.len() as u64 * u64::from(a.caps.slots);
                 let free_a = u64::from(a.caps.slots) - a.active.len() as u64;
@@ -805,7 +805,10 @@ impl Scheduler {
                     .then(a.dispatched.cmp(&b.dispatched))
                     .then(ia.cmp(ib))
             })
-            .map(|(id, _, (_, route))| (id.clone(), route))
+            .map(|(id, w, choice)| {
+                let route = OfferState::route(&w.caps.offers, choice, class, urgent);
+                (id.clone(), route)
+            })
     }
 
     fn assign(&mut self, now: Millis, task: TaskId, worker: WorkerId, route: Route) {

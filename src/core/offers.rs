@@ -83,10 +83,12 @@ impl OfferState {
     /// Folds one successful attempt's duration into the provider's average
     /// (exponential, weight 1/4 for the newest).
     pub fn record_latency(&mut self, provider: &str, ms: u64) {
-        self.latency_ms
-            .entry(provider.to_owned())
-            .and_modify(|avg| *avg = (avg.saturating_mul(3) + ms) / 4)
-            .or_insert(ms);
+        match self.latency_ms.get_mut(provider) {
+            Some(avg) => *avg = (avg.saturating_mul(3) + ms) / 4,
+            None => {
+                self.latency_ms.insert(provider.to_owned(), ms);
+            }
+        }
     }
 
     /// Drops rests that have ended.
@@ -130,50 +132,51 @@ impl OfferState {
         }
     }
 
-    /// The offer to route a `class` task to on a worker offering `offers`,
-    /// with its sort key (smaller is better), or `None` when none is usable.
+    /// The best offer for a `class` task on a worker offering `offers`:
+    /// its sort key (smaller is better) and index, or `None` when none is
+    /// usable. Allocation-free: it runs for every candidate worker.
     pub fn choose(
         &self,
         offers: &[Offer],
         class: &ClassKey,
         urgent: bool,
         now: Millis,
-    ) -> Option<(Choice, Route)> {
-        let (choice, offer) = offers
+    ) -> Option<Choice> {
+        offers
             .iter()
             .enumerate()
             .filter(|(_, o)| self.usable(o, class, now))
             .map(|(i, o)| {
-                let latency = self.latency_ms.get(&o.provider).copied();
-                let choice = if urgent {
-                    // Measured providers first, fastest first; tier breaks ties.
-                    Choice {
-                        speed: (latency.is_none(), latency.unwrap_or(0)),
-                        tier: o.tier,
-                        order: i,
-                    }
+                // Urgent: measured providers first, fastest first; tier
+                // breaks ties. Otherwise the tier alone decides.
+                let speed = if urgent {
+                    let latency = self.latency_ms.get(&o.provider).copied();
+                    (latency.is_none(), latency.unwrap_or(0))
                 } else {
-                    Choice {
-                        speed: (false, 0),
-                        tier: o.tier,
-                        order: i,
-                    }
+                    (false, 0)
                 };
-                (choice, o)
+                Choice {
+                    speed,
+                    tier: o.tier,
+                    order: i,
+                }
             })
-            .min_by_key(|(c, _)| *c)?;
-        let max_tier = if urgent {
-            class.max_tier.unwrap_or(Tier::Paid)
-        } else {
-            choice.tier
-        };
-        Some((
-            choice,
-            Route {
-                prefer: offer.provider.clone(),
-                max_tier,
+            .min()
+    }
+
+    /// The route for the offer `choose` picked.
+    pub fn route(offers: &[Offer], choice: Choice, class: &ClassKey, urgent: bool) -> Route {
+        Route {
+            prefer: offers
+                .get(choice.order)
+                .map(|o| o.provider.clone())
+                .unwrap_or_default(),
+            max_tier: if urgent {
+                class.max_tier.unwrap_or(Tier::Paid)
+            } else {
+                choice.tier
             },
-        ))
+        }
     }
 
     /// The rests, with time left at `now`, for the API.

@@ -94,22 +94,64 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// `groq:free gemini:free(rests 41s) anthropic:paid(key rejected)` from one
+/// worker of `GET /api/workers`.
+fn providers_summary(w: &Value) -> String {
+    let rests = w["provider_cooldowns"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let offers = w["offers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let parts: Vec<String> = offers
+        .iter()
+        .map(|o| {
+            let kind = o["provider"].as_str().unwrap_or("?");
+            let mut part = format!("{kind}:{}", o["tier"].as_str().unwrap_or("?"));
+            let mine = rests.iter().filter(|r| r["provider"] == kind);
+            let mut notes = Vec::new();
+            for r in mine {
+                let what = r["model"]
+                    .as_str()
+                    .map_or_else(String::new, |m| format!("{m} "));
+                if r["disabled"] == true {
+                    notes.push("key rejected".to_owned());
+                } else {
+                    let secs = r["remaining_ms"].as_u64().unwrap_or(0).div_ceil(1_000);
+                    notes.push(format!("{what}rests {secs}s"));
+                }
+            }
+            if !notes.is_empty() {
+                part.push_str(&format!("({})", notes.join(", ")));
+            }
+            part
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
 fn print_workers(workers: &Value) {
     println!(
-        "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  OS/ARCH",
-        "WORKER", "STATUS", "TYPE", "SLOTS", "ACTIVE", "COMPLETED"
+        "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {:<16} PROVIDERS",
+        "WORKER", "STATUS", "TYPE", "SLOTS", "ACTIVE", "COMPLETED", "OS/ARCH"
     );
     for w in workers.as_array().map(Vec::as_slice).unwrap_or_default() {
         println!(
-            "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {}/{}",
+            "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {:<16} {}",
             s(&w["worker_id"]),
             s(&w["status"]),
             s(&w["worker_type"]),
             s(&w["slots"]),
             s(&w["active_tasks"]),
             s(&w["completed_tasks"]),
-            s(&w["os"]),
-            s(&w["arch"]),
+            format!("{}/{}", s(&w["os"]), s(&w["arch"])),
+            providers_summary(w),
         );
     }
 }
@@ -209,4 +251,30 @@ pub async fn workers(action: &WorkersAction, args: &ClientArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::providers_summary;
+    use serde_json::json;
+
+    #[test]
+    fn provider_summary_names_tiers_and_rests() {
+        let w = json!({
+            "offers": [
+                {"provider": "groq", "tier": "free"},
+                {"provider": "anthropic", "tier": "paid"},
+                {"provider": "ollama", "tier": "local"}
+            ],
+            "provider_cooldowns": [
+                {"provider": "groq", "model": "llama", "remaining_ms": 40_200, "disabled": false},
+                {"provider": "anthropic", "model": null, "remaining_ms": 0, "disabled": true}
+            ]
+        });
+        assert_eq!(
+            providers_summary(&w),
+            "groq:free(llama rests 41s) anthropic:paid(key rejected) ollama:local"
+        );
+        assert_eq!(providers_summary(&json!({"offers": null})), "-");
+    }
 }

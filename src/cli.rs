@@ -351,7 +351,7 @@ impl JoinArgs {
                 .as_deref()
                 .filter(|_| legacy == Some(name.as_str()));
             providers.push(crate::providers::build(name, &env, legacy_key, delay)?);
-            settings.push(crate::providers::ProviderSettings::default());
+            settings.push(crate::providers::env_settings(name, &env)?);
         }
         if providers.is_empty() {
             return Err("no provider: pass --provider (echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter), --config FILE, or set WORKER_TYPE".into());

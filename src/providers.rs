@@ -164,6 +164,28 @@ pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 }
 
+/// A provider's settings from `<KIND>_TIER` and `<KIND>_REASONING_MODEL`
+/// (`GROQ_TIER=paid`), for workers configured without a file.
+pub fn env_settings(kind: &str, env: &dyn Env) -> Result<ProviderSettings, String> {
+    let prefix = match kind {
+        "claude" => "ANTHROPIC".to_owned(),
+        other => other.to_uppercase(),
+    };
+    let tier = env
+        .var(&format!("{prefix}_TIER"))
+        .map(|t| {
+            t.trim()
+                .parse::<crate::task::Tier>()
+                .map_err(|e| format!("{prefix}_TIER: {e}"))
+        })
+        .transpose()?;
+    Ok(ProviderSettings {
+        tier,
+        reasoning_model: env.var(&format!("{prefix}_REASONING_MODEL")),
+        ..ProviderSettings::default()
+    })
+}
+
 /// The process environment.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessEnv;
@@ -362,10 +384,40 @@ mod build_tests {
 
     #[test]
     fn secrets_do_not_print() {
+        crate::ensure_crypto_provider();
         let s = Secret::new("gsk_very_secret_value");
         assert_eq!(format!("{s:?}"), "<redacted>");
         let p =
             openai::OpenAiCompat::new(openai::GROQ, "http://x", Some(s), reqwest::Client::new());
         assert!(!format!("{p:?}").contains("very_secret"));
+    }
+
+    #[test]
+    fn tier_and_reasoning_model_from_the_environment() {
+        let s = env_settings(
+            "groq",
+            &env(&[
+                ("GROQ_TIER", "paid"),
+                ("GROQ_REASONING_MODEL", "llama-3.3-70b"),
+            ]),
+        )
+        .expect("ok");
+        assert_eq!(s.tier, Some(crate::task::Tier::Paid));
+        assert_eq!(s.reasoning_model.as_deref(), Some("llama-3.3-70b"));
+        assert_eq!(
+            env_settings("claude", &env(&[("ANTHROPIC_TIER", "free")]))
+                .expect("ok")
+                .tier,
+            Some(crate::task::Tier::Free)
+        );
+        let e = env_settings("gemini", &env(&[("GEMINI_TIER", "gratis")])).expect_err("bad");
+        assert!(
+            e.contains("GEMINI_TIER") && e.contains("local, free or paid"),
+            "{e}"
+        );
+        assert_eq!(
+            env_settings("ollama", &env(&[])).expect("ok"),
+            ProviderSettings::default()
+        );
     }
 }

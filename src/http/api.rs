@@ -616,7 +616,29 @@ pub(crate) async fn cancel_task(
     }
 }
 
-pub(crate) async fn worker_stats(State(shared): State<Arc<Shared>>) -> ApiResult {
+#[derive(Deserialize)]
+pub(crate) struct StatsQuery {
+    include: Option<String>,
+}
+
+/// `GET /api/workers/stats`: exactly the original project's shape, so its
+/// clients keep working. `?include=cooldowns` adds `cooldowns`: every
+/// resting provider in the cluster (`worker_id`, `provider`, `model`,
+/// `remaining_ms`, `disabled`).
+pub(crate) async fn worker_stats(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<StatsQuery>,
+) -> ApiResult {
+    let with_cooldowns = match q.include.as_deref() {
+        None | Some("") => false,
+        Some("cooldowns") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_include",
+                format!("include={other:?} is not known (use include=cooldowns)"),
+            ));
+        }
+    };
     let s = shared.sched.stats().await?;
     let done = s.counters.completed + s.counters.failed;
     // Percent, two decimals; 0 before anything finished.
@@ -625,7 +647,7 @@ pub(crate) async fn worker_stats(State(shared): State<Arc<Shared>>) -> ApiResult
     } else {
         (s.counters.completed as f64 * 10_000.0 / done as f64).round() / 100.0
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "workers": {
             "total": s.workers_total,
             "online": s.workers_online,
@@ -643,8 +665,23 @@ pub(crate) async fn worker_stats(State(shared): State<Arc<Shared>>) -> ApiResult
             "total_failed": s.counters.failed,
             "success_rate": rate,
         },
-    }))
-    .into_response())
+    });
+    if with_cooldowns {
+        let mut list = Vec::new();
+        for w in shared.sched.workers().await? {
+            for r in w.rests {
+                list.push(json!({
+                    "worker_id": w.id.0,
+                    "provider": r.provider,
+                    "model": r.model,
+                    "remaining_ms": r.remaining_ms,
+                    "disabled": r.disabled,
+                }));
+            }
+        }
+        body["cooldowns"] = Value::Array(list);
+    }
+    Ok(Json(body).into_response())
 }
 
 pub(crate) async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult {

@@ -472,6 +472,23 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
         .await;
     assert_eq!(t["status"], "pending", "{t}");
     assert_eq!(vendor.calls(), 1);
+    // Stats keep the original shape unless asked for cooldowns.
+    let plain = c.stats().await;
+    assert!(plain.get("cooldowns").is_none(), "{plain}");
+    let (status, stats) = c
+        .request(Method::GET, "/api/workers/stats?include=cooldowns", None)
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    let cd = &stats["cooldowns"][0];
+    assert_eq!(
+        (cd["worker_id"].as_str(), cd["provider"].as_str()),
+        (Some("limited"), Some("groq")),
+        "{stats}"
+    );
+    let (status, _) = c
+        .request(Method::GET, "/api/workers/stats?include=everything", None)
+        .await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

@@ -301,11 +301,7 @@ mod tests {
             )
         })
         .await;
-        let req = ChatRequest {
-            stop: vec!["END".into()],
-            json: true,
-            ..request(false)
-        };
+        let req = super::super::testkit::stop_and_json(request(false));
         provider(&base)
             .chat(&req, ChunkSink::none())
             .await

@@ -251,11 +251,7 @@ mod tests {
                 .expect("response")
         })
         .await;
-        let req = ChatRequest {
-            stop: vec!["END".into()],
-            json: true,
-            ..request(false)
-        };
+        let req = super::super::testkit::stop_and_json(request(false));
         provider(&base)
             .chat(&req, ChunkSink::none())
             .await

@@ -89,3 +89,12 @@ pub fn sse(events: &[(Option<&str>, String)]) -> Response {
         .body(Body::from(body))
         .expect("response")
 }
+
+/// `req` with a stop sequence `END` and JSON mode, for the translation tests.
+pub fn stop_and_json(req: crate::task::ChatRequest) -> crate::task::ChatRequest {
+    crate::task::ChatRequest {
+        stop: vec!["END".into()],
+        json: true,
+        ..req
+    }
+}

@@ -424,18 +424,13 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
         retry_after_secs: 30,
     })
     .await;
-    let env: std::collections::HashMap<String, String> = [
-        (
-            "GROQ_API_KEY".to_owned(),
-            "gsk_test_cooldown_0123456789".to_owned(),
-        ),
-        ("GROQ_BASE_URL".to_owned(), vendor.base.clone()),
-    ]
-    .into();
-    let groq = d8::providers::build("groq", &env, None, Duration::ZERO).expect("groq");
-    let mut cfg = c.worker_config("limited", 0, 1);
-    cfg.providers = d8::providers::ProviderSet::new(vec![groq]);
-    let _w = c.spawn_worker(cfg);
+    let _w = vendor_worker(
+        &c,
+        "limited",
+        "groq",
+        "gsk_test_cooldown_0123456789",
+        &vendor.base,
+    );
     c.wait_until(|s| s["workers"]["online"] == 1, "online")
         .await;
     let id = c.submit("anything", 5).await;
@@ -496,15 +491,7 @@ async fn stop_sequences_and_json_mode_reach_the_vendor() {
     use super::fakes::{FakeOpenAi, Mode};
     let c = TestCluster::start().await;
     let vendor = FakeOpenAi::start(Mode::Ok).await;
-    let env: std::collections::HashMap<String, String> = [
-        ("OPENAI_API_KEY".to_owned(), "sk-test-0123456789".to_owned()),
-        ("OPENAI_BASE_URL".to_owned(), vendor.base.clone()),
-    ]
-    .into();
-    let openai = d8::providers::build("openai", &env, None, Duration::ZERO).expect("openai");
-    let mut cfg = c.worker_config("gpt", 0, 1);
-    cfg.providers = d8::providers::ProviderSet::new(vec![openai]);
-    let _w = c.spawn_worker(cfg);
+    let _w = vendor_worker(&c, "gpt", "openai", "sk-test-0123456789", &vendor.base);
     c.wait_until(|s| s["workers"]["online"] == 1, "online")
         .await;
     let body = serde_json::json!({

@@ -449,7 +449,7 @@ mod tests {
         let file = dir.path().join("worker.toml");
         std::fs::write(
             &file,
-            "[[providers]]\nkind = \"echo\"\nrequests_per_minute = 5\n",
+            "[[providers]]\nkind = \"echo\"\nrequests_per_minute = 5\ntier = \"paid\"\nreasoning_model = \"deep\"\n",
         )
         .expect("write");
         let Command::Join(j) = parse(&[
@@ -465,6 +465,11 @@ mod tests {
         };
         let cfg = j.to_config().expect("config from file");
         assert_eq!(cfg.providers.kinds(), ["echo"]);
+        // The file's tier and reasoning model are what the worker advertises.
+        let offer = &cfg.providers.offers()[0];
+        assert_eq!(offer.tier, crate::task::Tier::Paid);
+        assert_eq!(offer.reasoning_model.as_deref(), Some("deep"));
+        assert_eq!(offer.models, ["echo", "deep"]);
         std::fs::write(&file, "[[providers]]\nkind = \"echo\"\nsecret = 1\n").expect("write");
         let e = j.to_config().expect_err("bad file");
         assert!(

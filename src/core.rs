@@ -434,8 +434,9 @@ impl Scheduler {
     /// The worker's report of its resting providers (with a heartbeat or a
     /// result); replaces the previous one.
     pub fn handle_cooldowns(&mut self, now: Millis, id: &WorkerId, report: &[ProviderCooldown]) {
-        if let Some(w) = self.workers.get_mut(id) {
-            w.offers.set_report(now, report);
+        if let Some(w) = self.workers.get_mut(id)
+            && w.offers.set_report(now, report)
+        {
             self.schedule(now);
         }
     }

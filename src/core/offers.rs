@@ -59,9 +59,26 @@ pub(super) struct OfferState {
 }
 
 impl OfferState {
-    /// Replaces the rests with the worker's own report.
-    pub fn set_report(&mut self, now: Millis, report: &[ProviderCooldown]) {
-        self.rests = report.iter().map(|c| Rest::from_report(now, c)).collect();
+    /// Replaces the rests with the worker's own report. True when that may
+    /// free capacity (a rest gone or ending earlier), i.e. worth scheduling.
+    pub fn set_report(&mut self, now: Millis, report: &[ProviderCooldown]) -> bool {
+        let new: Vec<Rest> = report.iter().map(|c| Rest::from_report(now, c)).collect();
+        // Reports of an unchanged rest differ by clock jitter only.
+        const JITTER_MS: u64 = 50;
+        let loosened = self.rests.iter().filter(|r| r.active(now)).any(|old| {
+            !new.iter().any(|n| {
+                n.provider == old.provider
+                    && n.model == old.model
+                    && match (n.until, old.until) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => a.plus(JITTER_MS) >= b,
+                        (Some(_), None) => false,
+                        (None, Some(_)) => true,
+                    }
+            })
+        });
+        self.rests = new;
+        loosened
     }
 
     /// Rests `provider` until `until` unless the worker already reported a

@@ -893,3 +893,26 @@ fn urgent_tasks_go_to_the_fastest_measured_provider() {
     );
     s.check_invariants();
 }
+
+#[test]
+fn a_rest_lifted_early_by_the_worker_frees_it_at_once() {
+    let mut s = sched();
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
+    let rest = |ms: u64| ProviderCooldown {
+        provider: "echo".into(),
+        model: None,
+        remaining_ms: ms,
+        disabled: false,
+    };
+    s.handle_cooldowns(Millis(0), &w("a"), &[rest(60_000)]);
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    assert!(dispatches(&drain(&mut s)).is_empty(), "resting");
+    // The same rest reported again a heartbeat later changes nothing.
+    s.handle_cooldowns(Millis(500), &w("a"), &[rest(59_500)]);
+    assert!(dispatches(&drain(&mut s)).is_empty());
+    // The worker's rest is over early (its own limiter freed a slot): the
+    // task goes at once, without waiting for the old end.
+    s.handle_cooldowns(Millis(1_000), &w("a"), &[]);
+    assert_eq!(dispatches(&drain(&mut s)), vec![(TaskId(1), 1, w("a"))]);
+    s.check_invariants();
+}

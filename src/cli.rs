@@ -326,6 +326,8 @@ impl JoinArgs {
         let delay = Duration::from_millis(self.echo_delay_ms);
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
         let mut settings = Vec::new();
+        // One HTTP client for every provider: one pool, one TLS session cache.
+        let client = crate::providers::http_client()?;
         // The file's providers first (in its order), then flags it does not name.
         let file = self
             .config
@@ -338,7 +340,13 @@ impl JoinArgs {
                 .api_key
                 .as_deref()
                 .filter(|_| legacy == Some(entry.kind.as_str()));
-            let p = crate::providers::build(&entry.kind, &entry.overlay(&env), legacy_key, delay)?;
+            let p = crate::providers::build(
+                &entry.kind,
+                &entry.overlay(&env),
+                legacy_key,
+                delay,
+                &client,
+            )?;
             providers.push(p);
             settings.push(entry.settings());
         }
@@ -350,7 +358,9 @@ impl JoinArgs {
                 .api_key
                 .as_deref()
                 .filter(|_| legacy == Some(name.as_str()));
-            providers.push(crate::providers::build(name, &env, legacy_key, delay)?);
+            providers.push(crate::providers::build(
+                name, &env, legacy_key, delay, &client,
+            )?);
             settings.push(crate::providers::env_settings(name, &env)?);
         }
         if providers.is_empty() {

@@ -143,7 +143,9 @@ pub trait Provider: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>>;
 }
 
-/// The HTTP client every vendor provider shares: rustls, connection reuse,
+/// The HTTP client for vendor providers; a worker builds one and hands it to
+/// every [`build`], so all its providers share one connection pool and TLS
+/// session cache: rustls, connection reuse,
 /// bounded connect and read stalls (a whole attempt is bounded by the
 /// orchestrator's attempt timeout).
 pub fn http_client() -> Result<reqwest::Client, String> {
@@ -222,12 +224,14 @@ impl Env for Overlay<'_> {
 
 /// Builds the provider called `name` from `env`. `legacy_key` is the
 /// original project's `API_KEY`, used when `WORKER_TYPE` names this provider
-/// and its own variable is unset.
+/// and its own variable is unset. `client` is the worker's shared
+/// [`http_client`].
 pub fn build(
     name: &str,
     env: &dyn Env,
     legacy_key: Option<&str>,
     echo_delay: std::time::Duration,
+    client: &reqwest::Client,
 ) -> Result<Arc<dyn Provider>, String> {
     if name == "echo" {
         return Ok(Arc::new(echo::Echo { delay: echo_delay }));
@@ -248,7 +252,7 @@ pub fn build(
                     .collect()
             })
             .unwrap_or_default();
-        return Ok(Arc::new(ollama::Ollama::new(&url, models, http_client()?)));
+        return Ok(Arc::new(ollama::Ollama::new(&url, models, client.clone())));
     }
     let models = |var: &str| -> Vec<String> {
         env.var(var)
@@ -279,7 +283,7 @@ pub fn build(
             &url("ANTHROPIC_BASE_URL", anthropic::BASE_URL)?,
             key_for("ANTHROPIC_API_KEY")?,
             models("ANTHROPIC_MODELS"),
-            http_client()?,
+            client.clone(),
         )));
     }
     if name == "gemini" {
@@ -287,7 +291,7 @@ pub fn build(
             &url("GEMINI_BASE_URL", gemini::BASE_URL)?,
             key_for("GEMINI_API_KEY")?,
             models("GEMINI_MODELS"),
-            http_client()?,
+            client.clone(),
         )));
     }
     let Some(preset) = openai::PRESETS.iter().find(|p| p.kind == name) else {
@@ -302,7 +306,7 @@ pub fn build(
     };
     let key = key_for(preset.key_env)?;
     let base = url(preset.base_url_env, preset.base_url)?;
-    let mut p = openai::OpenAiCompat::new(*preset, &base, Some(key), http_client()?);
+    let mut p = openai::OpenAiCompat::new(*preset, &base, Some(key), client.clone());
     let served = models(&format!("{}_MODELS", preset.kind.to_ascii_uppercase()));
     if !served.is_empty() {
         p = p.with_models(served);
@@ -325,27 +329,29 @@ mod build_tests {
     #[test]
     fn builds_presets_from_the_environment() {
         let d = std::time::Duration::ZERO;
-        let p = build("groq", &env(&[("GROQ_API_KEY", "gsk_x")]), None, d).expect("groq");
+        let c = http_client().expect("client");
+        let p = build("groq", &env(&[("GROQ_API_KEY", "gsk_x")]), None, d, &c).expect("groq");
         assert_eq!(p.kind(), "groq");
         assert!(
-            build("groq", &env(&[]), Some("legacy"), d).is_ok(),
+            build("groq", &env(&[]), Some("legacy"), d, &c).is_ok(),
             "API_KEY with WORKER_TYPE=groq"
         );
-        let e = build("groq", &env(&[]), None, d).err().expect("no key");
+        let e = build("groq", &env(&[]), None, d, &c).err().expect("no key");
         assert!(e.contains("GROQ_API_KEY"), "{e}");
         let e = build(
             "openai",
             &env(&[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", "ftp://x")]),
             None,
             d,
+            &c,
         )
         .err()
         .expect("bad url");
         assert!(e.contains("OPENAI_BASE_URL"), "{e}");
-        let e = build("mistral", &env(&[]), None, d).err().expect("n/a");
+        let e = build("mistral", &env(&[]), None, d, &c).err().expect("n/a");
         assert!(e.contains("not available"), "{e}");
         assert_eq!(
-            build("echo", &env(&[]), None, d).expect("echo").kind(),
+            build("echo", &env(&[]), None, d, &c).expect("echo").kind(),
             "echo"
         );
         let o = build(
@@ -356,6 +362,7 @@ mod build_tests {
             ]),
             None,
             d,
+            &c,
         )
         .expect("ollama");
         assert_eq!(
@@ -367,9 +374,9 @@ mod build_tests {
             ("claude", "ANTHROPIC_API_KEY", "anthropic"),
             ("gemini", "GEMINI_API_KEY", "gemini"),
         ] {
-            let p = build(name, &env(&[(var, "key-1234567890")]), None, d).expect(name);
+            let p = build(name, &env(&[(var, "key-1234567890")]), None, d, &c).expect(name);
             assert_eq!(p.kind(), kind);
-            let e = build(name, &env(&[]), None, d).err().expect("no key");
+            let e = build(name, &env(&[]), None, d, &c).err().expect("no key");
             assert!(e.contains(var), "{e}");
         }
         let g = build(
@@ -377,6 +384,7 @@ mod build_tests {
             &env(&[("GROQ_API_KEY", "k"), ("GROQ_MODELS", "m1,m2")]),
             None,
             d,
+            &c,
         )
         .expect("groq");
         assert_eq!(g.models(), ["m1", "m2"]);

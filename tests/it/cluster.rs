@@ -522,7 +522,8 @@ fn vendor_worker(c: &TestCluster, name: &str, kind: &str, key: &str, base: &str)
         (format!("{upper}_BASE_URL"), base.to_owned()),
     ]
     .into();
-    let p = d8::providers::build(kind, &env, None, Duration::ZERO).expect("provider");
+    let client = d8::providers::http_client().expect("client");
+    let p = d8::providers::build(kind, &env, None, Duration::ZERO, &client).expect("provider");
     let mut cfg = c.worker_config(name, 0, 4);
     cfg.providers = d8::providers::ProviderSet::new(vec![p]);
     c.spawn_worker(cfg)

@@ -113,7 +113,7 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub mdns_interfaces: Vec<String>,
-    /// Name announced over mDNS (default: d8-<hostname>).
+    /// Name announced over mDNS (default: d8-HOSTNAME-CLUSTERID).
     #[arg(long, env = "D8_NAME")]
     pub name: Option<String>,
 }

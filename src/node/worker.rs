@@ -324,6 +324,15 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
     if cfg.providers.kinds().is_empty() {
         return Err(WorkerError::NoProvider);
     }
+    for o in cfg.providers.offers() {
+        tracing::info!(
+            provider = %o.provider,
+            tier = %o.tier,
+            models = %o.models.join(","),
+            reasoning_model = o.reasoning_model.as_deref().unwrap_or("-"),
+            "provider ready (its key stays on this machine)"
+        );
+    }
     let stored = load_identity(&cfg.data_dir)?;
     let ident = match (stored, &cfg.token) {
         // A token for another cluster means: join that cluster instead.

@@ -14,6 +14,10 @@ use crate::task::{Millis, Offer, ProviderCooldown, Route, Tier};
 
 use super::ClassKey;
 
+/// Rests kept per worker: more than any real worker has (64 providers with a
+/// few resting models each); a longer report is cut, never trusted whole.
+const MAX_RESTS: usize = 256;
+
 /// A provider (or one model of it) that must not get work on one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rest {
@@ -62,7 +66,11 @@ impl OfferState {
     /// Replaces the rests with the worker's own report. True when that may
     /// free capacity (a rest gone or ending earlier), i.e. worth scheduling.
     pub fn set_report(&mut self, now: Millis, report: &[ProviderCooldown]) -> bool {
-        let new: Vec<Rest> = report.iter().map(|c| Rest::from_report(now, c)).collect();
+        let new: Vec<Rest> = report
+            .iter()
+            .take(MAX_RESTS)
+            .map(|c| Rest::from_report(now, c))
+            .collect();
         // Reports of an unchanged rest differ by clock jitter only.
         const JITTER_MS: u64 = 50;
         let loosened = self.rests.iter().filter(|r| r.active(now)).any(|old| {
@@ -215,4 +223,24 @@ pub(super) struct Choice {
     pub tier: Tier,
     /// The worker's own order of preference.
     pub order: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_report_is_cut() {
+        let mut s = OfferState::default();
+        let report: Vec<ProviderCooldown> = (0..10_000)
+            .map(|i| ProviderCooldown {
+                provider: format!("p{i}"),
+                model: None,
+                remaining_ms: 1_000,
+                disabled: false,
+            })
+            .collect();
+        s.set_report(Millis(0), &report);
+        assert_eq!(s.rests.len(), MAX_RESTS);
+    }
 }

@@ -608,6 +608,12 @@ async fn serve_worker(conn: Connection, shared: &Shared) {
     }
     let mut caps = hello.caps;
     caps.slots = caps.slots.clamp(1, 1_024);
+    // The scheduler scans offers for every dispatch: keep a worker's list
+    // to what any real machine has.
+    caps.offers.truncate(64);
+    for o in &mut caps.offers {
+        o.models.truncate(256);
+    }
     if shared
         .sched
         .send(SchedMsg::WorkerUp {

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Time one attempt may take before it is retried elsewhere.
     #[arg(long, env = "D8_ATTEMPT_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub attempt_timeout: Duration,
+    /// Pause before retrying a failed attempt (5xx, timeout, connection
+    /// error); doubles with each failure up to 30 s. `0s` retries at once.
+    #[arg(long, env = "D8_RETRY_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
     /// Routing override, `TASK_TYPE=WORKER_TYPE|WORKER_TYPE` (`*` = any); repeatable or comma-separated.
     #[arg(long = "route", env = "D8_ROUTE", value_delimiter = ',')]
     pub routes: Vec<String>,
@@ -265,6 +269,7 @@ impl ServeArgs {
             return Err("--attempt-timeout must be positive".into());
         }
         cfg.attempt_timeout = self.attempt_timeout;
+        cfg.scheduler.retry_backoff_ms = ms(self.retry_backoff);
         for r in &self.routes {
             cfg.scheduler.routing.parse_rules(r)?;
         }
@@ -427,6 +432,7 @@ mod tests {
         assert_eq!(cfg.quic_addr.port(), 5000);
         assert_eq!(cfg.http_addr.port(), 5000);
         assert_eq!(cfg.scheduler.dead_after_ms, 3_000);
+        assert_eq!(cfg.scheduler.retry_backoff_ms, 500);
         let Command::Serve(s) = parse(&["serve", "--heartbeat", "2s", "--dead-after", "3s"])
             .expect("parse")
             .command

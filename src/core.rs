@@ -48,6 +48,9 @@ pub struct SchedulerConfig {
     /// Tasks at least this urgent skip the cheapest-tier-first order and go
     /// to the fastest provider measured so far.
     pub urgent_priority: u8,
+    /// Pause before a task that failed an attempt (5xx, timeout, connection)
+    /// is eligible again; doubles with each failure, up to 30 s.
+    pub retry_backoff_ms: u64,
     /// Rest for a provider that answered rate-limited or unavailable when
     /// its worker reported no rest of its own: bounds retries of one key.
     pub min_rest_ms: u64,
@@ -67,6 +70,7 @@ impl SchedulerConfig {
             aging_step_ms: 30_000,
             max_worker_losses: 10,
             urgent_priority: 8,
+            retry_backoff_ms: 500,
             min_rest_ms: 1_000,
             routing: Routing::default(),
         }
@@ -212,6 +216,9 @@ pub struct Stats {
     pub counters: Counters,
 }
 
+/// Longest pause between attempts of a failing task.
+const MAX_RETRY_BACKOFF_MS: u64 = 30_000;
+
 /// Order in a class queue: `(created_at − priority × aging_step, id)`.
 type QueueKey = (i128, TaskId);
 /// What a worker must offer to run a task: one of the worker types its
@@ -246,6 +253,10 @@ impl ClassKey {
 #[derive(Debug)]
 enum State {
     Pending,
+    /// Failed an attempt; back in its queue at `until`.
+    Backoff {
+        until: Millis,
+    },
     Assigned {
         worker: WorkerId,
         expires: Millis,
@@ -269,6 +280,9 @@ struct TaskEntry {
     losses: u32,
     last_error: Option<String>,
     last_worker: Option<WorkerId>,
+    /// The worker of the last failed attempt: the retry goes elsewhere when
+    /// another worker can take it.
+    failed_on: Option<WorkerId>,
 }
 
 #[derive(Debug)]
@@ -325,6 +339,7 @@ impl WorkerEntry {
 enum Timer {
     AttemptExpiry(TaskId, u32),
     Deadline(TaskId),
+    Retry(TaskId),
 }
 
 /// The scheduler state machine.
@@ -390,6 +405,7 @@ impl Scheduler {
                 losses: 0,
                 last_error: None,
                 last_worker: None,
+                failed_on: None,
             },
         );
         if self.tasks[&id].spec.deadline.is_some_and(|d| d <= now) {
@@ -575,13 +591,31 @@ impl Scheduler {
             return ResultDisposition::Late;
         };
         t.failures += 1;
+        t.failed_on = t.last_worker.clone();
         if t.failures >= t.spec.max_attempts.max(1) {
             let msg = format!("failed after {} attempts: {message}", t.failures);
             self.finish(now, task, TaskStatus::Failed, None, Some(msg));
             ResultDisposition::Finished
         } else {
             self.counters.requeued += 1;
-            self.requeue(now, task, Some(message));
+            let shift = (t.failures - 1).min(16);
+            let delay = self
+                .cfg
+                .retry_backoff_ms
+                .saturating_mul(1 << shift)
+                .min(MAX_RETRY_BACKOFF_MS);
+            if delay == 0 {
+                self.requeue(now, task, Some(message));
+            } else {
+                if let State::Assigned { expires, .. } = t.state {
+                    self.timers
+                        .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
+                }
+                let until = now.plus(delay);
+                t.state = State::Backoff { until };
+                t.last_error = Some(message);
+                self.timers.insert((until, Timer::Retry(task)));
+            }
             ResultDisposition::Requeued
         }
     }
@@ -614,6 +648,9 @@ impl Scheduler {
                 if let Some(q) = self.queues.get_mut(&t.class) {
                     q.remove(&t.key);
                 }
+            }
+            State::Backoff { until } => {
+                self.timers.remove(&(until, Timer::Retry(task)));
             }
             State::Assigned {
                 worker, expires, ..
@@ -649,9 +686,15 @@ impl Scheduler {
             return;
         };
         // Timers die with the task, so they never outnumber live tasks.
-        if let State::Assigned { expires, .. } = t.state {
-            self.timers
-                .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
+        match t.state {
+            State::Assigned { expires, .. } => {
+                self.timers
+                    .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
+            }
+            State::Backoff { until } => {
+                self.timers.remove(&(until, Timer::Retry(task)));
+            }
+            State::Pending => {}
         }
         if let Some(deadline) = t.spec.deadline {
             self.timers.remove(&(deadline, Timer::Deadline(task)));
@@ -713,6 +756,17 @@ impl Scheduler {
                         self.fail_attempt(now, task, format!("attempt {attempt} timed out"));
                     }
                 }
+                Timer::Retry(task) => {
+                    if let Some(t) = self.tasks.get_mut(&task)
+                        && matches!(t.state, State::Backoff { until } if until <= now)
+                    {
+                        t.state = State::Pending;
+                        self.queues
+                            .entry(t.class.clone())
+                            .or_default()
+                            .insert(t.key);
+                    }
+                }
                 Timer::Deadline(task) => {
                     if self.tasks.contains_key(&task) {
                         self.unassign_or_dequeue(task, true);
@@ -762,11 +816,10 @@ impl Scheduler {
                 if best.as_ref().is_some_and(|(k, ..)| k <= head) {
                     continue;
                 }
-                let urgent = self
-                    .tasks
-                    .get(&head.1)
-                    .is_some_and(|t| t.spec.priority >= self.cfg.urgent_priority);
-                if let Some((worker, route)) = self.pick_worker(class, urgent, now) {
+                let head_task = self.tasks.get(&head.1);
+                let urgent = head_task.is_some_and(|t| t.spec.priority >= self.cfg.urgent_priority);
+                let avoid = head_task.and_then(|t| t.failed_on.as_ref());
+                if let Some((worker, route)) = self.pick_worker(class, urgent, avoid, now) {
                     best = Some((*head, class.clone(), worker, route));
                 }
             }
@@ -781,7 +834,8 @@ impl Scheduler {
         self.queues.retain(|_, q| !q.is_empty());
     }
 
-    /// The eligible worker with the best offer: for an urgent task the
+    /// The eligible worker with the best offer, never `avoid` (where the task
+    /// just failed) while another can take it: for an urgent task the
     /// fastest measured provider, otherwise the cheapest tier; then least
     /// loaded (lowest active/slots, then most free slots), then fewest
     /// dispatches so far (spreads ties), then id.
@@ -789,6 +843,7 @@ impl Scheduler {
         &self,
         class: &ClassKey,
         urgent: bool,
+        avoid: Option<&WorkerId>,
         now: Millis,
     ) -> Option<(WorkerId, Route)> {
         self.workers
@@ -799,8 +854,8 @@ impl Scheduler {
                 let lb = b.active.len() as u64 * u64::from(a.caps.slots);
                 let free_a = u64::from(a.caps.slots) - a.active.len() as u64;
                 let free_b = u64::from(b.caps.slots) - b.active.len() as u64;
-                (ca.speed, ca.tier)
-                    .cmp(&(cb.speed, cb.tier))
+                (Some(*ia) == avoid, ca.speed, ca.tier)
+                    .cmp(&(Some(*ib) == avoid, cb.speed, cb.tier))
                     .then(la.cmp(&lb))
                     .then(free_b.cmp(&free_a))
                     .then(a.dispatched.cmp(&b.dispatched))
@@ -843,13 +898,13 @@ impl Scheduler {
     pub fn task(&self, id: TaskId) -> Option<TaskView> {
         self.tasks.get(&id).map(|t| TaskView {
             status: match t.state {
-                State::Pending => TaskStatus::Pending,
+                State::Pending | State::Backoff { .. } => TaskStatus::Pending,
                 State::Assigned { .. } => TaskStatus::Assigned,
             },
             spec: t.spec.clone(),
             worker: match &t.state {
                 State::Assigned { worker, .. } => Some(worker.clone()),
-                State::Pending => None,
+                State::Pending | State::Backoff { .. } => None,
             },
             attempts: t.attempt,
             created_at: t.created_at,
@@ -910,6 +965,7 @@ impl Scheduler {
     #[cfg(test)]
     fn check_invariants(&self) {
         let mut assigned = 0;
+        let mut backing_off = 0;
         for (id, t) in &self.tasks {
             match &t.state {
                 State::Pending => {
@@ -919,6 +975,10 @@ impl Scheduler {
                             .is_some_and(|q| q.contains(&t.key)),
                         "pending task {id} not queued"
                     );
+                }
+                State::Backoff { until } => {
+                    backing_off += 1;
+                    assert!(self.timers.contains(&(*until, Timer::Retry(*id))));
                 }
                 State::Assigned { worker, .. } => {
                     assigned += 1;
@@ -932,7 +992,7 @@ impl Scheduler {
         }
         assert_eq!(assigned, self.assigned);
         let queued: usize = self.queues.values().map(BTreeSet::len).sum();
-        assert_eq!(queued + assigned, self.tasks.len());
+        assert_eq!(queued + assigned + backing_off, self.tasks.len());
         for w in self.workers.values() {
             assert!(w.active.len() as u64 <= u64::from(w.caps.slots));
         }
@@ -943,7 +1003,7 @@ impl Scheduler {
             .count();
         assert_eq!(
             self.timers.len(),
-            assigned + with_deadline,
+            assigned + with_deadline + backing_off,
             "no stale timers"
         );
     }

@@ -244,16 +244,30 @@ fn transient_errors_consume_attempts_then_fail() {
     let mut s = sched();
     s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
     s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    let backoff = SchedulerConfig::lan().retry_backoff_ms;
+    let mut now = Millis(0);
     for attempt in 1..=3 {
         let d = dispatches(&drain(&mut s));
         assert_eq!(d, vec![(TaskId(1), attempt, w("a"))]);
-        s.handle_result(
-            Millis(attempt.into()),
-            &w("a"),
-            TaskId(1),
-            attempt,
-            err(ErrorKind::Transient),
-        );
+        s.handle_result(now, &w("a"), TaskId(1), attempt, err(ErrorKind::Transient));
+        s.check_invariants();
+        if attempt < 3 {
+            // Backs off: 0.5 s after the first failure, 1 s after the second.
+            let pause = backoff << (attempt - 1);
+            assert_eq!(s.poll_timeout(), Some(now.plus(pause)), "attempt {attempt}");
+            s.handle_timeout(now.plus(pause - 1));
+            assert!(
+                dispatches(&drain(&mut s)).is_empty(),
+                "not before the pause"
+            );
+            assert_eq!(
+                s.task(TaskId(1)).map(|t| t.status),
+                Some(TaskStatus::Pending)
+            );
+            now = now.plus(pause);
+            s.handle_heartbeat(now, &w("a"));
+            s.handle_timeout(now);
+        }
     }
     let f = finished(&drain(&mut s));
     assert_eq!(f.len(), 1);
@@ -321,7 +335,10 @@ fn attempt_timeout_aborts_and_retries() {
         attempt: 1,
         worker: w("a")
     }));
-    assert_eq!(dispatches(&acts), vec![(TaskId(1), 2, w("a"))]);
+    let backoff = SchedulerConfig::lan().retry_backoff_ms;
+    s.handle_heartbeat(Millis(1_000 + backoff), &w("a"));
+    s.handle_timeout(Millis(1_000 + backoff));
+    assert_eq!(dispatches(&drain(&mut s)), vec![(TaskId(1), 2, w("a"))]);
 }
 
 #[test]
@@ -527,7 +544,8 @@ proptest! {
                 }
                 s.handle_timeout(now);
                 absorb(&mut s, &mut running, &mut stale, &mut done)?;
-                if running.is_empty() {
+                // Tasks backing off after a failure come back by themselves.
+                if running.is_empty() && s.stats().pending == 0 {
                     break;
                 }
             }
@@ -914,5 +932,27 @@ fn a_rest_lifted_early_by_the_worker_frees_it_at_once() {
     // task goes at once, without waiting for the old end.
     s.handle_cooldowns(Millis(1_000), &w("a"), &[]);
     assert_eq!(dispatches(&drain(&mut s)), vec![(TaskId(1), 1, w("a"))]);
+    s.check_invariants();
+}
+
+#[test]
+fn a_failed_attempt_is_retried_on_another_worker_when_one_can_take_it() {
+    let mut s = sched();
+    // Same tier, "a" sorts first: only the failure moves the retry.
+    s.handle_worker_up(Millis(0), w("a"), caps("echo", 4));
+    s.handle_worker_up(Millis(0), w("b"), caps("echo", 4));
+    s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
+    assert_eq!(dispatches(&drain(&mut s)), vec![(TaskId(1), 1, w("a"))]);
+    s.handle_result(Millis(10), &w("a"), TaskId(1), 1, err(ErrorKind::Transient));
+    let at = Millis(10).plus(SchedulerConfig::lan().retry_backoff_ms);
+    for id in ["a", "b"] {
+        s.handle_heartbeat(at, &w(id));
+    }
+    s.handle_timeout(at);
+    assert_eq!(dispatches(&drain(&mut s)), vec![(TaskId(1), 2, w("b"))]);
+    // Cancelling a task that is backing off leaves no timer behind.
+    s.handle_result(at, &w("b"), TaskId(1), 2, err(ErrorKind::Transient));
+    assert_eq!(s.handle_cancel(at, TaskId(1)), CancelResult::Cancelled);
+    // (check_invariants counts timers: a stale retry timer would fail it.)
     s.check_invariants();
 }

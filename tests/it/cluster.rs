@@ -589,6 +589,35 @@ async fn free_keys_are_used_before_paid_ones_and_429s_spill_over() {
     assert_eq!(stats["tasks"]["failed"], 0, "{stats}");
 }
 
+#[tokio::test]
+async fn a_vendor_outage_retries_the_task_on_another_worker_after_a_pause() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let c = TestCluster::start().await;
+    let down = FakeOpenAi::start(Mode::Down).await;
+    let up = FakeOpenAi::start(Mode::Ok).await;
+    // The failing worker has the cheaper (free) key, so tiers alone would
+    // send every attempt back to it; only the failure moves the retry.
+    let _a = vendor_worker(&c, "a-down", "groq", "gsk_down_0123456789", &down.base);
+    let _b = vendor_worker(&c, "b-up", "openai", "sk-up-0123456789", &up.base);
+    c.wait_until(|s| s["workers"]["online"] == 2, "both online")
+        .await;
+    let started = Instant::now();
+    let id = c.submit("hello", 5).await;
+    let t = c.wait_task(&id, 15).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["worker_id"], "b-up", "{t}");
+    assert_eq!(t["attempts"], 2, "{t}");
+    assert_eq!(
+        down.calls(),
+        1,
+        "the retry did not go back to the failing worker"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the retry waited for its backoff"
+    );
+}
+
 /// A provider whose calls never finish and that records when a call is dropped.
 struct Hang {
     dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,

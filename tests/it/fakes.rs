@@ -18,6 +18,8 @@ pub enum Mode {
     RateLimited { retry_after_secs: u64 },
     /// `allow` normal answers, then 429 with `Retry-After` (a key whose quota runs out).
     Quota { allow: usize, retry_after_secs: u64 },
+    /// Always 503 (the vendor is down).
+    Down,
 }
 
 /// A fake OpenAI-compatible Chat Completions server.
@@ -72,6 +74,11 @@ impl FakeOpenAi {
                                 .body(Body::from(answer.to_string()))
                                 .expect("response")
                         }
+                        Mode::Down => Response::builder()
+                            .status(503)
+                            .header("content-type", "application/json")
+                            .body(Body::from(json!({"error": {"message": "The server is overloaded"}}).to_string()))
+                            .expect("response"),
                         Mode::RateLimited { retry_after_secs } | Mode::Quota { retry_after_secs, .. } => Response::builder()
                             .status(429)
                             .header("content-type", "application/json")

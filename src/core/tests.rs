@@ -429,7 +429,14 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    // Failing cases are saved beside this file (tests.proptest-regressions)
+    // and replayed first on every run.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::with_cases(300)
+    })]
 
     /// Under any interleaving, no task is lost or finished twice, and once
     /// workers stay healthy every remaining task finishes.

@@ -346,7 +346,9 @@ enum Timer {
 #[derive(Debug)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
-    tasks: HashMap<TaskId, TaskEntry>,
+    /// Boxed: a hash table keeps up to half its slots empty, and an empty
+    /// slot of a boxed entry costs 8 bytes instead of a whole entry.
+    tasks: HashMap<TaskId, Box<TaskEntry>>,
     queues: BTreeMap<ClassKey, BTreeSet<QueueKey>>,
     workers: BTreeMap<WorkerId, WorkerEntry>,
     timers: BTreeSet<(Millis, Timer)>,
@@ -394,7 +396,7 @@ impl Scheduler {
         self.queues.entry(class.clone()).or_default().insert(key);
         self.tasks.insert(
             id,
-            TaskEntry {
+            Box::new(TaskEntry {
                 spec,
                 created_at,
                 key,
@@ -406,7 +408,7 @@ impl Scheduler {
                 last_error: None,
                 last_worker: None,
                 failed_on: None,
-            },
+            }),
         );
         if self.tasks[&id].spec.deadline.is_some_and(|d| d <= now) {
             self.handle_timeout(now);

@@ -450,6 +450,9 @@ impl Actor {
             });
             return;
         };
+        if spec.request.stream {
+            self.handle.streams.open(task);
+        }
         let abort = CancellationToken::new();
         self.running.insert((task, attempt), abort.clone());
         let handle = self.handle.clone();

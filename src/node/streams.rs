@@ -51,11 +51,21 @@ impl Streams {
         })
     }
 
+    /// Makes room for a streaming task's output; the actor calls it when it
+    /// dispatches one, so that only live tasks ever have an entry.
+    pub(crate) fn open(&self, id: TaskId) {
+        Self::entry(&mut self.map(), id);
+    }
+
     /// Records and forwards a chunk of attempt `attempt` of task `id`.
-    /// Chunks of an older attempt than the current one are dropped.
+    /// Chunks of an older attempt than the current one are dropped, and so
+    /// is any chunk of a task that is not open (it finished while the chunk
+    /// was on its way: an entry made now would never be removed).
     pub(crate) fn publish(&self, id: TaskId, attempt: u32, text: &str) {
         let mut map = self.map();
-        let e = Self::entry(&mut map, id);
+        let Some(e) = map.get_mut(&id) else {
+            return;
+        };
         if attempt < e.attempt {
             return;
         }
@@ -122,6 +132,7 @@ mod tests {
     async fn late_subscribers_get_the_text_so_far_and_retries_start_over() {
         let s = Streams::default();
         let id = TaskId(1);
+        s.open(id);
         s.publish(id, 1, "Hel");
         let (so_far, mut rx) = s.subscribe(id);
         assert_eq!(
@@ -143,6 +154,9 @@ mod tests {
         s.finish(id);
         assert!(rx.recv().await.is_err(), "closed at the end");
         assert_eq!(s.len(), 0);
+        // A chunk still on its way after the end leaves nothing behind.
+        s.publish(id, 2, "late");
+        assert_eq!(s.len(), 0);
     }
 
     #[test]
@@ -154,6 +168,7 @@ mod tests {
         drop(rx);
         s.release(TaskId(7));
         assert_eq!(s.len(), 0);
+        s.open(TaskId(8));
         s.publish(TaskId(8), 1, "x");
         s.release(TaskId(8));
         assert_eq!(s.len(), 1, "streaming tasks stay until they finish");

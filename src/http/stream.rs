@@ -109,27 +109,22 @@ pub(crate) async fn stream_task(
     let id = parse_task_id(&id)?;
     let streams = shared.sched.streams.clone();
     // Subscribe before asking, so nothing produced in between is missed.
+    // `follow` owns the subscription from here: however this handler ends
+    // (error, finished task, client gone mid-await), dropping it releases
+    // the entry.
     let (first, rx) = streams.subscribe(id);
-    let reply = match shared.sched.query(id, true).await {
-        Ok(r) => r,
-        Err(e) => {
-            drop(rx);
-            streams.release(id);
-            return Err(e.into());
-        }
+    let mut follow = Follow {
+        id,
+        streams,
+        first,
+        rx: Some(rx),
+        done: None,
+        shared: shared.clone(),
     };
-    let follow = match reply {
-        QueryReply::Waiting(_, done) => Follow {
-            id,
-            streams,
-            first,
-            rx: Some(rx),
-            done: Some(done),
-            shared: shared.clone(),
-        },
+    match shared.sched.query(id, true).await? {
+        QueryReply::Waiting(_, done) => follow.done = Some(done),
         finished => {
-            drop(rx);
-            streams.release(id);
+            drop(follow);
             let state = match finished {
                 QueryReply::State(s) => s,
                 _ => task_state(&shared, id).await?,

@@ -244,10 +244,7 @@ mod tests {
             task_type: "agent_action".into(),
             priority: 7,
             request: ChatRequest {
-                messages: vec![ChatMessage {
-                    role: "user".into(),
-                    content: "héllo".into(),
-                }],
+                messages: vec![ChatMessage::new("user", "héllo")],
                 model: Some("m".into()),
                 temperature: Some(0.5),
                 max_tokens: None,

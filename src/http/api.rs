@@ -241,14 +241,8 @@ pub(crate) async fn agent_act(
         priority,
         request: ChatRequest {
             messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: system,
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: user,
-                },
+                ChatMessage::new("system", system),
+                ChatMessage::new("user", user),
             ],
             model,
             temperature,

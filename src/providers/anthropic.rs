@@ -229,14 +229,8 @@ mod tests {
     fn request(stream: bool) -> ChatRequest {
         ChatRequest {
             messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: "You are terse.".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "Hello".into(),
-                },
+                ChatMessage::new("system", "You are terse."),
+                ChatMessage::new("user", "Hello"),
             ],
             model: None,
             temperature: Some(0.7),
@@ -369,10 +363,7 @@ mod tests {
         .await;
         let p = provider(&base);
         let ask = |content: &str, stream: bool| ChatRequest {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: content.into(),
-            }],
+            messages: vec![ChatMessage::new("user", content)],
             stream,
             ..Default::default()
         };

@@ -61,22 +61,10 @@ mod tests {
     async fn echoes_the_last_user_message_and_streams_it() {
         let req = ChatRequest {
             messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: "be brief".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "first".into(),
-                },
-                ChatMessage {
-                    role: "assistant".into(),
-                    content: "ok".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "second one".into(),
-                },
+                ChatMessage::new("system", "be brief"),
+                ChatMessage::new("user", "first"),
+                ChatMessage::new("assistant", "ok"),
+                ChatMessage::new("user", "second one"),
             ],
             ..Default::default()
         };

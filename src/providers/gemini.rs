@@ -217,22 +217,10 @@ mod tests {
     fn request(stream: bool) -> ChatRequest {
         ChatRequest {
             messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: "Answer in French.".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "Hello".into(),
-                },
-                ChatMessage {
-                    role: "assistant".into(),
-                    content: "Bonjour".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "Thanks".into(),
-                },
+                ChatMessage::new("system", "Answer in French."),
+                ChatMessage::new("user", "Hello"),
+                ChatMessage::new("assistant", "Bonjour"),
+                ChatMessage::new("user", "Thanks"),
             ],
             model: None,
             temperature: Some(0.1),
@@ -362,10 +350,7 @@ mod tests {
         .await;
         let p = provider(&base);
         let ask = |content: &str| ChatRequest {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: content.into(),
-            }],
+            messages: vec![ChatMessage::new("user", content)],
             ..Default::default()
         };
         let e = p

@@ -186,10 +186,7 @@ mod tests {
 
     fn request(stream: bool) -> ChatRequest {
         ChatRequest {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "why is the sky blue?".into(),
-            }],
+            messages: vec![ChatMessage::new("user", "why is the sky blue?")],
             model: Some("deepseek-r1:8b".into()),
             temperature: Some(0.5),
             max_tokens: Some(100),

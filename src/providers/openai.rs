@@ -273,14 +273,8 @@ mod tests {
     fn request(stream: bool) -> ChatRequest {
         ChatRequest {
             messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: "be brief".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "hi".into(),
-                },
+                ChatMessage::new("system", "be brief"),
+                ChatMessage::new("user", "hi"),
             ],
             model: None,
             temperature: Some(0.2),
@@ -290,20 +284,10 @@ mod tests {
         }
     }
 
-    fn json_response(status: u16, headers: &[(&str, &str)], body: Value) -> Response {
-        let mut b = Response::builder()
-            .status(status)
-            .header("content-type", "application/json");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(Body::from(body.to_string())).expect("response")
-    }
-
     #[tokio::test]
     async fn sends_the_exact_request_and_reads_the_answer() {
         let (base, seen) = fake(|_| {
-            json_response(200, &[], json!({
+            testkit::json(200, &[], &json!({
                 "id": "x", "model": "llama-3.1-8b-instant",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello!"}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
@@ -344,10 +328,10 @@ mod tests {
     #[tokio::test]
     async fn stop_sequences_and_json_mode() {
         let (base, seen) = fake(|_| {
-            json_response(
+            testkit::json(
                 200,
                 &[],
-                json!({
+                &json!({
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}}]
                 }),
             )
@@ -420,25 +404,25 @@ mod tests {
     async fn errors_are_classified_and_keys_redacted() {
         let key = "gsk_secret_abcdefghijklmnop";
         let (base, _) = fake(move |body| match body["messages"][1]["content"].as_str() {
-            Some("slow") => json_response(
+            Some("slow") => testkit::json(
                 429,
                 &[("retry-after", "7"), ("x-ratelimit-reset-requests", "2.5s")],
-                json!({"error": {"message": "Rate limit reached"}}),
+                &json!({"error": {"message": "Rate limit reached"}}),
             ),
-            Some("bad key") => json_response(
+            Some("bad key") => testkit::json(
                 401,
                 &[],
-                json!({"error": {"message": format!("Invalid API Key {key}")}}),
+                &json!({"error": {"message": format!("Invalid API Key {key}")}}),
             ),
-            Some("broken") => json_response(503, &[], json!({"error": {"message": "overloaded"}})),
+            Some("broken") => testkit::json(503, &[], &json!({"error": {"message": "overloaded"}})),
             Some("garbage") => Response::builder()
                 .status(StatusCode::OK)
                 .body(Body::from("not json"))
                 .expect("response"),
-            _ => json_response(
+            _ => testkit::json(
                 400,
                 &[],
-                json!({"error": {"message": "max_tokens is too large"}}),
+                &json!({"error": {"message": "max_tokens is too large"}}),
             ),
         })
         .await;

@@ -246,6 +246,34 @@ impl Lab {
     fn api(&self, ns: &str, orch: &str, path: &str) -> Value {
         http(ns, &self.path(orch), "GET", path, None)
     }
+
+    /// Submits an `agent_action` chat of `content` from inside `ns`; its id.
+    fn submit(&self, ns: &str, orch: &str, content: &str) -> String {
+        let body = serde_json::json!({
+            "type": "agent_action",
+            "data": {"messages": [{"role": "user", "content": content}]}
+        })
+        .to_string();
+        let v = http(ns, &self.path(orch), "POST", "/api/tasks", Some(&body));
+        v["task_id"].as_str().expect("id").to_owned()
+    }
+
+    /// Runs `d8 args…` inside `ns` to completion: (success, stdout).
+    fn run(&self, ns: &str, args: &[&str]) -> (bool, String) {
+        let out = StdCommand::new("ip")
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .env("D8_LOG", "warn")
+            .env_remove("D8_TOKEN")
+            .env_remove("ORCHESTRATOR_URL")
+            .env_remove("D8_DATA_DIR")
+            .output()
+            .expect("run d8");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
 }
 
 /// An HTTP call made from inside a namespace (with python3, which every
@@ -309,16 +337,7 @@ async fn worker_on_another_host_discovers_and_joins_without_an_address() {
     assert!(lab.log("w0").contains("found the orchestrator over mDNS"));
     assert!(lab.log("w0").contains("10.77.0.1"), "{}", lab.log("w0"));
     // A task crosses the link.
-    let v = http(
-        &o,
-        &lab.path("orch"),
-        "POST",
-        "/api/tasks",
-        Some(
-            r#"{"type":"agent_action","data":{"messages":[{"role":"user","content":"over the bridge"}]}}"#,
-        ),
-    );
-    let id = v["task_id"].as_str().expect("id").to_owned();
+    let id = lab.submit(&o, "orch", "over the bridge");
     let t = lab.api(&o, "orch", &format!("/api/tasks/{id}?wait=10"));
     assert_eq!(t["status"], "completed", "{t}");
     let med = median(times.clone());
@@ -431,16 +450,7 @@ async fn cut_link_requeues_and_the_worker_rejoins_without_a_duplicate() {
         ],
     );
     lab.wait_log("cut", CONNECTED, 20).await;
-    let v = http(
-        &o,
-        &lab.path("orch"),
-        "POST",
-        "/api/tasks",
-        Some(
-            r#"{"type":"agent_action","data":{"messages":[{"role":"user","content":"survive the cut"}]}}"#,
-        ),
-    );
-    let id = v["task_id"].as_str().expect("id").to_owned();
+    let id = lab.submit(&o, "orch", "survive the cut");
     let t = lab.api(&o, "orch", &format!("/api/tasks/{id}"));
     assert_eq!(
         (t["status"].as_str(), t["worker_id"].as_str()),
@@ -515,25 +525,6 @@ async fn worker_with_a_decoy_bridge_still_connects() {
         .unwrap_or_default();
     assert!(line.contains("10.77.4.1"), "{log}");
     eprintln!("decoy bridge: connected in {took:?}");
-}
-
-impl Lab {
-    /// Runs `d8 args…` inside `ns` to completion: (success, stdout).
-    fn run(&self, ns: &str, args: &[&str]) -> (bool, String) {
-        let out = StdCommand::new("ip")
-            .args(["netns", "exec", ns, BIN])
-            .args(args)
-            .env("D8_LOG", "warn")
-            .env_remove("D8_TOKEN")
-            .env_remove("ORCHESTRATOR_URL")
-            .env_remove("D8_DATA_DIR")
-            .output()
-            .expect("run d8");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
 }
 
 #[tokio::test]

@@ -168,11 +168,16 @@ impl ProcCluster {
 
     /// Submits a chat task; returns its id.
     async fn submit(&self, content: &str) -> String {
+        self.submit_json(&chat(content, 5)).await
+    }
+
+    /// Submits a task body; its id.
+    async fn submit_json(&self, body: &Value) -> String {
         let v: Value = self
             .http
             .post(self.url("/api/tasks"))
             .bearer_auth(&self.key)
-            .json(&chat(content, 5))
+            .json(body)
             .send()
             .await
             .expect("http")
@@ -512,18 +517,9 @@ async fn original_environment_variables_and_dotenv_configure_a_worker() {
     assert_eq!(workers[0]["worker_id"], "legacy-box", "{workers}");
     assert_eq!(workers[0]["worker_type"], "deepseek_gpu");
     // deepseek_gpu may run code generation under the original routing.
-    let v: Value = c
-        .http
-        .post(c.url("/api/tasks"))
-        .bearer_auth(&c.key)
-        .json(&serde_json::json!({"type": "code_generation", "data": {"messages": [{"role": "user", "content": "fn main"}]}}))
-        .send()
-        .await
-        .expect("http")
-        .json()
-        .await
-        .expect("json");
-    let id = v["task_id"].as_str().expect("id");
+    let id = c
+        .submit_json(&serde_json::json!({"type": "code_generation", "data": {"messages": [{"role": "user", "content": "fn main"}]}}))
+        .await;
     let t = c.get(&format!("/api/tasks/{id}?wait=10")).await;
     assert_eq!(t["worker_id"], "legacy-box", "{t}");
     let logged = std::fs::read_to_string(c.dir.path().join("envworker.log")).expect("log");

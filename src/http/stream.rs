@@ -27,7 +27,7 @@ use super::api::{parse_task_id, task_json, task_state};
 use super::error::ApiError;
 use crate::node::actor::{QueryReply, TaskState};
 use crate::node::orchestrator::Shared;
-use crate::node::streams::{Chunk, Streams};
+use crate::node::streams::{Chunk, Next, Streams};
 use crate::task::TaskId;
 
 fn chunk_event(kind: &'static str, c: &Chunk) -> Event {
@@ -59,27 +59,20 @@ impl Follow {
         }
         loop {
             let done = self.done.as_mut()?;
-            let rx = self.rx.as_mut()?;
+            let (streams, id, rx) = (&self.streams, self.id, &mut self.rx);
+            let output = async {
+                match rx.as_mut() {
+                    Some(rx) => streams.next(id, rx).await,
+                    // The output ended: only `done` is left.
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                chunk = rx.recv() => match chunk {
-                    Ok(c) => return Some((Ok(chunk_event("chunk", &c)), self)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        *rx = rx.resubscribe();
-                        if let Some(all) = self.streams.snapshot(self.id) {
-                            return Some((Ok(chunk_event("reset", &all)), self));
-                        }
-                    }
-                    // The task finished: only `done` is left. Waiting on the
-                    // closed channel again would spin, so wait on `done`.
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let done = self.done.take()?;
-                        let state = match done.await {
-                            Ok(s) => s,
-                            Err(_) => task_state(&self.shared, self.id).await.ok()?,
-                        };
-                        return Some((Ok(done_event(&state)), self));
-                    }
+                next = output => match next {
+                    Next::Chunk(c) => return Some((Ok(chunk_event("chunk", &c)), self)),
+                    Next::Reset(c) => return Some((Ok(chunk_event("reset", &c)), self)),
+                    Next::Closed => self.rx = None,
                 },
                 state = done => {
                     self.done = None;

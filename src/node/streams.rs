@@ -18,6 +18,17 @@ use crate::task::TaskId;
 /// Chunks a slow subscriber may fall behind before it is resynchronised.
 const BACKLOG: usize = 256;
 
+/// What a subscriber hears next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// A delta.
+    Chunk(Chunk),
+    /// The whole text so far, replacing what the subscriber has.
+    Reset(Chunk),
+    /// The task finished; no more output.
+    Closed,
+}
+
 /// One delta of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Chunk {
@@ -92,12 +103,30 @@ impl Streams {
         (so_far, e.tx.subscribe())
     }
 
-    /// The current attempt's whole text, for a subscriber that fell behind.
-    pub(crate) fn snapshot(&self, id: TaskId) -> Option<Chunk> {
-        self.map().get(&id).map(|e| Chunk {
-            attempt: e.attempt,
-            text: Arc::from(e.text.as_str()),
-        })
+    /// The next thing a subscriber of task `id` must hear. A subscriber that
+    /// fell more than [`BACKLOG`] chunks behind gets the whole text instead
+    /// (taken with a new receiver under one lock, so no chunk is lost or
+    /// repeated).
+    pub(crate) async fn next(&self, id: TaskId, rx: &mut broadcast::Receiver<Chunk>) -> Next {
+        loop {
+            match rx.recv().await {
+                Ok(c) => return Next::Chunk(c),
+                Err(broadcast::error::RecvError::Closed) => return Next::Closed,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let map = self.map();
+                    let Some(e) = map.get(&id) else {
+                        return Next::Closed;
+                    };
+                    *rx = e.tx.subscribe();
+                    if e.attempt > 0 {
+                        return Next::Reset(Chunk {
+                            attempt: e.attempt,
+                            text: Arc::from(e.text.as_str()),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// The task finished: drop its output; subscribers see the end.
@@ -150,7 +179,6 @@ mod tests {
         s.publish(id, 2, "jour");
         assert_eq!(rx.recv().await.expect("chunk").attempt, 2);
         assert_eq!(&*rx.recv().await.expect("chunk").text, "jour");
-        assert_eq!(&*s.snapshot(id).expect("live").text, "Bonjour");
         s.finish(id);
         assert!(rx.recv().await.is_err(), "closed at the end");
         assert_eq!(s.len(), 0);
@@ -172,5 +200,37 @@ mod tests {
         s.publish(TaskId(8), 1, "x");
         s.release(TaskId(8));
         assert_eq!(s.len(), 1, "streaming tasks stay until they finish");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_the_whole_text_once() {
+        let s = Streams::default();
+        let id = TaskId(3);
+        s.open(id);
+        let (_, mut rx) = s.subscribe(id);
+        let mut all = String::new();
+        for i in 0..BACKLOG + 10 {
+            let piece = format!("{i},");
+            s.publish(id, 1, &piece);
+            all.push_str(&piece);
+        }
+        assert_eq!(
+            s.next(id, &mut rx).await,
+            Next::Reset(Chunk {
+                attempt: 1,
+                text: Arc::from(all.as_str())
+            })
+        );
+        // Caught up: the next chunk is the next one, nothing repeated.
+        s.publish(id, 1, "end");
+        assert_eq!(
+            s.next(id, &mut rx).await,
+            Next::Chunk(Chunk {
+                attempt: 1,
+                text: Arc::from("end")
+            })
+        );
+        s.finish(id);
+        assert_eq!(s.next(id, &mut rx).await, Next::Closed);
     }
 }

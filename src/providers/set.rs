@@ -884,5 +884,20 @@ mod tests {
             set.offers()[0].reasoning_model.as_deref(),
             Some("deepseek-reasoner")
         );
+        // DeepSeek's reasoner is the built-in default; other kinds have none.
+        let defaults = ProviderSet::new(vec![
+            Scripted::new("deepseek", vec![]),
+            Scripted::new("groq", vec![]),
+        ]);
+        let offers = defaults.offers();
+        assert_eq!(
+            offers[0].reasoning_model.as_deref(),
+            Some("deepseek-reasoner")
+        );
+        assert!(
+            offers[0].models.contains(&"deepseek-reasoner".to_owned()),
+            "advertised"
+        );
+        assert_eq!(offers[1].reasoning_model, None);
     }
 }

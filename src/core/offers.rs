@@ -109,7 +109,7 @@ impl OfferState {
     /// (exponential, weight 1/4 for the newest).
     pub fn record_latency(&mut self, provider: &str, ms: u64) {
         match self.latency_ms.get_mut(provider) {
-            Some(avg) => *avg = (avg.saturating_mul(3) + ms) / 4,
+            Some(avg) => *avg = avg.saturating_mul(3).saturating_add(ms) / 4,
             None => {
                 self.latency_ms.insert(provider.to_owned(), ms);
             }

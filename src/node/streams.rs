@@ -18,6 +18,11 @@ use crate::task::TaskId;
 /// Chunks a slow subscriber may fall behind before it is resynchronised.
 const BACKLOG: usize = 256;
 
+/// Text kept per task: a result larger than one frame could not arrive
+/// anyway, so chunks beyond it are dropped (the final result still comes
+/// with `done`) and a worker that streams without end cannot exhaust memory.
+const MAX_TEXT: usize = crate::wire::MAX_FRAME;
+
 /// What a subscriber hears next.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -83,6 +88,9 @@ impl Streams {
         if attempt > e.attempt {
             e.attempt = attempt;
             e.text.clear();
+        }
+        if e.text.len().saturating_add(text.len()) > MAX_TEXT {
+            return;
         }
         e.text.push_str(text);
         let _ = e.tx.send(Chunk {
@@ -232,5 +240,17 @@ mod tests {
         );
         s.finish(id);
         assert_eq!(s.next(id, &mut rx).await, Next::Closed);
+    }
+
+    #[test]
+    fn endless_output_is_capped() {
+        let s = Streams::default();
+        let id = TaskId(4);
+        s.open(id);
+        let big = "x".repeat(MAX_TEXT / 2 + 1);
+        s.publish(id, 1, &big);
+        s.publish(id, 1, &big);
+        let (so_far, _) = s.subscribe(id);
+        assert_eq!(so_far.map(|c| c.text.len()), Some(big.len()));
     }
 }

@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, TokenAction, WorkersAction, default_data_dir};
-use crate::node::orchestrator::API_KEY_FILE;
+use crate::cli::{ClientArgs, TokenAction, WorkersAction};
+use crate::node::files::{self, default_data_dir};
 
 /// An authenticated HTTP client for one orchestrator.
 pub struct Client {
@@ -25,7 +25,7 @@ impl Client {
                     .data_dir
                     .clone()
                     .unwrap_or_else(|| default_data_dir("orchestrator"));
-                let path = dir.join(API_KEY_FILE);
+                let path = dir.join(files::API_KEY);
                 std::fs::read_to_string(&path)
                     .map(|s| s.trim().to_owned())
                     .with_context(|| {
@@ -211,7 +211,7 @@ pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
                 } else {
                     match t["expires_at"].as_u64() {
                         Some(e) if e <= crate::node::now_millis().0 => "expired".to_owned(),
-                        Some(e) => format!("expires {}", crate::http::rfc3339(e)),
+                        Some(e) => format!("expires {}", crate::task::rfc3339(e)),
                         None => "active".to_owned(),
                     }
                 };

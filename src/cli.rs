@@ -14,6 +14,7 @@ use d8_certs::JoinToken;
 use crate::config::{
     DEFAULT_PORT, OrchestratorConfig, WorkerConfig, parse_duration, parse_orchestrator_addr,
 };
+use crate::node::files::default_data_dir;
 use crate::providers::{Provider, ProviderSet};
 
 /// d8: turn the machines you own into one cluster for LLM agent work.
@@ -231,14 +232,6 @@ pub enum WorkersAction {
         /// Worker id.
         id: String,
     },
-}
-
-/// The default data dir for a role (`orchestrator` or `worker`).
-pub fn default_data_dir(role: &str) -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("d8")
-        .join(role)
 }
 
 impl ServeArgs {

@@ -69,8 +69,8 @@ fn wanted_cluster(args: &DoctorArgs) -> Result<Option<(String, &'static str)>, S
     let dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| crate::cli::default_data_dir("worker"));
-    let Ok(pem) = std::fs::read_to_string(dir.join("ca.crt")) else {
+        .unwrap_or_else(|| crate::node::files::default_data_dir("worker"));
+    let Ok(pem) = std::fs::read_to_string(dir.join(crate::node::files::CA_CERT)) else {
         return Ok(None);
     };
     let der = pem_to_der(&pem, "CA certificate").map_err(|e| e.to_string())?;

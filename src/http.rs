@@ -1,16 +1,30 @@
-//! The HTTP API (axum). `router` builds everything over the orchestrator's
-//! shared state; handlers are in `api`; every error is an [`ApiError`]
-//! rendered as `{"error": {"code", "message"}}` with a 4xx/5xx status. The
-//! integration tests exercise it over real sockets (`tests/it/http_api.rs`).
+//! The HTTP API (axum) over the [`Cluster`] facade.
+//!
+//! [`router`] builds everything from an `Arc<Cluster>` and needs no socket,
+//! so the handlers are tested with `oneshot` (`tests` below) as well as
+//! over real sockets (`tests/it/http_api.rs`). Handlers only translate JSON
+//! to cluster calls and back; every error is an [`ApiError`], rendered as
+//! `{"error": {"code", "message"}}` with a 4xx/5xx status.
+//!
+//! One file per resource:
+//! - `tasks`: submit (one or a batch), get (with `?wait=`), cancel.
+//! - `task_stream`: `GET /api/tasks/{id}/stream`, a task's output as SSE.
+//! - `agents`: the original project's agents and `/act`.
+//! - `admin`: health, workers and their stats, join tokens.
+//! - `body`: request bodies: parsing and validation.
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the
 //! original project's clients and `curl -d` send form content types).
 
-pub(crate) mod api;
+mod admin;
+mod agents;
+mod body;
 mod error;
-mod stream;
+mod task_stream;
+mod tasks;
+#[cfg(test)]
+mod tests;
 
-pub use api::rfc3339;
 pub use error::ApiError;
 
 use std::sync::Arc;
@@ -19,37 +33,37 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
-use crate::node::orchestrator::Shared;
+use crate::node::Cluster;
 
-/// Builds the router over the orchestrator's shared state.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let limit = shared.cfg.max_body_bytes;
+/// What every handler gets: the cluster.
+type AppState = State<Arc<Cluster>>;
+
+/// Builds the router over the cluster.
+pub fn router(cluster: Arc<Cluster>) -> Router {
+    let limit = cluster.config().max_body_bytes;
     let api = Router::new()
-        .route("/agents/{agent_id}/act", post(api::agent_act))
-        .route(
-            "/agents/{agent_id}",
-            put(api::put_agent).get(api::get_agent),
-        )
-        .route("/tasks", post(api::submit_task))
-        .route("/tasks/batch", post(api::submit_batch))
-        .route("/tasks/{id}", get(api::get_task).delete(api::cancel_task))
-        .route("/tasks/{id}/stream", get(stream::stream_task))
-        .route("/workers/stats", get(api::worker_stats))
-        .route("/workers", get(api::list_workers))
-        .route("/workers/{id}", axum::routing::delete(api::revoke_worker))
-        .route("/tokens", get(api::list_tokens).post(api::create_token))
-        .route("/tokens/rotate", post(api::rotate_token))
-        .route("/tokens/{id}", axum::routing::delete(api::revoke_token))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), require_key));
+        .route("/agents/{agent_id}/act", post(agents::act))
+        .route("/agents/{agent_id}", put(agents::put).get(agents::get))
+        .route("/tasks", post(tasks::submit))
+        .route("/tasks/batch", post(tasks::submit_batch))
+        .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
+        .route("/tasks/{id}/stream", get(task_stream::stream))
+        .route("/workers/stats", get(admin::worker_stats))
+        .route("/workers", get(admin::list_workers))
+        .route("/workers/{id}", delete(admin::revoke_worker))
+        .route("/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/tokens/rotate", post(admin::rotate_token))
+        .route("/tokens/{id}", delete(admin::revoke_token))
+        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
     Router::new()
-        .route("/health", get(api::health))
+        .route("/health", get(admin::health))
         .nest("/api", api)
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .fallback(admin::not_found)
+        .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(shared)
+        .with_state(cluster)
 }
 
 /// Compares without an early exit, so response timing does not reveal how
@@ -58,8 +72,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_key(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if shared.cfg.require_api_key {
+async fn require_key(State(cluster): AppState, req: Request, next: Next) -> Response {
+    if cluster.config().require_api_key {
         let given = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -76,7 +90,7 @@ async fn require_key(State(shared): State<Arc<Shared>>, req: Request, next: Next
                 )
                 .into_response_owned();
             }
-            Some(k) if !constant_time_eq(k.as_bytes(), shared.api_key.as_bytes()) => {
+            Some(k) if !constant_time_eq(k.as_bytes(), cluster.api_key().as_bytes()) => {
                 return ApiError::unauthorized("wrong API key").into_response_owned();
             }
             Some(_) => {}

@@ -100,12 +100,12 @@ async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
     println!("  join token       {token}");
     println!(
         "                   (also in {})",
-        data_dir.join("join-token").display()
+        data_dir.join(d8::node::files::JOIN_TOKEN).display()
     );
     println!("  HTTP API key     {}", orch.api_key());
     println!(
         "                   (also in {})",
-        data_dir.join("api-key").display()
+        data_dir.join(d8::node::files::API_KEY).display()
     );
     println!();
     if orch.advertising() {

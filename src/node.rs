@@ -1,21 +1,28 @@
 //! The async shells around the pure core: orchestrator and worker processes.
 //!
 //! Who owns what:
-//! - [`orchestrator`]: QUIC accept loop (enrollment and cluster connections),
-//!   one task per worker connection, and the HTTP server.
+//! - [`cluster`]: the orchestrator's service facade ([`Cluster`]): submit,
+//!   task lookup, cancel, agents, tokens, workers, stats, enrollment. The
+//!   HTTP API talks only to it.
+//! - [`orchestrator`]: starts a node: identity, the QUIC accept loop (one
+//!   task per worker connection), the HTTP server, mDNS, retention.
 //! - `actor`: the scheduler actor, sole owner of [`crate::core::Scheduler`];
 //!   turns its actions into QUIC streams, store writes and client wake-ups.
 //! - [`registry`]: join tokens, enrolled workers, revocations.
-//! - `streams`: streamed output of running tasks, for HTTP subscribers.
-//! - [`worker`]: enrollment, the reconnecting session loop, task execution, drain.
-//! - [`files`]: data-dir helpers (0600 secrets, atomic writes).
+//! - `live_output`: streamed output of running tasks, for HTTP subscribers.
+//! - [`worker`]: `d8 join`: identity and enrollment, the session with the
+//!   orchestrator, task execution.
+//! - [`files`]: the data dir: every file name, default location, safe writes.
 
 pub(crate) mod actor;
+pub mod cluster;
 pub mod files;
+pub(crate) mod live_output;
 pub mod orchestrator;
 pub mod registry;
-pub(crate) mod streams;
 pub mod worker;
+
+pub use cluster::{Cluster, ClusterError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

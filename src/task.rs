@@ -43,6 +43,25 @@ impl Millis {
     }
 }
 
+/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-11-25T17:47:08.123Z`), the API's one timestamp format. Times past
+/// year 9999 print as that year's end.
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or_else(|_| time::PrimitiveDateTime::MAX.assume_utc());
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// Lowest and highest task priority (10 is the most urgent).
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<u8> = 1..=10;
 /// Priority when the client names none (the original project's default).
@@ -388,5 +407,19 @@ pub(crate) fn test_spec(task_type: &str, priority: u8) -> TaskSpec {
         agent_id: None,
         provider: None,
         max_tier: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_628_828_123), "2026-11-25T17:47:08.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        // Out of the calendar's range: clamped, never a panic.
+        assert!(rfc3339(u64::MAX).starts_with("9999-12-31T23:59:59"));
     }
 }

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::node::ClusterError;
+
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -78,14 +80,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::node::actor::Gone> for ApiError {
-    fn from(_: crate::node::actor::Gone) -> Self {
-        ApiError::unavailable("orchestrator is shutting down")
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::unavailable(format!("could not store the request: {e}"))
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        let message = e.to_string();
+        match e {
+            ClusterError::NotFound(_) => ApiError::not_found(message),
+            ClusterError::AlreadyFinished { .. } => ApiError::conflict("already_finished", message),
+            ClusterError::ShuttingDown(_) | ClusterError::Store(_) | ClusterError::TokenFile(_) => {
+                ApiError::unavailable(message)
+            }
+        }
     }
 }

@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::live_output::LiveOutput;
 use super::now_millis;
-use super::streams::Streams;
 use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
 use crate::store::{Op, PendingTask, Store, StoreError};
 use crate::task::{
@@ -113,7 +113,8 @@ pub(crate) enum SchedMsg {
     },
     Stats(oneshot::Sender<Stats>),
     Workers(oneshot::Sender<Vec<WorkerView>>),
-    Disconnect {
+    /// The worker was revoked: close its connection, re-queue its tasks.
+    Revoked {
         id: WorkerId,
         reason: &'static str,
     },
@@ -125,7 +126,7 @@ pub(crate) enum SchedMsg {
 pub(crate) struct SchedHandle {
     tx: mpsc::Sender<SchedMsg>,
     /// Streamed output of running tasks (published by attempt runners).
-    pub(crate) streams: Streams,
+    pub(crate) live_output: LiveOutput,
 }
 
 /// The actor is gone (orchestrator shutting down).
@@ -186,7 +187,7 @@ impl Actor {
         let (tx, rx) = mpsc::channel(65_536);
         let handle = SchedHandle {
             tx,
-            streams: Streams::default(),
+            live_output: LiveOutput::default(),
         };
         (
             Actor {
@@ -336,7 +337,7 @@ impl Actor {
             SchedMsg::Workers(reply) => {
                 let _ = reply.send(self.core.workers(now));
             }
-            SchedMsg::Disconnect { id, reason } => {
+            SchedMsg::Revoked { id, reason } => {
                 if let Some(conn) = self.conns.remove(&id) {
                     conn.close(close::UNAUTHORIZED, reason.as_bytes());
                 }
@@ -366,7 +367,7 @@ impl Actor {
                     }
                 }
                 Action::Finished(f) => {
-                    self.handle.streams.finish(f.id);
+                    self.handle.live_output.finish(f.id);
                     let state = TaskState::from(&f);
                     if let Some(list) = self.waiters.remove(&f.id) {
                         for w in list {
@@ -451,14 +452,22 @@ impl Actor {
             return;
         };
         if spec.request.stream {
-            self.handle.streams.open(task);
+            self.handle.live_output.open(task);
         }
         let abort = CancellationToken::new();
         self.running.insert((task, attempt), abort.clone());
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            if let Some((outcome, cooldowns)) =
-                run_attempt(&conn, task, attempt, &spec, &route, &abort, &handle.streams).await
+            if let Some((outcome, cooldowns)) = run_attempt(
+                &conn,
+                task,
+                attempt,
+                &spec,
+                &route,
+                &abort,
+                &handle.live_output,
+            )
+            .await
             {
                 let _ = handle
                     .send(SchedMsg::Result {
@@ -490,7 +499,7 @@ async fn run_attempt(
     spec: &TaskSpec,
     route: &Route,
     abort: &CancellationToken,
-    streams: &Streams,
+    output: &LiveOutput,
 ) -> Option<(Outcome, Option<Vec<ProviderCooldown>>)> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         if conn.close_reason().is_some() {
@@ -528,7 +537,7 @@ async fn run_attempt(
             }
         };
         match frame {
-            Ok(TaskReply::Chunk { text }) => streams.publish(task, attempt, &text),
+            Ok(TaskReply::Chunk { text }) => output.publish(task, attempt, &text),
             Ok(TaskReply::Done { outcome, cooldowns }) => return Some((outcome, Some(cooldowns))),
             Err(e) => return Some((failed("read", &e), None)),
         }

@@ -1,8 +1,44 @@
-//! Data-directory helpers. Secrets (keys, tokens) are written with mode 0600
-//! on Unix; on Windows the file inherits the ACL of the per-user data directory.
+//! The data directory: the name of every file d8 keeps there, the default
+//! location per role, and safe writes. Secrets (keys, tokens) are written
+//! readable by their owner only: mode 0600 on Unix, an access list that
+//! names only the owner on Windows.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+// Orchestrator files.
+/// The cluster CA certificate (orchestrator), or the CA a worker trusts.
+pub const CA_CERT: &str = "ca.crt";
+/// The cluster CA's private key (secret).
+pub const CA_KEY: &str = "ca.key";
+/// The orchestrator's server certificate.
+pub const ORCHESTRATOR_CERT: &str = "orchestrator.crt";
+/// The orchestrator's private key (secret).
+pub const ORCHESTRATOR_KEY: &str = "orchestrator.key";
+/// The standing join token (secret), for scripts.
+pub const JOIN_TOKEN: &str = "join-token";
+/// The HTTP API key (secret), for scripts and `d8 status`.
+pub const API_KEY: &str = "api-key";
+/// The orchestrator's database.
+pub const DATABASE: &str = "d8.redb";
+
+// Worker files (its CA copy is [`CA_CERT`]).
+/// The worker's private key (secret).
+pub const WORKER_KEY: &str = "worker.key";
+/// The worker's certificate, signed by the cluster CA.
+pub const WORKER_CERT: &str = "worker.crt";
+/// The worker id the orchestrator assigned.
+pub const WORKER_ID: &str = "worker-id";
+
+/// The default data dir for a role (`orchestrator` or `worker`): the OS's
+/// per-user data dir (`~/.local/share`, `%APPDATA%`, `~/Library/Application
+/// Support`) + `d8/<role>`.
+pub fn default_data_dir(role: &str) -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("d8")
+        .join(role)
+}
 
 /// Errors reading or writing the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +80,47 @@ pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), File
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(if secret { 0o600 } else { 0o644 });
         }
-        #[cfg(not(unix))]
-        let _ = secret;
         let mut f = opts.open(&tmp).map_err(err(&tmp))?;
+        // Restricted before any secret byte is written; the rename keeps it.
+        #[cfg(windows)]
+        if secret {
+            owner_only(&tmp).map_err(err(&tmp))?;
+        }
         f.write_all(contents).map_err(err(&tmp))?;
         f.sync_all().map_err(err(&tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(err(path))
+}
+
+/// Replaces a file's access list with one entry for its owner (and the
+/// SYSTEM account, which backs up and runs services), inheriting nothing
+/// from the folder. Windows has no Unix modes; `icacls` ships with every
+/// Windows since Vista and needs no unsafe code here. `*S-1-3-4` is the
+/// OWNER RIGHTS SID, so this also holds for a service account.
+#[cfg(windows)]
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::windows::process::CommandExt;
+    /// Keeps a console window from flashing up when the GUI writes a file.
+    const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+    let out = std::process::Command::new("icacls")
+        .arg(path)
+        .args([
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-3-4:F",
+            "*S-1-5-18:F",
+            "/q",
+        ])
+        .creation_flags(CREATE_NO_WINDOW)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "icacls could not restrict the file to its owner: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 /// Reads a UTF-8 file; `Ok(None)` if it does not exist.

@@ -62,10 +62,9 @@ pub enum WorkerError {
     NoProvider,
 }
 
-const KEY_FILE: &str = "worker.key";
-const CERT_FILE: &str = "worker.crt";
-const CA_FILE: &str = "ca.crt";
-const ID_FILE: &str = "worker-id";
+use files::{
+    CA_CERT as CA_FILE, WORKER_CERT as CERT_FILE, WORKER_ID as ID_FILE, WORKER_KEY as KEY_FILE,
+};
 
 /// A worker's enrolled identity.
 struct Identity {

@@ -60,54 +60,17 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(1e9)))
 }
 
-/// Parses an RFC 3339 UTC timestamp (`2026-11-25T18:00:30Z`, fractions
-/// allowed) into a time; only the `Z` form vendors send is supported.
-fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
-    let s = s.trim().strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    // Headers come from outside: bound every field so the arithmetic below
-    // cannot overflow and the fraction slice cannot split a character.
-    let in_range = (1970..=9999).contains(&y)
-        && (1..=12).contains(&mo)
-        && (1..=31).contains(&da)
-        && (0..24).contains(&h)
-        && (0..60).contains(&mi)
-        && (0..=60).contains(&se)
-        && !frac.is_empty()
-        && frac.bytes().all(|b| b.is_ascii_digit());
-    if !in_range {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3_600 + mi * 60 + se;
-    let nanos = format!("{frac:0<9}")[..9].parse::<u64>().ok()?;
-    let secs = u64::try_from(secs).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+/// Parses an RFC 3339 timestamp (`2026-11-25T18:00:30.5Z`), as Anthropic
+/// sends its reset times.
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
-/// Parses an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`), the HTTP-date form of `Retry-After`.
+/// Parses an HTTP-date (`Wed, 21 Oct 2015 07:28:00 GMT`), the date form of `Retry-After`.
 fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|x| x == month)? + 1;
-    parse_rfc3339_utc(&format!("{year}-{m:02}-{day:0>2}T{time}Z"))
+    httpdate::parse_http_date(s.trim()).ok()
 }
 
 fn until(t: SystemTime, now: SystemTime) -> Duration {
@@ -141,7 +104,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         "anthropic-ratelimit-input-tokens-reset",
         "anthropic-ratelimit-output-tokens-reset",
     ] {
-        if let Some(t) = text(name).and_then(parse_rfc3339_utc) {
+        if let Some(t) = text(name).and_then(parse_rfc3339) {
             waits.push(until(t, now));
         }
     }
@@ -332,7 +295,7 @@ mod tests {
     }
 
     fn now() -> SystemTime {
-        parse_rfc3339_utc("2026-11-25T18:00:00Z").expect("time")
+        parse_rfc3339("2026-11-25T18:00:00Z").expect("time")
     }
 
     #[test]
@@ -355,12 +318,14 @@ mod tests {
 
     #[test]
     fn dates() {
-        let t = parse_rfc3339_utc("2026-11-25T18:00:30.5Z").expect("rfc3339");
+        let t = parse_rfc3339("2026-11-25T18:00:30.5Z").expect("rfc3339");
         assert_eq!(until(t, now()), Duration::from_millis(30_500));
         let h = parse_http_date("Wed, 25 Nov 2026 18:01:00 GMT").expect("http date");
         assert_eq!(until(h, now()), Duration::from_secs(60));
         assert!(parse_http_date("tomorrow").is_none());
-        assert!(parse_rfc3339_utc("2026-11-25T18:00:30+01:00").is_none());
+        // An offset is honoured: 18:00:30+01:00 is 17:00:30Z, already past.
+        let t = parse_rfc3339("2026-11-25T18:00:30+01:00").expect("offset");
+        assert_eq!(until(t, now()), Duration::ZERO);
         for hostile in [
             "99999999999999999-01-01T00:00:00Z",
             "2026-13-01T00:00:00Z",
@@ -368,7 +333,7 @@ mod tests {
             "2026-01-01T00:00:00.12345678é9Z",
             "2026-01-01T00:00:00.Z",
         ] {
-            assert!(parse_rfc3339_utc(hostile).is_none(), "{hostile}");
+            assert!(parse_rfc3339(hostile).is_none(), "{hostile}");
         }
     }
 

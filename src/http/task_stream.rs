@@ -23,11 +23,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
 
-use super::api::{parse_task_id, task_json, task_state};
-use super::error::ApiError;
-use crate::node::actor::{QueryReply, TaskState};
-use crate::node::orchestrator::Shared;
-use crate::node::streams::{Chunk, Next, Streams};
+use super::tasks::{parse_task_id, task_json};
+use super::{ApiError, AppState};
+use crate::node::Cluster;
+use crate::node::actor::TaskState;
+use crate::node::cluster::Watch;
+use crate::node::live_output::{Chunk, LiveOutput, Next};
 use crate::task::TaskId;
 
 fn chunk_event(kind: &'static str, c: &Chunk) -> Event {
@@ -45,11 +46,11 @@ fn done_event(s: &TaskState) -> Event {
 /// Where one subscription is.
 struct Follow {
     id: TaskId,
-    streams: Streams,
+    output: LiveOutput,
     first: Option<Chunk>,
     rx: Option<broadcast::Receiver<Chunk>>,
     done: Option<oneshot::Receiver<TaskState>>,
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
 }
 
 impl Follow {
@@ -59,17 +60,17 @@ impl Follow {
         }
         loop {
             let done = self.done.as_mut()?;
-            let (streams, id, rx) = (&self.streams, self.id, &mut self.rx);
-            let output = async {
+            let (output, id, rx) = (&self.output, self.id, &mut self.rx);
+            let next = async {
                 match rx.as_mut() {
-                    Some(rx) => streams.next(id, rx).await,
+                    Some(rx) => output.next(id, rx).await,
                     // The output ended: only `done` is left.
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
-                next = output => match next {
+                next = next => match next {
                     Next::Chunk(c) => return Some((Ok(chunk_event("chunk", &c)), self)),
                     Next::Reset(c) => return Some((Ok(chunk_event("reset", &c)), self)),
                     Next::Closed => self.rx = None,
@@ -78,7 +79,7 @@ impl Follow {
                     self.done = None;
                     let state = match state {
                         Ok(s) => s,
-                        Err(_) => task_state(&self.shared, self.id).await.ok()?,
+                        Err(_) => self.cluster.task(self.id, None).await.ok()?,
                     };
                     return Some((Ok(done_event(&state)), self));
                 }
@@ -91,37 +92,33 @@ impl Drop for Follow {
     fn drop(&mut self) {
         // Unsubscribe first, so the entry counts no listener.
         self.rx = None;
-        self.streams.release(self.id);
+        self.output.release(self.id);
     }
 }
 
-pub(crate) async fn stream_task(
-    State(shared): State<Arc<Shared>>,
+pub(super) async fn stream(
+    State(cluster): AppState,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
-    let streams = shared.sched.streams.clone();
+    let output = cluster.live_output().clone();
     // Subscribe before asking, so nothing produced in between is missed.
     // `follow` owns the subscription from here: however this handler ends
     // (error, finished task, client gone mid-await), dropping it releases
     // the entry.
-    let (first, rx) = streams.subscribe(id);
+    let (first, rx) = output.subscribe(id);
     let mut follow = Follow {
         id,
-        streams,
+        output,
         first,
         rx: Some(rx),
         done: None,
-        shared: shared.clone(),
+        cluster: cluster.clone(),
     };
-    match shared.sched.query(id, true).await? {
-        QueryReply::Waiting(_, done) => follow.done = Some(done),
-        finished => {
+    match cluster.watch(id).await? {
+        Watch::Live(done) => follow.done = Some(done),
+        Watch::Finished(state) => {
             drop(follow);
-            let state = match finished {
-                QueryReply::State(s) => s,
-                _ => task_state(&shared, id).await?,
-            };
             let once = futures_util::stream::iter([Ok::<_, Infallible>(done_event(&state))]);
             return Ok(Sse::new(once).into_response());
         }

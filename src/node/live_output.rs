@@ -52,9 +52,9 @@ struct Entry {
 
 /// Live task output, shared by the actor's attempt runners and the HTTP API.
 #[derive(Clone, Default)]
-pub(crate) struct Streams(Arc<Mutex<HashMap<TaskId, Entry>>>);
+pub(crate) struct LiveOutput(Arc<Mutex<HashMap<TaskId, Entry>>>);
 
-impl Streams {
+impl LiveOutput {
     fn map(&self) -> MutexGuard<'_, HashMap<TaskId, Entry>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -167,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_subscribers_get_the_text_so_far_and_retries_start_over() {
-        let s = Streams::default();
+        let s = LiveOutput::default();
         let id = TaskId(1);
         s.open(id);
         s.publish(id, 1, "Hel");
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn release_forgets_only_silent_unwatched_tasks() {
-        let s = Streams::default();
+        let s = LiveOutput::default();
         let (_, rx) = s.subscribe(TaskId(7));
         s.release(TaskId(7));
         assert_eq!(s.len(), 1, "still watched");
@@ -212,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_gets_the_whole_text_once() {
-        let s = Streams::default();
+        let s = LiveOutput::default();
         let id = TaskId(3);
         s.open(id);
         let (_, mut rx) = s.subscribe(id);
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn endless_output_is_capped() {
-        let s = Streams::default();
+        let s = LiveOutput::default();
         let id = TaskId(4);
         s.open(id);
         let big = "x".repeat(MAX_TEXT / 2 + 1);

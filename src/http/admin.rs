@@ -1,0 +1,200 @@
+//! Cluster administration: health, workers (list, stats, revoke) and join
+//! tokens (list, create, revoke, rotate); plus the fallbacks for unknown
+//! paths and methods.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::body::{CreateToken, parse};
+use super::{ApiError, AppState};
+use crate::node::now_millis;
+use crate::task::rfc3339;
+
+type ApiResult = Result<Response, ApiError>;
+
+pub(super) async fn health() -> Response {
+    // `time` lets `d8 doctor` measure clock skew between machines.
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "time": now_millis().0,
+    }))
+    .into_response()
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "method not allowed on this endpoint".into(),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct StatsQuery {
+    include: Option<String>,
+}
+
+/// `GET /api/workers/stats`: exactly the original project's shape, so its
+/// clients keep working. `?include=cooldowns` adds `cooldowns`: every
+/// resting provider in the cluster (`worker_id`, `provider`, `model`,
+/// `remaining_ms`, `disabled`).
+pub(super) async fn worker_stats(
+    State(cluster): AppState,
+    Query(q): Query<StatsQuery>,
+) -> ApiResult {
+    let with_cooldowns = match q.include.as_deref() {
+        None | Some("") => false,
+        Some("cooldowns") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_include",
+                format!("include={other:?} is not known (use include=cooldowns)"),
+            ));
+        }
+    };
+    let s = cluster.stats().await?;
+    let done = s.counters.completed + s.counters.failed;
+    // Percent, two decimals; 0 before anything finished.
+    let rate = if done == 0 {
+        0.0
+    } else {
+        (s.counters.completed as f64 * 10_000.0 / done as f64).round() / 100.0
+    };
+    let mut body = json!({
+        "workers": {
+            "total": s.workers_total,
+            "online": s.workers_online,
+            "busy": s.workers_busy,
+            "by_type": s.by_type,
+        },
+        "tasks": {
+            "pending": s.pending,
+            "assigned": s.assigned,
+            "completed": s.counters.completed,
+            "failed": s.counters.failed,
+        },
+        "performance": {
+            "total_completed": s.counters.completed,
+            "total_failed": s.counters.failed,
+            "success_rate": rate,
+        },
+    });
+    if with_cooldowns {
+        let mut list = Vec::new();
+        for w in cluster.live_workers().await? {
+            for r in w.rests {
+                list.push(json!({
+                    "worker_id": w.id.0,
+                    "provider": r.provider,
+                    "model": r.model,
+                    "remaining_ms": r.remaining_ms,
+                    "disabled": r.disabled,
+                }));
+            }
+        }
+        body["cooldowns"] = Value::Array(list);
+    }
+    Ok(Json(body).into_response())
+}
+
+pub(super) async fn list_workers(State(cluster): AppState) -> ApiResult {
+    let now = now_millis();
+    let out: Vec<Value> = cluster
+        .workers()
+        .await?
+        .into_iter()
+        .map(|entry| {
+            let (rec, l) = (entry.record, entry.live.as_ref());
+            json!({
+                "worker_id": rec.id,
+                "status": entry.status,
+                "enrolled_at": rfc3339(rec.enrolled_at.0),
+                "worker_type": l.map(|w| w.caps.worker_type.clone()),
+                "providers": l.map(|w| w.caps.providers()),
+                "models": l.map(|w| w.caps.models()),
+                "offers": l.map(|w| w.caps.offers.iter().map(|o| json!({
+                    "provider": o.provider,
+                    "tier": o.tier.as_str(),
+                    "models": o.models,
+                    "reasoning_model": o.reasoning_model,
+                    "latency_ms": w.latency_ms.get(&o.provider),
+                })).collect::<Vec<_>>()),
+                "slots": l.map(|w| w.caps.slots),
+                "active_tasks": l.map(|w| w.active),
+                "completed_tasks": l.map(|w| w.completed),
+                "os": l.map(|w| w.caps.os.clone()),
+                "arch": l.map(|w| w.caps.arch.clone()),
+                "cpus": l.map(|w| w.caps.cpus),
+                "memory_mb": l.map(|w| w.caps.memory_mb),
+                "version": l.map(|w| w.caps.version.clone()),
+                "connected_at": l.map(|w| rfc3339(w.connected_at.0)),
+                "last_seen_ms_ago": l.map(|w| now.since(w.last_seen)),
+                "cooldown_ms": l.and_then(|w| w.cooldown_until).map(|c| c.since(now)),
+                "provider_cooldowns": l.map(|w| w.rests.clone()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+pub(super) async fn revoke_worker(State(cluster): AppState, Path(id): Path<String>) -> ApiResult {
+    cluster.revoke_worker(&id).await?;
+    Ok(Json(json!({ "worker_id": id, "status": "revoked" })).into_response())
+}
+
+pub(super) async fn list_tokens(State(cluster): AppState) -> ApiResult {
+    Ok(Json(cluster.tokens()).into_response())
+}
+
+pub(super) async fn create_token(
+    State(cluster): AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let req: CreateToken = match &body {
+        Ok(b) if b.is_empty() => CreateToken::default(),
+        _ => parse(body, cluster.config().max_body_bytes)?,
+    };
+    if req.max_uses == Some(0) || req.ttl_secs == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_token_limits",
+            "ttl_secs and max_uses must be positive",
+        ));
+    }
+    let ttl = req
+        .ttl_secs
+        .map(|s| Duration::from_millis(s.saturating_mul(1_000)));
+    let (token, rec) = cluster.create_token(ttl, req.max_uses).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": rec.id,
+            "token": token.to_string(),
+            "expires_at": rec.expires_at.map(|m| rfc3339(m.0)),
+            "max_uses": rec.max_uses,
+        })),
+    )
+        .into_response())
+}
+
+pub(super) async fn revoke_token(State(cluster): AppState, Path(id): Path<String>) -> ApiResult {
+    let rec = cluster.revoke_token(&id).await?;
+    Ok(Json(json!({ "id": rec.id, "revoked": true })).into_response())
+}
+
+pub(super) async fn rotate_token(State(cluster): AppState) -> ApiResult {
+    let token = cluster.rotate_join_token().await?;
+    Ok(Json(json!({ "token": token.to_string() })).into_response())
+}

@@ -1,0 +1,60 @@
+//! `/api/agents`: the original project's agents. An agent is a stored
+//! system prompt (plus model, temperature, task type); `act` turns one action
+//! and its input into a task with that prompt.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::body::{ActRequest, AgentRequest, check_agent_id, parse};
+use super::tasks::accepted;
+use super::{ApiError, AppState};
+use crate::store::AgentDef;
+
+type ApiResult = Result<Response, ApiError>;
+
+fn agent_json(id: &str, a: &AgentDef) -> Value {
+    json!({
+        "agent_id": id,
+        "system_prompt": a.system_prompt,
+        "model": a.model,
+        "temperature": a.temperature,
+        "task_type": a.task_type.as_deref().unwrap_or("agent_action"),
+    })
+}
+
+pub(super) async fn act(
+    State(cluster): AppState,
+    Path(agent_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let req: ActRequest = parse(body, cluster.config().max_body_bytes)?;
+    let agent = cluster.agent(&agent_id);
+    let spec = req.into_spec(agent_id, agent, cluster.task_defaults())?;
+    let ids = cluster.submit(vec![spec]).await?;
+    Ok(accepted(ids[0]))
+}
+
+pub(super) async fn put(
+    State(cluster): AppState,
+    Path(agent_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let req: AgentRequest = parse(body, cluster.config().max_body_bytes)?;
+    check_agent_id(&agent_id)?;
+    let def = req.into_def()?;
+    cluster.put_agent(&agent_id, def.clone()).await?;
+    Ok(Json(agent_json(&agent_id, &def)).into_response())
+}
+
+pub(super) async fn get(State(cluster): AppState, Path(agent_id): Path<String>) -> ApiResult {
+    let a = cluster.agent(&agent_id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no agent {agent_id:?} (it would get the default prompt)"
+        ))
+    })?;
+    Ok(Json(agent_json(&agent_id, &a)).into_response())
+}

@@ -1,0 +1,129 @@
+//! `/api/tasks`: submit one task or a batch, read one (optionally waiting
+//! for it to finish), cancel one.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::body::{TaskRequest, parse};
+use super::{ApiError, AppState};
+use crate::node::actor::TaskState;
+use crate::node::now_millis;
+use crate::task::{TaskId, rfc3339};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Most tasks accepted in one batch request.
+const MAX_BATCH: usize = 10_000;
+
+/// A task as the API shows it (the original project's shape).
+pub(super) fn task_json(s: &TaskState) -> Value {
+    json!({
+        "task_id": s.task_id.to_string(),
+        "status": s.status,
+        "type": s.task_type,
+        "priority": s.priority,
+        "result": s.result,
+        "error": s.error,
+        "worker_id": s.worker_id.as_ref().map(|w| w.0.clone()),
+        "attempts": s.attempts,
+        "created_at": rfc3339(s.created_at),
+        "completed_at": s.completed_at.map(rfc3339),
+    })
+}
+
+/// `201 {"task_id", "status": "pending"}`.
+pub(super) fn accepted(id: TaskId) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(json!({ "task_id": id.to_string(), "status": "pending" })),
+    )
+        .into_response()
+}
+
+/// Task ids are decimal strings; anything else names no task.
+pub(super) fn parse_task_id(s: &str) -> Result<TaskId, ApiError> {
+    s.parse::<u64>()
+        .map(TaskId)
+        .map_err(|_| ApiError::not_found(format!("no task {s:?}")))
+}
+
+pub(super) async fn submit(
+    State(cluster): AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let req: TaskRequest = parse(body, cluster.config().max_body_bytes)?;
+    let spec = req.into_spec(cluster.task_defaults(), now_millis())?;
+    let ids = cluster.submit(vec![spec]).await?;
+    Ok(accepted(ids[0]))
+}
+
+pub(super) async fn submit_batch(
+    State(cluster): AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let reqs: Vec<TaskRequest> = parse(body, cluster.config().max_body_bytes)?;
+    if reqs.is_empty() || reqs.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch holds 1-{MAX_BATCH} tasks"),
+        ));
+    }
+    let (defaults, now) = (cluster.task_defaults(), now_millis());
+    let specs = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.into_spec(defaults, now).map_err(|mut e| {
+                e.message = format!("task {i}: {}", e.message);
+                e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = cluster.submit(specs).await?;
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    Ok((StatusCode::CREATED, Json(ids)).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct WaitQuery {
+    wait: Option<String>,
+}
+
+pub(super) async fn get(
+    State(cluster): AppState,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult {
+    let id = parse_task_id(&id)?;
+    let wait = match q.wait.as_deref() {
+        None => None,
+        Some(w) => {
+            let secs: f64 = w
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_wait", "wait must be a number of seconds")
+                })?;
+            Some(Duration::from_secs_f64(
+                secs.min(cluster.config().max_wait.as_secs_f64()),
+            ))
+        }
+    };
+    let state = cluster.task(id, wait).await?;
+    Ok(Json(task_json(&state)).into_response())
+}
+
+pub(super) async fn cancel(State(cluster): AppState, Path(id): Path<String>) -> ApiResult {
+    let id = parse_task_id(&id)?;
+    cluster.cancel(id).await?;
+    Ok(Json(json!({ "task_id": id.to_string(), "status": "cancelled" })).into_response())
+}

@@ -1,0 +1,570 @@
+//! [`Cluster`]: the orchestrator's one service facade. The HTTP API, the
+//! enrollment handler and the worker connections talk to it, never to the
+//! store, the registry or the scheduler actor directly.
+//!
+//! It owns the protocols that span two of those systems, each written once:
+//! - the durable submit (allocate ids, queue the insert, schedule, wait for
+//!   the fsync, cancel back on failure);
+//! - the task lookup order (the scheduler's live tasks, then finished tasks
+//!   not yet persisted, then the store);
+//! - join-token rotation (at start when the token on disk is unusable, and
+//!   for `POST /api/tokens/rotate`).
+//!
+//! A `Cluster` needs no socket: [`Cluster::open`] over the in-memory store
+//! is what the HTTP layer's `oneshot` tests run on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use d8_certs::tls::Revocations;
+use d8_certs::{ClusterCa, JoinToken, fingerprint};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::actor::{Actor, Gone, QueryReply, SchedHandle, SchedMsg, TaskState};
+use super::files::{self, FileError};
+use super::live_output::LiveOutput;
+use super::now_millis;
+use super::registry::{Registry, TokenInfo};
+use crate::config::OrchestratorConfig;
+use crate::core::{CancelResult, Counters, Liveness, Scheduler, Stats, WorkerView};
+use crate::store::{
+    AgentDef, Backend, Op, PendingTask, Store, StoreError, TokenKind, TokenRecord, WorkerRecord,
+};
+use crate::task::{TaskId, TaskSpec, WorkerId};
+use crate::wire::{EnrollRequest, EnrollResponse, PROTOCOL_VERSION};
+
+/// Why a cluster operation did not happen. The HTTP layer maps each variant
+/// to a status code; the messages are written for the person who asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No such task, agent, token or worker.
+    #[error("{0}")]
+    NotFound(String),
+    /// The task had already finished (cancel).
+    #[error("task {id} already {status}")]
+    AlreadyFinished {
+        /// The task.
+        id: TaskId,
+        /// Its final status.
+        status: &'static str,
+    },
+    /// The scheduler actor has stopped: the orchestrator is shutting down.
+    #[error(transparent)]
+    ShuttingDown(#[from] Gone),
+    /// The store refused a write.
+    #[error("could not store the request: {0}")]
+    Store(#[from] StoreError),
+    /// The new join token is in the store but its file could not be written.
+    #[error("token rotated but not saved: {0}")]
+    TokenFile(#[source] FileError),
+}
+
+/// Why the cluster could not open its state.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Data directory problem.
+    #[error("data directory: {0}")]
+    Files(#[from] FileError),
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An enrolled worker as the API lists it: its record, and its live view
+/// while connected.
+#[derive(Debug, Clone)]
+pub struct WorkerEntry {
+    /// The enrollment record.
+    pub record: WorkerRecord,
+    /// The scheduler's view while connected.
+    pub live: Option<WorkerView>,
+    /// `revoked`, `offline`, `draining`, `suspect`, `busy` or `online`.
+    pub status: &'static str,
+}
+
+/// How a caller follows a task to its end.
+#[derive(Debug)]
+pub enum Watch {
+    /// It has already finished.
+    Finished(TaskState),
+    /// Still live; the receiver fires with the final state.
+    Live(oneshot::Receiver<TaskState>),
+}
+
+/// Defaults applied to tasks that do not set their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskDefaults {
+    /// Failed attempts before a task fails.
+    pub max_attempts: u32,
+    /// Time one attempt may take, ms.
+    pub attempt_timeout_ms: u64,
+}
+
+/// The orchestrator's state and the operations on it. Cheap to share
+/// (`Arc<Cluster>`); every method takes `&self`.
+pub struct Cluster {
+    cfg: OrchestratorConfig,
+    ca: ClusterCa,
+    registry: Mutex<Registry>,
+    store: Store,
+    sched: SchedHandle,
+    api_key: String,
+    join_token: Mutex<JoinToken>,
+    agents: Mutex<BTreeMap<String, AgentDef>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("data_dir", &self.cfg.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks, recovering from a panicked holder: every guarded value here is
+/// left consistent between statements.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn generate_api_key() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let body: String = bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
+        .collect();
+    format!("d8k_{body}")
+}
+
+impl Cluster {
+    /// Opens the cluster's state on `backend`: registry, standing join token
+    /// (reused from the data dir while valid), API key, and the scheduler
+    /// actor (spawned; it stops when `shutdown` fires). Tasks accepted before
+    /// a restart are queued again. Returns the actor's task too.
+    pub async fn open(
+        cfg: OrchestratorConfig,
+        ca: ClusterCa,
+        backend: Arc<dyn Backend>,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<Cluster>, tokio::task::JoinHandle<()>), OpenError> {
+        let dir = cfg.data_dir.clone();
+        files::ensure_dir(&dir)?;
+        let (store, snapshot) = Store::open(backend)?;
+        let registry = Registry::new(snapshot.tokens, snapshot.workers, Revocations::default());
+        let on_disk = files::read_optional(&dir.join(files::JOIN_TOKEN))?
+            .and_then(|s| JoinToken::parse(&s).ok())
+            .filter(|t| t.ca_digest() == ca.digest() && registry.default_token_valid(t.secret()));
+        let registry = Mutex::new(registry);
+        let join_token = match on_disk {
+            Some(t) => t,
+            None => rotate(&registry, &ca, &store, &dir)
+                .await
+                .map_err(|e| match e {
+                    RotateError::Store(e) => OpenError::Store(e),
+                    RotateError::File(e) => OpenError::Files(e),
+                })?,
+        };
+        let api_key = match files::read_optional(&dir.join(files::API_KEY))? {
+            Some(k) if !k.trim().is_empty() => k.trim().to_owned(),
+            _ => {
+                let k = generate_api_key();
+                files::write_file(&dir.join(files::API_KEY), format!("{k}\n").as_bytes(), true)?;
+                k
+            }
+        };
+        let t = snapshot.totals;
+        let core = Scheduler::new(
+            cfg.scheduler.clone(),
+            Counters {
+                completed: t.completed,
+                failed: t.failed,
+                cancelled: t.cancelled,
+                ..Counters::default()
+            },
+        );
+        let (actor, sched) = Actor::new(core, store.clone(), shutdown);
+        let actor = tokio::spawn(actor.run());
+        if !snapshot.pending.is_empty() {
+            tracing::info!(
+                tasks = snapshot.pending.len(),
+                "re-queued tasks accepted before the restart"
+            );
+            let _ = sched.send(SchedMsg::Submit(snapshot.pending)).await;
+        }
+        let cluster = Arc::new(Cluster {
+            cfg,
+            ca,
+            registry,
+            store,
+            sched,
+            api_key,
+            join_token: Mutex::new(join_token),
+            agents: Mutex::new(snapshot.agents),
+        });
+        Ok((cluster, actor))
+    }
+
+    /// The validated configuration it runs with.
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.cfg
+    }
+
+    /// The cluster CA.
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
+    /// The revocation set the TLS verifier consults.
+    pub fn revocations(&self) -> Revocations {
+        lock(&self.registry).revocations().clone()
+    }
+
+    /// The HTTP API's bearer key.
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+
+    /// The standing join token.
+    pub fn join_token(&self) -> JoinToken {
+        lock(&self.join_token).clone()
+    }
+
+    /// Streamed output of running tasks.
+    pub(crate) fn live_output(&self) -> &LiveOutput {
+        &self.sched.live_output
+    }
+
+    /// The scheduler actor, for the worker connections of this node.
+    pub(crate) fn sched(&self) -> &SchedHandle {
+        &self.sched
+    }
+
+    /// The store (shutdown flush, retention sweeps).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Defaults for tasks that set no attempt limit or timeout.
+    pub fn task_defaults(&self) -> TaskDefaults {
+        TaskDefaults {
+            max_attempts: self.cfg.max_attempts,
+            attempt_timeout_ms: u64::try_from(self.cfg.attempt_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    // ---- tasks ----
+
+    /// Makes the tasks durable and schedules them; returns once they are
+    /// durable. Scheduling overlaps the fsync: the insert is queued in the
+    /// store first, so any later write about these tasks (their results)
+    /// commits after it. If the commit fails the tasks are cancelled again.
+    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClusterError> {
+        let n = specs.len() as u64;
+        let first = self.store.allocate_ids(n);
+        let now = now_millis();
+        let pending: Vec<PendingTask> = specs
+            .into_iter()
+            .zip(first..)
+            .map(|(spec, id)| PendingTask {
+                id: TaskId(id),
+                spec,
+                created_at: now,
+            })
+            .collect();
+        let ids: Vec<TaskId> = pending.iter().map(|p| p.id).collect();
+        let durable = self
+            .store
+            .begin_commit(pending.iter().cloned().map(Op::InsertTask).collect())?;
+        self.sched.send(SchedMsg::Submit(pending)).await?;
+        if let Err(e) = durable.wait().await {
+            for id in &ids {
+                let _ = self.sched.cancel(*id).await;
+            }
+            return Err(e.into());
+        }
+        Ok(ids)
+    }
+
+    /// A task's state now, or after waiting up to `wait` for it to finish.
+    /// Looks in the scheduler (live tasks and results not yet persisted)
+    /// first, then in the store.
+    pub async fn task(
+        &self,
+        id: TaskId,
+        wait: Option<Duration>,
+    ) -> Result<TaskState, ClusterError> {
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            return self.lookup(id).await;
+        };
+        match self.sched.query(id, true).await? {
+            QueryReply::Waiting(current, rx) => match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(done)) => Ok(done),
+                _ => Ok(self.lookup(id).await.unwrap_or(current)),
+            },
+            QueryReply::State(s) => Ok(s),
+            QueryReply::NotLive => self.stored_task(id),
+        }
+    }
+
+    /// The one lookup order: the scheduler (live tasks and results not yet
+    /// persisted), then the store.
+    async fn lookup(&self, id: TaskId) -> Result<TaskState, ClusterError> {
+        match self.sched.query(id, false).await? {
+            QueryReply::State(s) | QueryReply::Waiting(s, _) => Ok(s),
+            QueryReply::NotLive => self.stored_task(id),
+        }
+    }
+
+    fn stored_task(&self, id: TaskId) -> Result<TaskState, ClusterError> {
+        match self.store.result(id)? {
+            Some(f) => Ok(TaskState::from(&f)),
+            None => Err(ClusterError::NotFound(format!("no task {id}"))),
+        }
+    }
+
+    /// Follows a task to its end: its final state if it has one, otherwise a
+    /// receiver for it. Subscribe to [`Cluster::live_output`] first, so no
+    /// output produced in between is missed.
+    pub async fn watch(&self, id: TaskId) -> Result<Watch, ClusterError> {
+        match self.sched.query(id, true).await? {
+            QueryReply::Waiting(_, done) => Ok(Watch::Live(done)),
+            QueryReply::State(s) => Ok(Watch::Finished(s)),
+            QueryReply::NotLive => self.stored_task(id).map(Watch::Finished),
+        }
+    }
+
+    /// Cancels a live task.
+    pub async fn cancel(&self, id: TaskId) -> Result<(), ClusterError> {
+        match self.sched.cancel(id).await? {
+            CancelResult::Cancelled => Ok(()),
+            CancelResult::NotLive => {
+                let state = self.lookup(id).await?;
+                Err(ClusterError::AlreadyFinished {
+                    id,
+                    status: state.status,
+                })
+            }
+        }
+    }
+
+    /// Scheduler totals and gauges.
+    pub async fn stats(&self) -> Result<Stats, ClusterError> {
+        Ok(self.sched.stats().await?)
+    }
+
+    // ---- agents ----
+
+    /// Stores (or replaces) an agent definition.
+    pub async fn put_agent(&self, id: &str, def: AgentDef) -> Result<(), ClusterError> {
+        self.store
+            .commit(vec![Op::PutAgent(id.to_owned(), def.clone())])
+            .await?;
+        lock(&self.agents).insert(id.to_owned(), def);
+        Ok(())
+    }
+
+    /// An agent's definition, if one was stored.
+    pub fn agent(&self, id: &str) -> Option<AgentDef> {
+        lock(&self.agents).get(id).cloned()
+    }
+
+    // ---- workers ----
+
+    /// Every enrolled worker with its live state, in id order.
+    pub async fn workers(&self) -> Result<Vec<WorkerEntry>, ClusterError> {
+        let mut live = self.sched.workers().await?;
+        let enrolled: Vec<WorkerRecord> = lock(&self.registry).workers().cloned().collect();
+        Ok(enrolled
+            .into_iter()
+            .map(|record| {
+                let live = live
+                    .iter()
+                    .position(|w| w.id.0 == record.id)
+                    .map(|i| live.swap_remove(i));
+                let status = match &live {
+                    _ if record.revoked => "revoked",
+                    None => "offline",
+                    Some(w) if w.draining => "draining",
+                    Some(w) if w.liveness == Liveness::Suspect => "suspect",
+                    Some(w) if w.active > 0 => "busy",
+                    Some(_) => "online",
+                };
+                WorkerEntry {
+                    record,
+                    live,
+                    status,
+                }
+            })
+            .collect())
+    }
+
+    /// The scheduler's view of the connected workers.
+    pub async fn live_workers(&self) -> Result<Vec<WorkerView>, ClusterError> {
+        Ok(self.sched.workers().await?)
+    }
+
+    /// Revokes a worker: its certificate stops working at the next handshake
+    /// and its current connection is closed.
+    pub async fn revoke_worker(&self, id: &str) -> Result<WorkerRecord, ClusterError> {
+        let rec = lock(&self.registry)
+            .revoke_worker(id)
+            .ok_or_else(|| ClusterError::NotFound(format!("no enrolled worker {id:?}")))?;
+        self.store.commit(vec![Op::PutWorker(rec.clone())]).await?;
+        self.sched
+            .send(SchedMsg::Revoked {
+                id: WorkerId(id.to_owned()),
+                reason: "this worker was revoked",
+            })
+            .await?;
+        tracing::warn!(worker = %id, "worker revoked");
+        Ok(rec)
+    }
+
+    /// The enrolled, unrevoked worker holding the certificate with this
+    /// fingerprint.
+    pub fn authorized_worker(&self, fingerprint: &[u8; 32]) -> Option<WorkerRecord> {
+        lock(&self.registry)
+            .worker_for(fingerprint)
+            .filter(|r| !r.revoked)
+            .cloned()
+    }
+
+    /// Answers an enrollment request: checks the protocol version and the
+    /// token, signs the CSR, records the worker durably.
+    pub async fn enroll(&self, req: EnrollRequest) -> EnrollResponse {
+        let EnrollRequest::Enroll {
+            proto,
+            secret,
+            csr_der,
+            wanted_id,
+        } = req;
+        let refuse = |reason: String| EnrollResponse::Refused { reason };
+        if proto != PROTOCOL_VERSION {
+            return refuse(format!(
+                "incompatible protocol version {proto}: this orchestrator speaks {PROTOCOL_VERSION}; install the same d8 version on both machines"
+            ));
+        }
+        let now = now_millis();
+        let (worker_id, cert, ops) = {
+            let mut reg = lock(&self.registry);
+            let (worker_id, token) = match reg.admit(now, &secret, &wanted_id) {
+                Ok(x) => x,
+                Err(e) => return refuse(e.to_string()),
+            };
+            let cert = match self.ca.sign_worker_csr(&csr_der, &worker_id) {
+                Ok(c) => c,
+                Err(e) => return refuse(format!("bad certificate request: {e}")),
+            };
+            let rec = WorkerRecord {
+                id: worker_id.clone(),
+                fingerprint: hex::encode(fingerprint(&cert)),
+                enrolled_at: now,
+                token_id: token.id.clone(),
+                revoked: false,
+            };
+            reg.record_worker(rec.clone());
+            (
+                worker_id,
+                cert,
+                vec![Op::PutToken(token), Op::PutWorker(rec)],
+            )
+        };
+        if let Err(e) = self.store.commit(ops).await {
+            return refuse(format!("orchestrator could not record the enrollment: {e}"));
+        }
+        tracing::info!(worker = %worker_id, "worker enrolled");
+        EnrollResponse::Enrolled {
+            worker_id,
+            cert_der: cert.to_vec(),
+            ca_der: self.ca.cert_der().to_vec(),
+        }
+    }
+
+    // ---- join tokens ----
+
+    /// Every token (ids only; secrets are never stored).
+    pub fn tokens(&self) -> Vec<TokenInfo> {
+        lock(&self.registry).tokens(now_millis())
+    }
+
+    /// Creates an extra join token, limited by lifetime and use count.
+    pub async fn create_token(
+        &self,
+        ttl: Option<Duration>,
+        max_uses: Option<u32>,
+    ) -> Result<(JoinToken, TokenRecord), ClusterError> {
+        let (token, rec) = lock(&self.registry).create_token(
+            now_millis(),
+            self.ca.digest(),
+            TokenKind::Extra,
+            ttl.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            max_uses,
+        );
+        self.store.commit(vec![Op::PutToken(rec.clone())]).await?;
+        Ok((token, rec))
+    }
+
+    /// Revokes a token by id or unique id prefix.
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, ClusterError> {
+        let rec = lock(&self.registry).revoke_token(id).ok_or_else(|| {
+            ClusterError::NotFound(format!("no token with id (or unique prefix) {id:?}"))
+        })?;
+        self.store.commit(vec![Op::PutToken(rec.clone())]).await?;
+        Ok(rec)
+    }
+
+    /// Replaces the standing join token: the old one stops enrolling, the
+    /// new one is stored and written to the data dir's `join-token` file.
+    pub async fn rotate_join_token(&self) -> Result<JoinToken, ClusterError> {
+        let token = rotate(&self.registry, &self.ca, &self.store, &self.cfg.data_dir)
+            .await
+            .map_err(|e| match e {
+                RotateError::Store(e) => ClusterError::Store(e),
+                RotateError::File(e) => ClusterError::TokenFile(e),
+            })?;
+        *lock(&self.join_token) = token.clone();
+        tracing::warn!("join token rotated; the previous one no longer enrolls workers");
+        Ok(token)
+    }
+}
+
+enum RotateError {
+    Store(StoreError),
+    File(FileError),
+}
+
+/// The one implementation of rotation: revoke every default token, create
+/// a new one, make it durable, then write its file.
+async fn rotate(
+    registry: &Mutex<Registry>,
+    ca: &ClusterCa,
+    store: &Store,
+    dir: &Path,
+) -> Result<JoinToken, RotateError> {
+    let (token, ops) = {
+        let mut reg = lock(registry);
+        let mut ops: Vec<Op> = reg
+            .revoke_default_tokens()
+            .into_iter()
+            .map(Op::PutToken)
+            .collect();
+        let (token, rec) =
+            reg.create_token(now_millis(), ca.digest(), TokenKind::Default, None, None);
+        ops.push(Op::PutToken(rec));
+        (token, ops)
+    };
+    store.commit(ops).await.map_err(RotateError::Store)?;
+    files::write_file(
+        &dir.join(files::JOIN_TOKEN),
+        format!("{token}\n").as_bytes(),
+        true,
+    )
+    .map_err(RotateError::File)?;
+    Ok(token)
+}

@@ -107,8 +107,8 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .context("starting d8 serve")?;
-        let key_file = odir.join("api-key");
-        let token_file = odir.join("join-token");
+        let key_file = odir.join(crate::node::files::API_KEY);
+        let token_file = odir.join(crate::node::files::JOIN_TOKEN);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(key_file.exists() && token_file.exists()) {
             if Instant::now() > deadline {
@@ -250,7 +250,10 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 #[cfg(not(target_os = "linux"))]
 fn peak_rss_bytes(pid: u32) -> u64 {
     // No high-water mark available portably: current RSS, read at the end of the run.
-    let mut sys = sysinfo::System::new();
+    // sysinfo 0.40's constructor is fallible (no process table): report 0.
+    let Ok(mut sys) = sysinfo::System::new() else {
+        return 0;
+    };
     let pid = sysinfo::Pid::from_u32(pid);
     sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), true);
     sys.process(pid).map_or(0, |p| p.memory())

@@ -16,42 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+pub use crate::cli::BenchArgs;
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-
-/// `d8 bench` flags.
-#[derive(Debug, Args, Clone)]
-pub struct BenchArgs {
-    /// Worker counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
-    pub workers: Vec<usize>,
-    /// Tasks per throughput run.
-    #[arg(long, default_value_t = 10_000)]
-    pub tasks: usize,
-    /// Tasks per batch request.
-    #[arg(long, default_value_t = 250)]
-    pub batch: usize,
-    /// Concurrent HTTP clients submitting batches.
-    #[arg(long, default_value_t = 4)]
-    pub clients: usize,
-    /// Where the workers run: `inprocess` or `process`.
-    #[arg(long, default_value = "inprocess", value_parser = ["inprocess", "process"])]
-    pub worker_mode: String,
-    /// Slots per worker.
-    #[arg(long, default_value_t = 64)]
-    pub slots: u32,
-    /// Sequential latency samples on the idle cluster.
-    #[arg(long, default_value_t = 300)]
-    pub samples: usize,
-    /// Repetitions per worker count; the table shows medians (peak RSS: the maximum).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub runs: u32,
-    /// Scratch directory (default: a new temp dir, removed afterwards).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-}
 
 /// One row of the result table.
 #[derive(Debug, Clone)]

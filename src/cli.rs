@@ -1,21 +1,17 @@
-//! Command-line interface (clap). Every flag can also come from an
-//! environment variable, and `main` loads a `.env` file from the working
+//! Command-line interface: clap definitions only (raw input). `config`
+//! turns these into validated configuration. Every flag can also come from
+//! an environment variable, and `main` loads a `.env` file from the working
 //! directory first (without overriding variables already set). The original
 //! project's worker variables are accepted under their old names.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use d8_certs::JoinToken;
 
-use crate::config::{
-    DEFAULT_PORT, OrchestratorConfig, WorkerConfig, parse_duration, parse_orchestrator_addr,
-};
-use crate::node::files::default_data_dir;
-use crate::providers::{Provider, ProviderSet};
+/// Default port for both QUIC (UDP) and HTTP (TCP), as in the original project.
+pub const DEFAULT_PORT: u16 = 5000;
 
 /// d8: turn the machines you own into one cluster for LLM agent work.
 #[derive(Debug, Parser)]
@@ -57,9 +53,9 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Measure throughput and latency on this machine (starts its own cluster).
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
     /// Explain why a worker cannot find or reach its orchestrator.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(DoctorArgs),
 }
 
 /// `d8 serve` flags.
@@ -234,178 +230,109 @@ pub enum WorkersAction {
     },
 }
 
-impl ServeArgs {
-    /// Validated orchestrator configuration.
-    pub fn to_config(&self) -> Result<OrchestratorConfig, String> {
-        let dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| default_data_dir("orchestrator"));
-        let mut cfg = OrchestratorConfig::lan(dir);
-        cfg.quic_addr = (self.bind, self.quic_port.unwrap_or(self.port)).into();
-        cfg.http_addr = (self.bind, self.http_port.unwrap_or(self.port)).into();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        if self.heartbeat.is_zero() || self.dead_after < self.heartbeat * 2 {
-            return Err(format!(
-                "--dead-after ({:?}) must be at least twice --heartbeat ({:?})",
-                self.dead_after, self.heartbeat
-            ));
-        }
-        cfg.heartbeat = self.heartbeat;
-        cfg.scheduler.dead_after_ms = ms(self.dead_after);
-        // Suspect (no new work) after three missed beats, or halfway to dead.
-        cfg.scheduler.suspect_after_ms =
-            (ms(self.heartbeat) * 3).min(ms(self.dead_after) / 2).max(1);
-        cfg.result_retention = self.result_retention;
-        cfg.max_attempts = self.max_attempts;
-        if self.attempt_timeout.is_zero() {
-            return Err("--attempt-timeout must be positive".into());
-        }
-        cfg.attempt_timeout = self.attempt_timeout;
-        cfg.scheduler.retry_backoff_ms = ms(self.retry_backoff);
-        for r in &self.routes {
-            cfg.scheduler.routing.parse_rules(r)?;
-        }
-        if self.max_body_bytes < 1024 {
-            return Err("--max-body-bytes must be at least 1024".into());
-        }
-        cfg.max_body_bytes = self.max_body_bytes;
-        cfg.require_api_key = !self.no_auth;
-        cfg.mdns = (!self.no_mdns).then(|| self.mdns_interfaces.clone());
-        if let Some(n) = &self.name
-            && (n.is_empty() || n.len() > 63 || n.contains('.'))
-        {
-            return Err("--name must be 1-63 characters without dots".into());
-        }
-        cfg.name = self.name.clone();
-        Ok(cfg)
-    }
+/// `d8 doctor` flags.
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// Check this orchestrator address instead of looking over mDNS.
+    #[arg(env = "ORCHESTRATOR_URL")]
+    pub addr: Option<String>,
+    /// Join token to check against (default: the worker's stored cluster, if enrolled).
+    #[arg(long, env = "D8_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Worker data dir to read the enrolled cluster from.
+    #[arg(long, env = "D8_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Look over mDNS only on these interfaces.
+    #[arg(
+        long = "mdns-interface",
+        env = "D8_MDNS_INTERFACE",
+        value_delimiter = ','
+    )]
+    pub mdns_interfaces: Vec<String>,
+    /// How long to listen for mDNS answers.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub wait: Duration,
 }
 
-impl JoinArgs {
-    /// Validated worker configuration.
-    pub fn to_config(&self) -> Result<WorkerConfig, String> {
-        let orchestrator = self
-            .addr
-            .as_deref()
-            .map(|a| parse_orchestrator_addr(a, self.port))
-            .transpose()?;
-        if self.poll_interval.is_some() {
-            tracing::info!("POLL_INTERVAL is ignored: the orchestrator pushes tasks to workers");
+/// `d8 bench` flags.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub workers: Vec<usize>,
+    /// Tasks per throughput run.
+    #[arg(long, default_value_t = 10_000)]
+    pub tasks: usize,
+    /// Tasks per batch request.
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Concurrent HTTP clients submitting batches.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Where the workers run: `inprocess` or `process`.
+    #[arg(long, default_value = "inprocess", value_parser = ["inprocess", "process"])]
+    pub worker_mode: String,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 64)]
+    pub slots: u32,
+    /// Sequential latency samples on the idle cluster.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Repetitions per worker count; the table shows medians (peak RSS: the maximum).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub runs: u32,
+    /// Scratch directory (default: a new temp dir, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A duration flag that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a number followed by a unit.
+    #[error("invalid duration {0:?}: expected e.g. 500ms, 30s, 5m, 2h, 7d")]
+    Invalid(String),
+    /// An unknown unit.
+    #[error("invalid duration unit {unit:?} in {value:?}: use ms, s, m, h or d")]
+    Unit {
+        /// The unit given.
+        unit: String,
+        /// The whole value.
+        value: String,
+    },
+    /// Does not fit in 64-bit milliseconds.
+    #[error("duration {0:?} is too large")]
+    TooLarge(String),
+}
+
+/// Parses durations such as `500ms`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| DurationError::Invalid(s.to_owned()))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => {
+            return Err(DurationError::Unit {
+                unit: other.to_owned(),
+                value: s.to_owned(),
+            });
         }
-        // The original project's WORKER_TYPE names the provider when no
-        // --provider is given; its API_KEY is that provider's key.
-        let legacy = match self.worker_type.as_deref() {
-            Some("claude") => Some("anthropic"),
-            Some("deepseek_gpu") => Some("ollama"),
-            other => other,
-        };
-        let names: Vec<String> = if self.providers.is_empty() {
-            legacy.map(|l| vec![l.to_owned()]).unwrap_or_default()
-        } else {
-            self.providers
-                .iter()
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .collect()
-        };
-        let mut over = std::collections::HashMap::new();
-        if let Some(u) = self
-            .ollama_url
-            .clone()
-            .or_else(|| self.deepseek_base_url.clone())
-        {
-            over.insert("OLLAMA_HOST".to_owned(), u);
-        }
-        let env = crate::providers::Overlay {
-            base: &crate::providers::ProcessEnv,
-            over,
-        };
-        let delay = Duration::from_millis(self.echo_delay_ms);
-        let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
-        let mut settings = Vec::new();
-        // One HTTP client for every provider: one pool, one TLS session cache.
-        let client = crate::providers::http_client()?;
-        // The file's providers first (in its order), then flags it does not name.
-        let file = self
-            .config
-            .as_deref()
-            .map(crate::providers::file::WorkerFile::load)
-            .transpose()?
-            .unwrap_or_default();
-        for entry in &file.providers {
-            let legacy_key = self
-                .api_key
-                .as_deref()
-                .filter(|_| legacy == Some(entry.kind.as_str()));
-            let p = crate::providers::build(
-                &entry.kind,
-                &entry.overlay(&env),
-                legacy_key,
-                delay,
-                &client,
-            )?;
-            providers.push(p);
-            settings.push(entry.settings());
-        }
-        for name in names
-            .iter()
-            .filter(|n| !file.providers.iter().any(|e| e.kind == **n))
-        {
-            let legacy_key = self
-                .api_key
-                .as_deref()
-                .filter(|_| legacy == Some(name.as_str()));
-            providers.push(crate::providers::build(
-                name, &env, legacy_key, delay, &client,
-            )?);
-            settings.push(crate::providers::env_settings(name, &env)?);
-        }
-        if providers.is_empty() {
-            return Err("no provider: pass --provider (echo, ollama, anthropic, gemini, openai, groq, deepseek, openrouter), --config FILE, or set WORKER_TYPE".into());
-        }
-        let dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| default_data_dir("worker"));
-        let placeholder = (std::net::Ipv4Addr::UNSPECIFIED, DEFAULT_PORT).into();
-        let mut cfg = WorkerConfig::lan(
-            dir,
-            placeholder,
-            ProviderSet::with_settings(providers, &settings),
-        );
-        cfg.orchestrator = orchestrator;
-        cfg.token = self
-            .token
-            .as_deref()
-            .map(JoinToken::parse)
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        cfg.worker_id = self.worker_id.clone();
-        cfg.worker_type = self.worker_type.clone();
-        cfg.slots = self.slots;
-        cfg.drain_timeout = self.drain_timeout;
-        if orchestrator.is_none() {
-            // No address: find the orchestrator of our cluster over mDNS.
-            let mdns =
-                crate::discovery::MdnsDiscovery::new(&self.mdns_interfaces).map_err(|e| {
-                    format!(
-                        "cannot start mDNS discovery ({e}); give the orchestrator's address instead"
-                    )
-                })?;
-            cfg.discovery = Some(Arc::new(mdns));
-        }
-        Ok(cfg)
-    }
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| DurationError::TooLarge(s.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("d8").chain(args.iter().copied()))
-    }
 
     #[test]
     fn cli_is_well_formed() {
@@ -414,91 +341,12 @@ mod tests {
     }
 
     #[test]
-    fn serve_defaults_and_validation() {
-        let Command::Serve(s) = parse(&["serve", "--data-dir", "/tmp/x"])
-            .expect("parse")
-            .command
-        else {
-            panic!("serve");
-        };
-        let cfg = s.to_config().expect("config");
-        assert_eq!(cfg.quic_addr.port(), 5000);
-        assert_eq!(cfg.http_addr.port(), 5000);
-        assert_eq!(cfg.scheduler.dead_after_ms, 3_000);
-        assert_eq!(cfg.scheduler.retry_backoff_ms, 500);
-        let Command::Serve(s) = parse(&["serve", "--heartbeat", "2s", "--dead-after", "3s"])
-            .expect("parse")
-            .command
-        else {
-            panic!("serve");
-        };
-        assert!(s.to_config().is_err());
-        assert!(parse(&["serve", "--max-attempts", "0"]).is_err());
-        let Command::Serve(s) = parse(&["serve", "--route", "nonsense"])
-            .expect("parse")
-            .command
-        else {
-            panic!("serve");
-        };
-        assert!(s.to_config().is_err());
-    }
-
-    #[test]
-    fn join_validation() {
-        let Command::Join(j) = parse(&["join", "127.0.0.1:5000", "--provider", "echo"])
-            .expect("parse")
-            .command
-        else {
-            panic!("join");
-        };
-        let cfg = j.to_config().expect("config");
-        assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
-        assert!(cfg.token.is_none());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("worker.toml");
-        std::fs::write(
-            &file,
-            "[[providers]]\nkind = \"echo\"\nrequests_per_minute = 5\ntier = \"paid\"\nreasoning_model = \"deep\"\n",
-        )
-        .expect("write");
-        let Command::Join(j) = parse(&[
-            "join",
-            "127.0.0.1",
-            "--config",
-            file.to_str().expect("utf8"),
-        ])
-        .expect("parse")
-        .command
-        else {
-            panic!("join");
-        };
-        let cfg = j.to_config().expect("config from file");
-        assert_eq!(cfg.providers.kinds(), ["echo"]);
-        // The file's tier and reasoning model are what the worker advertises.
-        let offer = &cfg.providers.offers()[0];
-        assert_eq!(offer.tier, crate::task::Tier::Paid);
-        assert_eq!(offer.reasoning_model.as_deref(), Some("deep"));
-        assert_eq!(offer.models, ["echo", "deep"]);
-        std::fs::write(&file, "[[providers]]\nkind = \"echo\"\nsecret = 1\n").expect("write");
-        let e = j.to_config().expect_err("bad file");
-        assert!(
-            e.contains("worker.toml") && e.contains("unknown field"),
-            "{e}"
-        );
-        let Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "mistral"])
-            .expect("parse")
-            .command
-        else {
-            panic!("join");
-        };
-        assert!(j.to_config().unwrap_err().contains("not available"));
-        let Command::Join(j) =
-            parse(&["join", "127.0.0.1", "--provider", "echo", "--token", "bad"])
-                .expect("parse")
-                .command
-        else {
-            panic!("join");
-        };
-        assert!(j.to_config().unwrap_err().contains("malformed join token"));
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 }

@@ -1,18 +1,87 @@
 //! Validated configuration for the orchestrator and the worker, with named
-//! presets. Raw input (flags, environment, `.env`) is parsed in `cli` and
-//! turned into these; everything here is already checked.
+//! presets (`lan`, and `local` for tests). Raw input (flags, environment,
+//! `.env`) is parsed by clap in `cli`; `from_args` here turns it, with the
+//! worker's TOML file and provider variables, into these. Everything in a
+//! built config has been checked; building one starts nothing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use d8_certs::JoinToken;
+use d8_certs::{JoinToken, TokenError};
 
-use crate::core::SchedulerConfig;
-use crate::providers::ProviderSet;
+pub use crate::cli::DEFAULT_PORT;
+use crate::cli::{JoinArgs, ServeArgs};
+use crate::core::{RouteError, SchedulerConfig};
+use crate::node::files::default_data_dir;
+use crate::providers::file::{WorkerFile, WorkerFileError};
+use crate::providers::{self, BuildError, Provider, ProviderSet};
 
-/// Default port for both QUIC (UDP) and HTTP (TCP), as in the original project.
-pub const DEFAULT_PORT: u16 = 5000;
+/// Why flags, environment or files do not make a usable configuration.
+/// Each message names the flag, variable or file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--dead-after` too short for the heartbeat.
+    #[error("--dead-after ({dead_after:?}) must be at least twice --heartbeat ({heartbeat:?})")]
+    Liveness {
+        /// `--dead-after`.
+        dead_after: Duration,
+        /// `--heartbeat`.
+        heartbeat: Duration,
+    },
+    /// `--attempt-timeout 0`.
+    #[error("--attempt-timeout must be positive")]
+    AttemptTimeout,
+    /// A `--route` rule.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// `--max-body-bytes` below 1 KiB.
+    #[error("--max-body-bytes must be at least 1024")]
+    BodyLimit,
+    /// `--name` unusable as an mDNS instance name.
+    #[error("--name must be 1-63 characters without dots")]
+    Name,
+    /// The orchestrator address.
+    #[error(transparent)]
+    Address(#[from] AddrError),
+    /// The join token.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The worker's TOML file.
+    #[error(transparent)]
+    WorkerFile(#[from] WorkerFileError),
+    /// A provider's variables.
+    #[error(transparent)]
+    Provider(#[from] BuildError),
+    /// A worker without any provider.
+    #[error(
+        "no provider: pass --provider ({}), --config FILE, or set WORKER_TYPE",
+        providers::vendor::kinds()
+    )]
+    NoProvider,
+}
+
+/// An orchestrator address that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    /// Nothing that looks like a host.
+    #[error("invalid orchestrator address {0:?}")]
+    Invalid(String),
+    /// The name did not resolve.
+    #[error("cannot resolve orchestrator address {addr:?}: {source}")]
+    Resolve {
+        /// As given.
+        addr: String,
+        /// The resolver's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolved to no address.
+    #[error("orchestrator address {0:?} resolved to nothing")]
+    Empty(String),
+}
 
 /// Orchestrator settings.
 #[derive(Debug, Clone)]
@@ -159,34 +228,159 @@ impl std::fmt::Debug for WorkerConfig {
     }
 }
 
-/// Parses durations such as `500ms`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 5m, 2h, 7d"))?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-            ));
+impl OrchestratorConfig {
+    /// The validated configuration for `d8 serve`: LAN defaults changed by
+    /// the flags (and their environment variables).
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| default_data_dir("orchestrator"));
+        let mut cfg = OrchestratorConfig::lan(dir);
+        cfg.quic_addr = (args.bind, args.quic_port.unwrap_or(args.port)).into();
+        cfg.http_addr = (args.bind, args.http_port.unwrap_or(args.port)).into();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if args.heartbeat.is_zero() || args.dead_after < args.heartbeat * 2 {
+            return Err(ConfigError::Liveness {
+                dead_after: args.dead_after,
+                heartbeat: args.heartbeat,
+            });
         }
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+        cfg.heartbeat = args.heartbeat;
+        cfg.scheduler.dead_after_ms = ms(args.dead_after);
+        // Suspect (no new work) after three missed beats, or halfway to dead.
+        cfg.scheduler.suspect_after_ms =
+            (ms(args.heartbeat) * 3).min(ms(args.dead_after) / 2).max(1);
+        cfg.result_retention = args.result_retention;
+        cfg.max_attempts = args.max_attempts;
+        if args.attempt_timeout.is_zero() {
+            return Err(ConfigError::AttemptTimeout);
+        }
+        cfg.attempt_timeout = args.attempt_timeout;
+        cfg.scheduler.retry_backoff_ms = ms(args.retry_backoff);
+        for r in &args.routes {
+            cfg.scheduler.routing.parse_rules(r)?;
+        }
+        if args.max_body_bytes < 1024 {
+            return Err(ConfigError::BodyLimit);
+        }
+        cfg.max_body_bytes = args.max_body_bytes;
+        cfg.require_api_key = !args.no_auth;
+        cfg.mdns = (!args.no_mdns).then(|| args.mdns_interfaces.clone());
+        if let Some(n) = &args.name
+            && (n.is_empty() || n.len() > 63 || n.contains('.'))
+        {
+            return Err(ConfigError::Name);
+        }
+        cfg.name = args.name.clone();
+        Ok(cfg)
+    }
+}
+
+impl WorkerConfig {
+    /// The validated configuration for `d8 join`: its providers are built
+    /// from the worker file (in its order), then from `--provider` names the
+    /// file does not list, each with its variables. With no orchestrator
+    /// address, `discovery` is left for the caller to start (mDNS on
+    /// `args.mdns_interfaces`): building a config starts nothing.
+    pub fn from_args(args: &JoinArgs) -> Result<Self, ConfigError> {
+        let orchestrator = args
+            .addr
+            .as_deref()
+            .map(|a| parse_orchestrator_addr(a, args.port))
+            .transpose()?;
+        if args.poll_interval.is_some() {
+            tracing::info!("POLL_INTERVAL is ignored: the orchestrator pushes tasks to workers");
+        }
+        // The original project's WORKER_TYPE names the provider when no
+        // --provider is given; its API_KEY is that provider's key.
+        let legacy = args
+            .worker_type
+            .as_deref()
+            .map(|t| providers::vendor::by_worker_type(t).map_or(t, |v| v.kind));
+        let names: Vec<String> = if args.providers.is_empty() {
+            legacy.map(|l| vec![l.to_owned()]).unwrap_or_default()
+        } else {
+            args.providers
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        let mut over = HashMap::new();
+        if let Some(u) = args
+            .ollama_url
+            .clone()
+            .or_else(|| args.deepseek_base_url.clone())
+        {
+            over.insert("OLLAMA_HOST".to_owned(), u);
+        }
+        let env = providers::Overlay {
+            base: &providers::ProcessEnv,
+            over,
+        };
+        let delay = Duration::from_millis(args.echo_delay_ms);
+        let legacy_key = |kind: &str| args.api_key.as_deref().filter(|_| legacy == Some(kind));
+        let mut built: Vec<Arc<dyn Provider>> = Vec::new();
+        let mut settings = Vec::new();
+        // One HTTP client for every provider: one pool, one TLS session cache.
+        let client = providers::http_client()?;
+        let file = args
+            .config
+            .as_deref()
+            .map(WorkerFile::load)
+            .transpose()?
+            .unwrap_or_default();
+        for entry in &file.providers {
+            built.push(providers::build(
+                &entry.kind,
+                &entry.overlay(&env),
+                legacy_key(&entry.kind),
+                delay,
+                &client,
+            )?);
+            settings.push(entry.settings());
+        }
+        for name in names
+            .iter()
+            .filter(|n| !file.providers.iter().any(|e| e.kind == **n))
+        {
+            built.push(providers::build(
+                name,
+                &env,
+                legacy_key(name),
+                delay,
+                &client,
+            )?);
+            settings.push(providers::env_settings(name, &env)?);
+        }
+        if built.is_empty() {
+            return Err(ConfigError::NoProvider);
+        }
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| default_data_dir("worker"));
+        let placeholder = (std::net::Ipv4Addr::UNSPECIFIED, DEFAULT_PORT).into();
+        let mut cfg = WorkerConfig::lan(
+            dir,
+            placeholder,
+            ProviderSet::with_settings(built, &settings),
+        );
+        cfg.orchestrator = orchestrator;
+        cfg.token = args.token.as_deref().map(JoinToken::parse).transpose()?;
+        cfg.worker_id = args.worker_id.clone();
+        cfg.worker_type = args.worker_type.clone();
+        cfg.slots = args.slots;
+        cfg.drain_timeout = args.drain_timeout;
+        Ok(cfg)
+    }
 }
 
 /// Parses an orchestrator address: `host`, `host:port`, `[v6]:port`, or a URL
 /// such as the original project's `ORCHESTRATOR_URL=http://192.168.1.10:5000`.
 /// Host names are resolved. The port defaults to `default_port`.
-pub fn parse_orchestrator_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+pub fn parse_orchestrator_addr(s: &str, default_port: u16) -> Result<SocketAddr, AddrError> {
     let raw = s.trim();
     let rest = raw
         .strip_prefix("http://")
@@ -195,7 +389,7 @@ pub fn parse_orchestrator_addr(s: &str, default_port: u16) -> Result<SocketAddr,
         .unwrap_or(raw);
     let hostport = rest.split('/').next().unwrap_or_default();
     if hostport.is_empty() {
-        return Err(format!("invalid orchestrator address {s:?}"));
+        return Err(AddrError::Invalid(s.to_owned()));
     }
     if let Ok(addr) = hostport.parse::<SocketAddr>() {
         return Ok(addr);
@@ -217,9 +411,12 @@ pub fn parse_orchestrator_addr(s: &str, default_port: u16) -> Result<SocketAddr,
     use std::net::ToSocketAddrs;
     with_port
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve orchestrator address {s:?}: {e}"))?
+        .map_err(|source| AddrError::Resolve {
+            addr: s.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("orchestrator address {s:?} resolved to nothing"))
+        .ok_or_else(|| AddrError::Empty(s.to_owned()))
 }
 
 #[cfg(test)]
@@ -227,36 +424,138 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999999999d").is_err());
-    }
-
-    #[test]
     fn orchestrator_addresses() {
         let want: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
-        assert_eq!(parse_orchestrator_addr("127.0.0.1", DEFAULT_PORT), Ok(want));
         assert_eq!(
-            parse_orchestrator_addr("127.0.0.1:5000", DEFAULT_PORT),
-            Ok(want)
+            parse_orchestrator_addr("127.0.0.1", DEFAULT_PORT).ok(),
+            Some(want)
         );
         assert_eq!(
-            parse_orchestrator_addr("http://127.0.0.1:5000/api", DEFAULT_PORT),
-            Ok(want)
+            parse_orchestrator_addr("127.0.0.1:5000", DEFAULT_PORT).ok(),
+            Some(want)
         );
         assert_eq!(
-            parse_orchestrator_addr("[::1]:7000", DEFAULT_PORT),
-            Ok("[::1]:7000".parse().expect("addr"))
+            parse_orchestrator_addr("http://127.0.0.1:5000/api", DEFAULT_PORT).ok(),
+            Some(want)
         );
         assert_eq!(
-            parse_orchestrator_addr("localhost:6000", DEFAULT_PORT).map(|a| a.port()),
-            Ok(6000)
+            parse_orchestrator_addr("[::1]:7000", DEFAULT_PORT).ok(),
+            Some("[::1]:7000".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_orchestrator_addr("localhost:6000", DEFAULT_PORT)
+                .ok()
+                .map(|a| a.port()),
+            Some(6000)
         );
         assert!(parse_orchestrator_addr("", DEFAULT_PORT).is_err());
         assert!(parse_orchestrator_addr("http://", DEFAULT_PORT).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        use clap::Parser;
+        crate::cli::Cli::try_parse_from(std::iter::once("d8").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn serve_defaults_and_validation() {
+        let crate::cli::Command::Serve(s) = parse(&["serve", "--data-dir", "/tmp/x"])
+            .expect("parse")
+            .command
+        else {
+            panic!("serve");
+        };
+        let cfg = OrchestratorConfig::from_args(&s).expect("config");
+        assert_eq!(cfg.quic_addr.port(), 5000);
+        assert_eq!(cfg.http_addr.port(), 5000);
+        assert_eq!(cfg.scheduler.dead_after_ms, 3_000);
+        assert_eq!(cfg.scheduler.retry_backoff_ms, 500);
+        let crate::cli::Command::Serve(s) =
+            parse(&["serve", "--heartbeat", "2s", "--dead-after", "3s"])
+                .expect("parse")
+                .command
+        else {
+            panic!("serve");
+        };
+        assert!(OrchestratorConfig::from_args(&s).is_err());
+        assert!(parse(&["serve", "--max-attempts", "0"]).is_err());
+        let crate::cli::Command::Serve(s) = parse(&["serve", "--route", "nonsense"])
+            .expect("parse")
+            .command
+        else {
+            panic!("serve");
+        };
+        assert!(OrchestratorConfig::from_args(&s).is_err());
+    }
+
+    #[test]
+    fn join_validation() {
+        let crate::cli::Command::Join(j) = parse(&["join", "127.0.0.1:5000", "--provider", "echo"])
+            .expect("parse")
+            .command
+        else {
+            panic!("join");
+        };
+        let cfg = WorkerConfig::from_args(&j).expect("config");
+        assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
+        assert!(cfg.token.is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[[providers]]\nkind = \"echo\"\nrequests_per_minute = 5\ntier = \"paid\"\nreasoning_model = \"deep\"\n",
+        )
+        .expect("write");
+        let crate::cli::Command::Join(j) = parse(&[
+            "join",
+            "127.0.0.1",
+            "--config",
+            file.to_str().expect("utf8"),
+        ])
+        .expect("parse")
+        .command
+        else {
+            panic!("join");
+        };
+        let cfg = WorkerConfig::from_args(&j).expect("config from file");
+        assert_eq!(cfg.providers.kinds(), ["echo"]);
+        // The file's tier and reasoning model are what the worker advertises.
+        let offer = &cfg.providers.offers()[0];
+        assert_eq!(offer.tier, crate::task::Tier::Paid);
+        assert_eq!(offer.reasoning_model.as_deref(), Some("deep"));
+        assert_eq!(offer.models, ["echo", "deep"]);
+        std::fs::write(&file, "[[providers]]\nkind = \"echo\"\nsecret = 1\n").expect("write");
+        let e = WorkerConfig::from_args(&j)
+            .expect_err("bad file")
+            .to_string();
+        assert!(
+            e.contains("worker.toml") && e.contains("unknown field"),
+            "{e}"
+        );
+        let crate::cli::Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "mistral"])
+            .expect("parse")
+            .command
+        else {
+            panic!("join");
+        };
+        assert!(
+            WorkerConfig::from_args(&j)
+                .expect_err("unknown provider")
+                .to_string()
+                .contains("not available")
+        );
+        let crate::cli::Command::Join(j) =
+            parse(&["join", "127.0.0.1", "--provider", "echo", "--token", "bad"])
+                .expect("parse")
+                .command
+        else {
+            panic!("join");
+        };
+        assert!(
+            WorkerConfig::from_args(&j)
+                .expect_err("bad token")
+                .to_string()
+                .contains("malformed join token")
+        );
     }
 }

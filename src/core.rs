@@ -21,7 +21,7 @@ mod routing;
 #[cfg(test)]
 mod tests;
 
-pub use routing::Routing;
+pub use routing::{RouteError, Routing};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;

@@ -9,40 +9,15 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use d8_certs::tls::{self, ProbeSeen};
 use d8_certs::{JoinToken, ORCHESTRATOR_NAME, fingerprint, pem_to_der};
 
-use crate::config::{DEFAULT_PORT, parse_duration, parse_orchestrator_addr};
+use crate::cli::{DEFAULT_PORT, DoctorArgs};
+use crate::config::parse_orchestrator_addr;
 use crate::discovery::{self, Advert, Discovery, MdnsDiscovery};
 use crate::transport;
-
-/// `d8 doctor` flags.
-#[derive(Debug, Args, Clone)]
-pub struct DoctorArgs {
-    /// Check this orchestrator address instead of looking over mDNS.
-    #[arg(env = "ORCHESTRATOR_URL")]
-    pub addr: Option<String>,
-    /// Join token to check against (default: the worker's stored cluster, if enrolled).
-    #[arg(long, env = "D8_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Worker data dir to read the enrolled cluster from.
-    #[arg(long, env = "D8_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Look over mDNS only on these interfaces.
-    #[arg(
-        long = "mdns-interface",
-        env = "D8_MDNS_INTERFACE",
-        value_delimiter = ','
-    )]
-    pub mdns_interfaces: Vec<String>,
-    /// How long to listen for mDNS answers.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    pub wait: Duration,
-}
 
 /// Multicast readiness of an interface, where the OS tells us.
 fn interface_flags(name: &str) -> Option<(bool, bool)> {
@@ -61,9 +36,9 @@ fn interface_flags(name: &str) -> Option<(bool, bool)> {
 }
 
 /// The cluster the worker would join: the token's, else the enrolled one.
-fn wanted_cluster(args: &DoctorArgs) -> Result<Option<(String, &'static str)>, String> {
+fn wanted_cluster(args: &DoctorArgs) -> anyhow::Result<Option<(String, &'static str)>> {
     if let Some(t) = &args.token {
-        let t = JoinToken::parse(t).map_err(|e| e.to_string())?;
+        let t = JoinToken::parse(t)?;
         return Ok(Some((discovery::cluster_id(&t.ca_digest()), "your token")));
     }
     let dir = args
@@ -73,7 +48,7 @@ fn wanted_cluster(args: &DoctorArgs) -> Result<Option<(String, &'static str)>, S
     let Ok(pem) = std::fs::read_to_string(dir.join(crate::node::files::CA_CERT)) else {
         return Ok(None);
     };
-    let der = pem_to_der(&pem, "CA certificate").map_err(|e| e.to_string())?;
+    let der = pem_to_der(&pem, "CA certificate")?;
     Ok(Some((
         discovery::cluster_id(&fingerprint(&der)),
         "this worker's enrollment",
@@ -82,7 +57,8 @@ fn wanted_cluster(args: &DoctorArgs) -> Result<Option<(String, &'static str)>, S
 
 /// Result of probing one address.
 struct Probe {
-    handshake: Result<Duration, String>,
+    /// How long the handshake took, or why it failed (for the report).
+    handshake: anyhow::Result<Duration>,
     cluster: Option<String>,
     skew_ms: Option<i64>,
 }
@@ -90,22 +66,19 @@ struct Probe {
 async fn probe(addr: SocketAddr, http_port: u16) -> Probe {
     let seen = ProbeSeen::default();
     let handshake = async {
-        let cfg = tls::probe_client_config(seen.clone()).map_err(|e| e.to_string())?;
-        let client =
-            transport::client_config(cfg, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        let endpoint = transport::client_endpoint(addr).map_err(|e| e.to_string())?;
+        let cfg = tls::probe_client_config(seen.clone())?;
+        let client = transport::client_config(cfg, Duration::from_secs(3))?;
+        let endpoint = transport::client_endpoint(addr)?;
         let t0 = Instant::now();
-        let connecting = endpoint
-            .connect_with(client, addr, ORCHESTRATOR_NAME)
-            .map_err(|e| e.to_string())?;
+        let connecting = endpoint.connect_with(client, addr, ORCHESTRATOR_NAME)?;
         let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
             .await
-            .map_err(|_| "no answer within 3 s".to_owned())?
-            .map_err(|e| transport::explain(&e))?;
+            .map_err(|_| anyhow::anyhow!("no answer within 3 s"))?
+            .map_err(|e| anyhow::anyhow!(transport::explain(&e)))?;
         let took = t0.elapsed();
         conn.close(transport::close::NORMAL, b"d8 doctor probe");
         let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
-        Ok::<Duration, String>(took)
+        Ok::<Duration, anyhow::Error>(took)
     }
     .await;
     let cluster = seen.chain().last().map(discovery::cluster_id);
@@ -146,7 +119,7 @@ async fn clock_skew(http: SocketAddr) -> Option<i64> {
 pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
     crate::ensure_crypto_provider();
     let mut out = String::new();
-    let wanted = wanted_cluster(&args).map_err(anyhow::Error::msg)?;
+    let wanted = wanted_cluster(&args)?;
     let _ = writeln!(out, "d8 doctor {}\n", env!("CARGO_PKG_VERSION"));
     match &wanted {
         Some((cid, from)) => {

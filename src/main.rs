@@ -36,10 +36,25 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. d8's error types say their cause
+/// in their own message and also return it as `source()`, so a cause whose
+/// text already ends the line is not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.ends_with(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -78,7 +93,7 @@ async fn stop_signal() {
 }
 
 async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
-    let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    let cfg = d8::config::OrchestratorConfig::from_args(&args)?;
     let data_dir = cfg.data_dir.clone();
     let orch = d8::node::orchestrator::Orchestrator::start(cfg)
         .await
@@ -128,7 +143,16 @@ async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
 }
 
 async fn join(args: d8::cli::JoinArgs) -> Result<()> {
-    let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    let mut cfg = d8::config::WorkerConfig::from_args(&args)?;
+    if cfg.orchestrator.is_none() {
+        // No address: find the orchestrator of our cluster over mDNS.
+        let mdns = d8::discovery::MdnsDiscovery::new(&args.mdns_interfaces).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start mDNS discovery ({e}); give the orchestrator's address instead"
+            )
+        })?;
+        cfg.discovery = Some(std::sync::Arc::new(mdns));
+    }
     let shutdown = CancellationToken::new();
     let drain = shutdown.clone();
     tokio::spawn(async move {

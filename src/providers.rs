@@ -3,8 +3,19 @@
 //! [`Provider`] is the one interface: a chat request in, a [`TaskOutput`] out,
 //! text deltas pushed to a [`ChunkSink`] as they arrive (streaming), and
 //! failures classified by [`ProviderErrorKind`] so the scheduler can route
-//! around rate limits. Vendors live one per file; this issue ships only
-//! [`echo::Echo`], the deterministic provider for tests, benchmarks and smoke checks.
+//! around rate limits.
+//!
+//! Who owns what:
+//! - [`vendor`]: the one table of vendor facts (names, variables, defaults).
+//! - one file per dialect: [`openai`] (OpenAI, Groq, DeepSeek, OpenRouter),
+//!   [`anthropic`], [`gemini`], [`ollama`], and [`echo`], the deterministic
+//!   provider for tests, benchmarks and smoke checks.
+//! - [`classify`]: the vendor HTTP call and the failure classifier
+//!   (`Retry-After`, reset headers, quota and auth errors).
+//! - [`stream_parser`]: parsers for vendors' streamed answers (SSE and NDJSON).
+//! - [`set`]: a worker's providers, their rests and fallback order.
+//! - [`file`]: the worker's TOML file.
+//! - [`build`] here: a provider from its name and the environment.
 
 pub mod anthropic;
 pub mod classify;
@@ -14,9 +25,10 @@ pub mod gemini;
 pub mod ollama;
 pub mod openai;
 pub mod set;
-pub mod sse;
+pub mod stream_parser;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod vendor;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +37,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use set::{Job, ProviderSet, ProviderSettings};
+pub use vendor::{Dialect, VENDORS, Vendor};
 
 use crate::task::{ChatRequest, ErrorKind, TaskError, TaskOutput};
 
@@ -148,7 +161,7 @@ pub trait Provider: Send + Sync + 'static {
 /// session cache: rustls, connection reuse,
 /// bounded connect and read stalls (a whole attempt is bounded by the
 /// orchestrator's attempt timeout).
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, BuildError> {
     crate::ensure_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("d8/", env!("CARGO_PKG_VERSION")))
@@ -156,7 +169,49 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .read_timeout(std::time::Duration::from_secs(120))
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(BuildError::HttpClient)
+}
+
+/// Why a provider could not be configured from flags, environment or file.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No vendor of that name in this build.
+    #[error(
+        "provider {name:?} is not available in this build; available: {}",
+        vendor::kinds()
+    )]
+    Unknown {
+        /// The name asked for.
+        name: String,
+    },
+    /// A keyed provider without its key.
+    #[error("provider {provider}: set {var} (the key stays on this machine)")]
+    MissingKey {
+        /// The provider.
+        provider: String,
+        /// The variable that should hold the key.
+        var: &'static str,
+    },
+    /// A base URL that is not HTTP(S).
+    #[error("{var}: {value:?} is not an http(s) URL")]
+    BadUrl {
+        /// The variable it came from.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `<KIND>_TIER` names no tier.
+    #[error("{var}: {source}")]
+    BadTier {
+        /// The variable.
+        var: String,
+        /// What was wrong.
+        #[source]
+        source: crate::task::UnknownTier,
+    },
+    /// reqwest could not build its client (TLS set-up).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// Where provider settings come from (the process environment in `d8 join`,
@@ -166,19 +221,22 @@ pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 }
 
-/// A provider's settings from `<KIND>_TIER` and `<KIND>_REASONING_MODEL`
-/// (`GROQ_TIER=paid`), for workers configured without a file.
-pub fn env_settings(kind: &str, env: &dyn Env) -> Result<ProviderSettings, String> {
-    let prefix = match kind {
-        "claude" => "ANTHROPIC".to_owned(),
-        other => other.to_uppercase(),
-    };
+/// A provider's settings from `<PREFIX>_TIER` and `<PREFIX>_REASONING_MODEL`
+/// (`GROQ_TIER=paid`; the prefix is in the vendor table), for workers
+/// configured without a file.
+pub fn env_settings(kind: &str, env: &dyn Env) -> Result<ProviderSettings, BuildError> {
+    let prefix =
+        vendor::find(kind).map_or_else(|| kind.to_uppercase(), |v| v.env_prefix.to_owned());
+    let tier_var = format!("{prefix}_TIER");
     let tier = env
-        .var(&format!("{prefix}_TIER"))
+        .var(&tier_var)
         .map(|t| {
             t.trim()
                 .parse::<crate::task::Tier>()
-                .map_err(|e| format!("{prefix}_TIER: {e}"))
+                .map_err(|source| BuildError::BadTier {
+                    var: tier_var.clone(),
+                    source,
+                })
         })
         .transpose()?;
     Ok(ProviderSettings {
@@ -222,96 +280,83 @@ impl Env for Overlay<'_> {
     }
 }
 
-/// Builds the provider called `name` from `env`. `legacy_key` is the
-/// original project's `API_KEY`, used when `WORKER_TYPE` names this provider
-/// and its own variable is unset. `client` is the worker's shared
-/// [`http_client`].
+/// Splits a comma-separated list, dropping blanks.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Builds the provider called `name` (a kind or an alias) from `env`, with
+/// the variables the vendor table names. `legacy_key` is the original
+/// project's `API_KEY`, used when `WORKER_TYPE` names this provider and its
+/// own variable is unset. `client` is the worker's shared [`http_client`].
 pub fn build(
     name: &str,
     env: &dyn Env,
     legacy_key: Option<&str>,
     echo_delay: std::time::Duration,
     client: &reqwest::Client,
-) -> Result<Arc<dyn Provider>, String> {
-    if name == "echo" {
-        return Ok(Arc::new(echo::Echo { delay: echo_delay }));
-    }
-    if name == "ollama" {
-        // OLLAMA_HOST is Ollama's own variable; DEEPSEEK_BASE_URL is the
-        // original project's name for the same thing on deepseek_gpu workers.
-        let url = env
-            .var("OLLAMA_HOST")
-            .or_else(|| env.var("DEEPSEEK_BASE_URL"))
-            .unwrap_or_else(|| ollama::DEFAULT_URL.to_owned());
-        let models = env
-            .var("OLLAMA_MODELS")
-            .map(|m| {
-                m.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        return Ok(Arc::new(ollama::Ollama::new(&url, models, client.clone())));
-    }
-    let models = |var: &str| -> Vec<String> {
-        env.var(var)
-            .map(|m| {
-                m.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let key_for = |var: &str| -> Result<Secret, String> {
+) -> Result<Arc<dyn Provider>, BuildError> {
+    let v = vendor::find(name).ok_or_else(|| BuildError::Unknown {
+        name: name.to_owned(),
+    })?;
+    let models = v
+        .models_var
+        .and_then(|var| env.var(var))
+        .map(|m| list(&m))
+        .unwrap_or_default();
+    let key = || -> Result<Secret, BuildError> {
+        let var = v.key_var.unwrap_or_default();
         env.var(var)
             .or_else(|| legacy_key.map(str::to_owned))
             .map(Secret::new)
-            .ok_or_else(|| format!("provider {name}: set {var} (the key stays on this machine)"))
+            .ok_or_else(|| BuildError::MissingKey {
+                provider: name.to_owned(),
+                var,
+            })
     };
-    let url = |var: &str, default: &str| -> Result<String, String> {
-        let u = env.var(var).unwrap_or_else(|| default.to_owned());
+    let url = || -> Result<String, BuildError> {
+        let var = v.url_var.unwrap_or_default();
+        let u = env.var(var).unwrap_or_else(|| v.base_url.to_owned());
         if u.starts_with("https://") || u.starts_with("http://") {
             Ok(u)
         } else {
-            Err(format!("{var}: {u:?} is not an http(s) URL"))
+            Err(BuildError::BadUrl { var, value: u })
         }
     };
-    if name == "anthropic" || name == "claude" {
-        return Ok(Arc::new(anthropic::Anthropic::new(
-            &url("ANTHROPIC_BASE_URL", anthropic::BASE_URL)?,
-            key_for("ANTHROPIC_API_KEY")?,
-            models("ANTHROPIC_MODELS"),
+    Ok(match v.dialect {
+        Dialect::Echo => Arc::new(echo::Echo { delay: echo_delay }),
+        Dialect::Ollama => {
+            // OLLAMA_HOST takes Ollama's own forms (`host:port` too), so it
+            // is normalised by the dialect rather than checked here.
+            let url = v
+                .url_var
+                .into_iter()
+                .chain(v.legacy_url_var)
+                .find_map(|var| env.var(var))
+                .unwrap_or_else(|| v.base_url.to_owned());
+            Arc::new(ollama::Ollama::new(&url, models, client.clone()))
+        }
+        Dialect::Anthropic => Arc::new(anthropic::Anthropic::new(
+            &url()?,
+            key()?,
+            models,
             client.clone(),
-        )));
-    }
-    if name == "gemini" {
-        return Ok(Arc::new(gemini::Gemini::new(
-            &url("GEMINI_BASE_URL", gemini::BASE_URL)?,
-            key_for("GEMINI_API_KEY")?,
-            models("GEMINI_MODELS"),
-            client.clone(),
-        )));
-    }
-    let Some(preset) = openai::PRESETS.iter().find(|p| p.kind == name) else {
-        return Err(format!(
-            "provider {name:?} is not available in this build; available: echo, ollama, anthropic, gemini, {}",
-            openai::PRESETS
-                .iter()
-                .map(|p| p.kind)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    };
-    let key = key_for(preset.key_env)?;
-    let base = url(preset.base_url_env, preset.base_url)?;
-    let mut p = openai::OpenAiCompat::new(*preset, &base, Some(key), client.clone());
-    let served = models(&format!("{}_MODELS", preset.kind.to_ascii_uppercase()));
-    if !served.is_empty() {
-        p = p.with_models(served);
-    }
-    Ok(Arc::new(p))
+        )),
+        Dialect::Gemini => Arc::new(gemini::Gemini::new(&url()?, key()?, models, client.clone())),
+        Dialect::OpenAi => {
+            let key = key()?;
+            let p = openai::OpenAiCompat::new(v, &url()?, Some(key), client.clone());
+            Arc::new(if models.is_empty() {
+                p
+            } else {
+                p.with_models(models)
+            })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -336,7 +381,10 @@ mod build_tests {
             build("groq", &env(&[]), Some("legacy"), d, &c).is_ok(),
             "API_KEY with WORKER_TYPE=groq"
         );
-        let e = build("groq", &env(&[]), None, d, &c).err().expect("no key");
+        let e = build("groq", &env(&[]), None, d, &c)
+            .err()
+            .expect("no key")
+            .to_string();
         assert!(e.contains("GROQ_API_KEY"), "{e}");
         let e = build(
             "openai",
@@ -346,10 +394,17 @@ mod build_tests {
             &c,
         )
         .err()
-        .expect("bad url");
+        .expect("bad url")
+        .to_string();
         assert!(e.contains("OPENAI_BASE_URL"), "{e}");
-        let e = build("mistral", &env(&[]), None, d, &c).err().expect("n/a");
-        assert!(e.contains("not available"), "{e}");
+        let e = build("mistral", &env(&[]), None, d, &c)
+            .err()
+            .expect("n/a")
+            .to_string();
+        assert!(
+            e.contains("not available") && e.contains("echo, ollama, anthropic"),
+            "{e}"
+        );
         assert_eq!(
             build("echo", &env(&[]), None, d, &c).expect("echo").kind(),
             "echo"
@@ -376,7 +431,10 @@ mod build_tests {
         ] {
             let p = build(name, &env(&[(var, "key-1234567890")]), None, d, &c).expect(name);
             assert_eq!(p.kind(), kind);
-            let e = build(name, &env(&[]), None, d, &c).err().expect("no key");
+            let e = build(name, &env(&[]), None, d, &c)
+                .err()
+                .expect("no key")
+                .to_string();
             assert!(e.contains(var), "{e}");
         }
         let g = build(
@@ -396,7 +454,7 @@ mod build_tests {
         let s = Secret::new("gsk_very_secret_value");
         assert_eq!(format!("{s:?}"), "<redacted>");
         let p =
-            openai::OpenAiCompat::new(openai::GROQ, "http://x", Some(s), reqwest::Client::new());
+            openai::OpenAiCompat::new(&vendor::GROQ, "http://x", Some(s), reqwest::Client::new());
         assert!(!format!("{p:?}").contains("very_secret"));
     }
 
@@ -418,7 +476,9 @@ mod build_tests {
                 .tier,
             Some(crate::task::Tier::Free)
         );
-        let e = env_settings("gemini", &env(&[("GEMINI_TIER", "gratis")])).expect_err("bad");
+        let e = env_settings("gemini", &env(&[("GEMINI_TIER", "gratis")]))
+            .expect_err("bad")
+            .to_string();
         assert!(
             e.contains("GEMINI_TIER") && e.contains("local, free or paid"),
             "{e}"

@@ -271,17 +271,6 @@ impl Tier {
             Tier::Paid => "paid",
         }
     }
-
-    /// The tier a provider kind starts in unless its worker says otherwise:
-    /// Ollama (and the built-in echo) are local, Groq and Gemini are
-    /// usually used with their free tiers, every other vendor bills.
-    pub fn default_for(kind: &str) -> Tier {
-        match kind {
-            "ollama" | "echo" => Tier::Local,
-            "groq" | "gemini" => Tier::Free,
-            _ => Tier::Paid,
-        }
-    }
 }
 
 impl fmt::Display for Tier {
@@ -290,13 +279,18 @@ impl fmt::Display for Tier {
     }
 }
 
+/// A tier name that is not `local`, `free` or `paid`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tier {0:?} (expected local, free or paid)")]
+pub struct UnknownTier(pub String);
+
 impl std::str::FromStr for Tier {
-    type Err = String;
+    type Err = UnknownTier;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Tier::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown tier {s:?} (expected local, free or paid)"))
+            .ok_or_else(|| UnknownTier(s.to_owned()))
     }
 }
 

@@ -2,6 +2,17 @@
 
 use std::collections::BTreeMap;
 
+/// A `--route` rule that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No `=` between the task type and the worker types.
+    #[error("route {0:?}: expected TASK_TYPE=WORKER_TYPE[|WORKER_TYPE…]")]
+    NoEquals(String),
+    /// Nothing before the `=`.
+    #[error("route {0:?}: empty task type")]
+    EmptyTaskType(String),
+}
+
 /// Routing table: task type → worker types allowed to run it. A task type
 /// without a rule runs on any worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,8 +20,6 @@ pub struct Routing {
     rules: BTreeMap<String, Vec<String>>,
 }
 
-/// The worker types the original project reserved for heavy task types.
-const HEAVY_WORKERS: [&str; 3] = ["deepseek_gpu", "claude", "gemini"];
 /// Task types that the original project sent only to heavy workers.
 const HEAVY_TASKS: [&str; 3] = crate::task::REASONING_TASKS;
 
@@ -20,8 +29,14 @@ impl Default for Routing {
     /// worker (`deepseek_gpu`, `claude` or `gemini`).
     fn default() -> Self {
         let mut r = Routing::open();
+        // The worker types it reserved for them, from the vendor table.
+        let heavy: Vec<String> = crate::providers::VENDORS
+            .iter()
+            .filter(|v| v.reasoning_worker)
+            .map(|v| v.worker_type.to_owned())
+            .collect();
         for t in HEAVY_TASKS {
-            r.set(t, HEAVY_WORKERS.iter().map(|s| (*s).to_owned()).collect());
+            r.set(t, heavy.clone());
         }
         r
     }
@@ -48,14 +63,14 @@ impl Routing {
     }
 
     /// Parses `task=type1|type2,task2=type3` (the `--route` flag format).
-    pub fn parse_rules(&mut self, s: &str) -> Result<(), String> {
+    pub fn parse_rules(&mut self, s: &str) -> Result<(), RouteError> {
         for rule in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            let (task, workers) = rule.split_once('=').ok_or_else(|| {
-                format!("route {rule:?}: expected TASK_TYPE=WORKER_TYPE[|WORKER_TYPE…]")
-            })?;
+            let (task, workers) = rule
+                .split_once('=')
+                .ok_or_else(|| RouteError::NoEquals(rule.to_owned()))?;
             let task = task.trim();
             if task.is_empty() {
-                return Err(format!("route {rule:?}: empty task type"));
+                return Err(RouteError::EmptyTaskType(rule.to_owned()));
             }
             let types = workers
                 .split('|')

@@ -117,15 +117,11 @@ fn capabilities(cfg: &WorkerConfig) -> Capabilities {
     }
 }
 
-/// The original project's worker type for a provider kind, so the default
-/// routing (evolution and code generation on `deepseek_gpu`, `claude` or
-/// `gemini` workers) works without setting `WORKER_TYPE`.
+/// The original project's worker type for a provider kind (vendor table),
+/// so the default routing (evolution and code generation on `deepseek_gpu`,
+/// `claude` or `gemini` workers) works without setting `WORKER_TYPE`.
 fn default_worker_type(kind: &str) -> &str {
-    match kind {
-        "anthropic" => "claude",
-        "ollama" => "deepseek_gpu",
-        other => other,
-    }
+    crate::providers::vendor::find(kind).map_or(kind, |v| v.worker_type)
 }
 
 /// The id this machine asks for: `--worker-id`/`WORKER_ID`, else the hostname.

@@ -9,16 +9,14 @@
 use serde_json::{Value, json};
 
 use super::classify::send;
-use super::sse::SseParser;
+use super::stream_parser::SseParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
-/// Default base URL.
-pub const BASE_URL: &str = "https://api.anthropic.com";
 /// API version header value.
 pub const API_VERSION: &str = "2023-06-01";
-/// Model used when neither task nor configuration names one.
-pub const DEFAULT_MODEL: &str = "claude-3-5-haiku-latest";
+/// Model used when neither task nor configuration names one (vendor table).
+pub const DEFAULT_MODEL: &str = super::vendor::ANTHROPIC.default_model;
 /// Appended to the system prompt of a task that asks for JSON.
 const JSON_INSTRUCTION: &str =
     "Answer with one valid JSON object and nothing else: no prose, no code fences.";

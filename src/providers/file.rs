@@ -29,7 +29,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -69,64 +69,92 @@ pub struct ProviderEntry {
     pub reasoning_model: Option<String>,
 }
 
-/// Environment variable names a provider kind reads: (key, base URL, models).
-pub fn variables(kind: &str) -> Option<(&'static str, &'static str, &'static str)> {
-    Some(match kind {
-        "groq" => ("GROQ_API_KEY", "GROQ_BASE_URL", "GROQ_MODELS"),
-        "openai" => ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODELS"),
-        "deepseek" => (
-            "DEEPSEEK_API_KEY",
-            "DEEPSEEK_API_BASE_URL",
-            "DEEPSEEK_MODELS",
-        ),
-        "openrouter" => (
-            "OPENROUTER_API_KEY",
-            "OPENROUTER_BASE_URL",
-            "OPENROUTER_MODELS",
-        ),
-        "anthropic" | "claude" => (
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_BASE_URL",
-            "ANTHROPIC_MODELS",
-        ),
-        "gemini" => ("GEMINI_API_KEY", "GEMINI_BASE_URL", "GEMINI_MODELS"),
-        "ollama" => ("", "OLLAMA_HOST", "OLLAMA_MODELS"),
-        "echo" => ("", "", ""),
-        _ => return None,
-    })
+/// A worker file that cannot be used; the message names the file, the
+/// entry and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerFileError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the file's shape (unknown field, wrong type, …).
+    #[error("{}{source}", at(path.as_deref()))]
+    Syntax {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// What the TOML reader said.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// An entry with a value d8 cannot use.
+    #[error("{}providers[{index}]: {problem}", at(path.as_deref()))]
+    Invalid {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// The entry's position.
+        index: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// `path: ` before a message about a file's content.
+fn at(path: Option<&Path>) -> String {
+    path.map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
 }
 
 impl WorkerFile {
     /// Reads and checks a file; errors name the file and the problem.
-    pub fn load(path: &Path) -> Result<WorkerFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<WorkerFile, WorkerFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WorkerFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            WorkerFileError::Syntax { source, .. } => WorkerFileError::Syntax {
+                path: Some(path.to_owned()),
+                source,
+            },
+            WorkerFileError::Invalid { index, problem, .. } => WorkerFileError::Invalid {
+                path: Some(path.to_owned()),
+                index,
+                problem,
+            },
+            read @ WorkerFileError::Read { .. } => read,
+        })
     }
 
     /// Parses and checks the text of a file.
-    pub fn parse(text: &str) -> Result<WorkerFile, String> {
-        let file: WorkerFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        for (i, p) in file.providers.iter().enumerate() {
-            if variables(&p.kind).is_none() {
-                return Err(format!("providers[{i}]: unknown kind {:?}", p.kind));
+    pub fn parse(text: &str) -> Result<WorkerFile, WorkerFileError> {
+        let file: WorkerFile = toml::from_str(text)
+            .map_err(|source| WorkerFileError::Syntax { path: None, source })?;
+        for (index, p) in file.providers.iter().enumerate() {
+            let invalid = |problem: String| WorkerFileError::Invalid {
+                path: None,
+                index,
+                problem,
+            };
+            if super::vendor::find(&p.kind).is_none() {
+                return Err(invalid(format!("unknown kind {:?}", p.kind)));
             }
             if p.requests_per_minute == Some(0) {
-                return Err(format!(
-                    "providers[{i}]: requests_per_minute must be at least 1"
-                ));
+                return Err(invalid("requests_per_minute must be at least 1".into()));
             }
             if p.models.iter().any(|m| m.trim().is_empty())
                 || p.reasoning_model
                     .as_ref()
                     .is_some_and(|m| m.trim().is_empty())
             {
-                return Err(format!("providers[{i}]: empty model name"));
+                return Err(invalid("empty model name".into()));
             }
             if let Some((m, _)) = p.model_limits.iter().find(|(_, l)| **l == 0) {
-                return Err(format!(
-                    "providers[{i}]: model_limits.{m:?} must be at least 1"
-                ));
+                return Err(invalid(format!("model_limits.{m:?} must be at least 1")));
             }
         }
         Ok(file)
@@ -148,16 +176,16 @@ impl ProviderEntry {
     /// provider follows exactly the environment rules).
     pub fn overlay<'a>(&self, base: &'a dyn Env) -> super::Overlay<'a> {
         let mut over = HashMap::new();
-        if let Some((key_var, url_var, models_var)) = variables(&self.kind) {
-            if let (Some(from), false) = (&self.key_env, key_var.is_empty())
-                && let Some(v) = base.var(from)
+        if let Some(v) = super::vendor::find(&self.kind) {
+            if let (Some(from), Some(key_var)) = (&self.key_env, v.key_var)
+                && let Some(key) = base.var(from)
             {
-                over.insert(key_var.to_owned(), v);
+                over.insert(key_var.to_owned(), key);
             }
-            if let (Some(u), false) = (&self.base_url, url_var.is_empty()) {
+            if let (Some(u), Some(url_var)) = (&self.base_url, v.url_var) {
                 over.insert(url_var.to_owned(), u.clone());
             }
-            if !self.models.is_empty() && !models_var.is_empty() {
+            if let (false, Some(models_var)) = (self.models.is_empty(), v.models_var) {
                 over.insert(models_var.to_owned(), self.models.join(","));
             }
         }
@@ -245,12 +273,13 @@ mod tests {
             ("providers = 3", "invalid type"),
             ("not toml at all [", ""),
         ] {
-            let e = WorkerFile::parse(text).expect_err(text);
+            let e = WorkerFile::parse(text).expect_err(text).to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
         assert!(
             WorkerFile::load(Path::new("/nonexistent/d8.toml"))
                 .expect_err("missing")
+                .to_string()
                 .contains("cannot read")
         );
     }

@@ -9,14 +9,12 @@
 use serde_json::{Value, json};
 
 use super::classify::send;
-use super::sse::SseParser;
+use super::stream_parser::SseParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
-/// Default base URL.
-pub const BASE_URL: &str = "https://generativelanguage.googleapis.com";
-/// Model used when neither task nor configuration names one.
-pub const DEFAULT_MODEL: &str = "gemini-2.0-flash";
+/// Model used when neither task nor configuration names one (vendor table).
+pub const DEFAULT_MODEL: &str = super::vendor::GEMINI.default_model;
 
 /// The Gemini provider.
 #[derive(Debug, Clone)]

@@ -6,14 +6,12 @@
 use serde_json::{Value, json};
 
 use super::classify::send;
-use super::sse::NdjsonParser;
+use super::stream_parser::NdjsonParser;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
-/// Where Ollama listens by default.
-pub const DEFAULT_URL: &str = "http://localhost:11434";
-/// Model used when neither the task nor the configuration names one.
-pub const DEFAULT_MODEL: &str = "deepseek-r1:8b";
+/// Model used when neither the task nor the configuration names one (vendor table).
+pub const DEFAULT_MODEL: &str = super::vendor::OLLAMA.default_model;
 
 /// Normalises `OLLAMA_HOST`-style values (`host`, `host:port`, or a URL).
 pub fn normalize_url(raw: &str) -> String {

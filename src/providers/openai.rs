@@ -1,5 +1,6 @@
-//! `openai`: any OpenAI-compatible Chat Completions endpoint, with presets for
-//! Groq, DeepSeek and OpenRouter (same wire format, different base URLs).
+//! `openai`: any OpenAI-compatible Chat Completions endpoint: OpenAI, Groq,
+//! DeepSeek and OpenRouter (same wire format; their URLs and defaults are in
+//! the vendor table).
 //!
 //! Request: `POST {base_url}/chat/completions` with `Authorization: Bearer
 //! <key>` and `{model, messages, temperature?, max_tokens?, stream}`; when
@@ -10,60 +11,10 @@
 use serde_json::{Value, json};
 
 use super::classify::send;
-use super::sse::SseParser;
+use super::stream_parser::SseParser;
+use super::vendor::Vendor;
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
-
-/// A named OpenAI-compatible service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Preset {
-    /// Provider kind advertised to the orchestrator.
-    pub kind: &'static str,
-    /// Default base URL (overridable, e.g. `GROQ_BASE_URL`).
-    pub base_url: &'static str,
-    /// Model used when a task names none.
-    pub default_model: &'static str,
-    /// Environment variable holding the key.
-    pub key_env: &'static str,
-    /// Environment variable overriding the base URL.
-    pub base_url_env: &'static str,
-}
-
-/// OpenAI itself.
-pub const OPENAI: Preset = Preset {
-    kind: "openai",
-    base_url: "https://api.openai.com/v1",
-    default_model: "gpt-4o-mini",
-    key_env: "OPENAI_API_KEY",
-    base_url_env: "OPENAI_BASE_URL",
-};
-/// Groq's OpenAI-compatible API.
-pub const GROQ: Preset = Preset {
-    kind: "groq",
-    base_url: "https://api.groq.com/openai/v1",
-    default_model: "llama-3.1-8b-instant",
-    key_env: "GROQ_API_KEY",
-    base_url_env: "GROQ_BASE_URL",
-};
-/// The DeepSeek API.
-pub const DEEPSEEK: Preset = Preset {
-    kind: "deepseek",
-    base_url: "https://api.deepseek.com/v1",
-    default_model: "deepseek-chat",
-    key_env: "DEEPSEEK_API_KEY",
-    base_url_env: "DEEPSEEK_API_BASE_URL",
-};
-/// OpenRouter.
-pub const OPENROUTER: Preset = Preset {
-    kind: "openrouter",
-    base_url: "https://openrouter.ai/api/v1",
-    default_model: "openrouter/auto",
-    key_env: "OPENROUTER_API_KEY",
-    base_url_env: "OPENROUTER_BASE_URL",
-};
-
-/// All presets, for lookup by name.
-pub const PRESETS: [Preset; 4] = [OPENAI, GROQ, DEEPSEEK, OPENROUTER];
 
 /// An OpenAI-compatible provider.
 #[derive(Debug, Clone)]
@@ -77,19 +28,20 @@ pub struct OpenAiCompat {
 }
 
 impl OpenAiCompat {
-    /// A provider for `preset` at `base_url` (trailing `/` ignored) with `key`.
+    /// A provider for `vendor` (one of the OpenAI dialect) at `base_url`
+    /// (trailing `/` ignored) with `key`.
     pub fn new(
-        preset: Preset,
+        vendor: &Vendor,
         base_url: &str,
         key: Option<Secret>,
         client: reqwest::Client,
     ) -> Self {
         OpenAiCompat {
-            kind: preset.kind.to_owned(),
+            kind: vendor.kind.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             key,
-            default_model: preset.default_model.to_owned(),
-            models: vec![preset.default_model.to_owned()],
+            default_model: vendor.default_model.to_owned(),
+            models: vec![vendor.default_model.to_owned()],
             client,
         }
     }
@@ -179,7 +131,9 @@ impl OpenAiCompat {
         let mut done = false;
         loop {
             let events = match resp.chunk().await.map_err(|e| self.transport_error(&e))? {
-                Some(bytes) => parser.feed(&bytes).map_err(|e| self.bad_answer(&e))?,
+                Some(bytes) => parser
+                    .feed(&bytes)
+                    .map_err(|e| self.bad_answer(&e.to_string()))?,
                 None => parser.finish(),
             };
             let ended = events.is_empty() && done;
@@ -267,7 +221,12 @@ mod tests {
 
     fn provider(base: &str, key: &str) -> OpenAiCompat {
         crate::ensure_crypto_provider();
-        OpenAiCompat::new(GROQ, base, Some(Secret::new(key)), reqwest::Client::new())
+        OpenAiCompat::new(
+            &super::super::vendor::GROQ,
+            base,
+            Some(Secret::new(key)),
+            reqwest::Client::new(),
+        )
     }
 
     fn request(stream: bool) -> ChatRequest {

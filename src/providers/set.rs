@@ -25,7 +25,7 @@ use crate::task::{ChatRequest, Offer, ProviderCooldown, Route, TaskOutput, Tier,
 /// A worker's own settings for one provider (from its TOML file).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProviderSettings {
-    /// Cost tier; the kind's default ([`Tier::default_for`]) when unset.
+    /// Cost tier; the kind's default ([`super::vendor::default_tier`]) when unset.
     pub tier: Option<Tier>,
     /// Model for reasoning task types (evolution, code generation) when the
     /// task names none; the first model otherwise.
@@ -168,18 +168,6 @@ impl Health {
     }
 }
 
-/// The reasoning model a provider kind uses unless its worker names one.
-/// Only DeepSeek's is certain enough to default (its API has served
-/// `deepseek-reasoner` beside `deepseek-chat` from the start); other vendors
-/// rename models often, and a wrong guess would fail tasks, so for them the
-/// worker's file names it (`reasoning_model`).
-pub fn default_reasoning_model(kind: &str) -> Option<&'static str> {
-    match kind {
-        "deepseek" => Some("deepseek-reasoner"),
-        _ => None,
-    }
-}
-
 struct Entry {
     provider: Arc<dyn Provider>,
     tier: Tier,
@@ -234,10 +222,14 @@ impl ProviderSet {
             }
             health.push(h);
             entries.push(Entry {
-                tier: s.tier.unwrap_or_else(|| Tier::default_for(provider.kind())),
-                reasoning_model: s
-                    .reasoning_model
-                    .or_else(|| default_reasoning_model(provider.kind()).map(str::to_owned)),
+                tier: s
+                    .tier
+                    .unwrap_or_else(|| super::vendor::default_tier(provider.kind())),
+                reasoning_model: s.reasoning_model.or_else(|| {
+                    super::vendor::find(provider.kind())
+                        .and_then(|v| v.reasoning_model)
+                        .map(str::to_owned)
+                }),
                 provider,
             });
         }

@@ -1,6 +1,7 @@
-//! Incremental parsers for the streaming formats vendors use: Server-Sent
-//! Events (OpenAI, Anthropic, Gemini) and newline-delimited JSON (Ollama).
-//! Bytes arrive in arbitrary pieces; both keep the unfinished tail.
+//! Incremental parsers for the streamed answers of vendors (the client
+//! side): Server-Sent Events (OpenAI, Anthropic, Gemini) and
+//! newline-delimited JSON (Ollama). Bytes arrive in arbitrary pieces; both
+//! keep the unfinished tail.
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,11 @@ pub struct SseEvent {
 /// grow memory without bound).
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
+/// A vendor sent a line longer than [`MAX_PENDING`] without ending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stream line exceeds 4 MiB")]
+pub struct LineTooLong;
+
 /// Splits a byte stream into complete lines.
 #[derive(Debug, Default)]
 struct Lines {
@@ -22,7 +28,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, LineTooLong> {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
@@ -34,7 +40,7 @@ impl Lines {
             out.push(String::from_utf8_lossy(&line).into_owned());
         }
         if self.pending.len() > MAX_PENDING {
-            return Err("stream line exceeds 4 MiB".into());
+            return Err(LineTooLong);
         }
         Ok(out)
     }
@@ -55,7 +61,7 @@ pub struct SseParser {
 
 impl SseParser {
     /// Feeds bytes; returns the events completed by them.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, LineTooLong> {
         let mut out = Vec::new();
         for line in self.lines.feed(bytes)? {
             self.line(&line, &mut out);
@@ -105,7 +111,7 @@ pub struct NdjsonParser {
 
 impl NdjsonParser {
     /// Feeds bytes; returns the complete non-empty lines.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, LineTooLong> {
         Ok(self
             .lines
             .feed(bytes)?

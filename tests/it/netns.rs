@@ -58,8 +58,9 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// The worker's log line once it holds a session.
-const CONNECTED: &str = "d8::node::worker: connected to the orchestrator";
+/// The worker's log line once it holds a session (with its module, since
+/// "not connected to the orchestrator" is another line).
+const CONNECTED: &str = "d8::node::worker::session: connected to the orchestrator";
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 

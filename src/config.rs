@@ -457,45 +457,38 @@ mod tests {
         crate::cli::Cli::try_parse_from(std::iter::once("d8").chain(args.iter().copied()))
     }
 
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        match parse(args).expect("parse").command {
+            crate::cli::Command::Serve(s) => s,
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    fn join_args(args: &[&str]) -> JoinArgs {
+        match parse(args).expect("parse").command {
+            crate::cli::Command::Join(j) => j,
+            other => panic!("expected join, got {other:?}"),
+        }
+    }
+
     #[test]
     fn serve_defaults_and_validation() {
-        let crate::cli::Command::Serve(s) = parse(&["serve", "--data-dir", "/tmp/x"])
-            .expect("parse")
-            .command
-        else {
-            panic!("serve");
-        };
+        let s = serve_args(&["serve", "--data-dir", "/tmp/x"]);
         let cfg = OrchestratorConfig::from_args(&s).expect("config");
         assert_eq!(cfg.quic_addr.port(), 5000);
         assert_eq!(cfg.http_addr.port(), 5000);
         assert_eq!(cfg.scheduler.dead_after_ms, 3_000);
         assert_eq!(cfg.scheduler.retry_backoff_ms, 500);
-        let crate::cli::Command::Serve(s) =
-            parse(&["serve", "--heartbeat", "2s", "--dead-after", "3s"])
-                .expect("parse")
-                .command
-        else {
-            panic!("serve");
-        };
+        let s = serve_args(&["serve", "--heartbeat", "2s", "--dead-after", "3s"]);
         assert!(OrchestratorConfig::from_args(&s).is_err());
         assert!(parse(&["serve", "--max-attempts", "0"]).is_err());
-        let crate::cli::Command::Serve(s) = parse(&["serve", "--route", "nonsense"])
-            .expect("parse")
-            .command
-        else {
-            panic!("serve");
-        };
+        let s = serve_args(&["serve", "--route", "nonsense"]);
         assert!(OrchestratorConfig::from_args(&s).is_err());
     }
 
     #[test]
     fn join_validation() {
-        let crate::cli::Command::Join(j) = parse(&["join", "127.0.0.1:5000", "--provider", "echo"])
-            .expect("parse")
-            .command
-        else {
-            panic!("join");
-        };
+        let j = join_args(&["join", "127.0.0.1:5000", "--provider", "echo"]);
         let cfg = WorkerConfig::from_args(&j).expect("config");
         assert_eq!(cfg.orchestrator.map(|a| a.port()), Some(5000));
         assert!(cfg.token.is_none());
@@ -506,17 +499,12 @@ mod tests {
             "[[providers]]\nkind = \"echo\"\nrequests_per_minute = 5\ntier = \"paid\"\nreasoning_model = \"deep\"\n",
         )
         .expect("write");
-        let crate::cli::Command::Join(j) = parse(&[
+        let j = join_args(&[
             "join",
             "127.0.0.1",
             "--config",
             file.to_str().expect("utf8"),
-        ])
-        .expect("parse")
-        .command
-        else {
-            panic!("join");
-        };
+        ]);
         let cfg = WorkerConfig::from_args(&j).expect("config from file");
         assert_eq!(cfg.providers.kinds(), ["echo"]);
         // The file's tier and reasoning model are what the worker advertises.
@@ -532,25 +520,14 @@ mod tests {
             e.contains("worker.toml") && e.contains("unknown field"),
             "{e}"
         );
-        let crate::cli::Command::Join(j) = parse(&["join", "127.0.0.1", "--provider", "mistral"])
-            .expect("parse")
-            .command
-        else {
-            panic!("join");
-        };
+        let j = join_args(&["join", "127.0.0.1", "--provider", "mistral"]);
         assert!(
             WorkerConfig::from_args(&j)
                 .expect_err("unknown provider")
                 .to_string()
                 .contains("not available")
         );
-        let crate::cli::Command::Join(j) =
-            parse(&["join", "127.0.0.1", "--provider", "echo", "--token", "bad"])
-                .expect("parse")
-                .command
-        else {
-            panic!("join");
-        };
+        let j = join_args(&["join", "127.0.0.1", "--provider", "echo", "--token", "bad"]);
         assert!(
             WorkerConfig::from_args(&j)
                 .expect_err("bad token")

@@ -11,11 +11,14 @@
 //! - [`transport`]: quinn endpoints, framed stream I/O, close codes.
 //! - [`store`]: durable state (redb) behind a trait with an in-memory twin;
 //!   group commit.
-//! - [`providers`]: the `Provider` trait and the built-in `echo` provider.
-//! - [`node`]: the async shells: orchestrator (accept loop, enrollment,
-//!   scheduler actor, registry) and worker (session loop, drain).
-//! - [`http`]: the axum router and its single error type.
-//! - [`config`]: validated configuration and presets; [`cli`]: clap commands.
+//! - [`providers`]: the `Provider` trait, the table of vendor facts, one
+//!   dialect per wire format (OpenAI-compatible, Anthropic, Gemini, Ollama,
+//!   echo), failure classification, a worker's provider set.
+//! - [`node`]: the orchestrator's service facade (`Cluster`), its scheduler
+//!   actor and QUIC accept loop, and the worker (enrollment, session, tasks).
+//! - [`http`]: `router(cluster)`, one file per resource, one error type.
+//! - [`cli`]: clap definitions only; [`config`]: flags, environment and the
+//!   worker file turned into validated configuration.
 //! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`;
 //!   [`doctor`]: `d8 doctor`.
 //! - [`discovery`]: mDNS advert and browse, address ordering.

@@ -371,6 +371,15 @@ mod build_tests {
             .collect()
     }
 
+    /// The message of a build that must fail.
+    fn build_error(name: &str, vars: &[(&str, &str)]) -> String {
+        let c = http_client().expect("client");
+        match build(name, &env(vars), None, std::time::Duration::ZERO, &c) {
+            Ok(p) => panic!("{name} built as {}", p.kind()),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn builds_presets_from_the_environment() {
         let d = std::time::Duration::ZERO;
@@ -381,26 +390,14 @@ mod build_tests {
             build("groq", &env(&[]), Some("legacy"), d, &c).is_ok(),
             "API_KEY with WORKER_TYPE=groq"
         );
-        let e = build("groq", &env(&[]), None, d, &c)
-            .err()
-            .expect("no key")
-            .to_string();
+        let e = build_error("groq", &[]);
         assert!(e.contains("GROQ_API_KEY"), "{e}");
-        let e = build(
+        let e = build_error(
             "openai",
-            &env(&[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", "ftp://x")]),
-            None,
-            d,
-            &c,
-        )
-        .err()
-        .expect("bad url")
-        .to_string();
+            &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", "ftp://x")],
+        );
         assert!(e.contains("OPENAI_BASE_URL"), "{e}");
-        let e = build("mistral", &env(&[]), None, d, &c)
-            .err()
-            .expect("n/a")
-            .to_string();
+        let e = build_error("mistral", &[]);
         assert!(
             e.contains("not available") && e.contains("echo, ollama, anthropic"),
             "{e}"
@@ -431,10 +428,7 @@ mod build_tests {
         ] {
             let p = build(name, &env(&[(var, "key-1234567890")]), None, d, &c).expect(name);
             assert_eq!(p.kind(), kind);
-            let e = build(name, &env(&[]), None, d, &c)
-                .err()
-                .expect("no key")
-                .to_string();
+            let e = build_error(name, &[]);
             assert!(e.contains(var), "{e}");
         }
         let g = build(

@@ -42,9 +42,10 @@ impl App {
         let ca = d8_certs::ClusterCa::generate().expect("ca");
         let backend = Arc::new(MemBackend::default());
         let stop = CancellationToken::new();
-        let (cluster, _actor) = Cluster::open(cfg, ca, backend.clone(), stop.clone())
-            .await
-            .expect("open");
+        let (cluster, _actor) =
+            Cluster::open(cfg, ca, Default::default(), backend.clone(), stop.clone())
+                .await
+                .expect("open");
         App {
             router: router(cluster.clone()),
             key: cluster.api_key().to_owned(),

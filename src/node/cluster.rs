@@ -142,20 +142,24 @@ fn generate_api_key() -> String {
 }
 
 impl Cluster {
-    /// Opens the cluster's state on `backend`: registry, standing join token
+    /// Opens the cluster's state on `backend`: registry (filling
+    /// `revocations`, which the TLS verifier shares), standing join token
     /// (reused from the data dir while valid), API key, and the scheduler
     /// actor (spawned; it stops when `shutdown` fires). Tasks accepted before
-    /// a restart are queued again. Returns the actor's task too.
+    /// a restart are queued again. Returns the actor's task too. Call it
+    /// last, once nothing else can fail: the actor then runs until
+    /// `shutdown`.
     pub async fn open(
         cfg: OrchestratorConfig,
         ca: ClusterCa,
+        revocations: Revocations,
         backend: Arc<dyn Backend>,
         shutdown: CancellationToken,
     ) -> Result<(Arc<Cluster>, tokio::task::JoinHandle<()>), OpenError> {
         let dir = cfg.data_dir.clone();
         files::ensure_dir(&dir)?;
         let (store, snapshot) = Store::open(backend)?;
-        let registry = Registry::new(snapshot.tokens, snapshot.workers, Revocations::default());
+        let registry = Registry::new(snapshot.tokens, snapshot.workers, revocations);
         let on_disk = files::read_optional(&dir.join(files::JOIN_TOKEN))?
             .and_then(|s| JoinToken::parse(&s).ok())
             .filter(|t| t.ca_digest() == ca.digest() && registry.default_token_valid(t.secret()));
@@ -217,11 +221,6 @@ impl Cluster {
     /// The cluster CA.
     pub fn ca(&self) -> &ClusterCa {
         &self.ca
-    }
-
-    /// The revocation set the TLS verifier consults.
-    pub fn revocations(&self) -> Revocations {
-        lock(&self.registry).revocations().clone()
     }
 
     /// The HTTP API's bearer key.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use d8_certs::tls::{self, ALPN_CLUSTER, ALPN_ENROLL};
+use d8_certs::tls::{self, ALPN_CLUSTER, ALPN_ENROLL, Revocations};
 use d8_certs::{CertError, ClusterCa, JoinToken, fingerprint, pem_to_der, pem_to_key};
 use quinn::Connection;
 use rustls::pki_types::CertificateDer;
@@ -132,17 +132,16 @@ impl Orchestrator {
         let dir = cfg.data_dir.clone();
         files::ensure_dir(&dir)?;
         let (ca, cert_pem, key_pem) = load_identity(&dir)?;
-        let shutdown = CancellationToken::new();
-        let (cluster, actor) = Cluster::open(cfg, ca, backend, shutdown.clone()).await?;
-        let cfg = cluster.config();
-        let ca = cluster.ca();
+        // Both listeners are bound before the cluster opens, so a start that
+        // fails leaves no actor holding the store.
+        let revocations = Revocations::default();
         let chain = vec![
             pem_to_der(&cert_pem, "orchestrator certificate")?,
             ca.cert_der().clone(),
         ];
         let key = pem_to_key(&key_pem, "orchestrator key")?;
         let server_tls =
-            tls::server_config(chain, key, ca.cert_der().clone(), cluster.revocations())?;
+            tls::server_config(chain, key, ca.cert_der().clone(), revocations.clone())?;
         let endpoint = transport::server_endpoint(cfg.quic_addr, server_tls, cfg.idle_timeout)?;
         let quic_addr = endpoint
             .local_addr()
@@ -162,6 +161,9 @@ impl Orchestrator {
                 addr: cfg.http_addr,
                 source,
             })?;
+        let shutdown = CancellationToken::new();
+        let (cluster, actor) =
+            Cluster::open(cfg, ca, revocations, backend, shutdown.clone()).await?;
 
         let mut tasks = vec![actor];
         tasks.push(tokio::spawn(accept_loop(

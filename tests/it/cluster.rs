@@ -682,3 +682,24 @@ async fn cancelling_a_task_stops_the_provider_call() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_start_that_cannot_bind_leaves_nothing_running() {
+    use d8::config::OrchestratorConfig;
+    use d8::node::orchestrator::{Orchestrator, StartError};
+    d8::ensure_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut cfg = OrchestratorConfig::local(dir.path().to_owned());
+    cfg.http_addr = taken.local_addr().expect("addr");
+    let e = Orchestrator::start(cfg)
+        .await
+        .expect_err("the HTTP port is taken");
+    assert!(matches!(e, StartError::HttpBind { .. }), "{e}");
+    // Nothing of the failed start holds the database: the next start on the
+    // same data dir opens it at once.
+    let o = Orchestrator::start(OrchestratorConfig::local(dir.path().to_owned()))
+        .await
+        .expect("a second start on the same data dir");
+    o.shutdown().await;
+}

@@ -192,13 +192,12 @@ pub enum BuildError {
         /// The variable that should hold the key.
         var: &'static str,
     },
-    /// A base URL that is not HTTP(S).
-    #[error("{var}: {value:?} is not an http(s) URL")]
+    /// A base URL that is not HTTP(S). Its value is not repeated: a
+    /// variable set to a key by mistake must not print that key.
+    #[error("{var} is not an http(s) URL (it must start with http:// or https://)")]
     BadUrl {
         /// The variable it came from.
         var: &'static str,
-        /// Its value.
-        value: String,
     },
     /// `<KIND>_TIER` names no tier.
     #[error("{var}: {source}")]
@@ -324,7 +323,7 @@ pub fn build(
         if u.starts_with("https://") || u.starts_with("http://") {
             Ok(u)
         } else {
-            Err(BuildError::BadUrl { var, value: u })
+            Err(BuildError::BadUrl { var })
         }
     };
     Ok(match v.dialect {
@@ -397,6 +396,15 @@ mod build_tests {
             &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", "ftp://x")],
         );
         assert!(e.contains("OPENAI_BASE_URL"), "{e}");
+        // A key put in the URL variable by mistake is not printed back.
+        let e = build_error(
+            "groq",
+            &[("GROQ_API_KEY", "k"), ("GROQ_BASE_URL", "gsk_pasted_key")],
+        );
+        assert!(
+            e.contains("GROQ_BASE_URL") && !e.contains("gsk_pasted_key"),
+            "{e}"
+        );
         let e = build_error("mistral", &[]);
         assert!(
             e.contains("not available") && e.contains("echo, ollama, anthropic"),

@@ -83,13 +83,16 @@ pub enum WorkerFileError {
         source: std::io::Error,
     },
     /// Not TOML, or not the file's shape (unknown field, wrong type, …).
-    #[error("{}{source}", at(path.as_deref()))]
+    /// Only the reader's message and the line are kept: the reader's full
+    /// report quotes the line, which may hold a key pasted in by mistake.
+    #[error("{}line {line}: {message}", at(path.as_deref()))]
     Syntax {
         /// The file, when read from one.
         path: Option<PathBuf>,
-        /// What the TOML reader said.
-        #[source]
-        source: toml::de::Error,
+        /// 1-based line of the problem (1 when the reader gave no place).
+        line: usize,
+        /// What the TOML reader said, without the quoted line.
+        message: String,
     },
     /// An entry with a value d8 cannot use.
     #[error("{}providers[{index}]: {problem}", at(path.as_deref()))]
@@ -117,9 +120,10 @@ impl WorkerFile {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            WorkerFileError::Syntax { source, .. } => WorkerFileError::Syntax {
+            WorkerFileError::Syntax { line, message, .. } => WorkerFileError::Syntax {
                 path: Some(path.to_owned()),
-                source,
+                line,
+                message,
             },
             WorkerFileError::Invalid { index, problem, .. } => WorkerFileError::Invalid {
                 path: Some(path.to_owned()),
@@ -132,8 +136,15 @@ impl WorkerFile {
 
     /// Parses and checks the text of a file.
     pub fn parse(text: &str) -> Result<WorkerFile, WorkerFileError> {
-        let file: WorkerFile = toml::from_str(text)
-            .map_err(|source| WorkerFileError::Syntax { path: None, source })?;
+        let file: WorkerFile = toml::from_str(text).map_err(|e| WorkerFileError::Syntax {
+            path: None,
+            line: e.span().map_or(1, |span| {
+                1 + text
+                    .get(..span.start)
+                    .map_or(0, |before| before.matches('\n').count())
+            }),
+            message: e.message().trim().to_owned(),
+        })?;
         for (index, p) in file.providers.iter().enumerate() {
             let invalid = |problem: String| WorkerFileError::Invalid {
                 path: None,
@@ -275,7 +286,13 @@ mod tests {
         ] {
             let e = WorkerFile::parse(text).expect_err(text).to_string();
             assert!(e.contains(want), "{text}: {e}");
+            // A key pasted into the file by mistake is never echoed back.
+            assert!(!e.contains("gsk_inline"), "{text}: {e}");
         }
+        let e = WorkerFile::parse("[[providers]]\nkind = \"groq\"\nkey = \"gsk_inline\"")
+            .expect_err("unknown field")
+            .to_string();
+        assert!(e.starts_with("line 3: unknown field `key`"), "{e}");
         assert!(
             WorkerFile::load(Path::new("/nonexistent/d8.toml"))
                 .expect_err("missing")

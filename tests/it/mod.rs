@@ -5,6 +5,7 @@ mod enrollment;
 mod fakes;
 mod harness;
 mod http_api;
+mod layering;
 #[cfg(target_os = "linux")]
 mod netns;
 mod processes;

@@ -166,3 +166,26 @@ async fn join(args: d8::cli::JoinArgs) -> Result<()> {
     d8::node::worker::run(cfg, shutdown).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        // FileError says its cause and also returns it as source().
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = anyhow::Error::new(d8::node::files::FileError {
+            path: "/x/api-key".into(),
+            source: io,
+        })
+        .context("cannot start the orchestrator");
+        assert_eq!(
+            chain(&e),
+            "cannot start the orchestrator: /x/api-key: denied"
+        );
+        // A cause that the message does not say is still shown.
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(chain(&e), "outer: inner");
+    }
+}

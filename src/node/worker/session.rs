@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use d8_certs::ORCHESTRATOR_NAME;
 use d8_certs::tls::ALPN_CLUSTER;
-use quinn::Connection;
+use quinn::{Connection, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
 use super::task::run_task;
@@ -90,31 +90,11 @@ impl Session<'_> {
     /// worker has drained.
     async fn serve(&self, conn: &Connection) -> SessionEnd {
         let (load, shutdown, providers) = (self.load, self.shutdown, &self.cfg.providers);
-        let (mut control, mut control_recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => return lost(&e),
-        };
-        let hello = WorkerMsg::Hello(Hello {
-            proto: PROTOCOL_VERSION,
-            worker_id: self.worker_id.to_owned(),
-            caps: self.caps.clone(),
-        });
-        if let Err(e) = transport::write_frame(&mut control, &hello).await {
-            return SessionEnd::Lost(e.to_string());
-        }
-        let heartbeat = match transport::read_frame::<OrchMsg>(&mut control_recv).await {
-            Ok(OrchMsg::Welcome { heartbeat_ms, .. }) => {
-                Duration::from_millis(u64::from(heartbeat_ms.clamp(50, 60_000)))
-            }
-            Ok(OrchMsg::Rejected { reason, .. }) => {
-                return SessionEnd::Fatal(format!("orchestrator rejected this worker: {reason}"));
-            }
-            Err(_) => {
-                return match conn.close_reason() {
-                    Some(e) => lost(&e),
-                    None => SessionEnd::Lost("orchestrator did not answer hello".into()),
-                };
-            }
+        // The receive half stays open for the session, as the orchestrator
+        // keeps its side of the control stream.
+        let (mut control, _control_recv, heartbeat) = match self.hello(conn).await {
+            Ok(x) => x,
+            Err(end) => return end,
         };
         tracing::info!(worker = %self.worker_id, addr = %conn.remote_address(), "connected to the orchestrator");
         if let Some(d) = &self.cfg.discovery {
@@ -166,6 +146,36 @@ impl Session<'_> {
                     drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
                 }
             }
+        }
+    }
+    /// Opens the control stream and introduces this worker: Hello out,
+    /// Welcome (with the heartbeat interval) or Rejected back.
+    async fn hello(
+        &self,
+        conn: &Connection,
+    ) -> Result<(SendStream, RecvStream, Duration), SessionEnd> {
+        let (mut control, mut control_recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        let hello = WorkerMsg::Hello(Hello {
+            proto: PROTOCOL_VERSION,
+            worker_id: self.worker_id.to_owned(),
+            caps: self.caps.clone(),
+        });
+        if let Err(e) = transport::write_frame(&mut control, &hello).await {
+            return Err(SessionEnd::Lost(e.to_string()));
+        }
+        match transport::read_frame::<OrchMsg>(&mut control_recv).await {
+            Ok(OrchMsg::Welcome { heartbeat_ms, .. }) => Ok((
+                control,
+                control_recv,
+                Duration::from_millis(u64::from(heartbeat_ms.clamp(50, 60_000))),
+            )),
+            Ok(OrchMsg::Rejected { reason, .. }) => Err(SessionEnd::Fatal(format!(
+                "orchestrator rejected this worker: {reason}"
+            ))),
+            Err(_) => Err(match conn.close_reason() {
+                Some(e) => lost(&e),
+                None => SessionEnd::Lost("orchestrator did not answer hello".into()),
+            }),
         }
     }
 }

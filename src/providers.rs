@@ -10,8 +10,10 @@
 //! - one file per dialect: [`openai`] (OpenAI, Groq, DeepSeek, OpenRouter),
 //!   [`anthropic`], [`gemini`], [`ollama`], and [`echo`], the deterministic
 //!   provider for tests, benchmarks and smoke checks.
-//! - [`classify`]: the vendor HTTP call and the failure classifier
-//!   (`Retry-After`, reset headers, quota and auth errors).
+//! - [`driver`]: the HTTP side every dialect shares: the call, and reading a
+//!   streamed answer record by record into the sink.
+//! - [`classify`]: the failure classifier (`Retry-After`, reset headers,
+//!   quota and auth errors).
 //! - [`stream_parser`]: parsers for vendors' streamed answers (SSE and NDJSON).
 //! - [`set`]: a worker's providers, their rests and fallback order.
 //! - [`file`]: the worker's TOML file.
@@ -19,6 +21,7 @@
 
 pub mod anthropic;
 pub mod classify;
+pub mod driver;
 pub mod echo;
 pub mod file;
 pub mod gemini;

@@ -140,6 +140,16 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
+impl Usage {
+    /// `prompt` tokens in, `completion` tokens out.
+    pub const fn new(prompt: u32, completion: u32) -> Self {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        }
+    }
+}
+
 /// A successful result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskOutput {

@@ -311,10 +311,7 @@ mod tests {
                 content: "x".into(),
                 provider: "echo".into(),
                 model: "echo".into(),
-                usage: Usage {
-                    prompt_tokens: 1,
-                    completion_tokens: 2,
-                },
+                usage: Usage::new(1, 2),
             }),
             cooldowns: vec![],
         });

@@ -8,9 +8,11 @@
 
 use serde_json::{Value, json};
 
-use super::classify::send;
-use super::stream_parser::SseParser;
-use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
+use super::classify::DEFAULT_RETRY_AFTER;
+use super::driver::{
+    Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected, vendor_error,
+};
+use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
 /// API version header value.
@@ -82,137 +84,73 @@ impl Anthropic {
         }
         body
     }
+}
 
-    fn fail(&self, kind: ProviderErrorKind, what: &str) -> ProviderError {
-        ProviderError {
-            kind,
-            message: super::classify::redact(
-                &format!("anthropic: {what}"),
-                Some(self.key.expose()),
-            ),
-        }
+impl HttpProvider for Anthropic {
+    fn kind(&self) -> &str {
+        "anthropic"
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
     }
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
+        let key = Some(self.key.expose());
         let request = self
             .client
             .post(format!("{}/v1/messages", self.base_url))
             .header("x-api-key", self.key.expose())
             .header("anthropic-version", API_VERSION)
             .json(&self.body(req));
-        let mut resp = send("anthropic", Some(self.key.expose()), request, "").await?;
-        let bad = |e: &dyn std::fmt::Display| {
-            self.fail(
-                ProviderErrorKind::Transient,
-                &format!("unexpected answer: {e}"),
-            )
-        };
-        let mut model = req.model.clone().unwrap_or_else(|| self.models[0].clone());
+        let resp = send("anthropic", key, request, "").await?;
+        let bad = |e: &dyn std::fmt::Display| unexpected("anthropic", key, e);
+        let mut answer = Answer::new(req.model.clone().unwrap_or_else(|| self.models[0].clone()));
         if !req.stream {
-            let v: Value = resp.json().await.map_err(|e| bad(&e))?;
-            let content: String = v["content"]
-                .as_array()
-                .ok_or_else(|| bad(&"no content"))?
-                .iter()
-                .filter(|b| b["type"] == "text")
-                .filter_map(|b| b["text"].as_str())
-                .collect();
-            let n = |k: &str| {
-                v["usage"][k]
-                    .as_u64()
-                    .and_then(|x| u32::try_from(x).ok())
-                    .unwrap_or(0)
-            };
-            return Ok(TaskOutput {
-                content,
-                provider: "anthropic".into(),
-                model: v["model"].as_str().map_or(model, str::to_owned),
-                usage: Usage {
-                    prompt_tokens: n("input_tokens"),
-                    completion_tokens: n("output_tokens"),
-                },
-            });
-        }
-        let mut parser = SseParser::default();
-        let mut content = String::new();
-        let mut used = Usage::default();
-        let mut stopped = false;
-        while !stopped {
-            let events = match resp.chunk().await.map_err(|e| bad(&e))? {
-                Some(bytes) => parser.feed(&bytes).map_err(|e| bad(&e))?,
-                None => {
-                    stopped = true;
-                    parser.finish()
-                }
-            };
-            for ev in events {
-                let v: Value = serde_json::from_str(&ev.data).map_err(|e| bad(&e))?;
-                let count = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
-                match v["type"].as_str().unwrap_or_default() {
-                    "message_start" => {
-                        if let Some(m) = v["message"]["model"].as_str() {
-                            model = m.to_owned();
-                        }
-                        if let Some(n) = count(&v["message"]["usage"]["input_tokens"]) {
-                            used.prompt_tokens = n;
-                        }
-                    }
-                    "content_block_delta" if v["delta"]["type"] == "text_delta" => {
-                        if let Some(t) = v["delta"]["text"].as_str() {
-                            content.push_str(t);
-                            sink.push(t.to_owned()).await;
-                        }
-                    }
-                    "message_delta" => {
-                        if let Some(n) = count(&v["usage"]["output_tokens"]) {
-                            used.completion_tokens = n;
-                        }
-                    }
-                    "message_stop" => stopped = true,
-                    "error" => {
-                        let kind = match v["error"]["type"].as_str() {
-                            Some("rate_limit_error") => ProviderErrorKind::RateLimited {
-                                retry_after_ms: u64::try_from(
-                                    super::classify::DEFAULT_RETRY_AFTER.as_millis(),
-                                )
-                                .unwrap_or(10_000),
-                            },
-                            Some("invalid_request_error") => ProviderErrorKind::Invalid,
-                            _ => ProviderErrorKind::Transient,
-                        };
-                        return Err(self.fail(
-                            kind,
-                            v["error"]["message"].as_str().unwrap_or("stream error"),
-                        ));
-                    }
-                    _ => {}
-                }
+            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
+            let blocks = v["content"].as_array().ok_or_else(|| bad(&"no content"))?;
+            for b in blocks.iter().filter(|b| b["type"] == "text") {
+                answer.text(b["text"].as_str().unwrap_or_default());
             }
+            answer.model_from(&v["model"]);
+            answer.usage = Usage::new(
+                count(&v["usage"]["input_tokens"]),
+                count(&v["usage"]["output_tokens"]),
+            );
+            return Ok(answer.into_output("anthropic"));
         }
-        Ok(TaskOutput {
-            content,
-            provider: "anthropic".into(),
-            model,
-            usage: used,
+        let answer = read_stream(resp, Framing::Sse, answer, &sink, bad, |data, answer| {
+            let v: Value = serde_json::from_str(data).map_err(|e| bad(&e))?;
+            match v["type"].as_str().unwrap_or_default() {
+                "message_start" => {
+                    answer.model_from(&v["message"]["model"]);
+                    answer.usage.prompt_tokens = count(&v["message"]["usage"]["input_tokens"]);
+                }
+                "content_block_delta" if v["delta"]["type"] == "text_delta" => {
+                    answer.text(v["delta"]["text"].as_str().unwrap_or_default());
+                }
+                "message_delta" if v["usage"]["output_tokens"].is_u64() => {
+                    answer.usage.completion_tokens = count(&v["usage"]["output_tokens"]);
+                }
+                "message_stop" => return Ok(Flow::End),
+                "error" => {
+                    let kind = match v["error"]["type"].as_str() {
+                        Some("rate_limit_error") => ProviderErrorKind::RateLimited {
+                            retry_after_ms: u64::try_from(DEFAULT_RETRY_AFTER.as_millis())
+                                .unwrap_or(10_000),
+                        },
+                        Some("invalid_request_error") => ProviderErrorKind::Invalid,
+                        _ => ProviderErrorKind::Transient,
+                    };
+                    let message = v["error"]["message"].as_str().unwrap_or("stream error");
+                    return Err(vendor_error("anthropic", key, kind, &message));
+                }
+                _ => {}
+            }
+            Ok(Flow::More)
         })
-    }
-}
-
-impl Provider for Anthropic {
-    fn kind(&self) -> &str {
-        "anthropic"
-    }
-
-    fn models(&self) -> Vec<String> {
-        self.models.clone()
-    }
-
-    fn chat<'a>(
-        &'a self,
-        req: &'a ChatRequest,
-        sink: ChunkSink,
-    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
-        Box::pin(self.call(req, sink))
+        .await?;
+        Ok(answer.into_output("anthropic"))
     }
 }
 
@@ -220,6 +158,7 @@ impl Provider for Anthropic {
 mod tests {
     use super::super::testkit::{fake, json as json_resp, sse};
     use super::*;
+    use crate::providers::Provider;
     use crate::task::ChatMessage;
 
     const KEY: &str = "sk-ant-test-0123456789abcdef";
@@ -261,13 +200,7 @@ mod tests {
             (out.content.as_str(), out.model.as_str()),
             ("Hi.", "claude-3-5-haiku-20241022")
         );
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 11,
-                completion_tokens: 2
-            }
-        );
+        assert_eq!(out.usage, Usage::new(11, 2));
         let seen = log.lock().expect("lock")[0].clone();
         assert_eq!(seen.path, "/v1/messages");
         assert_eq!(seen.header("x-api-key"), Some(KEY));
@@ -336,13 +269,7 @@ mod tests {
             (out.content.as_str(), out.model.as_str()),
             ("Hello", "claude-x")
         );
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 7,
-                completion_tokens: 5
-            }
-        );
+        assert_eq!(out.usage, Usage::new(7, 5));
         assert_eq!(rx.recv().await.as_deref(), Some("Hel"));
         assert_eq!(rx.recv().await.as_deref(), Some("lo"));
         assert_eq!(log.lock().expect("lock")[0].body["stream"], true);

@@ -186,47 +186,6 @@ pub fn redact(text: &str, key: Option<&str>) -> String {
     out
 }
 
-/// Sends a vendor request. A transport failure is transient (its text names
-/// host and port only, never headers, path or credentials); an answer other
-/// than 2xx is classified. `hint`
-/// is appended to the transport error (e.g. how to start a local server).
-pub async fn send(
-    vendor: &str,
-    key: Option<&str>,
-    request: reqwest::RequestBuilder,
-    hint: &str,
-) -> Result<reqwest::Response, ProviderError> {
-    let resp = request.send().await.map_err(|e| {
-        // Name only host and port: a base URL may carry credentials
-        // (`https://user:pass@gateway/…`) and a query may carry a key.
-        let target = e
-            .url()
-            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
-            .unwrap_or_else(|| "the vendor".to_owned());
-        ProviderError {
-            kind: ProviderErrorKind::Transient,
-            message: redact(
-                &format!("{vendor}: cannot reach {target}{hint}: {}", e.without_url()),
-                key,
-            ),
-        }
-    })?;
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.unwrap_or_default();
-    Err(classify(
-        vendor,
-        status,
-        &headers,
-        &text,
-        key,
-        SystemTime::now(),
-    ))
-}
-
 /// Classifies a failed answer from `vendor`.
 pub fn classify(
     vendor: &str,

@@ -43,10 +43,10 @@ impl Provider for Echo {
                 content: last.content.clone(),
                 provider: "echo".to_owned(),
                 model: "echo".to_owned(),
-                usage: Usage {
-                    prompt_tokens: req.messages.iter().map(|m| words(&m.content)).sum(),
-                    completion_tokens: words(&last.content),
-                },
+                usage: Usage::new(
+                    req.messages.iter().map(|m| words(&m.content)).sum(),
+                    words(&last.content),
+                ),
             })
         })
     }

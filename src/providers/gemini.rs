@@ -8,9 +8,10 @@
 
 use serde_json::{Value, json};
 
-use super::classify::send;
-use super::stream_parser::SseParser;
-use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
+use super::driver::{
+    Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected, vendor_error,
+};
+use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
 /// Model used when neither task nor configuration names one (vendor table).
@@ -83,20 +84,15 @@ impl Gemini {
         body
     }
 
-    fn fail(&self, kind: ProviderErrorKind, what: &str) -> ProviderError {
-        ProviderError {
-            kind,
-            message: super::classify::redact(&format!("gemini: {what}"), Some(self.key.expose())),
-        }
-    }
-
     /// Text of the first candidate; a prompt blocked by safety filters is the
     /// request's fault.
     fn text(&self, v: &Value) -> Result<String, ProviderError> {
         if let Some(reason) = v["promptFeedback"]["blockReason"].as_str() {
-            return Err(self.fail(
+            return Err(vendor_error(
+                "gemini",
+                Some(self.key.expose()),
                 ProviderErrorKind::Invalid,
-                &format!("prompt blocked ({reason})"),
+                &format_args!("prompt blocked ({reason})"),
             ));
         }
         Ok(v["candidates"][0]["content"]["parts"]
@@ -105,7 +101,32 @@ impl Gemini {
             .unwrap_or_default())
     }
 
+    /// Reads one answer object (the whole answer, or one streamed piece).
+    fn read(&self, v: &Value, answer: &mut Answer) -> Result<(), ProviderError> {
+        answer.text(&self.text(v)?);
+        let m = &v["usageMetadata"];
+        if m.is_object() {
+            answer.usage = Usage::new(
+                count(&m["promptTokenCount"]),
+                count(&m["candidatesTokenCount"]),
+            );
+        }
+        answer.model_from(&v["modelVersion"]);
+        Ok(())
+    }
+}
+
+impl HttpProvider for Gemini {
+    fn kind(&self) -> &str {
+        "gemini"
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
+        let key = Some(self.key.expose());
         let model = req.model.clone().unwrap_or_else(|| self.models[0].clone());
         let url = if req.stream {
             format!(
@@ -120,87 +141,22 @@ impl Gemini {
             .post(url)
             .header("x-goog-api-key", self.key.expose())
             .json(&Self::body(req));
-        let mut resp = send("gemini", Some(self.key.expose()), request, "").await?;
-        let bad = |e: &dyn std::fmt::Display| {
-            self.fail(
-                ProviderErrorKind::Transient,
-                &format!("unexpected answer: {e}"),
-            )
-        };
-        let usage_of = |v: &Value| -> Option<Usage> {
-            let m = &v["usageMetadata"];
-            m.is_object().then(|| {
-                let n = |k: &str| {
-                    m[k].as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .unwrap_or(0)
-                };
-                Usage {
-                    prompt_tokens: n("promptTokenCount"),
-                    completion_tokens: n("candidatesTokenCount"),
-                }
+        let resp = send("gemini", key, request, "").await?;
+        let bad = |e: &dyn std::fmt::Display| unexpected("gemini", key, e);
+        let mut answer = Answer::new(model);
+        if req.stream {
+            // Gemini's stream has no end marker: the body's end is the end.
+            answer = read_stream(resp, Framing::Sse, answer, &sink, bad, |data, answer| {
+                let v: Value = serde_json::from_str(data).map_err(|e| bad(&e))?;
+                self.read(&v, answer)?;
+                Ok(Flow::More)
             })
-        };
-        let mut model_used = model;
-        if !req.stream {
-            let v: Value = resp.json().await.map_err(|e| bad(&e))?;
-            return Ok(TaskOutput {
-                content: self.text(&v)?,
-                provider: "gemini".into(),
-                model: v["modelVersion"].as_str().map_or(model_used, str::to_owned),
-                usage: usage_of(&v).unwrap_or_default(),
-            });
+            .await?;
+        } else {
+            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
+            self.read(&v, &mut answer)?;
         }
-        let mut parser = SseParser::default();
-        let mut content = String::new();
-        let mut used = Usage::default();
-        loop {
-            let (events, end) = match resp.chunk().await.map_err(|e| bad(&e))? {
-                Some(bytes) => (parser.feed(&bytes).map_err(|e| bad(&e))?, false),
-                None => (parser.finish(), true),
-            };
-            for ev in events {
-                let v: Value = serde_json::from_str(&ev.data).map_err(|e| bad(&e))?;
-                let piece = self.text(&v)?;
-                if !piece.is_empty() {
-                    content.push_str(&piece);
-                    sink.push(piece).await;
-                }
-                if let Some(u) = usage_of(&v) {
-                    used = u;
-                }
-                if let Some(m) = v["modelVersion"].as_str() {
-                    model_used = m.to_owned();
-                }
-            }
-            if end {
-                break;
-            }
-        }
-        Ok(TaskOutput {
-            content,
-            provider: "gemini".into(),
-            model: model_used,
-            usage: used,
-        })
-    }
-}
-
-impl Provider for Gemini {
-    fn kind(&self) -> &str {
-        "gemini"
-    }
-
-    fn models(&self) -> Vec<String> {
-        self.models.clone()
-    }
-
-    fn chat<'a>(
-        &'a self,
-        req: &'a ChatRequest,
-        sink: ChunkSink,
-    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
-        Box::pin(self.call(req, sink))
+        Ok(answer.into_output("gemini"))
     }
 }
 
@@ -208,6 +164,7 @@ impl Provider for Gemini {
 mod tests {
     use super::super::testkit::{fake, json as json_resp, sse};
     use super::*;
+    use crate::providers::Provider;
     use crate::task::ChatMessage;
 
     const KEY: &str = "AIzaSyTest0123456789abcdefghij";
@@ -250,13 +207,7 @@ mod tests {
             (out.content.as_str(), out.model.as_str()),
             ("De rien.", "gemini-2.0-flash-001")
         );
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 8,
-                completion_tokens: 3
-            }
-        );
+        assert_eq!(out.usage, Usage::new(8, 3));
         let seen = log.lock().expect("lock")[0].clone();
         assert_eq!(seen.path, "/v1beta/models/gemini-2.0-flash:generateContent");
         assert_eq!(seen.header("x-goog-api-key"), Some(KEY));
@@ -319,13 +270,7 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(out.content, "De rien");
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 8,
-                completion_tokens: 2
-            }
-        );
+        assert_eq!(out.usage, Usage::new(8, 2));
         assert_eq!(rx.recv().await.as_deref(), Some("De "));
         assert_eq!(rx.recv().await.as_deref(), Some("rien"));
         assert_eq!(

@@ -5,9 +5,10 @@
 
 use serde_json::{Value, json};
 
-use super::classify::send;
-use super::stream_parser::NdjsonParser;
-use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind};
+use super::driver::{
+    Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected, vendor_error,
+};
+use super::{ChunkSink, ProviderError, ProviderErrorKind};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
 /// Model used when neither the task nor the configuration names one (vendor table).
@@ -54,12 +55,21 @@ impl Ollama {
             client,
         }
     }
+}
 
-    fn error(&self, kind: ProviderErrorKind, what: &str) -> ProviderError {
-        ProviderError {
-            kind,
-            message: format!("ollama: {what}"),
-        }
+/// Reads the model and token counts from the last (`done: true`) object.
+fn finish(v: &Value, answer: &mut Answer) {
+    answer.model_from(&v["model"]);
+    answer.usage = Usage::new(count(&v["prompt_eval_count"]), count(&v["eval_count"]));
+}
+
+impl HttpProvider for Ollama {
+    fn kind(&self) -> &str {
+        "ollama"
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
     }
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
@@ -89,86 +99,43 @@ impl Ollama {
             .client
             .post(format!("{}/api/chat", self.base_url))
             .json(&body);
-        let mut resp = send("ollama", None, request, " (is `ollama serve` running?)").await?;
-        let bad = |e: &dyn std::fmt::Display| {
-            self.error(
-                ProviderErrorKind::Transient,
-                &format!("unexpected answer: {e}"),
-            )
-        };
-        let mut content = String::new();
-        let mut last = Value::Null;
+        let resp = send("ollama", None, request, " (is `ollama serve` running?)").await?;
+        let bad = |e: &dyn std::fmt::Display| unexpected("ollama", None, e);
+        let mut answer = Answer::new(model);
         if req.stream {
-            let mut parser = NdjsonParser::default();
-            loop {
-                let lines = match resp.chunk().await.map_err(|e| bad(&e))? {
-                    Some(bytes) => parser.feed(&bytes).map_err(|e| bad(&e))?,
-                    None => parser.finish().into_iter().collect(),
-                };
-                let finished = lines.is_empty();
-                for line in lines {
-                    let v: Value = serde_json::from_str(&line).map_err(|e| bad(&e))?;
-                    if let Some(e) = v["error"].as_str() {
-                        return Err(self.error(ProviderErrorKind::Transient, e));
-                    }
-                    if let Some(piece) = v["message"]["content"].as_str().filter(|p| !p.is_empty())
-                    {
-                        content.push_str(piece);
-                        sink.push(piece.to_owned()).await;
-                    }
-                    if v["done"].as_bool() == Some(true) {
-                        last = v;
-                    }
+            answer = read_stream(resp, Framing::Ndjson, answer, &sink, bad, |line, answer| {
+                let v: Value = serde_json::from_str(line).map_err(|e| bad(&e))?;
+                if let Some(e) = v["error"].as_str() {
+                    return Err(vendor_error(
+                        "ollama",
+                        None,
+                        ProviderErrorKind::Transient,
+                        &e,
+                    ));
                 }
-                if finished || !last.is_null() {
-                    break;
+                answer.text(v["message"]["content"].as_str().unwrap_or_default());
+                if v["done"].as_bool() != Some(true) {
+                    return Ok(Flow::More);
                 }
-            }
+                finish(&v, answer);
+                Ok(Flow::End)
+            })
+            .await?;
         } else {
-            last = resp.json().await.map_err(|e| bad(&e))?;
-            content = last["message"]["content"]
+            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
+            let content = v["message"]["content"]
                 .as_str()
-                .ok_or_else(|| bad(&"no message.content"))?
-                .to_owned();
+                .ok_or_else(|| bad(&"no message.content"))?;
+            answer.text(content);
+            finish(&v, &mut answer);
         }
-        let n = |k: &str| {
-            last[k]
-                .as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .unwrap_or(0)
-        };
-        Ok(TaskOutput {
-            content,
-            provider: "ollama".into(),
-            model: last["model"].as_str().map_or(model, str::to_owned),
-            usage: Usage {
-                prompt_tokens: n("prompt_eval_count"),
-                completion_tokens: n("eval_count"),
-            },
-        })
-    }
-}
-
-impl Provider for Ollama {
-    fn kind(&self) -> &str {
-        "ollama"
-    }
-
-    fn models(&self) -> Vec<String> {
-        self.models.clone()
-    }
-
-    fn chat<'a>(
-        &'a self,
-        req: &'a ChatRequest,
-        sink: ChunkSink,
-    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
-        Box::pin(self.call(req, sink))
+        Ok(answer.into_output("ollama"))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::Provider;
     use axum::body::Body;
     use axum::response::Response;
 
@@ -217,13 +184,7 @@ mod tests {
             (out.content.as_str(), out.provider.as_str()),
             ("Rayleigh.", "ollama")
         );
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 9,
-                completion_tokens: 4
-            }
-        );
+        assert_eq!(out.usage, Usage::new(9, 4));
         assert_eq!(
             seen.lock().expect("lock")[0].body,
             json!({
@@ -280,13 +241,7 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(out.content, "Rayleigh");
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 3,
-                completion_tokens: 2
-            }
-        );
+        assert_eq!(out.usage, Usage::new(3, 2));
         assert_eq!(rx.recv().await.as_deref(), Some("Ray"));
         assert_eq!(rx.recv().await.as_deref(), Some("leigh"));
     }

@@ -10,10 +10,9 @@
 
 use serde_json::{Value, json};
 
-use super::classify::send;
-use super::stream_parser::SseParser;
+use super::driver::{Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected};
 use super::vendor::Vendor;
-use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind, Secret};
+use super::{ChunkSink, ProviderError, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
 /// An OpenAI-compatible provider.
@@ -78,137 +77,79 @@ impl OpenAiCompat {
         }
         body
     }
-
-    fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
-        // reqwest errors name the URL, never headers, so no key can leak here.
-        ProviderError {
-            kind: ProviderErrorKind::Transient,
-            message: format!("{}: cannot reach {}: {e}", self.kind, self.base_url),
-        }
-    }
-
-    fn bad_answer(&self, what: &str) -> ProviderError {
-        ProviderError {
-            kind: ProviderErrorKind::Transient,
-            message: format!("{}: unexpected answer: {what}", self.kind),
-        }
-    }
-
-    async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
-        let stream = req.stream;
-        let mut http = self
-            .client
-            .post(format!("{}/chat/completions", self.base_url))
-            .json(&self.body(req, stream));
-        if let Some(k) = &self.key {
-            http = http.bearer_auth(k.expose());
-        }
-        let mut resp = send(&self.kind, self.key.as_ref().map(Secret::expose), http, "").await?;
-        let model_asked = req
-            .model
-            .clone()
-            .unwrap_or_else(|| self.default_model.clone());
-        if !stream {
-            let v: Value = resp
-                .json()
-                .await
-                .map_err(|e| self.bad_answer(&e.to_string()))?;
-            let content = v["choices"][0]["message"]["content"]
-                .as_str()
-                .ok_or_else(|| self.bad_answer("no choices[0].message.content"))?
-                .to_owned();
-            return Ok(TaskOutput {
-                content,
-                provider: self.kind.clone(),
-                model: v["model"].as_str().map_or(model_asked, str::to_owned),
-                usage: usage(&v["usage"]),
-            });
-        }
-        let mut parser = SseParser::default();
-        let mut content = String::new();
-        let mut model = model_asked;
-        let mut used = Usage::default();
-        let mut done = false;
-        loop {
-            let events = match resp.chunk().await.map_err(|e| self.transport_error(&e))? {
-                Some(bytes) => parser
-                    .feed(&bytes)
-                    .map_err(|e| self.bad_answer(&e.to_string()))?,
-                None => parser.finish(),
-            };
-            let ended = events.is_empty() && done;
-            for ev in events {
-                if ev.data == "[DONE]" {
-                    done = true;
-                    continue;
-                }
-                let v: Value =
-                    serde_json::from_str(&ev.data).map_err(|e| self.bad_answer(&e.to_string()))?;
-                if let Some(m) = v["model"].as_str() {
-                    model = m.to_owned();
-                }
-                if v["usage"].is_object() {
-                    used = usage(&v["usage"]);
-                }
-                if let Some(delta) = v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .filter(|d| !d.is_empty())
-                {
-                    content.push_str(delta);
-                    sink.push(delta.to_owned()).await;
-                }
-            }
-            if done || ended {
-                break;
-            }
-        }
-        Ok(TaskOutput {
-            content,
-            provider: self.kind.clone(),
-            model,
-            usage: used,
-        })
-    }
 }
 
 fn usage(v: &Value) -> Usage {
-    let n = |k: &str| {
-        v[k].as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .unwrap_or(0)
-    };
-    Usage {
-        prompt_tokens: n("prompt_tokens"),
-        completion_tokens: n("completion_tokens"),
-    }
+    Usage::new(count(&v["prompt_tokens"]), count(&v["completion_tokens"]))
 }
 
-impl Provider for OpenAiCompat {
+impl HttpProvider for OpenAiCompat {
     fn kind(&self) -> &str {
         &self.kind
     }
 
-    fn models(&self) -> Vec<String> {
-        self.models.clone()
+    fn models(&self) -> &[String] {
+        &self.models
     }
 
-    fn chat<'a>(
-        &'a self,
-        req: &'a ChatRequest,
-        sink: ChunkSink,
-    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
-        Box::pin(self.call(req, sink))
+    async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
+        let vendor = self.kind.as_str();
+        let key = self.key.as_ref().map(Secret::expose);
+        let mut http = self
+            .client
+            .post(format!("{}/chat/completions", self.base_url))
+            .json(&self.body(req, req.stream));
+        if let Some(k) = key {
+            http = http.bearer_auth(k);
+        }
+        let resp = send(vendor, key, http, "").await?;
+        let bad = |e: &dyn std::fmt::Display| unexpected(vendor, key, e);
+        let mut answer = Answer::new(
+            req.model
+                .clone()
+                .unwrap_or_else(|| self.default_model.clone()),
+        );
+        if !req.stream {
+            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
+            let content = v["choices"][0]["message"]["content"]
+                .as_str()
+                .ok_or_else(|| bad(&"no choices[0].message.content"))?;
+            answer.text(content);
+            answer.model_from(&v["model"]);
+            answer.usage = usage(&v["usage"]);
+            return Ok(answer.into_output(vendor));
+        }
+        let answer = read_stream(resp, Framing::Sse, answer, &sink, bad, |data, answer| {
+            if data == "[DONE]" {
+                return Ok(Flow::End);
+            }
+            let v: Value = serde_json::from_str(data).map_err(|e| bad(&e))?;
+            answer.model_from(&v["model"]);
+            if v["usage"].is_object() {
+                answer.usage = usage(&v["usage"]);
+            }
+            answer.text(
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or_default(),
+            );
+            Ok(Flow::More)
+        })
+        .await?;
+        Ok(answer.into_output(vendor))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::Provider;
     use axum::body::Body;
     use axum::http::StatusCode;
     use axum::response::Response;
 
     use super::super::testkit::{self, Log};
     use super::*;
+    use crate::providers::ProviderErrorKind;
     use crate::task::ChatMessage;
 
     /// A fake answering `reply(body)`; returns the `/v1` base URL and the log.
@@ -259,13 +200,7 @@ mod tests {
             .expect("ok");
         assert_eq!(out.content, "hello!");
         assert_eq!(out.provider, "groq");
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 12,
-                completion_tokens: 3
-            }
-        );
+        assert_eq!(out.usage, Usage::new(12, 3));
         let s = seen.lock().expect("lock")[0].clone();
         assert_eq!(s.path, "/v1/chat/completions");
         assert_eq!(
@@ -282,6 +217,28 @@ mod tests {
                 "stream": false
             })
         );
+    }
+
+    #[test]
+    fn a_stream_cut_before_done_ends_with_what_came() {
+        // This spun a core forever before the shared stream driver: the
+        // loop waited for `[DONE]` on a body that had already ended.
+        let out = testkit::finishes_within(std::time::Duration::from_secs(10), || async {
+            let (base, _) = fake(|_| {
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from(
+                        "data: {\"model\":\"m1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+                    ))
+                    .expect("response")
+            })
+            .await;
+            provider(&base, "k")
+                .chat(&request(true), ChunkSink::none())
+                .await
+        });
+        let out = out.expect("ok");
+        assert_eq!((out.content.as_str(), out.model.as_str()), ("Hel", "m1"));
     }
 
     #[tokio::test]
@@ -342,13 +299,7 @@ mod tests {
             .expect("ok");
         assert_eq!(out.content, "Hello");
         assert_eq!(out.model, "m1");
-        assert_eq!(
-            out.usage,
-            Usage {
-                prompt_tokens: 5,
-                completion_tokens: 2
-            }
-        );
+        assert_eq!(out.usage, Usage::new(5, 2));
         let mut chunks = Vec::new();
         while let Ok(c) = rx.try_recv() {
             chunks.push(c);

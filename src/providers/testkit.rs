@@ -98,3 +98,28 @@ pub fn stop_and_json(req: crate::task::ChatRequest) -> crate::task::ChatRequest 
         ..req
     }
 }
+
+/// Runs the future `make` builds on a runtime of its own thread and returns
+/// its output; panics when it has not finished after `limit`. Unlike
+/// `tokio::time::timeout`, this also catches a future that never yields (a
+/// busy loop): the test fails instead of hanging. The stuck thread is left
+/// behind; the test process ends it.
+pub fn finishes_within<T, F>(
+    limit: std::time::Duration,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _ = tx.send(rt.block_on(make()));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("not finished after {limit:?} ({e})"))
+}

@@ -164,43 +164,35 @@ impl std::fmt::Debug for CaMismatch {
 }
 impl std::error::Error for CaMismatch {}
 
-/// Handshake signature checks shared by the client-side verifiers: with the
-/// ring provider's algorithms, whatever the certificate policy.
-fn tls12_signature(
-    provider: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls12_signature(
-        message,
-        cert,
-        dss,
-        &provider.signature_verification_algorithms,
-    )
+/// A client-side certificate policy: what differs between d8's server
+/// verifiers. [`Verifier`] adds the handshake signature checks they share.
+trait ServerPolicy: std::fmt::Debug + Send + Sync {
+    /// Accepts or refuses what the server presented.
+    fn check(
+        &self,
+        provider: &Arc<CryptoProvider>,
+        server: Presented<'_>,
+    ) -> Result<ServerCertVerified, rustls::Error>;
 }
 
-fn tls13_signature(
-    provider: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider.signature_verification_algorithms,
-    )
+/// What a server presented in its handshake.
+struct Presented<'a> {
+    end_entity: &'a CertificateDer<'a>,
+    intermediates: &'a [CertificateDer<'a>],
+    server_name: &'a ServerName<'a>,
+    ocsp_response: &'a [u8],
+    now: UnixTime,
 }
 
+/// A server verifier: `policy` for the chain, the ring provider's algorithms
+/// for handshake signatures.
 #[derive(Debug)]
-struct PinnedCaVerifier {
-    digest: [u8; 32],
+struct Verifier<P> {
+    policy: P,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCaVerifier {
+impl<P: ServerPolicy> ServerCertVerifier for Verifier<P> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -209,21 +201,14 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| fingerprint(c) == self.digest)
-            .ok_or_else(|| {
-                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                    CaMismatch,
-                ))))
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        let server = Presented {
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        };
+        self.policy.check(&self.provider, server)
     }
     fn verify_tls12_signature(
         &self,
@@ -231,7 +216,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_signature(&self.provider, message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -239,12 +229,52 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(&self.provider, message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Trusts only the CA whose SHA-256 is pinned (from the join token), and
+/// then verifies the chain against it as usual.
+#[derive(Debug)]
+struct PinnedCa([u8; 32]);
+
+impl ServerPolicy for PinnedCa {
+    fn check(
+        &self,
+        provider: &Arc<CryptoProvider>,
+        server: Presented<'_>,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = server
+            .intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.0)
+            .ok_or_else(|| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                    CaMismatch,
+                ))))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(
+            server.end_entity,
+            &[],
+            server.server_name,
+            server.ocsp_response,
+            server.now,
+        )
     }
 }
 
@@ -254,8 +284,8 @@ pub fn enroll_client_config(ca_digest: [u8; 32]) -> Result<ClientConfig, TlsErro
     let mut cfg = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
-            digest: ca_digest,
+        .with_custom_certificate_verifier(Arc::new(Verifier {
+            policy: PinnedCa(ca_digest),
             provider,
         }))
         .with_no_client_auth();
@@ -296,47 +326,21 @@ impl ProbeSeen {
     }
 }
 
+/// Trusts anything and records the chain presented.
 #[derive(Debug)]
-struct ProbeVerifier {
-    seen: ProbeSeen,
-    provider: Arc<CryptoProvider>,
-}
+struct Probe(ProbeSeen);
 
-impl ServerCertVerifier for ProbeVerifier {
-    fn verify_server_cert(
+impl ServerPolicy for Probe {
+    fn check(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        _provider: &Arc<CryptoProvider>,
+        server: Presented<'_>,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut seen = self.seen.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
         seen.clear();
-        seen.push(fingerprint(end_entity));
-        seen.extend(intermediates.iter().map(|c| fingerprint(c)));
+        seen.push(fingerprint(server.end_entity));
+        seen.extend(server.intermediates.iter().map(|c| fingerprint(c)));
         Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_signature(&self.provider, message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(&self.provider, message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -349,7 +353,10 @@ pub fn probe_client_config(seen: ProbeSeen) -> Result<ClientConfig, TlsError> {
     let mut cfg = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ProbeVerifier { seen, provider }))
+        .with_custom_certificate_verifier(Arc::new(Verifier {
+            policy: Probe(seen),
+            provider,
+        }))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
     Ok(cfg)

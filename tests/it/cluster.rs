@@ -334,27 +334,12 @@ async fn worker_started_before_the_orchestrator_enrolls_when_it_comes_up() {
     let orch = d8::node::orchestrator::Orchestrator::start(cfg)
         .await
         .expect("restart");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats: Value = http
-            .get(format!("http://{}/api/workers/stats", orch.http_addr()))
-            .bearer_auth(orch.api_key())
-            .send()
-            .await
-            .expect("http")
-            .json()
-            .await
-            .expect("json");
-        if stats["workers"]["online"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "worker never joined: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut c = TestCluster::adopt(orch, dir);
+    c.wait_until(|s| s["workers"]["online"] == 1, "the worker to join")
+        .await;
     stop.cancel();
     worker.await.expect("join").expect("clean exit");
-    orch.shutdown().await;
+    c.orch.take().expect("running").shutdown().await;
 }
 
 #[tokio::test]

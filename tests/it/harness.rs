@@ -77,6 +77,11 @@ impl TestCluster {
             None => Orchestrator::start(cfg).await,
         }
         .expect("orchestrator starts");
+        Self::adopt(orch, dir)
+    }
+
+    /// A handle on an orchestrator a test started itself, keeping `dir`.
+    pub fn adopt(orch: Orchestrator, dir: tempfile::TempDir) -> TestCluster {
         let base = format!("http://{}", orch.http_addr());
         let key = orch.api_key().to_owned();
         TestCluster {

@@ -94,10 +94,10 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// `groq:free gemini:free(rests 41s) anthropic:paid(key rejected)` from one
+/// `groq:free gemini:free(cooldown 41s) anthropic:paid(key rejected)` from one
 /// worker of `GET /api/workers`.
 fn providers_summary(w: &Value) -> String {
-    let rests = w["provider_cooldowns"]
+    let cooldowns = w["provider_cooldowns"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
@@ -110,7 +110,7 @@ fn providers_summary(w: &Value) -> String {
         .map(|o| {
             let kind = o["provider"].as_str().unwrap_or("?");
             let mut part = format!("{kind}:{}", o["tier"].as_str().unwrap_or("?"));
-            let mine = rests.iter().filter(|r| r["provider"] == kind);
+            let mine = cooldowns.iter().filter(|r| r["provider"] == kind);
             let mut notes = Vec::new();
             for r in mine {
                 let what = r["model"]
@@ -120,7 +120,7 @@ fn providers_summary(w: &Value) -> String {
                     notes.push("key rejected".to_owned());
                 } else {
                     let secs = r["remaining_ms"].as_u64().unwrap_or(0).div_ceil(1_000);
-                    notes.push(format!("{what}rests {secs}s"));
+                    notes.push(format!("{what}cooldown {secs}s"));
                 }
             }
             if !notes.is_empty() {
@@ -259,7 +259,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn provider_summary_names_tiers_and_rests() {
+    fn provider_summary_names_tiers_and_cooldowns() {
         let w = json!({
             "offers": [
                 {"provider": "groq", "tier": "free"},
@@ -273,7 +273,7 @@ mod tests {
         });
         assert_eq!(
             providers_summary(&w),
-            "groq:free(llama rests 41s) anthropic:paid(key rejected) ollama:local"
+            "groq:free(llama cooldown 41s) anthropic:paid(key rejected) ollama:local"
         );
         assert_eq!(providers_summary(&json!({"offers": null})), "-");
     }

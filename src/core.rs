@@ -51,9 +51,9 @@ pub struct SchedulerConfig {
     /// Pause before a task that failed an attempt (5xx, timeout, connection)
     /// is eligible again; doubles with each failure, up to 30 s.
     pub retry_backoff_ms: u64,
-    /// Rest for a provider that answered rate-limited or unavailable when
+    /// Cooldown for a provider that answered rate-limited or unavailable when
     /// its worker reported no rest of its own: bounds retries of one key.
-    pub min_rest_ms: u64,
+    pub min_cooldown_ms: u64,
     /// Task type routing.
     pub routing: Routing,
 }
@@ -71,7 +71,7 @@ impl SchedulerConfig {
             max_worker_losses: 10,
             urgent_priority: 8,
             retry_backoff_ms: 500,
-            min_rest_ms: 1_000,
+            min_cooldown_ms: 1_000,
             routing: Routing::default(),
         }
     }
@@ -172,12 +172,12 @@ pub struct WorkerView {
     pub connected_at: Millis,
     /// When it was last heard from.
     pub last_seen: Millis,
-    /// No new tasks before this instant: every provider rests (rate
+    /// No new tasks before this instant: every provider cools down (rate
     /// limited or out of quota). `None` when some provider is ready or
-    /// every resting one is disabled.
+    /// every one cooling down is disabled.
     pub cooldown_until: Option<Millis>,
-    /// Resting providers and models, time left as of the snapshot.
-    pub rests: Vec<ProviderCooldown>,
+    /// Providers and models cooling down, time left as of the snapshot.
+    pub cooldowns: Vec<ProviderCooldown>,
     /// Smoothed time from dispatch to result per provider, ms.
     pub latency_ms: BTreeMap<String, u64>,
 }
@@ -314,7 +314,7 @@ impl WorkerEntry {
         self.offers.choose(&self.caps.offers, class, urgent, now)
     }
 
-    /// When the worker can take work again if every provider rests.
+    /// When the worker can take work again if every provider cools down.
     fn cooldown_until(&self, now: Millis) -> Option<Millis> {
         let open = ClassKey {
             worker_types: None,
@@ -449,7 +449,7 @@ impl Scheduler {
         }
     }
 
-    /// The worker's report of its resting providers (with a heartbeat or a
+    /// The worker's report of its providers cooling down (with a heartbeat or a
     /// result); replaces the previous one.
     pub fn handle_cooldowns(&mut self, now: Millis, id: &WorkerId, report: &[ProviderCooldown]) {
         if let Some(w) = self.workers.get_mut(id)
@@ -564,14 +564,14 @@ impl Scheduler {
                     ResultDisposition::Finished
                 }
                 ErrorKind::RateLimited { .. } | ErrorKind::Unavailable => {
-                    let rest = match err.kind {
+                    let cooldown = match err.kind {
                         ErrorKind::RateLimited { retry_after_ms } => retry_after_ms,
                         _ => 0,
                     }
-                    .max(self.cfg.min_rest_ms);
+                    .max(self.cfg.min_cooldown_ms);
                     if let Some(w) = self.workers.get_mut(worker) {
                         w.offers
-                            .rest_unless_reported(now, &provider, now.plus(rest));
+                            .cool_down_unless_reported(now, &provider, now.plus(cooldown));
                     }
                     self.counters.requeued += 1;
                     self.requeue(now, task, Some(err.message));
@@ -913,7 +913,7 @@ impl Scheduler {
         })
     }
 
-    /// All connected workers, rests as of `now`.
+    /// All connected workers, cooldowns as of `now`.
     pub fn workers(&self, now: Millis) -> Vec<WorkerView> {
         self.workers
             .iter()
@@ -927,7 +927,7 @@ impl Scheduler {
                 connected_at: w.connected_at,
                 last_seen: w.last_seen,
                 cooldown_until: w.cooldown_until(now),
-                rests: w.offers.report(now),
+                cooldowns: w.offers.report(now),
                 latency_ms: w.offers.latency_ms.clone(),
             })
             .collect()

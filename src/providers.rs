@@ -15,7 +15,7 @@
 //! - [`classify`]: the failure classifier (`Retry-After`, reset headers,
 //!   quota and auth errors).
 //! - [`stream_parser`]: parsers for vendors' streamed answers (SSE and NDJSON).
-//! - [`set`]: a worker's providers, their rests and fallback order.
+//! - [`set`]: a worker's providers, their cooldowns and fallback order.
 //! - [`file`]: the worker's TOML file.
 //! - [`build`] here: a provider from its name and the environment.
 
@@ -94,12 +94,12 @@ impl std::fmt::Debug for Secret {
 /// How a provider failure should steer the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderErrorKind {
-    /// 429: rest this provider for `retry_after_ms`, run the task elsewhere.
+    /// 429: cool this provider down for `retry_after_ms`, run the task elsewhere.
     RateLimited {
         /// From `Retry-After` or the vendor's reset hints.
         retry_after_ms: u64,
     },
-    /// Daily quota or budget gone: a long rest.
+    /// Daily quota or budget gone: a long cooldown.
     QuotaExhausted {
         /// Until the quota is expected back.
         retry_after_ms: u64,

@@ -173,7 +173,7 @@ pub enum ErrorKind {
     /// Rate limited: retry elsewhere without consuming an attempt; the worker
     /// cools down for `retry_after_ms`.
     RateLimited {
-        /// How long the worker's provider should rest.
+        /// How long the worker's provider should cool down.
         retry_after_ms: u64,
     },
     /// The worker vanished mid-task: not the task's fault, no attempt consumed.
@@ -337,7 +337,7 @@ pub struct Offer {
 pub struct ProviderCooldown {
     /// Provider kind.
     pub provider: String,
-    /// The one model resting (a per-model rate limit), or `None` for the
+    /// The one model cooling down (a per-model rate limit), or `None` for the
     /// whole provider (quota, budget, rejected key).
     pub model: Option<String>,
     /// Milliseconds until it may be used again (0 when disabled).

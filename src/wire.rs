@@ -22,7 +22,7 @@ use crate::task::{Capabilities, Outcome, TaskId, TaskSpec};
 
 /// Version of the message protocol spoken here. 2: chat requests carry stop
 /// sequences and JSON mode; workers advertise offers (provider, tier,
-/// models); assignments carry a route; results carry the worker's rests.
+/// models); assignments carry a route; results carry the worker's cooldowns.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest payload accepted or sent (8 MiB): bigger than any sane chat, small
@@ -146,7 +146,7 @@ pub enum WorkerMsg {
     Heartbeat {
         /// Tasks running now.
         active: u32,
-        /// Providers resting or disabled (the rest are ready).
+        /// Providers cooling down or disabled (the others are ready).
         cooldowns: Vec<ProviderCooldown>,
     },
     /// Stop sending me tasks; I will finish what I have and leave.
@@ -213,7 +213,7 @@ pub enum TaskReply {
     Done {
         /// What happened.
         outcome: Outcome,
-        /// The worker's providers that are resting now, so the orchestrator
+        /// The worker's providers that are cooling down now, so the orchestrator
         /// routes the next attempt with what this one learned.
         cooldowns: Vec<ProviderCooldown>,
     },

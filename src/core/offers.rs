@@ -1,7 +1,7 @@
 //! Which of a worker's providers may take a task now, and which to prefer.
 //!
 //! A worker advertises its providers as [`Offer`]s (kind, tier, models). The
-//! core mirrors what the worker reports resting ([`Rest`]: a whole provider
+//! core mirrors what the worker reports cooling down ([`Cooldown`]: a whole provider
 //! or one of its models) and measures how long each provider takes. A task
 //! then goes, among workers with a free slot, to the cheapest tier that has
 //! a usable provider (local → free → paid), least-loaded first within a
@@ -14,13 +14,13 @@ use crate::task::{Millis, Offer, ProviderCooldown, Route, Tier};
 
 use super::ClassKey;
 
-/// Rests kept per worker: more than any real worker has (64 providers with a
-/// few resting models each); a longer report is cut, never trusted whole.
-const MAX_RESTS: usize = 256;
+/// Cooldowns kept per worker: more than any real worker has (64 providers with a
+/// few models cooling down each); a longer report is cut, never trusted whole.
+const MAX_COOLDOWNS: usize = 256;
 
 /// A provider (or one model of it) that must not get work on one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Rest {
+pub(super) struct Cooldown {
     pub provider: String,
     /// `None`: every model of the provider.
     pub model: Option<String>,
@@ -28,14 +28,14 @@ pub(super) struct Rest {
     pub until: Option<Millis>,
 }
 
-impl Rest {
+impl Cooldown {
     fn active(&self, now: Millis) -> bool {
         self.until.is_none_or(|t| t > now)
     }
 
     /// A worker's report, made absolute on the orchestrator's clock.
-    pub fn from_report(now: Millis, c: &ProviderCooldown) -> Rest {
-        Rest {
+    pub fn from_report(now: Millis, c: &ProviderCooldown) -> Cooldown {
+        Cooldown {
             provider: c.provider.clone(),
             model: c.model.clone(),
             until: (!c.disabled).then(|| now.plus(c.remaining_ms)),
@@ -56,24 +56,24 @@ impl Rest {
 /// What the core knows about one worker's providers beyond its `Hello`.
 #[derive(Debug, Default)]
 pub(super) struct OfferState {
-    /// Resting providers and models.
-    pub rests: Vec<Rest>,
+    /// Providers and models cooling down.
+    pub cooldowns: Vec<Cooldown>,
     /// Smoothed dispatch-to-result time per provider, ms (successes only).
     pub latency_ms: BTreeMap<String, u64>,
 }
 
 impl OfferState {
     /// Replaces the rests with the worker's own report. True when that may
-    /// free capacity (a rest gone or ending earlier), i.e. worth scheduling.
+    /// free capacity (a cooldown gone or ending earlier), i.e. worth scheduling.
     pub fn set_report(&mut self, now: Millis, report: &[ProviderCooldown]) -> bool {
-        let new: Vec<Rest> = report
+        let new: Vec<Cooldown> = report
             .iter()
-            .take(MAX_RESTS)
-            .map(|c| Rest::from_report(now, c))
+            .take(MAX_COOLDOWNS)
+            .map(|c| Cooldown::from_report(now, c))
             .collect();
-        // Reports of an unchanged rest differ by clock jitter only.
+        // Reports of an unchanged cooldown differ by clock jitter only.
         const JITTER_MS: u64 = 50;
-        let loosened = self.rests.iter().filter(|r| r.active(now)).any(|old| {
+        let loosened = self.cooldowns.iter().filter(|r| r.active(now)).any(|old| {
             !new.iter().any(|n| {
                 n.provider == old.provider
                     && n.model == old.model
@@ -85,19 +85,19 @@ impl OfferState {
                     }
             })
         });
-        self.rests = new;
+        self.cooldowns = new;
         loosened
     }
 
-    /// Rests `provider` until `until` unless the worker already reported a
-    /// rest for it (its report is more precise: it may name one model).
-    pub fn rest_unless_reported(&mut self, now: Millis, provider: &str, until: Millis) {
+    /// Cooldowns `provider` until `until` unless the worker already reported a
+    /// cooldown for it (its report is more precise: it may name one model).
+    pub fn cool_down_unless_reported(&mut self, now: Millis, provider: &str, until: Millis) {
         if !self
-            .rests
+            .cooldowns
             .iter()
             .any(|r| r.provider == provider && r.active(now))
         {
-            self.rests.push(Rest {
+            self.cooldowns.push(Cooldown {
                 provider: provider.to_owned(),
                 model: None,
                 until: Some(until),
@@ -116,18 +116,18 @@ impl OfferState {
         }
     }
 
-    /// Drops rests that have ended.
+    /// Drops cooldowns that have ended.
     pub fn expire(&mut self, now: Millis) {
-        self.rests.retain(|r| r.active(now));
+        self.cooldowns.retain(|r| r.active(now));
     }
 
-    /// When the next rest ends, if any does.
+    /// When the next cooldown ends, if any does.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.rests.iter().filter_map(|r| r.until).min()
+        self.cooldowns.iter().filter_map(|r| r.until).min()
     }
 
-    fn resting(&self, now: Millis, provider: &str, model: Option<&str>) -> bool {
-        self.rests
+    fn cooling_down(&self, now: Millis, provider: &str, model: Option<&str>) -> bool {
+        self.cooldowns
             .iter()
             .any(|r| r.provider == provider && r.model.as_deref() == model && r.active(now))
     }
@@ -139,20 +139,22 @@ impl OfferState {
             .as_ref()
             .is_some_and(|p| *p != offer.provider)
             || class.max_tier.is_some_and(|t| offer.tier > t)
-            || self.resting(now, &offer.provider, None)
+            || self.cooling_down(now, &offer.provider, None)
         {
             return false;
         }
         match &class.model {
-            Some(m) => offer.models.contains(m) && !self.resting(now, &offer.provider, Some(m)),
+            Some(m) => {
+                offer.models.contains(m) && !self.cooling_down(now, &offer.provider, Some(m))
+            }
             // With no model named the worker picks one of the provider's:
-            // any that is not resting will do.
+            // any that is not cooling down will do.
             None => {
                 offer.models.is_empty()
                     || offer
                         .models
                         .iter()
-                        .any(|m| !self.resting(now, &offer.provider, Some(m)))
+                        .any(|m| !self.cooling_down(now, &offer.provider, Some(m)))
             }
         }
     }
@@ -204,9 +206,9 @@ impl OfferState {
         }
     }
 
-    /// The rests, with time left at `now`, for the API.
+    /// The cooldowns, with time left at `now`, for the API.
     pub fn report(&self, now: Millis) -> Vec<ProviderCooldown> {
-        self.rests
+        self.cooldowns
             .iter()
             .filter(|r| r.active(now))
             .map(|r| r.to_report(now))
@@ -241,6 +243,6 @@ mod tests {
             })
             .collect();
         s.set_report(Millis(0), &report);
-        assert_eq!(s.rests.len(), MAX_RESTS);
+        assert_eq!(s.cooldowns.len(), MAX_COOLDOWNS);
     }
 }

@@ -673,7 +673,7 @@ fn with_offers(slots: u32, offers: Vec<crate::task::Offer>) -> Capabilities {
 }
 
 #[test]
-fn cheapest_tier_first_then_dearer_when_it_is_full_or_resting() {
+fn cheapest_tier_first_then_dearer_when_it_is_full_or_cooling_down() {
     let mut s = sched();
     let t0 = Millis(0);
     // Registered dearest first: the order must come from tiers.
@@ -796,14 +796,14 @@ fn one_worker_with_several_tiers_is_routed_to_its_cheapest_usable_one() {
         vec![(TaskId(1), w("pc"), route("anthropic", Tier::Paid))]
     );
     let view = &s.workers(Millis(5))[0];
-    assert_eq!(view.rests.len(), 1);
+    assert_eq!(view.cooldowns.len(), 1);
     assert_eq!(view.cooldown_until, None, "anthropic is still usable");
     // A task naming the resting model waits instead.
     let mut named = crate::task::test_spec("agent_action", 5);
     named.request.model = Some("flash".into());
     s.handle_submit(Millis(6), TaskId(2), Arc::new(named), Millis(6));
     assert!(routes(&drain(&mut s)).is_empty());
-    // The rest ends: it runs.
+    // The cooldown ends: it runs.
     s.handle_heartbeat(Millis(30_005), &w("pc"));
     s.handle_timeout(Millis(30_005));
     assert_eq!(
@@ -814,7 +814,7 @@ fn one_worker_with_several_tiers_is_routed_to_its_cheapest_usable_one() {
 }
 
 #[test]
-fn a_rate_limit_without_a_report_still_rests_the_provider() {
+fn a_rate_limit_without_a_report_still_cools_down_the_provider() {
     let mut s = sched();
     s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
     s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
@@ -828,7 +828,7 @@ fn a_rate_limit_without_a_report_still_rests_the_provider() {
         err(ErrorKind::RateLimited { retry_after_ms: 0 }),
     );
     assert!(dispatches(&drain(&mut s)).is_empty());
-    let min = SchedulerConfig::lan().min_rest_ms;
+    let min = SchedulerConfig::lan().min_cooldown_ms;
     assert_eq!(s.poll_timeout(), Some(Millis(min)));
     assert_eq!(s.workers(Millis(0))[0].cooldown_until, Some(Millis(min)));
     // Unavailable (rejected key) reported as disabled: never picked again.
@@ -920,22 +920,22 @@ fn urgent_tasks_go_to_the_fastest_measured_provider() {
 }
 
 #[test]
-fn a_rest_lifted_early_by_the_worker_frees_it_at_once() {
+fn a_cooldown_lifted_early_by_the_worker_frees_it_at_once() {
     let mut s = sched();
     s.handle_worker_up(Millis(0), w("a"), caps("echo", 1));
-    let rest = |ms: u64| ProviderCooldown {
+    let cooldown = |ms: u64| ProviderCooldown {
         provider: "echo".into(),
         model: None,
         remaining_ms: ms,
         disabled: false,
     };
-    s.handle_cooldowns(Millis(0), &w("a"), &[rest(60_000)]);
+    s.handle_cooldowns(Millis(0), &w("a"), &[cooldown(60_000)]);
     s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));
-    assert!(dispatches(&drain(&mut s)).is_empty(), "resting");
-    // The same rest reported again a heartbeat later changes nothing.
-    s.handle_cooldowns(Millis(500), &w("a"), &[rest(59_500)]);
+    assert!(dispatches(&drain(&mut s)).is_empty(), "cooling down");
+    // The same cooldown reported again a heartbeat later changes nothing.
+    s.handle_cooldowns(Millis(500), &w("a"), &[cooldown(59_500)]);
     assert!(dispatches(&drain(&mut s)).is_empty());
-    // The worker's rest is over early (its own limiter freed a slot): the
+    // The worker's cooldown is over early (its own limiter freed a slot): the
     // task goes at once, without waiting for the old end.
     s.handle_cooldowns(Millis(1_000), &w("a"), &[]);
     assert_eq!(dispatches(&drain(&mut s)), vec![(TaskId(1), 1, w("a"))]);

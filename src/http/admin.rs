@@ -49,7 +49,7 @@ pub(super) struct StatsQuery {
 
 /// `GET /api/workers/stats`: exactly the original project's shape, so its
 /// clients keep working. `?include=cooldowns` adds `cooldowns`: every
-/// resting provider in the cluster (`worker_id`, `provider`, `model`,
+/// provider cooling down in the cluster (`worker_id`, `provider`, `model`,
 /// `remaining_ms`, `disabled`).
 pub(super) async fn worker_stats(
     State(cluster): AppState,
@@ -95,7 +95,7 @@ pub(super) async fn worker_stats(
     if with_cooldowns {
         let mut list = Vec::new();
         for w in cluster.live_workers().await? {
-            for r in w.rests {
+            for r in w.cooldowns {
                 list.push(json!({
                     "worker_id": w.id.0,
                     "provider": r.provider,
@@ -143,7 +143,7 @@ pub(super) async fn list_workers(State(cluster): AppState) -> ApiResult {
                 "connected_at": l.map(|w| rfc3339(w.connected_at.0)),
                 "last_seen_ms_ago": l.map(|w| now.since(w.last_seen)),
                 "cooldown_ms": l.and_then(|w| w.cooldown_until).map(|c| c.since(now)),
-                "provider_cooldowns": l.map(|w| w.rests.clone()).unwrap_or_default(),
+                "provider_cooldowns": l.map(|w| w.cooldowns.clone()).unwrap_or_default(),
             })
         })
         .collect();

@@ -88,7 +88,7 @@ pub(crate) enum SchedMsg {
         task: TaskId,
         attempt: u32,
         outcome: Outcome,
-        /// The worker's resting providers, when the worker said.
+        /// The worker's providers cooling down, when the worker said.
         cooldowns: Option<Vec<ProviderCooldown>>,
     },
     WorkerUp {
@@ -491,7 +491,7 @@ fn lost(message: &str) -> Outcome {
 }
 
 /// One attempt on its own stream: its outcome and, when the worker sent
-/// them, its resting providers. `None` when aborted (the core already knows).
+/// them, its providers cooling down. `None` when aborted (the core already knows).
 async fn run_attempt(
     conn: &Connection,
     task: TaskId,

@@ -1,5 +1,5 @@
 //! Turning a vendor's failed HTTP answer into a [`ProviderError`] that steers
-//! the scheduler: how long to rest after a 429 (from `Retry-After`, the
+//! the scheduler: how long to cool down after a 429 (from `Retry-After`, the
 //! `x-ratelimit-reset-*` headers, Anthropic's `anthropic-ratelimit-*-reset`
 //! timestamps, or Gemini's `RetryInfo.retryDelay` in the JSON body), quota
 //! and budget exhaustion, bad keys, transient failures, and invalid requests
@@ -14,11 +14,11 @@ use reqwest::header::HeaderMap;
 
 use super::{ProviderError, ProviderErrorKind};
 
-/// Rest after a 429 that names no time.
+/// Cooldown after a 429 that names no time.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
-/// Rest after a daily quota or budget is exhausted, when the vendor names no time.
+/// Cooldown after a daily quota or budget is exhausted, when the vendor names no time.
 pub const QUOTA_COOLDOWN: Duration = Duration::from_secs(3_600);
-/// Longest rest honoured (a broken header must not park a worker for days).
+/// Longest cooldown honoured (a broken header must not park a worker for days).
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3_600);
 
 /// Parses Go-style durations as used in `x-ratelimit-reset-*` and Gemini's

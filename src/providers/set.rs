@@ -1,17 +1,17 @@
 //! The providers configured on one worker and what the worker knows about
-//! them: which rest (rate limited, out of quota) and for how long, which had
+//! them: which cool down (rate limited, out of quota) and for how long, which had
 //! their key rejected, the worker's own per-minute limits, cost tiers and
 //! model defaults per task type.
 //!
 //! The orchestrator routes each attempt with a [`Route`]: the provider to try
 //! first and the dearest tier allowed. The worker tries that provider, then
 //! its others of the same or a cheaper tier, and hands the task back (rate
-//! limited, with the shortest rest) only when none of them can serve it: a
+//! limited, with the shortest cooldown) only when none of them can serve it: a
 //! dearer provider on this worker is used only when the orchestrator routes
 //! there, because a cheaper one may be free on another machine.
 //!
-//! Rests are as fine as vendors' limits: a 429 rests the one model it was
-//! for (Groq and Gemini limit per model); an exhausted quota or budget rests
+//! Cooldowns are as fine as vendors' limits: a 429 cools down the one model it was
+//! for (Groq and Gemini limit per model); an exhausted quota or budget cools down
 //! the whole provider (OpenRouter credit, Anthropic's usage limit are per
 //! key); a rejected key disables the provider until the worker restarts.
 
@@ -94,43 +94,43 @@ impl Limiter {
 /// What the worker knows about one of its providers.
 #[derive(Debug, Clone, Default)]
 struct Health {
-    /// The whole provider rests until then (quota, budget, own limit).
-    resting_until: Option<Instant>,
+    /// The whole provider cools down until then (quota, budget, own limit).
+    cooldown_until: Option<Instant>,
     /// The vendor rejected the key: not used again until the worker restarts.
     disabled: bool,
     limiter: Limiter,
-    /// Per-model rests (429s) and limits.
+    /// Per-model cooldowns (429s) and limits.
     models: HashMap<String, ModelHealth>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct ModelHealth {
-    resting_until: Option<Instant>,
+    cooldown_until: Option<Instant>,
     limiter: Limiter,
 }
 
 impl Health {
-    fn rests(&self, now: Instant) -> bool {
-        self.resting_until.is_some_and(|t| t > now)
+    fn cooling_down(&self, now: Instant) -> bool {
+        self.cooldown_until.is_some_and(|t| t > now)
     }
 
-    fn model_rests(&self, model: &str, now: Instant) -> bool {
+    fn model_cooling_down(&self, model: &str, now: Instant) -> bool {
         self.models
             .get(model)
-            .and_then(|m| m.resting_until)
+            .and_then(|m| m.cooldown_until)
             .is_some_and(|t| t > now)
     }
 
     /// Takes a call slot for `model` under the provider's and the model's
-    /// own limits, or rests whichever is full until a slot frees.
+    /// own limits, or cools down whichever is full until a slot frees.
     fn admit(&mut self, model: Option<&str>, now: Instant) -> bool {
         if let Some(t) = self.limiter.wait_until(now) {
-            self.resting_until = Some(t);
+            self.cooldown_until = Some(t);
             return false;
         }
         if let Some(m) = model.and_then(|m| self.models.get_mut(m)) {
             if let Some(t) = m.limiter.wait_until(now) {
-                m.resting_until = Some(t);
+                m.cooldown_until = Some(t);
                 return false;
             }
             m.limiter.record(now);
@@ -139,14 +139,14 @@ impl Health {
         true
     }
 
-    fn rest_model(&mut self, model: &str, until: Instant) {
+    fn cool_down_model(&mut self, model: &str, until: Instant) {
         self.models
             .entry(model.to_owned())
             .or_default()
-            .resting_until = Some(until);
+            .cooldown_until = Some(until);
     }
 
-    /// When this provider could next serve something, if it is resting.
+    /// When this provider could next serve something, if it is cooling down.
     fn soonest(&self, models: &[String], now: Instant) -> Option<Instant> {
         if self.disabled {
             return None;
@@ -154,16 +154,16 @@ impl Health {
         let model_free = |m: &String| {
             self.models
                 .get(m)
-                .and_then(|h| h.resting_until)
+                .and_then(|h| h.cooldown_until)
                 .filter(|t| *t > now)
         };
         let models_ready = if models.is_empty() {
             Some(now)
         } else {
-            // Every model resting → the earliest of them; any ready → now.
+            // Every model cooling down → the earliest of them; any ready → now.
             models.iter().map(|m| model_free(m).unwrap_or(now)).min()
         };
-        let provider_ready = self.resting_until.filter(|t| *t > now).unwrap_or(now);
+        let provider_ready = self.cooldown_until.filter(|t| *t > now).unwrap_or(now);
         models_ready.map(|m| m.max(provider_ready))
     }
 }
@@ -215,7 +215,7 @@ impl ProviderSet {
                 h.models.insert(
                     model.clone(),
                     ModelHealth {
-                        resting_until: None,
+                        cooldown_until: None,
                         limiter: Limiter::new(Some(*limit)),
                     },
                 );
@@ -280,14 +280,14 @@ impl ProviderSet {
         let mut out = Vec::new();
         for (h, e) in self.health().iter().zip(self.entries.iter()) {
             let kind = e.provider.kind();
-            if h.disabled || h.rests(now) {
+            if h.disabled || h.cooling_down(now) {
                 out.push(ProviderCooldown {
                     provider: kind.to_owned(),
                     model: None,
                     remaining_ms: if h.disabled {
                         0
                     } else {
-                        h.resting_until.map_or(0, left)
+                        h.cooldown_until.map_or(0, left)
                     },
                     disabled: h.disabled,
                 });
@@ -295,7 +295,7 @@ impl ProviderSet {
             let mut models: Vec<_> = h
                 .models
                 .iter()
-                .filter_map(|(m, mh)| mh.resting_until.filter(|t| *t > now).map(|t| (m, t)))
+                .filter_map(|(m, mh)| mh.cooldown_until.filter(|t| *t > now).map(|t| (m, t)))
                 .collect();
             models.sort();
             out.extend(models.into_iter().map(|(m, t)| ProviderCooldown {
@@ -368,7 +368,7 @@ impl ProviderSet {
         }
     }
 
-    /// Runs `job` on the best provider and model that are not resting,
+    /// Runs `job` on the best provider and model that are not cooling down,
     /// moving on after a rate limit, an exhausted quota or a rejected key.
     /// Other failures are returned at once (the orchestrator retries
     /// elsewhere). `report` hears about every vendor failure.
@@ -404,14 +404,17 @@ impl ProviderSet {
                 {
                     let mut health = self.health();
                     let h = &mut health[i];
-                    if h.disabled || h.rests(now) {
+                    if h.disabled || h.cooling_down(now) {
                         break;
                     }
-                    if model.as_deref().is_some_and(|m| h.model_rests(m, now)) {
+                    if model
+                        .as_deref()
+                        .is_some_and(|m| h.model_cooling_down(m, now))
+                    {
                         continue;
                     }
                     if !h.admit(model.as_deref(), now) {
-                        // Whichever limit was full now rests; try on.
+                        // Whichever limit was full now cools down; try on.
                         continue;
                     }
                 }
@@ -427,16 +430,16 @@ impl ProviderSet {
                     Ok(out) => return Ok(out),
                     Err(err) => {
                         report(kind, &err);
-                        let rest = |ms: u64| Instant::now() + Duration::from_millis(ms);
+                        let until = |ms: u64| Instant::now() + Duration::from_millis(ms);
                         let mut health = self.health();
                         let h = &mut health[i];
                         match err.kind {
                             ProviderErrorKind::RateLimited { retry_after_ms } => match &model {
-                                Some(m) => h.rest_model(m, rest(retry_after_ms)),
-                                None => h.resting_until = Some(rest(retry_after_ms)),
+                                Some(m) => h.cool_down_model(m, until(retry_after_ms)),
+                                None => h.cooldown_until = Some(until(retry_after_ms)),
                             },
                             ProviderErrorKind::QuotaExhausted { retry_after_ms } => {
-                                h.resting_until = Some(rest(retry_after_ms));
+                                h.cooldown_until = Some(until(retry_after_ms));
                             }
                             ProviderErrorKind::Auth => h.disabled = true,
                             ProviderErrorKind::Transient
@@ -448,7 +451,7 @@ impl ProviderSet {
                 }
             }
         }
-        // Nothing served it: hand the task back with the shortest rest, so
+        // Nothing served it: hand the task back with the shortest cooldown, so
         // the orchestrator knows when this worker is worth asking again.
         let now = Instant::now();
         let soonest = {
@@ -471,7 +474,7 @@ impl ProviderSet {
                         .max(1),
                 },
                 message: last.map_or_else(
-                    || "every suitable provider on this worker is resting".to_owned(),
+                    || "every suitable provider on this worker is cooling down".to_owned(),
                     |e| e.message,
                 ),
             },
@@ -587,7 +590,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_429_rests_that_model_and_moves_on() {
+    async fn a_429_cools_down_that_model_and_moves_on() {
         let groq = Scripted::new("groq", vec![limited(60_000)]);
         let gemini = Scripted::new("gemini", vec![]);
         let set = ProviderSet::new(vec![groq.clone(), gemini.clone()]);
@@ -609,7 +612,7 @@ mod tests {
             (out.provider.as_str(), seen.as_slice()),
             ("gemini", &["groq".to_owned()][..])
         );
-        // groq's model rests: the next task goes straight to gemini.
+        // groq's model cools down: the next task goes straight to gemini.
         let out = serve(&set, &chat(None), None).await.expect("ok");
         assert_eq!(
             (out.provider.as_str(), groq.calls(), gemini.calls()),
@@ -637,16 +640,16 @@ mod tests {
         // A task naming the resting model is handed back, not run on another.
         let e = serve(&set, &chat(Some("fast")), None)
             .await
-            .expect_err("rests");
+            .expect_err("cooling down");
         assert!(
             matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if retry_after_ms > 29_000),
             "{e:?}"
         );
-        assert_eq!(groq.calls(), 2, "a resting model is not called");
+        assert_eq!(groq.calls(), 2, "a model cooling down is not called");
     }
 
     #[tokio::test]
-    async fn exhausted_quota_rests_the_whole_provider() {
+    async fn exhausted_quota_cools_down_the_whole_provider() {
         let a = Scripted::with_models(
             "openrouter",
             &["m1", "m2"],
@@ -666,7 +669,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn all_resting_hands_the_task_back_with_the_shortest_rest() {
+    async fn all_cooling_down_hands_the_task_back_with_the_shortest_cooldown() {
         let a = Scripted::new("a", vec![limited(50_000)]);
         let b = Scripted::new(
             "b",
@@ -675,7 +678,9 @@ mod tests {
             })],
         );
         let set = ProviderSet::new(vec![a, b]);
-        let e = serve(&set, &chat(None), None).await.expect_err("resting");
+        let e = serve(&set, &chat(None), None)
+            .await
+            .expect_err("cooling down");
         assert!(
             matches!(e.kind, ProviderErrorKind::RateLimited { retry_after_ms } if (49_000..=50_000).contains(&retry_after_ms)),
             "{e:?}"
@@ -734,7 +739,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn per_model_limits_rest_only_that_model() {
+    async fn per_model_limits_cool_down_only_that_model() {
         let groq = Scripted::with_models("groq", &["small", "large"], vec![]);
         let settings = ProviderSettings {
             model_limits: [("large".to_owned(), 1)].into(),

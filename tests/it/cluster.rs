@@ -439,7 +439,7 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
     );
     let remaining = cd["remaining_ms"].as_u64().expect("ms");
     assert!((20_000..=30_000).contains(&remaining), "{remaining}");
-    // The orchestrator rests the whole worker too (its only provider rests),
+    // The orchestrator cools down the whole worker too (its only provider cools down),
     // and the task waits without having used up an attempt.
     assert!(
         list[0]["cooldown_ms"]
@@ -551,7 +551,7 @@ async fn free_keys_are_used_before_paid_ones_and_429s_spill_over() {
         ["z-free", "z-free", "a-paid", "a-paid", "a-paid"],
         "the free key serves until its quota runs out, then the paid key"
     );
-    assert_eq!(groq.calls(), 3, "two served, one 429, then it rests");
+    assert_eq!(groq.calls(), 3, "two served, one 429, then it cools down");
     assert_eq!(openai.calls(), 3);
     // A task capped at the free tier waits for the free key instead.
     let body = serde_json::json!({

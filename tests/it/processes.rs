@@ -573,7 +573,7 @@ async fn vendor_keys_stay_on_their_worker_and_429s_route_around() {
         stats["tasks"]["failed"], 0,
         "429s never fail a task: {stats}"
     );
-    // The limited worker was asked once, answered 429, and then rested.
+    // The limited worker was asked once, answered 429, and then cooled down.
     assert_eq!(limited.calls(), 1, "a cooling worker gets no more tasks");
     // Each key went only to its own vendor.
     assert!(
@@ -661,7 +661,7 @@ async fn three_keys_with_different_quotas_share_the_work_without_failures() {
     assert_eq!(
         (small.calls(), medium.calls()),
         (3, 6),
-        "one 429 each, then rest"
+        "one 429 each, then a cooldown"
     );
     let stats = c.get("/api/workers/stats").await;
     assert_eq!(stats["tasks"]["failed"], 0, "{stats}");

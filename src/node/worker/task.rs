@@ -108,12 +108,12 @@ fn report(provider: &str, e: &crate::providers::ProviderError) {
             tracing::error!(provider, error = %e, "the provider rejected this worker's key; fix the key (tasks go to other workers meanwhile)")
         }
         K::QuotaExhausted { retry_after_ms } => {
-            tracing::warn!(provider, retry_after_ms, error = %e, "provider quota or budget exhausted; resting")
+            tracing::warn!(provider, retry_after_ms, error = %e, "provider quota or budget exhausted; cooling down")
         }
         K::RateLimited { retry_after_ms } => tracing::info!(
             provider,
             retry_after_ms,
-            "rate limited; resting and handing the task back"
+            "rate limited; cooling down and handing the task back"
         ),
         K::Transient => {
             tracing::warn!(provider, error = %e, "provider failed; the task will be retried")

@@ -13,6 +13,12 @@ use clap::{Args, Parser, Subcommand};
 /// Default port for both QUIC (UDP) and HTTP (TCP), as in the original project.
 pub const DEFAULT_PORT: u16 = 5000;
 
+/// Largest `--max-output-bytes`: a result must fit one wire frame, with room
+/// for the rest of the reply (model, usage, cooldowns).
+pub const MAX_OUTPUT_BYTES: u64 = (crate::wire::MAX_FRAME - 64 * 1024) as u64;
+/// Largest `--max-vendor-body-bytes` (4 GiB).
+pub const MAX_VENDOR_BODY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
 /// d8: turn the machines you own into one cluster for LLM agent work.
 #[derive(Debug, Parser)]
 #[command(name = "d8", version, about, long_about = None, propagate_version = true)]
@@ -152,6 +158,16 @@ pub struct JoinArgs {
     /// On Ctrl-C, how long to wait for in-flight tasks.
     #[arg(long, env = "D8_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Largest answer text one task may produce, in bytes; a longer answer
+    /// is cut and the task fails (at most the wire frame less 64 KiB).
+    #[arg(long, env = "D8_MAX_OUTPUT_BYTES", default_value_t = crate::providers::ReadLimits::DEFAULT.output_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=MAX_OUTPUT_BYTES))]
+    pub max_output_bytes: u64,
+    /// Largest body read from a vendor for one call (a whole answer, or all
+    /// of a stream), in bytes; past it the call is cut and the task fails.
+    #[arg(long, env = "D8_MAX_VENDOR_BODY_BYTES", default_value_t = crate::providers::ReadLimits::DEFAULT.body_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=MAX_VENDOR_BODY_BYTES))]
+    pub max_vendor_body_bytes: u64,
     /// Provider API key (original project's variable; used by vendor providers).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -324,7 +324,12 @@ impl WorkerConfig {
         let mut built: Vec<Arc<dyn Provider>> = Vec::new();
         let mut settings = Vec::new();
         // One HTTP client for every provider: one pool, one TLS session cache.
-        let client = providers::http_client()?;
+        // Both bounds are range-checked by clap and fit a 64-bit usize.
+        let limits = providers::ReadLimits {
+            body_bytes: usize::try_from(args.max_vendor_body_bytes).unwrap_or(usize::MAX),
+            output_bytes: usize::try_from(args.max_output_bytes).unwrap_or(usize::MAX),
+        };
+        let client = providers::VendorClient::new(limits)?;
         let file = args
             .config
             .as_deref()
@@ -484,6 +489,22 @@ mod tests {
         assert!(parse(&["serve", "--max-attempts", "0"]).is_err());
         let s = serve_args(&["serve", "--route", "nonsense"]);
         assert!(OrchestratorConfig::from_args(&s).is_err());
+    }
+
+    #[test]
+    fn vendor_read_limits_have_sane_bounds() {
+        let j = join_args(&["join", "--provider", "echo"]);
+        assert_eq!(
+            (j.max_output_bytes, j.max_vendor_body_bytes),
+            (4 * 1024 * 1024, 64 * 1024 * 1024)
+        );
+        let j = join_args(&["join", "--max-output-bytes", "8192"]);
+        assert_eq!(j.max_output_bytes, 8192);
+        assert!(parse(&["join", "--max-output-bytes", "100"]).is_err());
+        // A result must fit one wire frame.
+        let over = (crate::cli::MAX_OUTPUT_BYTES + 1).to_string();
+        assert!(parse(&["join", "--max-output-bytes", &over]).is_err());
+        assert!(parse(&["join", "--max-vendor-body-bytes", "0"]).is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub use driver::{ReadLimits, VendorClient};
 pub use set::{Job, ProviderSet, ProviderSettings};
 pub use vendor::{Dialect, VENDORS, Vendor};
 
@@ -157,22 +158,6 @@ pub trait Provider: Send + Sync + 'static {
         req: &'a ChatRequest,
         sink: ChunkSink,
     ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>>;
-}
-
-/// The HTTP client for vendor providers; a worker builds one and hands it to
-/// every [`build`], so all its providers share one connection pool and TLS
-/// session cache: rustls, connection reuse,
-/// bounded connect and read stalls (a whole attempt is bounded by the
-/// orchestrator's attempt timeout).
-pub fn http_client() -> Result<reqwest::Client, BuildError> {
-    crate::ensure_crypto_provider();
-    reqwest::Client::builder()
-        .user_agent(concat!("d8/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .read_timeout(std::time::Duration::from_secs(120))
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build()
-        .map_err(BuildError::HttpClient)
 }
 
 /// Why a provider could not be configured from flags, environment or file.
@@ -294,13 +279,13 @@ fn list(value: &str) -> Vec<String> {
 /// Builds the provider called `name` (a kind or an alias) from `env`, with
 /// the variables the vendor table names. `legacy_key` is the original
 /// project's `API_KEY`, used when `WORKER_TYPE` names this provider and its
-/// own variable is unset. `client` is the worker's shared [`http_client`].
+/// own variable is unset. `client` is the worker's shared [`VendorClient`].
 pub fn build(
     name: &str,
     env: &dyn Env,
     legacy_key: Option<&str>,
     echo_delay: std::time::Duration,
-    client: &reqwest::Client,
+    client: &VendorClient,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     let v = vendor::find(name).ok_or_else(|| BuildError::Unknown {
         name: name.to_owned(),
@@ -375,7 +360,7 @@ mod build_tests {
 
     /// The message of a build that must fail.
     fn build_error(name: &str, vars: &[(&str, &str)]) -> String {
-        let c = http_client().expect("client");
+        let c = testkit::client();
         match build(name, &env(vars), None, std::time::Duration::ZERO, &c) {
             Ok(p) => panic!("{name} built as {}", p.kind()),
             Err(e) => e.to_string(),
@@ -385,7 +370,7 @@ mod build_tests {
     #[test]
     fn builds_presets_from_the_environment() {
         let d = std::time::Duration::ZERO;
-        let c = http_client().expect("client");
+        let c = testkit::client();
         let p = build("groq", &env(&[("GROQ_API_KEY", "gsk_x")]), None, d, &c).expect("groq");
         assert_eq!(p.kind(), "groq");
         assert!(
@@ -458,8 +443,7 @@ mod build_tests {
         crate::ensure_crypto_provider();
         let s = Secret::new("gsk_very_secret_value");
         assert_eq!(format!("{s:?}"), "<redacted>");
-        let p =
-            openai::OpenAiCompat::new(&vendor::GROQ, "http://x", Some(s), reqwest::Client::new());
+        let p = openai::OpenAiCompat::new(&vendor::GROQ, "http://x", Some(s), testkit::client());
         assert!(!format!("{p:?}").contains("very_secret"));
     }
 

@@ -9,9 +9,7 @@
 use serde_json::{Value, json};
 
 use super::classify::DEFAULT_RETRY_AFTER;
-use super::driver::{
-    Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected, vendor_error,
-};
+use super::driver::{Flow, Framing, HttpProvider, VendorClient, count};
 use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
@@ -32,12 +30,12 @@ pub struct Anthropic {
     base_url: String,
     key: Secret,
     models: Vec<String>,
-    client: reqwest::Client,
+    http: VendorClient,
 }
 
 impl Anthropic {
     /// A provider at `base_url` with `key`, serving `models` (first = default).
-    pub fn new(base_url: &str, key: Secret, models: Vec<String>, client: reqwest::Client) -> Self {
+    pub fn new(base_url: &str, key: Secret, models: Vec<String>, http: VendorClient) -> Self {
         Anthropic {
             base_url: base_url.trim_end_matches('/').to_owned(),
             key,
@@ -46,7 +44,7 @@ impl Anthropic {
             } else {
                 models
             },
-            client,
+            http,
         }
     }
 
@@ -98,17 +96,19 @@ impl HttpProvider for Anthropic {
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
         let key = Some(self.key.expose());
         let request = self
-            .client
+            .http
             .post(format!("{}/v1/messages", self.base_url))
             .header("x-api-key", self.key.expose())
             .header("anthropic-version", API_VERSION)
             .json(&self.body(req));
-        let resp = send("anthropic", key, request, "").await?;
-        let bad = |e: &dyn std::fmt::Display| unexpected("anthropic", key, e);
-        let mut answer = Answer::new(req.model.clone().unwrap_or_else(|| self.models[0].clone()));
+        let call = self.http.call("anthropic", key);
+        let resp = call.send(request, "").await?;
+        let mut answer = call.answer(req.model.clone().unwrap_or_else(|| self.models[0].clone()));
         if !req.stream {
-            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
-            let blocks = v["content"].as_array().ok_or_else(|| bad(&"no content"))?;
+            let v = call.json(resp).await?;
+            let blocks = v["content"]
+                .as_array()
+                .ok_or_else(|| call.unexpected(&"no content"))?;
             for b in blocks.iter().filter(|b| b["type"] == "text") {
                 answer.text(b["text"].as_str().unwrap_or_default());
             }
@@ -117,10 +117,10 @@ impl HttpProvider for Anthropic {
                 count(&v["usage"]["input_tokens"]),
                 count(&v["usage"]["output_tokens"]),
             );
-            return Ok(answer.into_output("anthropic"));
+            return call.output(answer);
         }
-        let answer = read_stream(resp, Framing::Sse, answer, &sink, bad, |data, answer| {
-            let v: Value = serde_json::from_str(data).map_err(|e| bad(&e))?;
+        call.stream(resp, Framing::Sse, answer, &sink, |data, answer| {
+            let v: Value = serde_json::from_str(data).map_err(|e| call.unexpected(&e))?;
             match v["type"].as_str().unwrap_or_default() {
                 "message_start" => {
                     answer.model_from(&v["message"]["model"]);
@@ -143,14 +143,13 @@ impl HttpProvider for Anthropic {
                         _ => ProviderErrorKind::Transient,
                     };
                     let message = v["error"]["message"].as_str().unwrap_or("stream error");
-                    return Err(vendor_error("anthropic", key, kind, &message));
+                    return Err(call.error(kind, &message));
                 }
                 _ => {}
             }
             Ok(Flow::More)
         })
-        .await?;
-        Ok(answer.into_output("anthropic"))
+        .await
     }
 }
 
@@ -178,7 +177,12 @@ mod tests {
     }
 
     fn provider(base: &str) -> Anthropic {
-        Anthropic::new(base, Secret::new(KEY), vec![], reqwest::Client::new())
+        Anthropic::new(
+            base,
+            Secret::new(KEY),
+            vec![],
+            super::super::testkit::client(),
+        )
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub const QUOTA_COOLDOWN: Duration = Duration::from_secs(3_600);
 /// Longest cooldown honoured (a broken header must not park a worker for days).
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3_600);
 
+/// Longest excerpt of vendor text in an error message (and so in a log line).
+pub const MAX_MESSAGE: usize = 2_000;
+
 /// Parses Go-style durations as used in `x-ratelimit-reset-*` and Gemini's
 /// `retryDelay`: `"20ms"`, `"7.66s"`, `"2m59.56s"`, `"1h"`, or bare seconds.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
@@ -156,6 +159,27 @@ fn says_quota_exhausted(text: &str) -> bool {
     .any(|k| t.contains(k))
 }
 
+/// At most [`MAX_MESSAGE`] bytes of `text` with `key` (and anything shaped
+/// like a key) redacted. Redaction runs on a window one key longer than the
+/// cut, so a key that straddles the cut is still found whole.
+pub fn excerpt(text: &str, key: Option<&str>) -> String {
+    let window = floor_char_boundary(text, MAX_MESSAGE + key.map_or(0, str::len) + 64);
+    let mut out = redact(&text[..window], key);
+    if out.len() > MAX_MESSAGE || window < text.len() {
+        out.truncate(floor_char_boundary(&out, MAX_MESSAGE));
+        out.push_str(" …");
+    }
+    out
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+}
+
 /// Removes `key` and anything that looks like a provider key from `text`.
 pub fn redact(text: &str, key: Option<&str>) -> String {
     let mut out = text.to_owned();
@@ -196,7 +220,7 @@ pub fn classify(
     now: SystemTime,
 ) -> ProviderError {
     let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    let said = redact(&vendor_message(&json, body), key);
+    let said = excerpt(&vendor_message(&json, body), key);
     let ms = |d: Duration| u64::try_from(d.min(MAX_COOLDOWN).as_millis()).unwrap_or(u64::MAX);
     let (kind, what) = match status {
         429 if says_quota_exhausted(&said) || says_quota_exhausted(body) => (

@@ -8,9 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::driver::{
-    Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected, vendor_error,
-};
+use super::driver::{Answer, Call, Flow, Framing, HttpProvider, VendorClient, count};
 use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
@@ -23,12 +21,12 @@ pub struct Gemini {
     base_url: String,
     key: Secret,
     models: Vec<String>,
-    client: reqwest::Client,
+    http: VendorClient,
 }
 
 impl Gemini {
     /// A provider at `base_url` with `key`, serving `models` (first = default).
-    pub fn new(base_url: &str, key: Secret, models: Vec<String>, client: reqwest::Client) -> Self {
+    pub fn new(base_url: &str, key: Secret, models: Vec<String>, http: VendorClient) -> Self {
         Gemini {
             base_url: base_url.trim_end_matches('/').to_owned(),
             key,
@@ -37,7 +35,7 @@ impl Gemini {
             } else {
                 models
             },
-            client,
+            http,
         }
     }
 
@@ -86,11 +84,9 @@ impl Gemini {
 
     /// Text of the first candidate; a prompt blocked by safety filters is the
     /// request's fault.
-    fn text(&self, v: &Value) -> Result<String, ProviderError> {
+    fn text(call: &Call<'_>, v: &Value) -> Result<String, ProviderError> {
         if let Some(reason) = v["promptFeedback"]["blockReason"].as_str() {
-            return Err(vendor_error(
-                "gemini",
-                Some(self.key.expose()),
+            return Err(call.error(
                 ProviderErrorKind::Invalid,
                 &format_args!("prompt blocked ({reason})"),
             ));
@@ -102,8 +98,8 @@ impl Gemini {
     }
 
     /// Reads one answer object (the whole answer, or one streamed piece).
-    fn read(&self, v: &Value, answer: &mut Answer) -> Result<(), ProviderError> {
-        answer.text(&self.text(v)?);
+    fn read(call: &Call<'_>, v: &Value, answer: &mut Answer) -> Result<(), ProviderError> {
+        answer.text(&Self::text(call, v)?);
         let m = &v["usageMetadata"];
         if m.is_object() {
             answer.usage = Usage::new(
@@ -137,26 +133,26 @@ impl HttpProvider for Gemini {
             format!("{}/v1beta/models/{model}:generateContent", self.base_url)
         };
         let request = self
-            .client
+            .http
             .post(url)
             .header("x-goog-api-key", self.key.expose())
             .json(&Self::body(req));
-        let resp = send("gemini", key, request, "").await?;
-        let bad = |e: &dyn std::fmt::Display| unexpected("gemini", key, e);
-        let mut answer = Answer::new(model);
+        let call = self.http.call("gemini", key);
+        let resp = call.send(request, "").await?;
+        let mut answer = call.answer(model);
         if req.stream {
             // Gemini's stream has no end marker: the body's end is the end.
-            answer = read_stream(resp, Framing::Sse, answer, &sink, bad, |data, answer| {
-                let v: Value = serde_json::from_str(data).map_err(|e| bad(&e))?;
-                self.read(&v, answer)?;
-                Ok(Flow::More)
-            })
-            .await?;
-        } else {
-            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
-            self.read(&v, &mut answer)?;
+            return call
+                .stream(resp, Framing::Sse, answer, &sink, |data, answer| {
+                    let v: Value = serde_json::from_str(data).map_err(|e| call.unexpected(&e))?;
+                    Self::read(&call, &v, answer)?;
+                    Ok(Flow::More)
+                })
+                .await;
         }
-        Ok(answer.into_output("gemini"))
+        let v = call.json(resp).await?;
+        Self::read(&call, &v, &mut answer)?;
+        call.output(answer)
     }
 }
 
@@ -186,7 +182,12 @@ mod tests {
     }
 
     fn provider(base: &str) -> Gemini {
-        Gemini::new(base, Secret::new(KEY), vec![], reqwest::Client::new())
+        Gemini::new(
+            base,
+            Secret::new(KEY),
+            vec![],
+            super::super::testkit::client(),
+        )
     }
 
     #[tokio::test]

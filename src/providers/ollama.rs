@@ -5,9 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::driver::{
-    Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected, vendor_error,
-};
+use super::driver::{Answer, Flow, Framing, HttpProvider, VendorClient, count};
 use super::{ChunkSink, ProviderError, ProviderErrorKind};
 use crate::task::{ChatRequest, TaskOutput, Usage};
 
@@ -39,12 +37,12 @@ pub fn normalize_url(raw: &str) -> String {
 pub struct Ollama {
     base_url: String,
     models: Vec<String>,
-    client: reqwest::Client,
+    http: VendorClient,
 }
 
 impl Ollama {
     /// A provider for the server at `base_url` serving `models` (first = default).
-    pub fn new(base_url: &str, models: Vec<String>, client: reqwest::Client) -> Self {
+    pub fn new(base_url: &str, models: Vec<String>, http: VendorClient) -> Self {
         Ollama {
             base_url: normalize_url(base_url),
             models: if models.is_empty() {
@@ -52,7 +50,7 @@ impl Ollama {
             } else {
                 models
             },
-            client,
+            http,
         }
     }
 }
@@ -96,40 +94,35 @@ impl HttpProvider for Ollama {
             body["options"] = Value::Object(options);
         }
         let request = self
-            .client
+            .http
             .post(format!("{}/api/chat", self.base_url))
             .json(&body);
-        let resp = send("ollama", None, request, " (is `ollama serve` running?)").await?;
-        let bad = |e: &dyn std::fmt::Display| unexpected("ollama", None, e);
-        let mut answer = Answer::new(model);
+        let call = self.http.call("ollama", None);
+        let resp = call.send(request, " (is `ollama serve` running?)").await?;
+        let mut answer = call.answer(model);
         if req.stream {
-            answer = read_stream(resp, Framing::Ndjson, answer, &sink, bad, |line, answer| {
-                let v: Value = serde_json::from_str(line).map_err(|e| bad(&e))?;
-                if let Some(e) = v["error"].as_str() {
-                    return Err(vendor_error(
-                        "ollama",
-                        None,
-                        ProviderErrorKind::Transient,
-                        &e,
-                    ));
-                }
-                answer.text(v["message"]["content"].as_str().unwrap_or_default());
-                if v["done"].as_bool() != Some(true) {
-                    return Ok(Flow::More);
-                }
-                finish(&v, answer);
-                Ok(Flow::End)
-            })
-            .await?;
-        } else {
-            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
-            let content = v["message"]["content"]
-                .as_str()
-                .ok_or_else(|| bad(&"no message.content"))?;
-            answer.text(content);
-            finish(&v, &mut answer);
+            return call
+                .stream(resp, Framing::Ndjson, answer, &sink, |line, answer| {
+                    let v: Value = serde_json::from_str(line).map_err(|e| call.unexpected(&e))?;
+                    if let Some(e) = v["error"].as_str() {
+                        return Err(call.error(ProviderErrorKind::Transient, &e));
+                    }
+                    answer.text(v["message"]["content"].as_str().unwrap_or_default());
+                    if v["done"].as_bool() != Some(true) {
+                        return Ok(Flow::More);
+                    }
+                    finish(&v, answer);
+                    Ok(Flow::End)
+                })
+                .await;
         }
-        Ok(answer.into_output("ollama"))
+        let v = call.json(resp).await?;
+        let content = v["message"]["content"]
+            .as_str()
+            .ok_or_else(|| call.unexpected(&"no message.content"))?;
+        answer.text(content);
+        finish(&v, &mut answer);
+        call.output(answer)
     }
 }
 
@@ -162,7 +155,7 @@ mod tests {
 
     fn provider(base: &str) -> Ollama {
         crate::ensure_crypto_provider();
-        Ollama::new(base, vec![], reqwest::Client::new())
+        Ollama::new(base, vec![], super::super::testkit::client())
     }
 
     #[tokio::test]

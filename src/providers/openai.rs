@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::driver::{Answer, Flow, Framing, HttpProvider, count, read_stream, send, unexpected};
+use super::driver::{Flow, Framing, HttpProvider, VendorClient, count};
 use super::vendor::Vendor;
 use super::{ChunkSink, ProviderError, Secret};
 use crate::task::{ChatRequest, TaskOutput, Usage};
@@ -23,25 +23,20 @@ pub struct OpenAiCompat {
     key: Option<Secret>,
     default_model: String,
     models: Vec<String>,
-    client: reqwest::Client,
+    http: VendorClient,
 }
 
 impl OpenAiCompat {
     /// A provider for `vendor` (one of the OpenAI dialect) at `base_url`
     /// (trailing `/` ignored) with `key`.
-    pub fn new(
-        vendor: &Vendor,
-        base_url: &str,
-        key: Option<Secret>,
-        client: reqwest::Client,
-    ) -> Self {
+    pub fn new(vendor: &Vendor, base_url: &str, key: Option<Secret>, http: VendorClient) -> Self {
         OpenAiCompat {
             kind: vendor.kind.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             key,
             default_model: vendor.default_model.to_owned(),
             models: vec![vendor.default_model.to_owned()],
-            client,
+            http,
         }
     }
 
@@ -95,35 +90,35 @@ impl HttpProvider for OpenAiCompat {
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
         let vendor = self.kind.as_str();
         let key = self.key.as_ref().map(Secret::expose);
-        let mut http = self
-            .client
+        let mut request = self
+            .http
             .post(format!("{}/chat/completions", self.base_url))
             .json(&self.body(req, req.stream));
         if let Some(k) = key {
-            http = http.bearer_auth(k);
+            request = request.bearer_auth(k);
         }
-        let resp = send(vendor, key, http, "").await?;
-        let bad = |e: &dyn std::fmt::Display| unexpected(vendor, key, e);
-        let mut answer = Answer::new(
+        let call = self.http.call(vendor, key);
+        let resp = call.send(request, "").await?;
+        let mut answer = call.answer(
             req.model
                 .clone()
                 .unwrap_or_else(|| self.default_model.clone()),
         );
         if !req.stream {
-            let v: Value = resp.json().await.map_err(|e| bad(&e.without_url()))?;
+            let v = call.json(resp).await?;
             let content = v["choices"][0]["message"]["content"]
                 .as_str()
-                .ok_or_else(|| bad(&"no choices[0].message.content"))?;
+                .ok_or_else(|| call.unexpected(&"no choices[0].message.content"))?;
             answer.text(content);
             answer.model_from(&v["model"]);
             answer.usage = usage(&v["usage"]);
-            return Ok(answer.into_output(vendor));
+            return call.output(answer);
         }
-        let answer = read_stream(resp, Framing::Sse, answer, &sink, bad, |data, answer| {
+        call.stream(resp, Framing::Sse, answer, &sink, |data, answer| {
             if data == "[DONE]" {
                 return Ok(Flow::End);
             }
-            let v: Value = serde_json::from_str(data).map_err(|e| bad(&e))?;
+            let v: Value = serde_json::from_str(data).map_err(|e| call.unexpected(&e))?;
             answer.model_from(&v["model"]);
             if v["usage"].is_object() {
                 answer.usage = usage(&v["usage"]);
@@ -135,8 +130,7 @@ impl HttpProvider for OpenAiCompat {
             );
             Ok(Flow::More)
         })
-        .await?;
-        Ok(answer.into_output(vendor))
+        .await
     }
 }
 
@@ -166,7 +160,7 @@ mod tests {
             &super::super::vendor::GROQ,
             base,
             Some(Secret::new(key)),
-            reqwest::Client::new(),
+            super::super::testkit::client(),
         )
     }
 

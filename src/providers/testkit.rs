@@ -123,3 +123,8 @@ where
     rx.recv_timeout(limit)
         .unwrap_or_else(|e| panic!("not finished after {limit:?} ({e})"))
 }
+
+/// A worker's vendor client with the default limits.
+pub fn client() -> super::VendorClient {
+    super::VendorClient::new(super::ReadLimits::DEFAULT).expect("client")
+}

@@ -507,7 +507,8 @@ fn vendor_worker(c: &TestCluster, name: &str, kind: &str, key: &str, base: &str)
         (format!("{upper}_BASE_URL"), base.to_owned()),
     ]
     .into();
-    let client = d8::providers::http_client().expect("client");
+    let client =
+        d8::providers::VendorClient::new(d8::providers::ReadLimits::DEFAULT).expect("client");
     let p = d8::providers::build(kind, &env, None, Duration::ZERO, &client).expect("provider");
     let mut cfg = c.worker_config(name, 0, 4);
     cfg.providers = d8::providers::ProviderSet::new(vec![p]);
@@ -687,4 +688,57 @@ async fn a_start_that_cannot_bind_leaves_nothing_running() {
         .await
         .expect("a second start on the same data dir");
     o.shutdown().await;
+}
+
+/// Answers every chat with `len` bytes of text, more than a frame holds.
+struct Huge {
+    len: usize,
+}
+
+impl d8::providers::Provider for Huge {
+    fn kind(&self) -> &str {
+        "huge"
+    }
+    fn models(&self) -> Vec<String> {
+        vec!["huge".into()]
+    }
+    fn chat<'a>(
+        &'a self,
+        _req: &'a d8::task::ChatRequest,
+        _sink: d8::providers::ChunkSink,
+    ) -> d8::providers::BoxFuture<'a, Result<d8::task::TaskOutput, d8::providers::ProviderError>>
+    {
+        Box::pin(async move {
+            Ok(d8::task::TaskOutput {
+                content: "x".repeat(self.len),
+                provider: "huge".into(),
+                model: "huge".into(),
+                usage: d8::task::Usage::default(),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_result_larger_than_a_frame_fails_the_task_and_says_why() {
+    // Before: the worker's Done frame failed to encode, the stream ended
+    // without a word, and the task was retried as "stream ended" until its
+    // attempts ran out.
+    let c = TestCluster::start_with(|cfg| cfg.max_attempts = 1).await;
+    let mut cfg = c.worker_config("big", 0, 1);
+    cfg.providers = d8::providers::ProviderSet::new(vec![std::sync::Arc::new(Huge {
+        len: d8::wire::MAX_FRAME + 1,
+    })]);
+    let before = c.online().await;
+    let _w = c.spawn_worker(cfg);
+    c.wait_until(
+        |s| s["workers"]["online"].as_u64() > Some(before),
+        "worker online",
+    )
+    .await;
+    let id = c.submit("anything", 5).await;
+    let t = c.wait_task(&id, 20).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    let error = t["error"].as_str().unwrap_or_default();
+    assert!(error.contains("too large to send"), "{error}");
 }

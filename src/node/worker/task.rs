@@ -11,7 +11,7 @@ use super::Load;
 use crate::providers::{ChunkSink, Job, ProviderSet};
 use crate::task::{ErrorKind, Outcome, TaskError};
 use crate::transport;
-use crate::wire::{TaskAssign, TaskReply};
+use crate::wire::{self, TaskAssign, TaskReply};
 
 /// Decrements the active count however the task ends.
 struct ActiveGuard(Arc<Load>);
@@ -90,11 +90,28 @@ pub(super) async fn run_task(
             }
         }
     };
-    let done = TaskReply::Done {
+    let cooldowns = providers.cooldowns();
+    let frame = match wire::encode(&TaskReply::Done {
         outcome,
-        cooldowns: providers.cooldowns(),
+        cooldowns: cooldowns.clone(),
+    }) {
+        Ok(frame) => frame,
+        // Only a result larger than a frame gets here (`--max-output-bytes`
+        // keeps answers below it): the task fails and says why, instead of
+        // its stream ending without a word.
+        Err(e) => {
+            tracing::warn!(task = %assign.id, error = %e, "result too large to send; failing the task");
+            let outcome = Outcome::Err(TaskError {
+                kind: ErrorKind::Permanent,
+                message: format!("the result is too large to send: {e}"),
+            });
+            match wire::encode(&TaskReply::Done { outcome, cooldowns }) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        }
     };
-    if transport::write_frame(&mut send, &done).await.is_ok() {
+    if send.write_all(&frame).await.is_ok() {
         let _ = send.finish();
     }
 }

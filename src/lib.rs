@@ -22,6 +22,7 @@
 //! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`;
 //!   [`doctor`]: `d8 doctor`.
 //! - [`discovery`]: mDNS advert and browse, address ordering.
+//! - [`logging`]: log output whose failures are counted, never a panic.
 //!
 //! Identity (CA, tokens, CSR signing, rustls configs) lives in the `d8-certs`
 //! crate.
@@ -34,6 +35,7 @@ pub mod core;
 pub mod discovery;
 pub mod doctor;
 pub mod http;
+pub mod logging;
 pub mod node;
 pub mod providers;
 pub mod store;

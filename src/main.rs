@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use d8::cli::{Cli, Command};
+use d8::logging::{say, warn};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -19,7 +20,9 @@ fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped and counted, never a
+        // panic (see d8::logging).
+        .with_writer(d8::logging::LossyStderr)
         // Colour for people, plain text for log files and the journal.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -29,14 +32,14 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            warn(&format!("error: cannot start the async runtime: {e}\n"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            warn(&format!("error: {}\n", chain(&e)));
             ExitCode::FAILURE
         }
     }
@@ -99,45 +102,50 @@ async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
         .await
         .context("cannot start the orchestrator")?;
     let token = orch.join_token();
-    println!("d8 orchestrator {} is running", env!("CARGO_PKG_VERSION"));
-    println!("  QUIC (workers)   udp {}", orch.quic_addr());
-    println!("  HTTP API         http://{}", orch.http_addr());
-    println!("  data directory   {}", data_dir.display());
+    let port = orch.quic_addr().port();
+    let mut banner = format!(
+        "d8 orchestrator {} is running\n  QUIC (workers)   udp {}\n  HTTP API         http://{}\n  data directory   {}\n",
+        env!("CARGO_PKG_VERSION"),
+        orch.quic_addr(),
+        orch.http_addr(),
+        data_dir.display()
+    );
     if orch.advertising() {
-        println!(
-            "  mDNS             advertising as {} (_d8._udp)",
+        banner += &format!(
+            "  mDNS             advertising as {} (_d8._udp)\n",
             orch.name()
         );
     } else {
-        println!("  mDNS             off: workers need this machine's address");
+        banner += "  mDNS             off: workers need this machine's address\n";
     }
-    println!();
-    println!("  join token       {token}");
-    println!(
-        "                   (also in {})",
-        data_dir.join(d8::node::files::JOIN_TOKEN).display()
-    );
-    println!("  HTTP API key     {}", orch.api_key());
-    println!(
-        "                   (also in {})",
+    banner += &format!(
+        "\n  join token       {token}\n                   (also in {})\n  HTTP API key     {}\n                   (also in {})\n\n",
+        data_dir.join(d8::node::files::JOIN_TOKEN).display(),
+        orch.api_key(),
         data_dir.join(d8::node::files::API_KEY).display()
     );
-    println!();
     if orch.advertising() {
         // Workers on this LAN find it; the address form is the fallback.
-        println!("  on each worker:  d8 join --token {token} --provider echo");
-        println!(
-            "  (across VLANs/VPNs: d8 join <this-machine's-address>:{} --token … )",
-            orch.quic_addr().port()
+        banner += &format!(
+            "  on each worker:  d8 join --token {token} --provider echo\n  (across VLANs/VPNs: d8 join <this-machine's-address>:{port} --token … )\n"
         );
     } else {
-        println!(
-            "  on each worker:  d8 join <this-machine's-address>:{} --token {token} --provider echo",
-            orch.quic_addr().port()
+        banner += &format!(
+            "  on each worker:  d8 join <this-machine's-address>:{port} --token {token} --provider echo\n"
         );
     }
-    stop_signal().await;
-    eprintln!("stopping …");
+    // The banner is for a person; a closed stdout must not stop the service.
+    say(&banner);
+    tokio::select! {
+        () = stop_signal() => {}
+        part = orch.failed() => {
+            // Exit non-zero without a clean shutdown: the part that died may
+            // hold what a shutdown waits for. Accepted work is on disk.
+            tracing::error!(%part, "a part of the orchestrator stopped unexpectedly; exiting so the service manager restarts d8");
+            anyhow::bail!("the orchestrator's {part} stopped unexpectedly");
+        }
+    }
+    warn("stopping …\n");
     orch.shutdown().await;
     Ok(())
 }
@@ -160,7 +168,7 @@ async fn join(args: d8::cli::JoinArgs) -> Result<()> {
         drain.cancel();
         // A second Ctrl-C leaves at once; unfinished tasks are re-queued by the orchestrator.
         stop_signal().await;
-        eprintln!("forced exit");
+        warn("forced exit\n");
         std::process::exit(130);
     });
     d8::node::worker::run(cfg, shutdown).await?;

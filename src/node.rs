@@ -13,6 +13,8 @@
 //! - [`worker`]: `d8 join`: identity and enrollment, the session with the
 //!   orchestrator, task execution.
 //! - [`files`]: the data dir: every file name, default location, safe writes.
+//! - [`vitals`]: which long-lived parts are running (for `/health` and for
+//!   exiting when one dies).
 
 pub(crate) mod actor;
 pub mod cluster;
@@ -20,6 +22,7 @@ pub mod files;
 pub(crate) mod live_output;
 pub mod orchestrator;
 pub mod registry;
+pub mod vitals;
 pub mod worker;
 
 pub use cluster::{Cluster, ClusterError};

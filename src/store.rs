@@ -255,6 +255,16 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Starts the writer thread over `backend`; returns the handle and what was stored.
     pub fn open(backend: Arc<dyn Backend>) -> Result<(Store, Snapshot), StoreError> {
+        Self::open_watched(backend, ())
+    }
+
+    /// [`Store::open`], with `watch` moved into the writer thread: it is
+    /// dropped when the thread ends, however it ends (a panic included), so
+    /// its `Drop` can tell the owner.
+    pub fn open_watched(
+        backend: Arc<dyn Backend>,
+        watch: impl Send + 'static,
+    ) -> Result<(Store, Snapshot), StoreError> {
         let snapshot = backend.load()?;
         let (tx, rx) = mpsc::channel::<Request>();
         let commits = Arc::new(AtomicU64::new(0));
@@ -262,7 +272,10 @@ impl Store {
         let writer_commits = commits.clone();
         std::thread::Builder::new()
             .name("d8-store".into())
-            .spawn(move || writer(writer_backend.as_ref(), &rx, &writer_commits))
+            .spawn(move || {
+                let _watch = watch;
+                writer(writer_backend.as_ref(), &rx, &writer_commits);
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start store thread: {e}")))?;
         let store = Store {
             backend,

@@ -20,14 +20,33 @@ use crate::task::rfc3339;
 
 type ApiResult = Result<Response, ApiError>;
 
-pub(super) async fn health() -> Response {
+/// `200 {"status":"ok"}` while every long-lived part runs; `503
+/// {"status":"failing","down":[...]}` when one has stopped (the process is
+/// about to exit for its service manager to restart it). Needs no key: load
+/// balancers and `d8 doctor` call it.
+pub(super) async fn health(State(cluster): AppState) -> Response {
+    let down: Vec<&str> = cluster
+        .vitals()
+        .down()
+        .into_iter()
+        .map(|p| p.name())
+        .collect();
+    let status = if down.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     // `time` lets `d8 doctor` measure clock skew between machines.
-    Json(json!({
-        "status": "ok",
+    let mut body = json!({
+        "status": if down.is_empty() { "ok" } else { "failing" },
         "version": env!("CARGO_PKG_VERSION"),
         "time": now_millis().0,
-    }))
-    .into_response()
+        "log_lines_dropped": crate::logging::dropped_lines(),
+    });
+    if !down.is_empty() {
+        body["down"] = json!(down);
+    }
+    (status, Json(body)).into_response()
 }
 
 pub(super) async fn not_found() -> ApiError {

@@ -28,6 +28,7 @@ use super::files::{self, FileError};
 use super::live_output::LiveOutput;
 use super::now_millis;
 use super::registry::{Registry, TokenInfo};
+use super::vitals::{Part, Vitals};
 use crate::config::OrchestratorConfig;
 use crate::core::{CancelResult, Counters, Liveness, Scheduler, Stats, WorkerView};
 use crate::store::{
@@ -114,6 +115,8 @@ pub struct Cluster {
     api_key: String,
     join_token: Mutex<JoinToken>,
     agents: Mutex<BTreeMap<String, AgentDef>>,
+    /// Which long-lived parts are running.
+    vitals: Arc<Vitals>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -158,7 +161,8 @@ impl Cluster {
     ) -> Result<(Arc<Cluster>, tokio::task::JoinHandle<()>), OpenError> {
         let dir = cfg.data_dir.clone();
         files::ensure_dir(&dir)?;
-        let (store, snapshot) = Store::open(backend)?;
+        let vitals = Arc::new(Vitals::default());
+        let (store, snapshot) = Store::open_watched(backend, vitals.alive(Part::Store))?;
         let registry = Registry::new(snapshot.tokens, snapshot.workers, revocations);
         let on_disk = files::read_optional(&dir.join(files::JOIN_TOKEN))?
             .and_then(|s| JoinToken::parse(&s).ok())
@@ -192,7 +196,11 @@ impl Cluster {
             },
         );
         let (actor, sched) = Actor::new(core, store.clone(), shutdown);
-        let actor = tokio::spawn(actor.run());
+        let alive = vitals.alive(Part::Scheduler);
+        let actor = tokio::spawn(async move {
+            let _alive = alive;
+            actor.run().await;
+        });
         if !snapshot.pending.is_empty() {
             tracing::info!(
                 tasks = snapshot.pending.len(),
@@ -209,6 +217,7 @@ impl Cluster {
             api_key,
             join_token: Mutex::new(join_token),
             agents: Mutex::new(snapshot.agents),
+            vitals,
         });
         Ok((cluster, actor))
     }
@@ -221,6 +230,12 @@ impl Cluster {
     /// The cluster CA.
     pub fn ca(&self) -> &ClusterCa {
         &self.ca
+    }
+
+    /// Which long-lived parts are running; the orchestrator registers its
+    /// QUIC accept loop and HTTP server here too.
+    pub fn vitals(&self) -> &Arc<Vitals> {
+        &self.vitals
     }
 
     /// The HTTP API's bearer key.

@@ -16,6 +16,7 @@ use super::actor::SchedMsg;
 use super::cluster::{Cluster, OpenError};
 use super::files::{self, FileError};
 use super::now_millis;
+use super::vitals::Part;
 use crate::config::OrchestratorConfig;
 use crate::store::{Backend, Op, RedbBackend, StoreError};
 use crate::task::WorkerId;
@@ -166,14 +167,17 @@ impl Orchestrator {
             Cluster::open(cfg, ca, revocations, backend, shutdown.clone()).await?;
 
         let mut tasks = vec![actor];
-        tasks.push(tokio::spawn(accept_loop(
-            endpoint.clone(),
-            cluster.clone(),
-            shutdown.clone(),
-        )));
+        let alive = cluster.vitals().alive(Part::Workers);
+        let accept = accept_loop(endpoint.clone(), cluster.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let _alive = alive;
+            accept.await;
+        }));
         let router = crate::http::router(cluster.clone());
         let http_shutdown = shutdown.clone();
+        let alive = cluster.vitals().alive(Part::Http);
         tasks.push(tokio::spawn(async move {
+            let _alive = alive;
             use axum::serve::ListenerExt;
             // Small request/response exchanges: never wait for Nagle.
             let listener = listener.tap_io(|tcp| {
@@ -266,6 +270,20 @@ impl Orchestrator {
     /// True while advertising over mDNS.
     pub fn advertising(&self) -> bool {
         self.advertiser.is_some()
+    }
+
+    /// Resolves when a long-lived part has stopped although no shutdown was
+    /// asked for: the orchestrator cannot go on, and its process should
+    /// exit for the service manager to restart it.
+    pub async fn failed(&self) -> Part {
+        loop {
+            if !self.shutdown.is_cancelled()
+                && let Some(part) = self.cluster.vitals().down().first()
+            {
+                return *part;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops cleanly: withdraws the mDNS advert, closes worker connections,

@@ -742,3 +742,56 @@ async fn a_result_larger_than_a_frame_fails_the_task_and_says_why() {
     let error = t["error"].as_str().unwrap_or_default();
     assert!(error.contains("too large to send"), "{error}");
 }
+
+/// The in-memory store, whose commits panic once `panic` is set: a bug or
+/// a fault inside the store writer thread.
+#[derive(Default)]
+struct PanickingStore {
+    inner: d8::store::MemBackend,
+    panic: std::sync::atomic::AtomicBool,
+}
+
+impl d8::store::Backend for PanickingStore {
+    fn load(&self) -> Result<d8::store::Snapshot, d8::store::StoreError> {
+        self.inner.load()
+    }
+    fn commit(&self, ops: &[d8::store::Op]) -> Result<(), d8::store::StoreError> {
+        assert!(
+            !self.panic.load(std::sync::atomic::Ordering::Relaxed),
+            "injected store panic"
+        );
+        self.inner.commit(ops)
+    }
+    fn result(
+        &self,
+        id: d8::task::TaskId,
+    ) -> Result<Option<d8::task::FinishedTask>, d8::store::StoreError> {
+        self.inner.result(id)
+    }
+}
+
+#[tokio::test]
+async fn a_dead_store_writer_shows_in_health_and_ends_the_orchestrator() {
+    // Before: the writer thread died, every write failed with "closed",
+    // /health still said ok and the process stayed up, so no service
+    // manager restarted it.
+    let backend = std::sync::Arc::new(PanickingStore::default());
+    let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
+    let (s, v) = c.request(Method::GET, "/health", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")), "{v}");
+    backend
+        .panic
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (s, _) = c
+        .request(Method::POST, "/api/tasks", Some(chat("x", 5)))
+        .await;
+    assert_eq!(s, 503, "the write that killed the writer is not accepted");
+    let part = tokio::time::timeout(Duration::from_secs(5), c.orch().failed())
+        .await
+        .expect("the orchestrator notices within 5 s");
+    assert_eq!(part, d8::node::vitals::Part::Store);
+    let (s, v) = c.request(Method::GET, "/health", None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["status"], "failing");
+    assert_eq!(v["down"], json!(["store"]));
+}

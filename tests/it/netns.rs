@@ -557,8 +557,10 @@ async fn doctor_says_ok_when_all_is_well_and_explains_what_is_not() {
             &token,
             "--mdns-interface",
             "eth0",
+            // Longer than the 1 s the negative cases need: with the whole
+            // suite running on 2 cores, the answer once came after 1 s.
             "--wait",
-            "1s",
+            "3s",
         ],
     );
     eprintln!("--- doctor, working ---\n{report}");

@@ -21,13 +21,19 @@ struct Proc {
 fn spawn(args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Proc {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log clone");
+    spawn_to(args, log, envs, Stdio::from(out), Stdio::from(err))
+}
+
+/// [`spawn`] with stdout and stderr of the caller's choosing; `log` is where
+/// a failing test looks.
+fn spawn_to(args: &[&str], log: &Path, envs: &[(&str, &str)], out: Stdio, err: Stdio) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env("D8_LOG", "d8=debug")
         .env_remove("D8_TOKEN")
         .env_remove("D8_API_KEY")
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
+        .stdout(out)
+        .stderr(err)
         .kill_on_drop(true);
     for (k, v) in envs {
         cmd.env(k, v);
@@ -46,10 +52,17 @@ struct ProcCluster {
     http: reqwest::Client,
     key: String,
     token: String,
+    stderr: Option<fn() -> Stdio>,
 }
 
 impl ProcCluster {
     async fn start() -> ProcCluster {
+        Self::start_with_stderr(None).await
+    }
+
+    /// Starts with the orchestrator's stderr going to `stderr` (default: its
+    /// log file, like stdout).
+    async fn start_with_stderr(stderr: Option<fn() -> Stdio>) -> ProcCluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = ProcCluster {
@@ -60,6 +73,7 @@ impl ProcCluster {
             http: reqwest::Client::new(),
             key: String::new(),
             token: String::new(),
+            stderr,
         };
         c.start_orchestrator().await;
         c
@@ -76,7 +90,12 @@ impl ProcCluster {
         let log = self.dir.path().join(format!("serve-{n}.log"));
         let port = self.port.to_string();
         let odir = self.odir();
-        let p = spawn(
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = match self.stderr {
+            Some(make) => make(),
+            None => Stdio::from(out.try_clone().expect("log clone")),
+        };
+        let p = spawn_to(
             &[
                 "serve",
                 "--no-mdns",
@@ -93,6 +112,8 @@ impl ProcCluster {
             ],
             &log,
             &[],
+            Stdio::from(out),
+            err,
         );
         self.orch = Some(p);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -665,4 +686,58 @@ async fn three_keys_with_different_quotas_share_the_work_without_failures() {
     );
     let stats = c.get("/api/workers/stats").await;
     assert_eq!(stats["tasks"]["failed"], 0, "{stats}");
+}
+
+/// Every write fails with ENOSPC, as on a full disk.
+#[cfg(target_os = "linux")]
+fn full_disk() -> Stdio {
+    Stdio::from(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full"),
+    )
+}
+
+/// Every write fails with EPIPE: nobody reads the other end.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+#[tokio::test]
+async fn a_log_that_cannot_be_written_stops_nothing() {
+    // Before: tracing-subscriber reported the failed write with eprintln!,
+    // which panicked on the same stderr and killed whichever thread was
+    // logging (the store writer every time, the scheduler sometimes) while
+    // /health said ok.
+    type MakeStderr = fn() -> Stdio;
+    let mut cases: Vec<(&str, MakeStderr)> = vec![("a closed pipe", closed_pipe)];
+    #[cfg(target_os = "linux")]
+    cases.push(("a full disk", full_disk));
+    for (what, stderr) in cases {
+        let mut c = ProcCluster::start_with_stderr(Some(stderr)).await;
+        c.add_worker("w", &["--slots", "4"]);
+        c.wait_online(1).await;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(c.submit(&format!("task {i}")).await);
+        }
+        for id in &ids {
+            let t = c.get(&format!("/api/tasks/{id}?wait=15")).await;
+            assert_eq!(t["status"], "completed", "with {what}: {t}");
+        }
+        let health = c.get("/health").await;
+        assert_eq!(health["status"], "ok", "with {what}: {health}");
+        assert!(
+            health["log_lines_dropped"].as_u64() > Some(0),
+            "with {what}, lines were dropped and counted: {health}"
+        );
+        let orch = c.orch.as_mut().expect("orchestrator");
+        assert!(
+            orch.child.try_wait().expect("wait").is_none(),
+            "with {what}, the orchestrator is still running"
+        );
+    }
 }

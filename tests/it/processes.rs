@@ -713,10 +713,12 @@ async fn a_log_that_cannot_be_written_stops_nothing() {
     // logging (the store writer every time, the scheduler sometimes) while
     // /health said ok.
     type MakeStderr = fn() -> Stdio;
-    let mut cases: Vec<(&str, MakeStderr)> = vec![("a closed pipe", closed_pipe)];
-    #[cfg(target_os = "linux")]
-    cases.push(("a full disk", full_disk));
-    for (what, stderr) in cases {
+    let cases: &[(&str, MakeStderr)] = &[
+        ("a closed pipe", closed_pipe),
+        #[cfg(target_os = "linux")]
+        ("a full disk", full_disk),
+    ];
+    for &(what, stderr) in cases {
         let mut c = ProcCluster::start_with_stderr(Some(stderr)).await;
         c.add_worker("w", &["--slots", "4"]);
         c.wait_online(1).await;

@@ -45,6 +45,17 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("store is shut down")]
     Closed,
+    /// The database file is damaged (altered outside d8, a bad copy, a
+    /// failing disk).
+    #[error(
+        "{path} cannot be read as a d8 store ({detail}); restore it from a backup (`d8 backup`), or move the data directory away to start a new cluster"
+    )]
+    Unreadable {
+        /// The database file.
+        path: String,
+        /// What the storage library said.
+        detail: String,
+    },
     /// The database was written by a d8 with another record layout.
     #[error(
         "{path} holds data in format {found}, this d8 understands format {supported}: use the matching d8 version or start with a new --data-dir"

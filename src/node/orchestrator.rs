@@ -44,6 +44,18 @@ pub enum StartError {
     /// QUIC endpoint problem.
     #[error(transparent)]
     Endpoint(#[from] transport::EndpointError),
+    /// The data dir holds a cluster, but its store is gone or empty.
+    #[error(
+        "{path} is {what}, but {dir} holds a cluster (its CA); starting would make a new, empty cluster and refuse every enrolled worker. Restore the file from a backup (`d8 backup`), or move the data directory away to start a new cluster"
+    )]
+    StoreLost {
+        /// The database file.
+        path: String,
+        /// `missing` or `empty`.
+        what: &'static str,
+        /// The data directory.
+        dir: String,
+    },
     /// HTTP port problem.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
@@ -73,6 +85,26 @@ impl std::fmt::Debug for Orchestrator {
             .field("http_addr", &self.http_addr)
             .finish_non_exhaustive()
     }
+}
+
+/// A first start is a data dir without a cluster CA; after it, the store
+/// must exist and not be empty. An empty file is what a crash while a copy
+/// was being written, or a bad restore, leaves: opening it would silently
+/// create a new store (a new join token, no workers, no tasks).
+fn check_store_file(dir: &Path, db: &Path) -> Result<(), StartError> {
+    if !dir.join(files::CA_CERT).exists() {
+        return Ok(());
+    }
+    let what = match std::fs::metadata(db) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
+        Ok(m) if m.len() == 0 => "empty",
+        _ => return Ok(()),
+    };
+    Err(StartError::StoreLost {
+        path: db.display().to_string(),
+        what,
+        dir: dir.display().to_string(),
+    })
 }
 
 /// Loads the cluster CA and orchestrator certificate, creating them on first start.
@@ -120,7 +152,9 @@ impl Orchestrator {
     /// listeners are bound.
     pub async fn start(cfg: OrchestratorConfig) -> Result<Orchestrator, StartError> {
         files::ensure_dir(&cfg.data_dir)?;
-        let backend = Arc::new(RedbBackend::open(&cfg.data_dir.join(files::DATABASE))?);
+        let db = cfg.data_dir.join(files::DATABASE);
+        check_store_file(&cfg.data_dir, &db)?;
+        let backend = Arc::new(RedbBackend::open(&db)?);
         Self::start_with_backend(cfg, backend).await
     }
 

@@ -47,15 +47,36 @@ impl RedbBackend {
         // redb's default cache may grow to 1 GiB; the Pi has 1-8 GiB and the
         // orchestrator targets tens of MB. Hot data (pending tasks) lives in
         // the scheduler anyway.
-        let db = Database::builder()
-            .set_cache_size(1024 * 1024)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::Locked(path.display().to_string())
-                }
-                other => StoreError::Backend(format!("{}: {other}", path.display())),
-            })?;
+        let unreadable = |detail: String| StoreError::Unreadable {
+            path: path.display().to_string(),
+            detail,
+        };
+        // Every page's checksum is verified at open: a file altered outside
+        // redb is refused instead of trusted (a plain open may even panic on
+        // one). redb's own crash recovery still applies. Should a damaged
+        // file still make redb panic, the panic is caught and reported the
+        // same way.
+        let opened = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(1024 * 1024)
+                .set_check_integrity_on_open(true)
+                .create(path)
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(StoreError::Locked(path.display().to_string()));
+            }
+            Ok(Err(e)) => return Err(unreadable(e.to_string())),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the storage library failed".to_owned());
+                return Err(unreadable(what));
+            }
+        };
         // Create every table so reads never meet a missing one.
         let txn = db.begin_write().map_err(be)?;
         {

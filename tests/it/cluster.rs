@@ -795,3 +795,83 @@ async fn a_dead_store_writer_shows_in_health_and_ends_the_orchestrator() {
     assert_eq!(v["status"], "failing");
     assert_eq!(v["down"], json!(["store"]));
 }
+
+/// Starts and stops an orchestrator in `dir` so that it has an identity and
+/// a store; returns its join token.
+async fn established(dir: &std::path::Path) -> String {
+    let cfg = super::harness::local_config(dir);
+    let orch = d8::node::orchestrator::Orchestrator::start(cfg)
+        .await
+        .expect("first start");
+    let token = orch.join_token().to_string();
+    orch.shutdown().await;
+    token
+}
+
+/// Starts on `dir`; the error's full text when it is refused.
+async fn start_error(dir: &std::path::Path) -> Option<String> {
+    let cfg = super::harness::local_config(dir);
+    match d8::node::orchestrator::Orchestrator::start(cfg).await {
+        Ok(orch) => {
+            orch.shutdown().await;
+            None
+        }
+        Err(e) => Some(format!("{e}")),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_store_is_refused_with_a_clear_error_and_changes_nothing() {
+    super::harness::init_tracing();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("o");
+    let token = established(&dir).await;
+    let db = dir.join(d8::node::files::DATABASE);
+    let good = std::fs::read(&db).expect("store");
+
+    // Emptied (a crash while the file was being replaced, a bad copy):
+    // before, a new store was created and the join token replaced.
+    std::fs::write(&db, b"").expect("truncate");
+    let e = start_error(&dir).await.expect("refused");
+    assert!(e.contains("d8.redb") && e.contains("empty"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(d8::node::files::JOIN_TOKEN))
+            .expect("token")
+            .trim(),
+        token,
+        "the join token is kept"
+    );
+    assert_eq!(
+        std::fs::metadata(&db).expect("db").len(),
+        0,
+        "left as found"
+    );
+
+    // Gone.
+    std::fs::remove_file(&db).expect("rm");
+    let e = start_error(&dir).await.expect("refused");
+    assert!(e.contains("d8.redb") && e.contains("missing"), "{e}");
+    assert!(!db.exists(), "not re-created");
+
+    // Garbled: before, redb panicked inside open (exit 101).
+    for seed in 0..8u64 {
+        let mut bytes = good.clone();
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        for b in bytes.iter_mut().skip(512) {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (x >> 33) as u8;
+        }
+        std::fs::write(&db, &bytes).expect("garble");
+        let e = start_error(&dir).await;
+        let e = e.unwrap_or_else(|| panic!("seed {seed}: a garbled store was accepted"));
+        assert!(e.contains("d8.redb"), "seed {seed}: {e}");
+    }
+
+    // Put back, it starts again with the same identity.
+    std::fs::write(&db, &good).expect("restore");
+    assert_eq!(start_error(&dir).await, None);
+}

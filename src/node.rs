@@ -9,6 +9,7 @@
 //! - `actor`: the scheduler actor, sole owner of [`crate::core::Scheduler`];
 //!   turns its actions into QUIC streams, store writes and client wake-ups.
 //! - [`registry`]: join tokens, enrolled workers, revocations.
+//! - [`gate`]: what an unauthenticated QUIC connection may cost.
 //! - `live_output`: streamed output of running tasks, for HTTP subscribers.
 //! - [`worker`]: `d8 join`: identity and enrollment, the session with the
 //!   orchestrator, task execution.
@@ -19,6 +20,7 @@
 pub(crate) mod actor;
 pub mod cluster;
 pub mod files;
+pub mod gate;
 pub(crate) mod live_output;
 pub mod orchestrator;
 pub mod registry;

@@ -46,16 +46,37 @@ pub enum FrameError {
     /// The frame was too large or not a valid message.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// The frame is larger than this stream allows.
+    #[error("frame of {len} bytes exceeds this stream's {max}-byte limit")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
 }
 
 /// Reads one frame and decodes it. `Eof` when the stream ends on a boundary.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, FrameError> {
-    let payload = read_payload(recv).await?;
+    read_frame_within(recv, wire::MAX_FRAME).await
+}
+
+/// [`read_frame`] for a frame of at most `max` bytes: a longer one is
+/// refused from its length prefix, before anything is allocated.
+pub async fn read_frame_within<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<T, FrameError> {
+    let payload = read_payload_within(recv, max).await?;
     Ok(wire::decode(&payload)?)
 }
 
 /// Reads one frame's raw payload.
 pub async fn read_payload(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> {
+    read_payload_within(recv, wire::MAX_FRAME).await
+}
+
+async fn read_payload_within(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -63,6 +84,9 @@ pub async fn read_payload(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> 
         Err(e) => return Err(FrameError::Io(e.to_string())),
     }
     let len = wire::frame_len(prefix)?;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload)
         .await
@@ -88,15 +112,22 @@ const CLIENT_STREAMS: u32 = 2_048;
 
 /// QUIC transport settings for a LAN: keep-alives well inside the idle timeout
 /// (quinn sends none by default) and `streams` peer-opened streams at once.
-fn transport_config(idle_timeout: Duration, streams: u32) -> Arc<quinn::TransportConfig> {
+fn transport_config(idle_timeout: Duration, streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(idle_timeout / 4));
     // Fits in a VarInt for any sane value; fall back to quinn's default otherwise.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    Arc::new(t)
+    t
 }
+
+/// Data a worker connection may have in flight to the orchestrator, all its
+/// streams together. quinn's default is unbounded per connection (1.25 MB
+/// per stream); this bounds what any peer, authenticated or not, can make
+/// the orchestrator buffer by sending on streams it has not read yet. A
+/// result frame (up to 8 MiB) still flows: the window moves as it is read.
+const SERVER_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
 
 /// Errors building endpoints.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +156,9 @@ pub fn server_endpoint(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(idle_timeout, SERVER_STREAMS));
+    let mut transport = transport_config(idle_timeout, SERVER_STREAMS);
+    transport.receive_window(VarInt::from_u32(SERVER_RECEIVE_WINDOW));
+    cfg.transport_config(Arc::new(transport));
     quinn::Endpoint::server(cfg, addr).map_err(|source| EndpointError::Bind { addr, source })
 }
 
@@ -136,7 +169,7 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig, EndpointError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config(idle_timeout, CLIENT_STREAMS));
+    cfg.transport_config(Arc::new(transport_config(idle_timeout, CLIENT_STREAMS)));
     Ok(cfg)
 }
 

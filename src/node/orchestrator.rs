@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::actor::SchedMsg;
 use super::cluster::{Cluster, OpenError};
 use super::files::{self, FileError};
+use super::gate::{self, Gate};
 use super::now_millis;
 use super::vitals::Part;
 use crate::config::OrchestratorConfig;
@@ -360,21 +361,35 @@ async fn accept_loop(
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
 ) {
+    let gate = Arc::new(Gate::default());
+    let mut summary = tokio::time::interval(gate::SUMMARY_EVERY);
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
                 Some(i) => i,
                 None => return,
             },
+            _ = summary.tick() => {
+                gate.summarise(std::time::Instant::now());
+                continue;
+            }
             () = shutdown.cancelled() => return,
         };
+        let remote = incoming.remote_address();
+        // Refused before the handshake: a flood costs no crypto and no
+        // connection state.
+        let Ok(permit) = gate.admit(remote.ip(), std::time::Instant::now()) else {
+            incoming.refuse();
+            continue;
+        };
         let cluster = cluster.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::info!(%remote, reason = %e, "refused a QUIC handshake");
+                    gate.note_failure();
+                    tracing::debug!(%remote, reason = %e, "refused a QUIC handshake");
                     return;
                 }
             };
@@ -383,16 +398,27 @@ async fn accept_loop(
                 .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|h| h.protocol);
             match alpn.as_deref() {
-                Some(p) if p == ALPN_ENROLL => enroll(conn, &cluster).await,
-                Some(p) if p == ALPN_CLUSTER => serve_worker(conn, &cluster).await,
+                Some(p) if p == ALPN_ENROLL => {
+                    if !enroll(conn, &cluster).await {
+                        gate.note_failure();
+                    }
+                }
+                Some(p) if p == ALPN_CLUSTER => serve_worker(conn, &cluster, permit).await,
                 _ => conn.close(close::PROTOCOL, b"unknown application protocol"),
             }
         });
     }
 }
 
+/// Largest enrollment request read. A real one (token, CSR, a few names)
+/// is under 2 KB; the frame cap of authenticated connections (8 MiB) is
+/// not for strangers.
+const MAX_ENROLL_FRAME: usize = 16 * 1024;
+
 /// Handles one enrollment: token check, CSR signing, records, reply.
-async fn enroll(conn: Connection, cluster: &Cluster) {
+/// False when it failed (bad request, refused, timed out); the caller counts
+/// those for the log summary instead of logging each.
+async fn enroll(conn: Connection, cluster: &Cluster) -> bool {
     let remote = conn.remote_address();
     let result = tokio::time::timeout(Duration::from_secs(10), async {
         let (mut send, mut recv) = match conn.accept_bi().await {
@@ -400,39 +426,54 @@ async fn enroll(conn: Connection, cluster: &Cluster) {
             // `d8 doctor` probes reachability this way: handshake, then close.
             Err(quinn::ConnectionError::ApplicationClosed(_)) => {
                 tracing::debug!(%remote, "probe connection closed before enrolling");
-                return Ok(());
+                return Ok(true);
             }
             Err(e) => return Err(e.to_string()),
         };
-        let req: EnrollRequest = transport::read_frame(&mut recv)
+        let req: EnrollRequest = transport::read_frame_within(&mut recv, MAX_ENROLL_FRAME)
             .await
             .map_err(|e| e.to_string())?;
         let reply = cluster.enroll(req).await;
-        if let EnrollResponse::Refused { reason } = &reply {
-            tracing::warn!(%remote, %reason, "enrollment refused");
-        }
+        let accepted = match &reply {
+            EnrollResponse::Refused { reason } => {
+                tracing::debug!(%remote, %reason, "enrollment refused");
+                false
+            }
+            _ => true,
+        };
         transport::write_frame(&mut send, &reply)
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
-        Ok::<(), String>(())
+        Ok::<bool, String>(accepted)
     })
     .await;
     match result {
-        Ok(Ok(())) => {
+        Ok(Ok(accepted)) => {
             // Let the worker read the reply and close first.
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            accepted
         }
         Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "enrollment failed");
+            tracing::debug!(%remote, error = %e, "enrollment failed");
             conn.close(close::PROTOCOL, b"bad enrollment request");
+            false
         }
-        Err(_) => conn.close(close::PROTOCOL, b"enrollment timed out"),
+        Err(_) => {
+            conn.close(close::PROTOCOL, b"enrollment timed out");
+            false
+        }
     }
 }
 
 /// Serves one mutually authenticated worker connection until it ends.
-async fn serve_worker(conn: Connection, cluster: &Cluster) {
+/// `permit` is the connection's place among the unauthenticated ones; it is
+/// given back once the certificate is known.
+async fn serve_worker(
+    conn: Connection,
+    cluster: &Cluster,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = conn.remote_address();
     let cert = conn
         .peer_identity()
@@ -455,6 +496,7 @@ async fn serve_worker(conn: Connection, cluster: &Cluster) {
         return;
     };
     let id = WorkerId(record.id);
+    drop(permit);
 
     let (mut send, mut recv) =
         match tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await {
@@ -562,7 +604,7 @@ async fn serve_worker(conn: Connection, cluster: &Cluster) {
                 conn.close(close::PROTOCOL, b"unexpected second hello");
                 break;
             }
-            Err(FrameError::Wire(e)) => {
+            Err(e @ (FrameError::Wire(_) | FrameError::TooLarge { .. })) => {
                 tracing::warn!(worker = %id, error = %e, "closing connection after a bad control frame");
                 conn.close(
                     close::PROTOCOL,

@@ -301,3 +301,72 @@ async fn garbage_on_the_control_stream_closes_only_that_connection() {
     assert_eq!(c.wait_task(&id, 10).await["worker_id"], "good");
     good.drain().await.expect("drain");
 }
+
+/// An enrollment-ALPN client pinned to this cluster's CA, as `d8 join` makes.
+fn enroll_tls(c: &TestCluster) -> rustls::ClientConfig {
+    tls::enroll_client_config(c.orch().ca_digest()).expect("tls")
+}
+
+#[tokio::test]
+async fn an_oversized_enrollment_frame_is_refused_at_once() {
+    // Before: the orchestrator allocated and waited for up to 8 MiB from
+    // anyone (24 such connections took it from 29 to 226 MB), until the
+    // 10 s enrollment timeout.
+    let c = TestCluster::start().await;
+    let conn = raw_connect(&c, enroll_tls(&c)).await.expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    // Announces 1 MiB and sends a little of it.
+    send.write_all(&(1024u32 * 1024).to_be_bytes())
+        .await
+        .expect("prefix");
+    send.write_all(&[0u8; 1024]).await.expect("some bytes");
+    let closed = tokio::time::timeout(Duration::from_secs(3), conn.closed())
+        .await
+        .expect("closed well before the 10 s enrollment timeout");
+    assert!(
+        transport::explain(&closed).contains("bad enrollment request"),
+        "{closed}"
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_and_a_worker_still_gets_in_after() {
+    let c = TestCluster::start().await;
+    // Hold more enrollment connections than the cap, each silent (the
+    // orchestrator waits up to 10 s for its request).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..(d8::node::gate::MAX_UNAUTHENTICATED + 4) {
+        match raw_connect(&c, enroll_tls(&c)).await {
+            Ok(conn) => held.push(conn),
+            Err(e) => {
+                assert!(
+                    matches!(e, quinn::ConnectionError::ConnectionClosed(_)),
+                    "refused, not timed out: {e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(held.len(), d8::node::gate::MAX_UNAUTHENTICATED);
+    assert_eq!(refused, 4);
+    for conn in &held {
+        conn.close(0u32.into(), b"done");
+    }
+    drop(held);
+    // Places come back as the connections end; a real worker enrolls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let w = c.spawn_worker(c.worker_config("late", 0, 1));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if c.online().await == 1 {
+            w.drain().await.expect("drain");
+            break;
+        }
+        w.stop.cancel();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never got in"
+        );
+    }
+}

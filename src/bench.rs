@@ -55,7 +55,15 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(dir: &Path, n: usize, slots: u32, in_process: bool) -> Result<Cluster> {
+    /// `queued`: the orchestrator's `--max-queued`, at least the tasks of
+    /// one run, so the bench measures throughput and not the bound.
+    async fn start(
+        dir: &Path,
+        n: usize,
+        slots: u32,
+        in_process: bool,
+        queued: u64,
+    ) -> Result<Cluster> {
         let exe = std::env::current_exe().context("locating the d8 binary")?;
         let port = free_port()?;
         let odir = dir.join("orchestrator");
@@ -67,6 +75,8 @@ impl Cluster {
                 "127.0.0.1",
                 "--port",
                 &port.to_string(),
+                "--max-queued",
+                &queued.to_string(),
                 "--data-dir",
             ])
             .arg(&odir)
@@ -351,8 +361,14 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
                 args.runs
             );
             let run_dir = dir.join(format!("n{n}-r{r}"));
-            let cluster =
-                Cluster::start(&run_dir, n, args.slots, args.worker_mode == "inprocess").await?;
+            let cluster = Cluster::start(
+                &run_dir,
+                n,
+                args.slots,
+                args.worker_mode == "inprocess",
+                (args.tasks as u64).max(crate::cli::DEFAULT_MAX_QUEUED),
+            )
+            .await?;
             let row = measure(&cluster, &args, n).await;
             cluster.stop().await;
             let row = row?;

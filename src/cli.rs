@@ -13,6 +13,12 @@ use clap::{Args, Parser, Subcommand};
 /// Default port for both QUIC (UDP) and HTTP (TCP), as in the original project.
 pub const DEFAULT_PORT: u16 = 5000;
 
+/// Default bound on tasks accepted and not finished. Measured: a queued
+/// small task costs the orchestrator about 1.1 KiB (160,000 took it to
+/// 177 MiB), so 50,000 is about 55 MiB, comfortable on a 1 GiB Pi 4. Large
+/// prompts cost more: lower `--max-queued` for those.
+pub const DEFAULT_MAX_QUEUED: u64 = 50_000;
+
 /// Largest `--max-output-bytes`: a result must fit one wire frame, with room
 /// for the rest of the reply (model, usage, cooldowns).
 pub const MAX_OUTPUT_BYTES: u64 = (crate::wire::MAX_FRAME - 64 * 1024) as u64;
@@ -107,6 +113,11 @@ pub struct ServeArgs {
     /// Largest HTTP request body, bytes.
     #[arg(long, env = "D8_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most tasks accepted and not yet finished; past it, submissions
+    /// answer 503 with Retry-After until the queue drains.
+    #[arg(long, env = "D8_MAX_QUEUED", default_value_t = DEFAULT_MAX_QUEUED,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued: u64,
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,

@@ -102,6 +102,8 @@ pub struct OrchestratorConfig {
     pub result_retention: Duration,
     /// Largest accepted HTTP request body.
     pub max_body_bytes: usize,
+    /// Most tasks accepted and not yet finished.
+    pub max_queued: u64,
     /// Attempts a task may fail before it fails, unless it says otherwise.
     pub max_attempts: u32,
     /// Time one attempt may take, unless the task says otherwise.
@@ -132,6 +134,7 @@ impl OrchestratorConfig {
             result_retention: Duration::from_secs(7 * 24 * 3600),
             // Chats with long contexts fit; a runaway client does not.
             max_body_bytes: 4 * 1024 * 1024,
+            max_queued: crate::cli::DEFAULT_MAX_QUEUED,
             max_attempts: 3,
             // Generous: slow local models on CPU can take minutes.
             attempt_timeout: Duration::from_secs(300),
@@ -265,6 +268,7 @@ impl OrchestratorConfig {
             return Err(ConfigError::BodyLimit);
         }
         cfg.max_body_bytes = args.max_body_bytes;
+        cfg.max_queued = args.max_queued;
         cfg.require_api_key = !args.no_auth;
         cfg.mdns = (!args.no_mdns).then(|| args.mdns_interfaces.clone());
         if let Some(n) = &args.name

@@ -1,7 +1,8 @@
 //! The API's one error type.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -76,7 +77,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
-        (self.status, body).into_response()
+        let mut resp = (self.status, body).into_response();
+        // Every 503 says when to try again: soon for a full queue (tasks
+        // finish every moment), a little later for a failing store or a
+        // restart.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            let secs = if self.code == "queue_full" { "1" } else { "5" };
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        resp
     }
 }
 
@@ -89,6 +99,11 @@ impl From<ClusterError> for ApiError {
             ClusterError::ShuttingDown(_) | ClusterError::Store(_) | ClusterError::TokenFile(_) => {
                 ApiError::unavailable(message)
             }
+            ClusterError::QueueFull { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "queue_full",
+                message,
+            },
         }
     }
 }

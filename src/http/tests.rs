@@ -442,3 +442,70 @@ async fn no_workers_list_empty() {
         (StatusCode::OK, json!([]))
     );
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing_of_a_batch() {
+    let app = App::new(|c| c.max_queued = 3).await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.call("POST", "/api/tasks", Some(CHAT)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    // A batch of two does not fit in the one place left: refused whole.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/tasks/batch")
+        .header("authorization", format!("Bearer {}", app.key))
+        .body(Body::from(format!("[{CHAT}, {CHAT}]")))
+        .expect("request");
+    let resp = app.router.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(code(&v), "queue_full", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--max-queued")),
+        "{v}"
+    );
+    let (_, stats) = app.call("GET", "/api/workers/stats", None).await;
+    assert_eq!(
+        stats["tasks"]["pending"], 2,
+        "nothing of the batch was accepted"
+    );
+    // One more fits; then the queue is full for single tasks too.
+    assert_eq!(
+        app.call("POST", "/api/tasks", Some(CHAT)).await.0,
+        StatusCode::CREATED
+    );
+    let (s, v) = app.call("POST", "/api/tasks", Some(CHAT)).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "queue_full")
+    );
+    // A finished task (here: cancelled) frees its place.
+    let (s, _) = app.call("DELETE", "/api/tasks/1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (s, _) = app.call("POST", "/api/tasks", Some(CHAT)).await;
+        if s == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::Connection;
@@ -127,6 +128,9 @@ pub(crate) struct SchedHandle {
     tx: mpsc::Sender<SchedMsg>,
     /// Streamed output of running tasks (published by attempt runners).
     pub(crate) live_output: LiveOutput,
+    /// Tasks accepted and not yet finished: raised by the cluster when it
+    /// accepts, lowered here when a task finishes (the queue bound).
+    pub(crate) unfinished: Arc<AtomicU64>,
 }
 
 /// The actor is gone (orchestrator shutting down).
@@ -188,6 +192,7 @@ impl Actor {
         let handle = SchedHandle {
             tx,
             live_output: LiveOutput::default(),
+            unfinished: Arc::default(),
         };
         (
             Actor {
@@ -367,6 +372,11 @@ impl Actor {
                     }
                 }
                 Action::Finished(f) => {
+                    let _ = self.handle.unfinished.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |n| Some(n.saturating_sub(1)),
+                    );
                     self.handle.live_output.finish(f.id);
                     let state = TaskState::from(&f);
                     if let Some(list) = self.waiters.remove(&f.id) {

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,6 +59,16 @@ pub enum ClusterError {
     /// The store refused a write.
     #[error("could not store the request: {0}")]
     Store(#[from] StoreError),
+    /// Accepting these tasks would pass `--max-queued`.
+    #[error(
+        "the queue is full: {queued} tasks accepted and not finished, at most {max} (--max-queued); retry when some have finished"
+    )]
+    QueueFull {
+        /// Tasks accepted and not finished now.
+        queued: u64,
+        /// The bound.
+        max: u64,
+    },
     /// The new join token is in the store but its file could not be written.
     #[error("token rotated but not saved: {0}")]
     TokenFile(#[source] FileError),
@@ -196,6 +207,10 @@ impl Cluster {
             },
         );
         let (actor, sched) = Actor::new(core, store.clone(), shutdown);
+        // Tasks accepted before a restart count against the bound again.
+        sched
+            .unfinished
+            .store(snapshot.pending.len() as u64, Ordering::Relaxed);
         let alive = vitals.alive(Part::Scheduler);
         let actor = tokio::spawn(async move {
             let _alive = alive;
@@ -280,6 +295,14 @@ impl Cluster {
     /// commits after it. If the commit fails the tasks are cancelled again.
     pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClusterError> {
         let n = specs.len() as u64;
+        // All or nothing: a batch that does not fit is refused whole.
+        let max = self.cfg.max_queued;
+        self.sched
+            .unfinished
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q.saturating_add(n) <= max).then_some(q + n)
+            })
+            .map_err(|queued| ClusterError::QueueFull { queued, max })?;
         let first = self.store.allocate_ids(n);
         let now = now_millis();
         let pending: Vec<PendingTask> = specs
@@ -292,10 +315,23 @@ impl Cluster {
             })
             .collect();
         let ids: Vec<TaskId> = pending.iter().map(|p| p.id).collect();
-        let durable = self
+        // Until the scheduler has them, a failure takes them out of the
+        // count again (after that, the scheduler finishing them does).
+        let unreserve = || self.sched.unfinished.fetch_sub(n, Ordering::AcqRel);
+        let durable = match self
             .store
-            .begin_commit(pending.iter().cloned().map(Op::InsertTask).collect())?;
-        self.sched.send(SchedMsg::Submit(pending)).await?;
+            .begin_commit(pending.iter().cloned().map(Op::InsertTask).collect())
+        {
+            Ok(d) => d,
+            Err(e) => {
+                unreserve();
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.sched.send(SchedMsg::Submit(pending)).await {
+            unreserve();
+            return Err(e.into());
+        }
         if let Err(e) = durable.wait().await {
             for id in &ids {
                 let _ = self.sched.cancel(*id).await;

@@ -875,3 +875,22 @@ async fn a_damaged_store_is_refused_with_a_clear_error_and_changes_nothing() {
     std::fs::write(&db, &good).expect("restore");
     assert_eq!(start_error(&dir).await, None);
 }
+
+#[tokio::test]
+async fn tasks_waiting_across_a_restart_still_count_against_the_queue_bound() {
+    let mut c = TestCluster::start_with(|cfg| cfg.max_queued = 2).await;
+    c.submit("a", 5).await;
+    c.submit("b", 5).await;
+    c.orch.take().expect("running").shutdown().await;
+    let mut cfg = super::harness::local_config(&c.dir.path().join("orchestrator"));
+    cfg.max_queued = 2;
+    let orch = d8::node::orchestrator::Orchestrator::start(cfg)
+        .await
+        .expect("restart");
+    let c = TestCluster::adopt(orch, c.dir);
+    let (s, v) = c
+        .request(Method::POST, "/api/tasks", Some(chat("c", 5)))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "queue_full");
+}

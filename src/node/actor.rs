@@ -166,6 +166,34 @@ impl SchedHandle {
     }
 }
 
+/// A finished task whose record is not yet durable. Until it is, clients
+/// see the task as not finished (`shown`): a completion is visible only once
+/// a crash can no longer lose it, so no task whose result a client has seen
+/// runs again after a restart. Waiters get `done` when the store has it.
+#[derive(Debug)]
+struct Finishing {
+    done: TaskState,
+    shown: TaskState,
+}
+
+impl Finishing {
+    fn new(done: TaskState) -> Self {
+        let shown = TaskState {
+            // It was running, or (cancelled before it ran) waiting.
+            status: if done.worker_id.is_some() {
+                "assigned"
+            } else {
+                "pending"
+            },
+            result: None,
+            error: None,
+            completed_at: None,
+            ..done.clone()
+        };
+        Finishing { done, shown }
+    }
+}
+
 pub(crate) struct Actor {
     core: Scheduler,
     rx: mpsc::Receiver<SchedMsg>,
@@ -173,7 +201,8 @@ pub(crate) struct Actor {
     store: Store,
     conns: HashMap<WorkerId, Connection>,
     running: HashMap<(TaskId, u32), CancellationToken>,
-    finished: HashMap<TaskId, TaskState>,
+    /// Finished tasks on their way to the store (see [`Finishing`]).
+    finished: HashMap<TaskId, Finishing>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskState>>>,
     to_persist: Vec<Op>,
     shutdown: CancellationToken,
@@ -326,8 +355,14 @@ impl Actor {
                     } else {
                         QueryReply::State(state)
                     }
-                } else if let Some(state) = self.finished.get(&id) {
-                    QueryReply::State(state.clone())
+                } else if let Some(f) = self.finished.get(&id) {
+                    if wait {
+                        let (tx, rx) = oneshot::channel();
+                        self.waiters.entry(id).or_default().push(tx);
+                        QueryReply::Waiting(f.shown.clone(), rx)
+                    } else {
+                        QueryReply::State(f.shown.clone())
+                    }
                 } else {
                     QueryReply::NotLive
                 };
@@ -349,8 +384,14 @@ impl Actor {
                 self.core.handle_worker_down(now, &id);
             }
             SchedMsg::Persisted(ids) => {
+                // Durable now: the completion becomes visible.
                 for id in ids {
-                    self.finished.remove(&id);
+                    let Some(f) = self.finished.remove(&id) else {
+                        continue;
+                    };
+                    for w in self.waiters.remove(&id).unwrap_or_default() {
+                        let _ = w.send(f.done.clone());
+                    }
                 }
             }
         }
@@ -378,13 +419,9 @@ impl Actor {
                         |n| Some(n.saturating_sub(1)),
                     );
                     self.handle.live_output.finish(f.id);
-                    let state = TaskState::from(&f);
-                    if let Some(list) = self.waiters.remove(&f.id) {
-                        for w in list {
-                            let _ = w.send(state.clone());
-                        }
-                    }
-                    self.finished.insert(f.id, state);
+                    // Waiters hear of it once it is durable (Persisted).
+                    self.finished
+                        .insert(f.id, Finishing::new(TaskState::from(&f)));
                     self.to_persist.push(Op::Finish(f));
                 }
                 Action::DisconnectWorker(id) => {
@@ -566,8 +603,9 @@ mod tests {
     }
 
     /// A query handled in the same batch as the message that finished the
-    /// task must see the final state, not "unknown" (which the HTTP layer
-    /// would turn into a 404 while the result is not yet in the store).
+    /// task must see the task, not "unknown" (which the HTTP layer would
+    /// turn into a 404 while the result is not yet in the store); and it
+    /// sees it as not finished until the store has its record.
     #[tokio::test]
     async fn query_in_the_same_batch_sees_a_just_finished_task() {
         let (store, _) = Store::open(Arc::new(MemBackend::default())).expect("store");
@@ -603,8 +641,19 @@ mod tests {
         let running = tokio::spawn(actor.run());
         assert_eq!(cancel_rx.await.expect("reply"), CancelResult::Cancelled);
         match query_rx.await.expect("reply") {
-            QueryReply::State(s) => assert_eq!(s.status, "cancelled"),
-            other => panic!("expected the final state, got {other:?}"),
+            QueryReply::State(s) => assert_eq!(s.status, "pending", "not final before durable"),
+            other => panic!("expected the task's state, got {other:?}"),
+        }
+        // Once durable, the final state.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match handle.query(TaskId(1), false).await.expect("query") {
+                QueryReply::State(s) if s.status == "pending" => {}
+                QueryReply::NotLive => break,
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "never persisted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         shutdown.cancel();
         running.await.expect("actor");

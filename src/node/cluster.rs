@@ -392,7 +392,14 @@ impl Cluster {
     /// Cancels a live task.
     pub async fn cancel(&self, id: TaskId) -> Result<(), ClusterError> {
         match self.sched.cancel(id).await? {
-            CancelResult::Cancelled => Ok(()),
+            CancelResult::Cancelled => {
+                // Answer once the cancellation is durable, like any other
+                // end of a task: a client that reads the task next sees it
+                // cancelled. A failing store does not hold the answer back
+                // for long.
+                let _ = self.task(id, Some(Duration::from_secs(5))).await;
+                Ok(())
+            }
             CancelResult::NotLive => {
                 let state = self.lookup(id).await?;
                 Err(ClusterError::AlreadyFinished {

@@ -894,3 +894,30 @@ async fn tasks_waiting_across_a_restart_still_count_against_the_queue_bound() {
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "queue_full");
 }
+
+#[tokio::test]
+async fn a_completion_is_visible_only_once_it_is_durable() {
+    // Before: a result was shown as soon as the worker sent it, while its
+    // record could still be lost; after a crash the task ran again although
+    // a client had seen it completed.
+    let backend = std::sync::Arc::new(d8::store::MemBackend::default());
+    let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
+    let _w = c.worker("w", 300, 1).await;
+    let id = c.submit("hello", 5).await;
+    backend
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (s, t) = c
+        .request(Method::GET, &format!("/api/tasks/{id}?wait=1"), None)
+        .await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["status"], "assigned", "not completed while not durable: {t}");
+    assert!(t["result"].is_null(), "{t}");
+    backend
+        .fail_commits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let t = c.wait_task(&id, 15).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["result"]["content"], "hello", "{t}");
+}

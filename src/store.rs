@@ -16,9 +16,10 @@ pub use mem::MemBackend;
 pub use redb_backend::RedbBackend;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -250,6 +251,8 @@ const MAX_BATCH_OPS: usize = 8_192;
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Why writes fail now, if they do.
+    degraded: Arc<Mutex<Health>>,
     tx: mpsc::Sender<Request>,
     next_id: Arc<AtomicU64>,
     commits: Arc<AtomicU64>,
@@ -281,15 +284,23 @@ impl Store {
         let commits = Arc::new(AtomicU64::new(0));
         let writer_backend = backend.clone();
         let writer_commits = commits.clone();
+        let degraded = Arc::new(Mutex::new(Health::default()));
+        let writer_degraded = degraded.clone();
         std::thread::Builder::new()
             .name("d8-store".into())
             .spawn(move || {
                 let _watch = watch;
-                writer(writer_backend.as_ref(), &rx, &writer_commits);
+                writer(
+                    writer_backend.as_ref(),
+                    &rx,
+                    &writer_commits,
+                    &writer_degraded,
+                );
             })
             .map_err(|e| StoreError::Backend(format!("cannot start store thread: {e}")))?;
         let store = Store {
             backend,
+            degraded,
             tx,
             next_id: Arc::new(AtomicU64::new(snapshot.next_task_id.max(1))),
             commits,
@@ -365,6 +376,18 @@ impl Store {
         self.backend.close();
     }
 
+    /// Why writes fail, while they do (a full disk, a failing device); `None`
+    /// when the last write succeeded. While failing, the writer tries an
+    /// empty write every [`PROBE_EVERY`] and so notices the disk's recovery
+    /// by itself.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failing
+            .clone()
+    }
+
     /// Transactions committed so far (for the group-commit benchmark figure).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -382,8 +405,85 @@ impl PendingCommit {
     }
 }
 
-fn writer(backend: &dyn Backend, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
-    while let Ok(first) = rx.recv() {
+/// While writes fail, how often the writer tries an empty one to see whether
+/// the store works again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Transitions between working and failing logged at most this often; in
+/// between (a nearly full disk lets small writes through and fails larger
+/// ones) they go to `debug`.
+const LOG_TRANSITIONS_EVERY: Duration = Duration::from_secs(30);
+
+/// Why writes fail, shared with [`Store::degraded`], and when a transition
+/// was last logged.
+#[derive(Debug, Default)]
+struct Health {
+    failing: Option<String>,
+    logged: Option<std::time::Instant>,
+}
+
+/// Records the outcome of a write; logs only the changes between working
+/// and failing (a full disk must not also fill the log).
+fn note(health: &Mutex<Health>, result: &Result<(), StoreError>) {
+    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    let loud = h
+        .logged
+        .is_none_or(|t| now.duration_since(t) >= LOG_TRANSITIONS_EVERY);
+    match (result, h.failing.is_some()) {
+        (Ok(()), true) => {
+            if loud {
+                tracing::info!("store writes succeed again; accepting work");
+                h.logged = Some(now);
+            } else {
+                tracing::debug!("store writes succeed again");
+            }
+            h.failing = None;
+        }
+        (Err(e), false) => {
+            if loud {
+                tracing::error!(error = %e, "store writes fail; refusing new work until they succeed again (retrying every second)");
+                h.logged = Some(now);
+            } else {
+                tracing::debug!(error = %e, "store writes fail again");
+            }
+            h.failing = Some(e.to_string());
+        }
+        (Err(e), true) => {
+            tracing::debug!(error = %e, "store write failed again");
+            h.failing = Some(e.to_string());
+        }
+        (Ok(()), false) => {}
+    }
+}
+
+fn writer(
+    backend: &dyn Backend,
+    rx: &mpsc::Receiver<Request>,
+    commits: &AtomicU64,
+    degraded: &Mutex<Health>,
+) {
+    loop {
+        let failing = degraded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failing
+            .is_some();
+        let first = if failing {
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    note(degraded, &backend.commit(&[]));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        };
         let mut batch = vec![first];
         let mut n = batch[0].ops.len();
         while n < MAX_BATCH_OPS {
@@ -402,11 +502,9 @@ fn writer(backend: &dyn Backend, rx: &mpsc::Receiver<Request>, commits: &AtomicU
         } else {
             let r = backend.commit(&ops);
             commits.fetch_add(1, Ordering::Relaxed);
+            note(degraded, &r);
             r
         };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, ops = ops.len(), "store commit failed");
-        }
         for (r, len) in batch.into_iter().zip(lens) {
             // Each request's ops are the next `len` of the batch.
             let rest = ops.split_off(len.min(ops.len()));

@@ -22,8 +22,10 @@ type ApiResult = Result<Response, ApiError>;
 
 /// `200 {"status":"ok"}` while every long-lived part runs; `503
 /// {"status":"failing","down":[...]}` when one has stopped (the process is
-/// about to exit for its service manager to restart it). Needs no key: load
-/// balancers and `d8 doctor` call it.
+/// about to exit for its service manager to restart it); `503
+/// {"status":"degraded","reason":...}` while store writes fail (new work is
+/// refused; it recovers by itself). Needs no key: load balancers and
+/// `d8 doctor` call it.
 pub(super) async fn health(State(cluster): AppState) -> Response {
     let down: Vec<&str> = cluster
         .vitals()
@@ -31,20 +33,24 @@ pub(super) async fn health(State(cluster): AppState) -> Response {
         .into_iter()
         .map(|p| p.name())
         .collect();
-    let status = if down.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let degraded = cluster.store().degraded();
+    let (status, word) = match (down.is_empty(), &degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "failing"),
+        (true, Some(_)) => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
+        (true, None) => (StatusCode::OK, "ok"),
     };
     // `time` lets `d8 doctor` measure clock skew between machines.
     let mut body = json!({
-        "status": if down.is_empty() { "ok" } else { "failing" },
+        "status": word,
         "version": env!("CARGO_PKG_VERSION"),
         "time": now_millis().0,
         "log_lines_dropped": crate::logging::dropped_lines(),
     });
     if !down.is_empty() {
         body["down"] = json!(down);
+    }
+    if let Some(why) = degraded {
+        body["reason"] = json!(format!("store writes fail: {why}"));
     }
     (status, Json(body)).into_response()
 }

@@ -96,9 +96,10 @@ impl From<ClusterError> for ApiError {
         match e {
             ClusterError::NotFound(_) => ApiError::not_found(message),
             ClusterError::AlreadyFinished { .. } => ApiError::conflict("already_finished", message),
-            ClusterError::ShuttingDown(_) | ClusterError::Store(_) | ClusterError::TokenFile(_) => {
-                ApiError::unavailable(message)
-            }
+            ClusterError::ShuttingDown(_)
+            | ClusterError::Store(_)
+            | ClusterError::TokenFile(_)
+            | ClusterError::Degraded(_) => ApiError::unavailable(message),
             ClusterError::QueueFull { .. } => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "queue_full",

@@ -463,7 +463,8 @@ impl Actor {
                     }
                     Err((StoreError::Closed, _)) => return,
                     Err((e, back)) => {
-                        tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not persist finished tasks");
+                        // The store logs when writes start and stop failing.
+                        tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not persist finished tasks yet");
                         ops = back;
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));

@@ -59,6 +59,9 @@ pub enum ClusterError {
     /// The store refused a write.
     #[error("could not store the request: {0}")]
     Store(#[from] StoreError),
+    /// Store writes fail (a full disk): no new work until they succeed.
+    #[error("the orchestrator cannot store new work now ({0}); retry later")]
+    Degraded(String),
     /// Accepting these tasks would pass `--max-queued`.
     #[error(
         "the queue is full: {queued} tasks accepted and not finished, at most {max} (--max-queued); retry when some have finished"
@@ -295,6 +298,11 @@ impl Cluster {
     /// commits after it. If the commit fails the tasks are cancelled again.
     pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClusterError> {
         let n = specs.len() as u64;
+        // Refused before anything happens: the write would fail anyway, and
+        // the answer says why.
+        if let Some(why) = self.store.degraded() {
+            return Err(ClusterError::Degraded(why));
+        }
         // All or nothing: a batch that does not fit is refused whole.
         let max = self.cfg.max_queued;
         self.sched

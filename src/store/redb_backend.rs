@@ -1,6 +1,7 @@
 //! The on-disk store: one redb file, `<data-dir>/d8.redb`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -39,76 +40,115 @@ pub struct RedbBackend {
     /// `None` once closed; the lock makes close deterministic (the file is
     /// released before `close` returns) while reads stay concurrent.
     db: std::sync::RwLock<Option<Database>>,
+    /// The file, for reopening.
+    path: PathBuf,
+    /// A commit failed: reopen before the next one.
+    broken: AtomicBool,
+    /// Closed on purpose ([`Backend::close`]).
+    closed: AtomicBool,
 }
 
 impl RedbBackend {
     /// Opens (or creates) the database file. Fails clearly if another process has it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // redb's default cache may grow to 1 GiB; the Pi has 1-8 GiB and the
-        // orchestrator targets tens of MB. Hot data (pending tasks) lives in
-        // the scheduler anyway.
-        let unreadable = |detail: String| StoreError::Unreadable {
-            path: path.display().to_string(),
-            detail,
-        };
-        // Every page's checksum is verified at open: a file altered outside
-        // redb is refused instead of trusted (a plain open may even panic on
-        // one). redb's own crash recovery still applies. Should a damaged
-        // file still make redb panic, the panic is caught and reported the
-        // same way.
-        let opened = std::panic::catch_unwind(|| {
-            Database::builder()
-                .set_cache_size(1024 * 1024)
-                .set_check_integrity_on_open(true)
-                .create(path)
-        });
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-                return Err(StoreError::Locked(path.display().to_string()));
-            }
-            Ok(Err(e)) => return Err(unreadable(e.to_string())),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "the storage library failed".to_owned());
-                return Err(unreadable(what));
-            }
-        };
-        // Create every table so reads never meet a missing one.
-        let txn = db.begin_write().map_err(be)?;
-        {
-            txn.open_table(TASKS).map_err(be)?;
-            txn.open_table(RESULTS).map_err(be)?;
-            txn.open_table(RESULTS_BY_TIME).map_err(be)?;
-            txn.open_table(TOKENS).map_err(be)?;
-            txn.open_table(WORKERS).map_err(be)?;
-            txn.open_table(AGENTS).map_err(be)?;
-            let mut meta = txn.open_table(META).map_err(be)?;
-            // Records are bincode: a file written by another layout must be
-            // refused whole rather than misread. A new file gets our format.
-            let found = meta.get(FORMAT).map_err(be)?.map(|g| g.value());
-            match found {
-                Some(FORMAT_VERSION) => {}
-                None if meta.is_empty().map_err(be)? => {
-                    meta.insert(FORMAT, FORMAT_VERSION).map_err(be)?;
-                }
-                other => {
-                    return Err(StoreError::Incompatible {
-                        path: path.display().to_string(),
-                        found: other.unwrap_or(0),
-                        supported: FORMAT_VERSION,
-                    });
-                }
-            }
-        }
-        txn.commit().map_err(be)?;
+        let db = open_db(path, true)?;
         Ok(RedbBackend {
+            path: path.to_owned(),
             db: std::sync::RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
+
+    /// Replaces the handle with a new one on the same file. After an I/O
+    /// error (a full disk) redb refuses every later write until the
+    /// database is opened again; its crash recovery brings the file back to
+    /// the last commit. No integrity check here: the file was not altered
+    /// outside redb, and this may run every second while the disk is full.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        // redb allows one handle per file: the old one goes first.
+        guard.take();
+        match open_db(&self.path, false) {
+            Ok(db) => {
+                *guard = Some(db);
+                self.broken.store(false, Ordering::Release);
+                tracing::info!(path = %self.path.display(), "store reopened after a write error");
+                Ok(())
+            }
+            // Still failing (the disk is still full): no handle until the
+            // next commit tries again; reads say so meanwhile.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Opens the file; `check` verifies every page first (at start).
+fn open_db(path: &Path, check: bool) -> Result<Database, StoreError> {
+    // redb's default cache may grow to 1 GiB; the Pi has 1-8 GiB and the
+    // orchestrator targets tens of MB. Hot data (pending tasks) lives in
+    // the scheduler anyway.
+    let unreadable = |detail: String| StoreError::Unreadable {
+        path: path.display().to_string(),
+        detail,
+    };
+    // At start every page's checksum is verified: a file altered outside
+    // redb is refused instead of trusted (a plain open may even panic on
+    // one). redb's own crash recovery still applies. Should a damaged file
+    // still make redb panic, the panic is caught and reported the same way.
+    let opened = std::panic::catch_unwind(|| {
+        Database::builder()
+            .set_cache_size(1024 * 1024)
+            .set_check_integrity_on_open(check)
+            .create(path)
+    });
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(StoreError::Locked(path.display().to_string()));
+        }
+        Ok(Err(e)) => return Err(unreadable(e.to_string())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the storage library failed".to_owned());
+            return Err(unreadable(what));
+        }
+    };
+    // Create every table so reads never meet a missing one.
+    let txn = db.begin_write().map_err(be)?;
+    {
+        txn.open_table(TASKS).map_err(be)?;
+        txn.open_table(RESULTS).map_err(be)?;
+        txn.open_table(RESULTS_BY_TIME).map_err(be)?;
+        txn.open_table(TOKENS).map_err(be)?;
+        txn.open_table(WORKERS).map_err(be)?;
+        txn.open_table(AGENTS).map_err(be)?;
+        let mut meta = txn.open_table(META).map_err(be)?;
+        // Records are bincode: a file written by another layout must be
+        // refused whole rather than misread. A new file gets our format.
+        let found = meta.get(FORMAT).map_err(be)?.map(|g| g.value());
+        match found {
+            Some(FORMAT_VERSION) => {}
+            None if meta.is_empty().map_err(be)? => {
+                meta.insert(FORMAT, FORMAT_VERSION).map_err(be)?;
+            }
+            other => {
+                return Err(StoreError::Incompatible {
+                    path: path.display().to_string(),
+                    found: other.unwrap_or(0),
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+    }
+    txn.commit().map_err(be)?;
+    Ok(db)
 }
 
 fn load_map<T: serde::de::DeserializeOwned>(
@@ -131,13 +171,21 @@ impl RedbBackend {
         f: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
-        f(guard.as_ref().ok_or(StoreError::Closed)?)
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None if self.closed.load(Ordering::Acquire) => Err(StoreError::Closed),
+            None => Err(StoreError::Backend(
+                "the store is being reopened after a write error".into(),
+            )),
+        }
     }
 }
 
 impl Backend for RedbBackend {
     fn close(&self) {
-        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        guard.take();
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
@@ -145,7 +193,14 @@ impl Backend for RedbBackend {
     }
 
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        self.with_db(|db| commit(db, ops))
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let r = self.with_db(|db| commit(db, ops));
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
     }
 
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {

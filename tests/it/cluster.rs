@@ -912,7 +912,10 @@ async fn a_completion_is_visible_only_once_it_is_durable() {
         .request(Method::GET, &format!("/api/tasks/{id}?wait=1"), None)
         .await;
     assert_eq!(s, 200, "{t}");
-    assert_eq!(t["status"], "assigned", "not completed while not durable: {t}");
+    assert_eq!(
+        t["status"], "assigned",
+        "not completed while not durable: {t}"
+    );
     assert!(t["result"].is_null(), "{t}");
     backend
         .fail_commits
@@ -920,4 +923,53 @@ async fn a_completion_is_visible_only_once_it_is_durable() {
     let t = c.wait_task(&id, 15).await;
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["result"]["content"], "hello", "{t}");
+}
+
+#[tokio::test]
+async fn failing_store_writes_degrade_the_orchestrator_until_they_work_again() {
+    let backend = std::sync::Arc::new(d8::store::MemBackend::default());
+    let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
+    backend
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (s, _) = c
+        .request(Method::POST, "/api/tasks", Some(chat("a", 5)))
+        .await;
+    assert_eq!(s, 503, "the write fails");
+    let (s, h) = c.request(Method::GET, "/health", None).await;
+    assert_eq!((s, h["status"].as_str()), (503, Some("degraded")), "{h}");
+    assert!(
+        h["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("injected failure")),
+        "{h}"
+    );
+    let (s, v) = c
+        .request(Method::POST, "/api/tasks", Some(chat("b", 5)))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot store new work")),
+        "refused up front, saying why: {v}"
+    );
+    // The disk has room again: no restart, no request needed to notice.
+    backend
+        .fail_commits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, h) = c.request(Method::GET, "/health", None).await;
+        if s == 200 {
+            assert_eq!(h["status"], "ok");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still degraded: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = c
+        .request(Method::POST, "/api/tasks", Some(chat("c", 5)))
+        .await;
+    assert_eq!(s, 201, "{v}");
 }

@@ -743,3 +743,180 @@ async fn a_log_that_cannot_be_written_stops_nothing() {
         );
     }
 }
+
+/// Runs `sh -c script` in the mount namespace of process `pid`.
+#[cfg(target_os = "linux")]
+fn in_mount_ns(pid: u32, script: &str) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .args([
+            "--target",
+            &pid.to_string(),
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("nsenter")
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_full_disk_degrades_the_orchestrator_and_it_recovers_by_itself() {
+    // Before: after one ENOSPC redb refused every later write ("Previous
+    // I/O error occurred. Please close and re-open the database"); with
+    // space back, submits stayed 503 until a restart.
+    init_tracing();
+    let root_ok = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !root_ok {
+        eprintln!("skipped: needs root for a private mount namespace");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir(&disk).expect("mkdir");
+    let data = disk.join("o");
+    let port = free_port();
+    let log = tmp.path().join("serve.log");
+    // A 4 MiB tmpfs over `disk`, seen only by the orchestrator's namespace.
+    let script = format!(
+        "mount -t tmpfs -o size=4m d8test {disk} && exec {BIN} serve --no-mdns --bind 127.0.0.1 --port {port} --data-dir {data}",
+        disk = disk.display(),
+        data = data.display(),
+    );
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let mut orch = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("D8_LOG", "d8=info")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let pid = orch.id().expect("pid");
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(url("/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read = |f: &str| {
+        let o = in_mount_ns(pid, &format!("cat {}/{f}", data.display()));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let (key, token) = (read("api-key"), read("join-token"));
+    let wlog = tmp.path().join("w.log");
+    let wdir = tmp.path().join("w");
+    let addr = format!("127.0.0.1:{port}");
+    let _worker = spawn(
+        &[
+            "join",
+            &addr,
+            "--provider",
+            "echo",
+            "--data-dir",
+            wdir.to_str().expect("utf8"),
+        ],
+        &wlog,
+        &[("D8_TOKEN", token.as_str())],
+    );
+    let submit = |content: &'static str| {
+        let req = http
+            .post(url("/api/tasks"))
+            .bearer_auth(&key)
+            .json(&chat(content, 5));
+        async move {
+            let r = req.send().await.expect("http");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let get = |path: String| {
+        let req = http.get(url(&path)).bearer_auth(&key);
+        async move {
+            let r = req.send().await.expect("http");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = submit("before").await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    let (_, t) = get(format!("/api/tasks/{id}?wait=15")).await;
+    assert_eq!(
+        t["status"],
+        "completed",
+        "{t}\n{}",
+        std::fs::read_to_string(&wlog).unwrap_or_default()
+    );
+
+    // Fill the disk.
+    let fill = format!(
+        "dd if=/dev/zero of={}/fill bs=64k 2>/dev/null; true",
+        disk.display()
+    );
+    in_mount_ns(pid, &fill);
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (s, _) = submit("during").await;
+        if s == 503 {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "some submissions are refused while the disk is full"
+    );
+    let (s, h) = get("/health".into()).await;
+    assert_eq!((s, h["status"].as_str()), (503, Some("degraded")), "{h}");
+
+    // Room again: it recovers without a restart.
+    in_mount_ns(pid, &format!("rm -f {}/fill", disk.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, h) = get("/health".into()).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still degraded with space back: {h}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = submit("after").await;
+    assert_eq!(s, 201, "accepting again: {v}");
+    let id = v["task_id"].as_str().expect("id").to_owned();
+    let (_, t) = get(format!("/api/tasks/{id}?wait=15")).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert!(orch.try_wait().expect("wait").is_none(), "still running");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.matches("store writes fail").count() <= 2,
+        "the failure is logged once, not per write:\n{logged}"
+    );
+}

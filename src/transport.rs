@@ -29,6 +29,10 @@ pub mod close {
     /// A newer connection of the same worker replaced this one (another
     /// process uses the same identity, or this connection was stale).
     pub const REPLACED: VarInt = VarInt::from_u32(5);
+    /// The orchestrator cannot take this now (its store writes fail, e.g.
+    /// a full disk): try again later. Enrollment is the one place it is
+    /// sent; a worker retries with backoff.
+    pub const BUSY: VarInt = VarInt::from_u32(6);
 }
 
 /// Stream error code used to abandon a task stream (cancel/timeout).

@@ -501,22 +501,26 @@ impl Cluster {
     }
 
     /// Answers an enrollment request: checks the protocol version and the
-    /// token, signs the CSR, records the worker durably.
-    pub async fn enroll(&self, req: EnrollRequest) -> EnrollResponse {
+    /// token, signs the CSR, records the worker durably. `Err` when the
+    /// store cannot record it now (nothing is kept; the worker should retry).
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ClusterError> {
+        if let Some(why) = self.store.degraded() {
+            return Err(ClusterError::Degraded(why));
+        }
         let EnrollRequest::Enroll {
             proto,
             secret,
             csr_der,
             wanted_id,
         } = req;
-        let refuse = |reason: String| EnrollResponse::Refused { reason };
+        let refuse = |reason: String| Ok(EnrollResponse::Refused { reason });
         if proto != PROTOCOL_VERSION {
             return refuse(format!(
                 "incompatible protocol version {proto}: this orchestrator speaks {PROTOCOL_VERSION}; install the same d8 version on both machines"
             ));
         }
         let now = now_millis();
-        let (worker_id, cert, ops) = {
+        let (worker_id, cert, token_id, ops) = {
             let mut reg = lock(&self.registry);
             let (worker_id, token) = match reg.admit(now, &secret, &wanted_id) {
                 Ok(x) => x,
@@ -534,21 +538,24 @@ impl Cluster {
                 revoked: false,
             };
             reg.record_worker(rec.clone());
+            let token_id = token.id.clone();
             (
                 worker_id,
                 cert,
+                token_id,
                 vec![Op::PutToken(token), Op::PutWorker(rec)],
             )
         };
         if let Err(e) = self.store.commit(ops).await {
-            return refuse(format!("orchestrator could not record the enrollment: {e}"));
+            lock(&self.registry).undo_enrollment(&worker_id, &token_id);
+            return Err(e.into());
         }
         tracing::info!(worker = %worker_id, "worker enrolled");
-        EnrollResponse::Enrolled {
+        Ok(EnrollResponse::Enrolled {
             worker_id,
             cert_der: cert.to_vec(),
             ca_der: self.ca.cert_der().to_vec(),
-        }
+        })
     }
 
     // ---- join tokens ----

@@ -415,6 +415,14 @@ async fn accept_loop(
 /// not for strangers.
 const MAX_ENROLL_FRAME: usize = 16 * 1024;
 
+/// Why an enrollment connection ends without an answer.
+enum NoAnswer {
+    /// The request was bad or the stream failed.
+    Bad(String),
+    /// The orchestrator cannot record an enrollment now; the worker retries.
+    Busy(String),
+}
+
 /// Handles one enrollment: token check, CSR signing, records, reply.
 /// False when it failed (bad request, refused, timed out); the caller counts
 /// those for the log summary instead of logging each.
@@ -428,24 +436,27 @@ async fn enroll(conn: Connection, cluster: &Cluster) -> bool {
                 tracing::debug!(%remote, "probe connection closed before enrolling");
                 return Ok(true);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(NoAnswer::Bad(e.to_string())),
         };
         let req: EnrollRequest = transport::read_frame_within(&mut recv, MAX_ENROLL_FRAME)
             .await
-            .map_err(|e| e.to_string())?;
-        let reply = cluster.enroll(req).await;
+            .map_err(|e| NoAnswer::Bad(e.to_string()))?;
+        let reply = cluster
+            .enroll(req)
+            .await
+            .map_err(|e| NoAnswer::Busy(e.to_string()))?;
         let accepted = match &reply {
             EnrollResponse::Refused { reason } => {
                 tracing::debug!(%remote, %reason, "enrollment refused");
                 false
             }
-            _ => true,
+            EnrollResponse::Enrolled { .. } => true,
         };
         transport::write_frame(&mut send, &reply)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoAnswer::Bad(e.to_string()))?;
         let _ = send.finish();
-        Ok::<bool, String>(accepted)
+        Ok(accepted)
     })
     .await;
     match result {
@@ -454,9 +465,14 @@ async fn enroll(conn: Connection, cluster: &Cluster) -> bool {
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
             accepted
         }
-        Ok(Err(e)) => {
+        Ok(Err(NoAnswer::Bad(e))) => {
             tracing::debug!(%remote, error = %e, "enrollment failed");
             conn.close(close::PROTOCOL, b"bad enrollment request");
+            false
+        }
+        Ok(Err(NoAnswer::Busy(e))) => {
+            tracing::debug!(%remote, error = %e, "enrollment deferred");
+            conn.close(close::BUSY, e.as_bytes());
             false
         }
         Err(_) => {
@@ -466,7 +482,6 @@ async fn enroll(conn: Connection, cluster: &Cluster) -> bool {
     }
 }
 
-/// Serves one mutually authenticated worker connection until it ends.
 /// `permit` is the connection's place among the unauthenticated ones; it is
 /// given back once the certificate is known.
 async fn serve_worker(

@@ -218,6 +218,17 @@ impl Registry {
         Ok((worker_id, token))
     }
 
+    /// Takes back an [`Registry::admit`] and [`Registry::record_worker`]
+    /// whose record could not be stored: the token use and the worker.
+    pub fn undo_enrollment(&mut self, worker_id: &str, token_id: &str) {
+        if let Some(w) = self.workers.remove(worker_id) {
+            self.by_fingerprint.remove(&w.fingerprint);
+        }
+        if let Some(t) = self.tokens.get_mut(token_id) {
+            t.uses = t.uses.saturating_sub(1);
+        }
+    }
+
     /// Records an enrolled worker and its certificate fingerprint.
     pub fn record_worker(&mut self, rec: WorkerRecord) {
         self.by_fingerprint

@@ -370,3 +370,34 @@ async fn unauthenticated_connections_are_capped_and_a_worker_still_gets_in_after
         );
     }
 }
+
+#[tokio::test]
+async fn a_worker_enrolling_while_the_store_fails_keeps_trying_and_gets_in() {
+    // Before: the enrollment was refused for good ("could not record the
+    // enrollment"), the worker exited, and the orchestrator's memory kept
+    // the half-made enrollment (a token use, a worker id).
+    let backend = std::sync::Arc::new(d8::store::MemBackend::default());
+    let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
+    backend
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let w = c.spawn_worker(c.worker_config("patient", 0, 1));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!w.handle.is_finished(), "the worker keeps trying");
+    backend
+        .fail_commits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    c.wait_until(|s| s["workers"]["online"] == 1, "the worker enrolled")
+        .await;
+    let (_, workers) = c.request(Method::GET, "/api/workers", None).await;
+    let ids: Vec<&str> = workers
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w["worker_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        ids,
+        ["patient"],
+        "no leftover from the failed tries: {workers}"
+    );
+    w.drain().await.expect("drain");
+}

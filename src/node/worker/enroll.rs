@@ -138,7 +138,17 @@ async fn enroll(
     let reply = tokio::time::timeout(Duration::from_secs(15), reply)
         .await
         .map_err(|_| EnrollError::Timeout)?
-        .map_err(WorkerError::Enroll);
+        .map_err(|e| match conn.close_reason() {
+            // The orchestrator cannot record enrollments now (its disk is
+            // full): not final, try again with backoff.
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == close::BUSY => {
+                WorkerError::Unreachable(format!(
+                    "the orchestrator cannot enroll workers right now: {}",
+                    String::from_utf8_lossy(&c.reason)
+                ))
+            }
+            _ => WorkerError::Enroll(e),
+        });
     conn.close(close::NORMAL, b"enrolled");
     // Long enough for the close to leave; not worth waiting for its ack.
     let _ = tokio::time::timeout(Duration::from_millis(50), endpoint.wait_idle()).await;

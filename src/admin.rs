@@ -72,6 +72,17 @@ impl Client {
         Ok(value)
     }
 
+    /// `GET /health`, whatever its status (it answers 503 when degraded).
+    pub async fn health(&self) -> Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the orchestrator at {}: {e}", self.base))?;
+        Ok(resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// GET `path`.
     pub async fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
@@ -84,6 +95,24 @@ impl Client {
     pub async fn delete(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::DELETE, path, None).await
     }
+}
+
+/// One line on the orchestrator's own state, from `GET /health`.
+fn health_line(h: &Value) -> String {
+    let dropped = h["log_lines_dropped"].as_u64().unwrap_or(0);
+    let mut line = match h["status"].as_str() {
+        Some("ok") => "state: ok".to_owned(),
+        Some("degraded") => format!(
+            "state: DEGRADED, refusing new work: {}",
+            h["reason"].as_str().unwrap_or("no reason given")
+        ),
+        Some("failing") => format!("state: FAILING (about to restart), stopped: {}", h["down"]),
+        _ => format!("state: unknown ({h})"),
+    };
+    if dropped > 0 {
+        line.push_str(&format!("   ({dropped} log lines could not be written)"));
+    }
+    line
 }
 
 fn s(v: &Value) -> String {
@@ -159,11 +188,13 @@ fn print_workers(workers: &Value) {
 /// `d8 status`.
 pub async fn status(args: &ClientArgs) -> Result<()> {
     let c = Client::new(args)?;
+    let health = c.health().await?;
     let stats = c.get("/api/workers/stats").await?;
     let workers = c.get("/api/workers").await?;
     let w = &stats["workers"];
     let t = &stats["tasks"];
     println!("orchestrator {}", c.base);
+    println!("{}", health_line(&health));
     println!(
         "workers: {} total, {} online, {} busy   tasks: {} pending, {} assigned, {} completed, {} failed   success rate {}%",
         s(&w["total"]),
@@ -255,6 +286,22 @@ pub async fn workers(action: &WorkersAction, args: &ClientArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_health_line_says_what_is_wrong() {
+        use serde_json::json;
+        assert_eq!(super::health_line(&json!({"status": "ok"})), "state: ok");
+        let d = super::health_line(
+            &json!({"status": "degraded", "reason": "store writes fail: disk full", "log_lines_dropped": 3}),
+        );
+        assert_eq!(
+            d,
+            "state: DEGRADED, refusing new work: store writes fail: disk full   (3 log lines could not be written)"
+        );
+        let f = super::health_line(&json!({"status": "failing", "down": ["store"]}));
+        assert!(f.contains("FAILING") && f.contains("store"), "{f}");
+    }
+
     use super::providers_summary;
     use serde_json::json;
 

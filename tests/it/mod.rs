@@ -5,6 +5,7 @@ mod enrollment;
 mod fakes;
 mod harness;
 mod http_api;
+mod installer;
 mod layering;
 #[cfg(target_os = "linux")]
 mod netns;

@@ -896,6 +896,16 @@ async fn a_full_disk_degrades_the_orchestrator_and_it_recovers_by_itself() {
     );
     let (s, h) = get("/health".into()).await;
     assert_eq!((s, h["status"].as_str()), (503, Some("degraded")), "{h}");
+    let status = Command::new(BIN)
+        .args(["status", "--url", &url(""), "--api-key", &key])
+        .output()
+        .await
+        .expect("d8 status");
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("DEGRADED") && shown.contains("No space left on device"),
+        "d8 status says so: {shown}"
+    );
 
     // Room again: it recovers without a restart.
     in_mount_ns(pid, &format!("rm -f {}/fill", disk.display()));

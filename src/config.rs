@@ -83,6 +83,31 @@ pub enum AddrError {
     Empty(String),
 }
 
+/// The HTTP server's bounds (tests shorten them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address.
+    pub max_per_address: usize,
+    /// Time for a request head to arrive, and for an idle keep-alive
+    /// connection to send its next one.
+    pub head_timeout: Duration,
+    /// Time for a request body to arrive whole.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1_024,
+            max_per_address: 256,
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Orchestrator settings.
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -104,6 +129,8 @@ pub struct OrchestratorConfig {
     pub max_body_bytes: usize,
     /// Most tasks accepted and not yet finished.
     pub max_queued: u64,
+    /// HTTP connection bounds and timeouts.
+    pub http: HttpLimits,
     /// Attempts a task may fail before it fails, unless it says otherwise.
     pub max_attempts: u32,
     /// Time one attempt may take, unless the task says otherwise.
@@ -135,6 +162,7 @@ impl OrchestratorConfig {
             // Chats with long contexts fit; a runaway client does not.
             max_body_bytes: 4 * 1024 * 1024,
             max_queued: crate::cli::DEFAULT_MAX_QUEUED,
+            http: HttpLimits::default(),
             max_attempts: 3,
             // Generous: slow local models on CPU can take minutes.
             attempt_timeout: Duration::from_secs(300),

@@ -20,6 +20,7 @@ mod admin;
 mod agents;
 mod body;
 mod error;
+pub mod serve;
 mod task_stream;
 mod tasks;
 #[cfg(test)]
@@ -56,6 +57,12 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/tokens/rotate", post(admin::rotate_token))
         .route("/tokens/{id}", delete(admin::revoke_token))
+        // Inner layer: runs after the key check, so only an authorised
+        // client's body is read.
+        .route_layer(middleware::from_fn_with_state(
+            (limit, cluster.config().http.body_timeout),
+            serve::read_body,
+        ))
         .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
     Router::new()
         .route("/health", get(admin::health))

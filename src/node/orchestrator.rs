@@ -209,20 +209,12 @@ impl Orchestrator {
             accept.await;
         }));
         let router = crate::http::router(cluster.clone());
+        let http_limits = cluster.config().http;
         let http_shutdown = shutdown.clone();
         let alive = cluster.vitals().alive(Part::Http);
         tasks.push(tokio::spawn(async move {
             let _alive = alive;
-            use axum::serve::ListenerExt;
-            // Small request/response exchanges: never wait for Nagle.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            crate::http::serve::serve(listener, router, http_limits, http_shutdown).await;
         }));
         tasks.push(tokio::spawn(retention_loop(
             cluster.clone(),

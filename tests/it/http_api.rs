@@ -244,3 +244,111 @@ async fn no_auth_mode_serves_without_a_key() {
     let (s, v) = raw(&c, Method::GET, "/api/workers/stats", None, None).await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// A raw TCP connection to the API.
+async fn tcp(c: &TestCluster) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(c.orch().http_addr())
+        .await
+        .expect("connect")
+}
+
+/// Reads until the server closes the connection (true) or `within` passes
+/// (false). Whatever the server sends first (an error answer) is skipped.
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn short_timeouts(cfg: &mut d8::config::OrchestratorConfig) {
+    cfg.http.head_timeout = std::time::Duration::from_millis(500);
+    cfg.http.body_timeout = std::time::Duration::from_millis(500);
+    cfg.http.max_per_address = 8;
+}
+
+#[tokio::test]
+async fn silent_half_sent_and_idle_connections_are_closed() {
+    // Before: all three were still open after 150 s, each holding a
+    // descriptor; 1,050 of them locked every client out.
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::start_with(short_timeouts).await;
+    let long = std::time::Duration::from_secs(5);
+    let mut silent = tcp(&c).await;
+    assert!(closed_within(&mut silent, long).await, "silent");
+    let mut half = tcp(&c).await;
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(closed_within(&mut half, long).await, "half a head");
+    let mut idle = tcp(&c).await;
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(closed_within(&mut idle, long).await, "idle after a request");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_and_the_connection_freed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = TestCluster::start_with(short_timeouts).await;
+    let mut conn = tcp(&c).await;
+    let head = format!(
+        "POST /api/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n{{\"type\"",
+        c.key
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert_eq!(c.stats().await["tasks"]["pending"], 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_cap_are_closed_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::start_with(|cfg| {
+        short_timeouts(cfg);
+        cfg.http.head_timeout = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tcp(&c).await);
+    }
+    // Let the server accept them all.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut extra = tcp(&c).await;
+    assert!(
+        closed_within(&mut extra, std::time::Duration::from_secs(2)).await,
+        "the ninth is closed before anything is read"
+    );
+    // A held one still works.
+    held[0]
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut held[0], &mut answer)
+        .await
+        .expect("read");
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    drop(held);
+    // Places come back as connections end.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (s, _) = c.request(Method::GET, "/health", None).await;
+    assert_eq!(s, 200);
+}

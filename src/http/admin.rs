@@ -7,13 +7,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::body::{CreateToken, parse};
+use super::body::{CreateToken, Segment, parse};
 use super::{ApiError, AppState};
 use crate::node::now_millis;
 use crate::task::rfc3339;
@@ -175,7 +175,7 @@ pub(super) async fn list_workers(State(cluster): AppState) -> ApiResult {
     Ok(Json(out).into_response())
 }
 
-pub(super) async fn revoke_worker(State(cluster): AppState, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn revoke_worker(State(cluster): AppState, Segment(id): Segment) -> ApiResult {
     cluster.revoke_worker(&id).await?;
     Ok(Json(json!({ "worker_id": id, "status": "revoked" })).into_response())
 }
@@ -214,7 +214,7 @@ pub(super) async fn create_token(
         .into_response())
 }
 
-pub(super) async fn revoke_token(State(cluster): AppState, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn revoke_token(State(cluster): AppState, Segment(id): Segment) -> ApiResult {
     let rec = cluster.revoke_token(&id).await?;
     Ok(Json(json!({ "id": rec.id, "revoked": true })).into_response())
 }

@@ -4,12 +4,12 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::body::{ActRequest, AgentRequest, check_agent_id, parse};
+use super::body::{ActRequest, AgentRequest, Segment, check_agent_id, parse};
 use super::tasks::accepted;
 use super::{ApiError, AppState};
 use crate::store::AgentDef;
@@ -28,7 +28,7 @@ fn agent_json(id: &str, a: &AgentDef) -> Value {
 
 pub(super) async fn act(
     State(cluster): AppState,
-    Path(agent_id): Path<String>,
+    Segment(agent_id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let req: ActRequest = parse(body, cluster.config().max_body_bytes)?;
@@ -40,7 +40,7 @@ pub(super) async fn act(
 
 pub(super) async fn put(
     State(cluster): AppState,
-    Path(agent_id): Path<String>,
+    Segment(agent_id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let req: AgentRequest = parse(body, cluster.config().max_body_bytes)?;
@@ -50,7 +50,7 @@ pub(super) async fn put(
     Ok(Json(agent_json(&agent_id, &def)).into_response())
 }
 
-pub(super) async fn get(State(cluster): AppState, Path(agent_id): Path<String>) -> ApiResult {
+pub(super) async fn get(State(cluster): AppState, Segment(agent_id): Segment) -> ApiResult {
     let a = cluster.agent(&agent_id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no agent {agent_id:?} (it would get the default prompt)"

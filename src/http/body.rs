@@ -361,3 +361,23 @@ pub(super) struct CreateToken {
     pub(super) ttl_secs: Option<u64>,
     pub(super) max_uses: Option<u32>,
 }
+
+/// One path segment (an id), as text. A segment that is not valid UTF-8
+/// once percent-decoded is a JSON 400 like every other error (axum's own
+/// `Path` rejection is `text/plain`).
+#[derive(Debug)]
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(s)| Segment(s))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}

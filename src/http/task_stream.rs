@@ -17,12 +17,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
 
+use super::body::Segment;
 use super::tasks::{parse_task_id, task_json};
 use super::{ApiError, AppState};
 use crate::node::Cluster;
@@ -98,7 +99,7 @@ impl Drop for Follow {
 
 pub(super) async fn stream(
     State(cluster): AppState,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
     let output = cluster.live_output().clone();

@@ -6,13 +6,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::body::{TaskRequest, parse};
+use super::body::{Segment, TaskRequest, parse};
 use super::{ApiError, AppState};
 use crate::node::actor::TaskState;
 use crate::node::now_millis;
@@ -99,7 +99,7 @@ pub(super) struct WaitQuery {
 
 pub(super) async fn get(
     State(cluster): AppState,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult {
     let id = parse_task_id(&id)?;
@@ -122,7 +122,7 @@ pub(super) async fn get(
     Ok(Json(task_json(&state)).into_response())
 }
 
-pub(super) async fn cancel(State(cluster): AppState, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn cancel(State(cluster): AppState, Segment(id): Segment) -> ApiResult {
     let id = parse_task_id(&id)?;
     cluster.cancel(id).await?;
     Ok(Json(json!({ "task_id": id.to_string(), "status": "cancelled" })).into_response())

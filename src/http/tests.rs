@@ -261,6 +261,10 @@ async fn bad_input_is_a_4xx_and_stores_nothing() {
         ),
         ("POST", "/api/tasks", big.as_str(), 413, "body_too_large"),
         ("POST", "/api/tasks/batch", "[]", 400, "invalid_batch"),
+        // Not UTF-8 once percent-decoded: before, axum's text/plain 400.
+        ("GET", "/api/tasks/%FF%FE", "", 400, "invalid_path"),
+        ("DELETE", "/api/workers/%C3%28", "", 400, "invalid_path"),
+        ("GET", "/api/agents/%80", "", 400, "invalid_path"),
         (
             "POST",
             "/api/agents/a1/act",

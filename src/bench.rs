@@ -36,6 +36,9 @@ pub struct BenchRow {
     pub p99_ms: f64,
     /// Orchestrator peak RSS, MiB.
     pub peak_rss_mb: f64,
+    /// The orchestrator's CPU time (user + system) per task of the
+    /// throughput run, µs; NaN where it cannot be read.
+    pub cpu_us_per_task: f64,
 }
 
 enum Workers {
@@ -187,6 +190,11 @@ impl Cluster {
             .await?)
     }
 
+    /// The orchestrator's CPU time so far, seconds.
+    fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.orchestrator.id()?)
+    }
+
     fn peak_rss_mb(&self) -> f64 {
         let Some(pid) = self.orchestrator.id() else {
             return f64::NAN;
@@ -210,6 +218,23 @@ impl Cluster {
         }
         let _ = self.orchestrator.kill().await;
     }
+}
+
+/// User + system CPU time of `pid`, from `/proc/<pid>/stat` (proc(5) fields
+/// 14 and 15, in clock ticks of 1/100 s: USER_HZ on Linux's x86_64 and
+/// aarch64).
+#[cfg(target_os = "linux")]
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its `)`.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_seconds(_pid: u32) -> Option<f64> {
+    None
 }
 
 #[cfg(target_os = "linux")]
@@ -291,6 +316,7 @@ async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
         .chunks(args.batch.max(1))
         .map(|ch| Value::Array(ch.iter().map(|i| task_body(*i)).collect()))
         .collect();
+    let cpu0 = c.cpu_seconds();
     let t0 = Instant::now();
     let mut clients = Vec::new();
     let per = batches.len().div_ceil(args.clients.max(1));
@@ -329,6 +355,10 @@ async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu_us_per_task = match (cpu0, c.cpu_seconds()) {
+        (Some(a), Some(b)) => (b - a) * 1e6 / args.tasks as f64,
+        _ => f64::NAN,
+    };
     Ok(BenchRow {
         workers: n,
         tasks: args.tasks,
@@ -336,6 +366,7 @@ async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
         peak_rss_mb: c.peak_rss_mb(),
+        cpu_us_per_task,
     })
 }
 
@@ -373,8 +404,8 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
             cluster.stop().await;
             let row = row?;
             eprintln!(
-                "bench:   {:.0} tasks/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB",
-                row.tasks_per_sec, row.p50_ms, row.p99_ms, row.peak_rss_mb
+                "bench:   {:.0} tasks/s, {:.0} µs CPU/task, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB",
+                row.tasks_per_sec, row.cpu_us_per_task, row.p50_ms, row.p99_ms, row.peak_rss_mb
             );
             runs.push(row);
         }
@@ -390,6 +421,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
             p50_ms: median(|r| r.p50_ms),
             p99_ms: median(|r| r.p99_ms),
             peak_rss_mb: runs.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+            cpu_us_per_task: median(|r| r.cpu_us_per_task),
         });
     }
     println!(
@@ -402,14 +434,19 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
         args.runs
     );
     println!(
-        "| workers | tasks | tasks/s | p50 submit→result (idle) | p99 | orchestrator peak RSS |"
+        "| workers | tasks | tasks/s | orchestrator CPU/task | p50 submit→result (idle) | p99 | orchestrator peak RSS |"
     );
     println!(
-        "|--------:|------:|--------:|-------------------------:|----:|----------------------:|"
+        "|--------:|------:|--------:|----------------------:|-------------------------:|----:|----------------------:|"
     );
     for r in &rows {
+        let cpu = if r.cpu_us_per_task.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:.0} µs", r.cpu_us_per_task)
+        };
         println!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} MiB |",
+            "| {} | {} | {:.0} | {cpu} | {:.2} ms | {:.2} ms | {:.1} MiB |",
             r.workers, r.tasks, r.tasks_per_sec, r.p50_ms, r.p99_ms, r.peak_rss_mb
         );
     }
@@ -433,4 +470,23 @@ fn tempdir() -> Result<TempDir> {
     ));
     std::fs::create_dir_all(&p)?;
     Ok(TempDir(p))
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let pid = std::process::id();
+        let before = super::cpu_seconds(pid).expect("readable");
+        // Burn about 0.2 s of CPU (USER_HZ granularity is 10 ms).
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = super::cpu_seconds(pid).expect("readable");
+        assert!(after - before >= 0.1, "{before} -> {after}");
+        assert!(super::cpu_seconds(u32::MAX).is_none(), "no such process");
+    }
 }

@@ -55,6 +55,9 @@ pub enum ConfigError {
     /// A provider's variables.
     #[error(transparent)]
     Provider(#[from] BuildError),
+    /// `--worker-type` longer than the orchestrator accepts.
+    #[error("--worker-type must be at most {} bytes", crate::task::MAX_NAME)]
+    WorkerType,
     /// A worker without any provider.
     #[error(
         "no provider: pass --provider ({}), --config FILE, or set WORKER_TYPE",
@@ -407,6 +410,13 @@ impl WorkerConfig {
         cfg.orchestrator = orchestrator;
         cfg.token = args.token.as_deref().map(JoinToken::parse).transpose()?;
         cfg.worker_id = args.worker_id.clone();
+        if args
+            .worker_type
+            .as_ref()
+            .is_some_and(|t| t.len() > crate::task::MAX_NAME)
+        {
+            return Err(ConfigError::WorkerType);
+        }
         cfg.worker_type = args.worker_type.clone();
         cfg.slots = args.slots;
         cfg.drain_timeout = args.drain_timeout;
@@ -537,6 +547,23 @@ mod tests {
         let over = (crate::cli::MAX_OUTPUT_BYTES + 1).to_string();
         assert!(parse(&["join", "--max-output-bytes", &over]).is_err());
         assert!(parse(&["join", "--max-vendor-body-bytes", "0"]).is_err());
+    }
+
+    #[test]
+    fn an_overlong_worker_type_is_refused_at_start() {
+        let long = "t".repeat(129);
+        let j = join_args(&[
+            "join",
+            "127.0.0.1",
+            "--provider",
+            "echo",
+            "--worker-type",
+            &long,
+        ]);
+        let e = WorkerConfig::from_args(&j)
+            .expect_err("too long")
+            .to_string();
+        assert!(e.contains("--worker-type must be at most 128 bytes"), "{e}");
     }
 
     #[test]

@@ -379,7 +379,35 @@ pub struct Capabilities {
     pub version: String,
 }
 
+/// Longest name a worker may report: its type, provider kinds, model names,
+/// OS, architecture and version. Names are shown in every stats answer and
+/// compared on every dispatch.
+pub const MAX_NAME: usize = 128;
+
 impl Capabilities {
+    /// The first name longer than [`MAX_NAME`]: what it is and its length.
+    pub fn oversized_name(&self) -> Option<(&'static str, usize)> {
+        let mut names: Vec<(&'static str, &str)> = vec![
+            ("worker_type", &self.worker_type),
+            ("os", &self.os),
+            ("arch", &self.arch),
+            ("version", &self.version),
+        ];
+        for o in &self.offers {
+            names.push(("provider", &o.provider));
+            names.extend(o.models.iter().map(|m| ("model", m.as_str())));
+            names.extend(
+                o.reasoning_model
+                    .iter()
+                    .map(|m| ("reasoning_model", m.as_str())),
+            );
+        }
+        names
+            .into_iter()
+            .find(|(_, n)| n.len() > MAX_NAME)
+            .map(|(what, n)| (what, n.len()))
+    }
+
     /// Provider kinds, in the worker's order.
     pub fn providers(&self) -> Vec<String> {
         self.offers.iter().map(|o| o.provider.clone()).collect()

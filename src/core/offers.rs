@@ -68,6 +68,13 @@ impl OfferState {
     pub fn set_report(&mut self, now: Millis, report: &[ProviderCooldown]) -> bool {
         let new: Vec<Cooldown> = report
             .iter()
+            // A name no offer can have matches nothing: not kept.
+            .filter(|c| {
+                c.provider.len() <= crate::task::MAX_NAME
+                    && c.model
+                        .as_ref()
+                        .is_none_or(|m| m.len() <= crate::task::MAX_NAME)
+            })
             .take(MAX_COOLDOWNS)
             .map(|c| Cooldown::from_report(now, c))
             .collect();

@@ -167,6 +167,9 @@ impl ActRequest {
     }
 }
 
+/// Largest agent system prompt, bytes.
+pub(super) const MAX_SYSTEM_PROMPT: usize = 64 * 1024;
+
 /// `PUT /api/agents/{id}`.
 #[derive(Deserialize)]
 pub(super) struct AgentRequest {
@@ -181,6 +184,27 @@ impl AgentRequest {
     pub(super) fn into_def(self) -> Result<AgentDef, ApiError> {
         if let Some(t) = &self.task_type {
             check_task_type(t)?;
+        }
+        // Every agent lives in the orchestrator's memory: 1,000 of the
+        // largest take 64 MiB.
+        if self.system_prompt.len() > MAX_SYSTEM_PROMPT {
+            return Err(ApiError::bad_request(
+                "invalid_system_prompt",
+                format!(
+                    "system_prompt is {} bytes, at most {MAX_SYSTEM_PROMPT}",
+                    self.system_prompt.len()
+                ),
+            ));
+        }
+        if self
+            .model
+            .as_ref()
+            .is_some_and(|m| m.len() > crate::task::MAX_NAME)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_model",
+                format!("model must be at most {} bytes", crate::task::MAX_NAME),
+            ));
         }
         check_temperature(self.temperature)?;
         Ok(AgentDef {

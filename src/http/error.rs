@@ -100,6 +100,7 @@ impl From<ClusterError> for ApiError {
             | ClusterError::Store(_)
             | ClusterError::TokenFile(_)
             | ClusterError::Degraded(_) => ApiError::unavailable(message),
+            ClusterError::TooManyAgents { .. } => ApiError::conflict("too_many_agents", message),
             ClusterError::QueueFull { .. } => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "queue_full",

@@ -513,3 +513,29 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing_of_a_batc
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn agent_definitions_are_bounded_in_size_and_number() {
+    let app = App::new(|_| {}).await;
+    let big = json!({"system_prompt": "p".repeat(super::body::MAX_SYSTEM_PROMPT + 1)}).to_string();
+    let (s, v) = app.call("PUT", "/api/agents/a", Some(&big)).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_system_prompt")
+    );
+    let long_model = json!({"system_prompt": "p", "model": "m".repeat(129)}).to_string();
+    let (s, v) = app.call("PUT", "/api/agents/a", Some(&long_model)).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_model"));
+    let ok = json!({"system_prompt": "p"}).to_string();
+    for i in 0..crate::node::cluster::MAX_AGENTS {
+        let (s, v) = app
+            .call("PUT", &format!("/api/agents/a{i}"), Some(&ok))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, v) = app.call("PUT", "/api/agents/one-more", Some(&ok)).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "too_many_agents"));
+    // Replacing one is still allowed.
+    let (s, _) = app.call("PUT", "/api/agents/a7", Some(&ok)).await;
+    assert_eq!(s, StatusCode::OK);
+}

@@ -38,6 +38,10 @@ use crate::store::{
 use crate::task::{TaskId, TaskSpec, WorkerId};
 use crate::wire::{EnrollRequest, EnrollResponse, PROTOCOL_VERSION};
 
+/// Most agent definitions kept (each in memory; see the HTTP layer's
+/// prompt bound).
+pub const MAX_AGENTS: usize = 1_000;
+
 /// Why a cluster operation did not happen. The HTTP layer maps each variant
 /// to a status code; the messages are written for the person who asked.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,12 @@ pub enum ClusterError {
     /// Store writes fail (a full disk): no new work until they succeed.
     #[error("the orchestrator cannot store new work now ({0}); retry later")]
     Degraded(String),
+    /// A new agent past [`MAX_AGENTS`].
+    #[error("there are already {max} agents, the most one orchestrator keeps; replace one instead")]
+    TooManyAgents {
+        /// The bound.
+        max: usize,
+    },
     /// Accepting these tasks would pass `--max-queued`.
     #[error(
         "the queue is full: {queued} tasks accepted and not finished, at most {max} (--max-queued); retry when some have finished"
@@ -427,6 +437,12 @@ impl Cluster {
 
     /// Stores (or replaces) an agent definition.
     pub async fn put_agent(&self, id: &str, def: AgentDef) -> Result<(), ClusterError> {
+        {
+            let agents = lock(&self.agents);
+            if agents.len() >= MAX_AGENTS && !agents.contains_key(id) {
+                return Err(ClusterError::TooManyAgents { max: MAX_AGENTS });
+            }
+        }
         self.store
             .commit(vec![Op::PutAgent(id.to_owned(), def.clone())])
             .await?;

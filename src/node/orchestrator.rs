@@ -565,6 +565,15 @@ async fn serve_worker(
         );
         return;
     }
+    if let Some((what, len)) = hello.caps.oversized_name() {
+        let reason = format!(
+            "hello refused: its {what} is {len} bytes, at most {}",
+            crate::task::MAX_NAME
+        );
+        tracing::warn!(worker = %id, %reason, "refused worker");
+        conn.close(close::PROTOCOL, reason.as_bytes());
+        return;
+    }
     let welcome = OrchMsg::Welcome {
         proto: PROTOCOL_VERSION,
         heartbeat_ms: u32::try_from(cluster.config().heartbeat.as_millis()).unwrap_or(u32::MAX),

@@ -401,3 +401,34 @@ async fn a_worker_enrolling_while_the_store_fails_keeps_trying_and_gets_in() {
     );
     w.drain().await.expect("drain");
 }
+
+#[tokio::test]
+async fn a_hello_with_an_oversized_name_is_refused_with_the_reason() {
+    // Before: a 100 KB worker_type was accepted and repeated in every stats
+    // answer.
+    let c = TestCluster::start().await;
+    let w = c.worker("verbose", 0, 1).await;
+    let cfg = enrolled_identity(w).await;
+    let conn = raw_connect(&c, cfg).await.expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    let caps = d8::task::Capabilities {
+        worker_type: "x".repeat(100_000),
+        slots: 1,
+        ..Default::default()
+    };
+    let hello = WorkerMsg::Hello(Hello {
+        proto: d8::wire::PROTOCOL_VERSION,
+        worker_id: "verbose".into(),
+        caps,
+    });
+    transport::write_frame(&mut send, &hello)
+        .await
+        .expect("write");
+    let closed = conn.closed().await;
+    let text = transport::explain(&closed);
+    assert!(
+        text.contains("hello refused: its worker_type is 100000 bytes, at most 128"),
+        "{text}"
+    );
+    assert_eq!(c.online().await, 0);
+}

@@ -18,6 +18,19 @@ use crate::task::TaskId;
 /// Chunks a slow subscriber may fall behind before it is resynchronised.
 const BACKLOG: usize = 256;
 
+/// Subscribers of one task at once. Each may hold a copy of the task's text
+/// (up to one frame) in its connection's write buffer when it does not read.
+pub(crate) const MAX_SUBSCRIBERS_PER_TASK: usize = 8;
+/// Subscribers of all tasks at once.
+pub(crate) const MAX_SUBSCRIBERS: usize = 64;
+
+/// Too many subscribers already: the new one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "too many live-output subscribers (at most {MAX_SUBSCRIBERS_PER_TASK} per task and {MAX_SUBSCRIBERS} in all); poll GET /api/tasks/{{id}}?wait= instead, or retry later"
+)]
+pub(crate) struct TooManySubscribers;
+
 /// Text kept per task: a result larger than one frame could not arrive
 /// anyway, so chunks beyond it are dropped (the final result still comes
 /// with `done`) and a worker that streams without end cannot exhaust memory.
@@ -101,14 +114,22 @@ impl LiveOutput {
 
     /// Subscribes to task `id`: the text of its current attempt so far (if
     /// any) and the chunks that follow.
-    pub(crate) fn subscribe(&self, id: TaskId) -> (Option<Chunk>, broadcast::Receiver<Chunk>) {
+    pub(crate) fn subscribe(
+        &self,
+        id: TaskId,
+    ) -> Result<(Option<Chunk>, broadcast::Receiver<Chunk>), TooManySubscribers> {
         let mut map = self.map();
+        let total: usize = map.values().map(|e| e.tx.receiver_count()).sum();
+        let mine = map.get(&id).map_or(0, |e| e.tx.receiver_count());
+        if total >= MAX_SUBSCRIBERS || mine >= MAX_SUBSCRIBERS_PER_TASK {
+            return Err(TooManySubscribers);
+        }
         let e = Self::entry(&mut map, id);
         let so_far = (e.attempt > 0).then(|| Chunk {
             attempt: e.attempt,
             text: Arc::from(e.text.as_str()),
         });
-        (so_far, e.tx.subscribe())
+        Ok((so_far, e.tx.subscribe()))
     }
 
     /// The next thing a subscriber of task `id` must hear. A subscriber that
@@ -171,7 +192,7 @@ mod tests {
         let id = TaskId(1);
         s.open(id);
         s.publish(id, 1, "Hel");
-        let (so_far, mut rx) = s.subscribe(id);
+        let (so_far, mut rx) = s.subscribe(id).expect("room");
         assert_eq!(
             so_far,
             Some(Chunk {
@@ -198,7 +219,7 @@ mod tests {
     #[test]
     fn release_forgets_only_silent_unwatched_tasks() {
         let s = LiveOutput::default();
-        let (_, rx) = s.subscribe(TaskId(7));
+        let (_, rx) = s.subscribe(TaskId(7)).expect("room");
         s.release(TaskId(7));
         assert_eq!(s.len(), 1, "still watched");
         drop(rx);
@@ -215,7 +236,7 @@ mod tests {
         let s = LiveOutput::default();
         let id = TaskId(3);
         s.open(id);
-        let (_, mut rx) = s.subscribe(id);
+        let (_, mut rx) = s.subscribe(id).expect("room");
         let mut all = String::new();
         for i in 0..BACKLOG + 10 {
             let piece = format!("{i},");
@@ -250,7 +271,34 @@ mod tests {
         let big = "x".repeat(MAX_TEXT / 2 + 1);
         s.publish(id, 1, &big);
         s.publish(id, 1, &big);
-        let (so_far, _) = s.subscribe(id);
+        let (so_far, _) = s.subscribe(id).expect("room");
         assert_eq!(so_far.map(|c| c.text.len()), Some(big.len()));
+    }
+
+    #[test]
+    fn subscribers_are_bounded_per_task_and_in_all() {
+        // Before: 40 subscribers that never read an 8 MiB stream added
+        // 420 MB to the orchestrator.
+        let s = LiveOutput::default();
+        let mut held = Vec::new();
+        for _ in 0..MAX_SUBSCRIBERS_PER_TASK {
+            held.push(s.subscribe(TaskId(1)).expect("room"));
+        }
+        assert_eq!(s.subscribe(TaskId(1)).err(), Some(TooManySubscribers));
+        held.pop();
+        assert!(s.subscribe(TaskId(1)).is_ok(), "a place came back");
+        let mut others = Vec::new();
+        let mut id = 2;
+        while held.len() + others.len() < MAX_SUBSCRIBERS - 1 {
+            others.push(s.subscribe(TaskId(id)).expect("room"));
+            id += 1;
+        }
+        // 63 held now; the 64th fits, the 65th does not.
+        let _last = s.subscribe(TaskId(999)).expect("the 64th");
+        assert_eq!(
+            s.subscribe(TaskId(1000)).err(),
+            Some(TooManySubscribers),
+            "64 in all"
+        );
     }
 }

@@ -52,7 +52,7 @@ pub struct SchedulerConfig {
     /// is eligible again; doubles with each failure, up to 30 s.
     pub retry_backoff_ms: u64,
     /// Cooldown for a provider that answered rate-limited or unavailable when
-    /// its worker reported no rest of its own: bounds retries of one key.
+    /// its worker reported no cooldown of its own: bounds retries of one key.
     pub min_cooldown_ms: u64,
     /// Task type routing.
     pub routing: Routing,
@@ -355,6 +355,8 @@ pub struct Scheduler {
     actions: VecDeque<Action>,
     counters: Counters,
     assigned: usize,
+    /// No new assignments (the store cannot record results).
+    paused: bool,
 }
 
 impl Scheduler {
@@ -369,7 +371,24 @@ impl Scheduler {
             actions: VecDeque::new(),
             counters,
             assigned: 0,
+            paused: false,
         }
+    }
+
+    /// Stops or resumes assigning tasks. The shell pauses while the store
+    /// cannot record results (a full disk): work that runs meanwhile could
+    /// finish without its result being kept. Running tasks go on; resuming
+    /// assigns at once.
+    pub fn set_paused(&mut self, now: Millis, paused: bool) {
+        self.paused = paused;
+        if !paused {
+            self.schedule(now);
+        }
+    }
+
+    /// Whether assignments are paused.
+    pub fn paused(&self) -> bool {
+        self.paused
     }
 
     /// Accepts a task (new, or reloaded from the store after a restart with
@@ -811,6 +830,9 @@ impl Scheduler {
 
     /// Assigns queued tasks while some eligible worker has a free slot.
     fn schedule(&mut self, now: Millis) {
+        if self.paused {
+            return;
+        }
         loop {
             let mut best: Option<(QueueKey, ClassKey, WorkerId, Route)> = None;
             for (class, queue) in &self.queues {

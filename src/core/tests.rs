@@ -963,3 +963,38 @@ fn a_failed_attempt_is_retried_on_another_worker_when_one_can_take_it() {
     // (check_invariants counts timers: a stale retry timer would fail it.)
     s.check_invariants();
 }
+
+#[test]
+fn a_paused_scheduler_assigns_nothing_until_resumed() {
+    let mut s = sched();
+    let t0 = Millis(1_000);
+    s.handle_worker_up(t0, w("a"), caps("echo", 2));
+    s.handle_submit(t0, TaskId(1), spec("agent_action", 5), t0);
+    assert_eq!(
+        dispatches(&drain(&mut s)).len(),
+        1,
+        "running before the pause"
+    );
+    s.set_paused(t0, true);
+    s.handle_submit(t0, TaskId(2), spec("agent_action", 5), t0);
+    s.handle_worker_up(t0, w("b"), caps("echo", 2));
+    assert!(
+        dispatches(&drain(&mut s)).is_empty(),
+        "nothing new while paused"
+    );
+    // A running task finishes normally meanwhile.
+    assert_eq!(
+        s.handle_result(Millis(1_010), &w("a"), TaskId(1), 1, ok()),
+        ResultDisposition::Finished
+    );
+    assert!(dispatches(&drain(&mut s)).is_empty(), "still paused");
+    s.set_paused(Millis(1_020), false);
+    assert_eq!(
+        dispatches(&drain(&mut s))
+            .iter()
+            .map(|d| d.0)
+            .collect::<Vec<_>>(),
+        [TaskId(2)],
+        "resumed at once"
+    );
+}

@@ -285,6 +285,18 @@ impl Actor {
 
     fn handle(&mut self, msg: SchedMsg) {
         let now = now_millis();
+        // No new work while results could not be recorded; resumed as soon
+        // as the store works (it probes every second; heartbeats bring the
+        // next message within half a second).
+        let failing = self.store.degraded().is_some();
+        if failing != self.core.paused() {
+            if failing {
+                tracing::debug!("store writes fail: no new task is dispatched until they succeed");
+            } else {
+                tracing::debug!("store writes succeed again: dispatching");
+            }
+            self.core.set_paused(now, failing);
+        }
         match msg {
             SchedMsg::Submit(tasks) => {
                 for t in tasks {

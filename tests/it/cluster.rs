@@ -973,3 +973,35 @@ async fn failing_store_writes_degrade_the_orchestrator_until_they_work_again() {
         .await;
     assert_eq!(s, 201, "{v}");
 }
+
+#[tokio::test]
+async fn no_task_is_dispatched_while_results_cannot_be_recorded() {
+    let backend = std::sync::Arc::new(d8::store::MemBackend::default());
+    let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
+    let _w = c.worker("w", 1_000, 1).await;
+    let a = c.submit("a", 5).await;
+    c.wait_until(|s| s["tasks"]["assigned"] == 1, "a running")
+        .await;
+    let b = c.submit("b", 5).await;
+    backend
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (s, _) = c
+        .request(Method::POST, "/api/tasks", Some(chat("c", 5)))
+        .await;
+    assert_eq!(s, 503, "the store fails");
+    // `a` finishes on the worker meanwhile; its slot frees, but `b` must
+    // not run: its result could not be kept either.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (_, tb) = c
+        .request(Method::GET, &format!("/api/tasks/{b}"), None)
+        .await;
+    assert_eq!(tb["status"], "pending", "{tb}");
+    backend
+        .fail_commits
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    for id in [&a, &b] {
+        let t = c.wait_task(id, 15).await;
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+}

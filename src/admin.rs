@@ -211,6 +211,52 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
     Ok(())
 }
 
+/// `d8 backup FILE`: streams `GET /api/backup` into `FILE` (through a
+/// `.part` file, renamed when complete; owner-only, as it holds token
+/// hashes and worker records).
+pub async fn backup(out: &std::path::Path, args: &ClientArgs) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let c = Client::new(args)?;
+    let mut resp = c
+        .http
+        .get(format!("{}/api/backup", c.base))
+        .bearer_auth(&c.key)
+        .timeout(std::time::Duration::from_secs(3_600))
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach the orchestrator at {}: {e}", c.base))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let msg = v["error"]["message"].as_str().unwrap_or("no details");
+        bail!("orchestrator answered {status}: {msg}");
+    }
+    let part = out.with_extension("part");
+    let mut file = {
+        let mut o = tokio::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        o.mode(0o600);
+        o.open(&part)
+            .await
+            .with_context(|| format!("cannot write {}", part.display()))?
+    };
+    let mut written: u64 = 0;
+    while let Some(chunk) = resp.chunk().await.context("the backup broke off")? {
+        file.write_all(&chunk)
+            .await
+            .with_context(|| format!("cannot write {}", part.display()))?;
+        written += chunk.len() as u64;
+    }
+    file.sync_all().await.context("cannot sync the backup")?;
+    drop(file);
+    tokio::fs::rename(&part, out)
+        .await
+        .with_context(|| format!("cannot rename {} to {}", part.display(), out.display()))?;
+    println!("backup written: {} ({written} bytes)", out.display());
+    Ok(())
+}
+
 /// `d8 token …`.
 pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
     let c = Client::new(args)?;

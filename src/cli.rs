@@ -64,6 +64,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Save a consistent copy of the orchestrator's store while it serves.
+    Backup {
+        /// File to write (a `d8.redb`; restore by putting it in place of
+        /// `<data-dir>/d8.redb` while `d8 serve` is stopped).
+        out: PathBuf,
+        /// Where the orchestrator is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure throughput and latency on this machine (starts its own cluster).
     Bench(BenchArgs),
     /// Explain why a worker cannot find or reach its orchestrator.

@@ -57,6 +57,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/tokens/rotate", post(admin::rotate_token))
         .route("/tokens/{id}", delete(admin::revoke_token))
+        .route("/backup", get(admin::backup))
         // Inner layer: runs after the key check, so only an authorised
         // client's body is read.
         .route_layer(middleware::from_fn_with_state(

@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status(client) => d8::admin::status(&client).await,
         Command::Token { action, client } => d8::admin::token(&action, &client).await,
         Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
+        Command::Backup { out, client } => d8::admin::backup(&out, &client).await,
         Command::Bench(args) => d8::bench::run(args).await.map(|_| ()),
         Command::Doctor(args) => {
             if d8::doctor::run(args).await? {

@@ -209,6 +209,14 @@ pub trait Backend: Send + Sync + 'static {
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError>;
     /// Releases the underlying storage; later calls fail with `Closed`.
     fn close(&self) {}
+    /// Writes a consistent copy of everything stored to a new file at `to`
+    /// (one snapshot, while writes go on).
+    fn backup(&self, to: &std::path::Path) -> Result<(), StoreError> {
+        let _ = to;
+        Err(StoreError::Backend(
+            "this store cannot be backed up (in memory)".into(),
+        ))
+    }
 }
 
 /// Encodes a record (bincode, the same config as the wire).
@@ -362,6 +370,12 @@ impl Store {
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.commit(Vec::new()).await
+    }
+
+    /// Writes a consistent copy of the store to a new file at `to`
+    /// (blocking: call it off the async threads).
+    pub fn backup(&self, to: &std::path::Path) -> Result<(), StoreError> {
+        self.backend.backup(to)
     }
 
     /// A finished task's record.

@@ -223,3 +223,54 @@ pub(super) async fn rotate_token(State(cluster): AppState) -> ApiResult {
     let token = cluster.rotate_join_token().await?;
     Ok(Json(json!({ "token": token.to_string() })).into_response())
 }
+
+/// Removes the backup file when the response is done with it (sent whole,
+/// or the client went away).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `GET /api/backup`: a consistent copy of the store (`d8.redb` format),
+/// made from one snapshot while the orchestrator keeps serving. Restore:
+/// stop `d8 serve`, put the file in place of `<data-dir>/d8.redb`, start.
+pub(super) async fn backup(State(cluster): AppState) -> ApiResult {
+    let path = cluster.backup().await?;
+    let guard = RemoveOnDrop(path);
+    let file = tokio::fs::File::open(&guard.0)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read the backup just written: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let chunks = futures_util::stream::unfold((file, guard), |(mut file, guard)| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (file, guard)))
+            }
+            Err(e) => Some((Err(e), (file, guard))),
+        }
+    });
+    let name = format!(
+        "d8-backup-{}.redb",
+        crate::task::rfc3339(now_millis().0).replace(':', "-")
+    );
+    let mut resp = axum::body::Body::from_stream(chunks).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(len) = len {
+        h.insert(axum::http::header::CONTENT_LENGTH, len.into());
+    }
+    Ok(resp)
+}

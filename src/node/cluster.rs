@@ -450,6 +450,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Writes a consistent copy of the store into the data directory and
+    /// returns its path; the caller sends it and removes it. The copy needs
+    /// as much free space as the store.
+    pub async fn backup(&self) -> Result<std::path::PathBuf, ClusterError> {
+        let to = self
+            .cfg
+            .data_dir
+            .join(format!(".backup-{:016x}.redb", rand::random::<u64>()));
+        let store = self.store.clone();
+        let path = to.clone();
+        let done = tokio::task::spawn_blocking(move || store.backup(&path))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(format!("backup task failed: {e}"))));
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&to);
+            return Err(e.into());
+        }
+        Ok(to)
+    }
+
     /// An agent's definition, if one was stored.
     pub fn agent(&self, id: &str) -> Option<AgentDef> {
         lock(&self.agents).get(id).cloned()

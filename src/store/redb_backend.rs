@@ -181,7 +181,47 @@ impl RedbBackend {
     }
 }
 
+/// Copies every row of `def` from a snapshot into a new file's transaction.
+fn copy_table<K, V>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<(), StoreError>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+    for<'a> K::SelfType<'a>: std::borrow::Borrow<K::SelfType<'a>>,
+{
+    let src = from.open_table(def).map_err(be)?;
+    let mut dst = to.open_table(def).map_err(be)?;
+    for row in src.iter().map_err(be)? {
+        let (k, v) = row.map_err(be)?;
+        dst.insert(k.value(), v.value()).map_err(be)?;
+    }
+    Ok(())
+}
+
 impl Backend for RedbBackend {
+    fn backup(&self, to: &Path) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let snapshot = db.begin_read().map_err(be)?;
+            let copy = Database::builder()
+                .set_cache_size(1024 * 1024)
+                .create(to)
+                .map_err(be)?;
+            let txn = copy.begin_write().map_err(be)?;
+            copy_table(&snapshot, &txn, TASKS)?;
+            copy_table(&snapshot, &txn, RESULTS)?;
+            copy_table(&snapshot, &txn, RESULTS_BY_TIME)?;
+            copy_table(&snapshot, &txn, TOKENS)?;
+            copy_table(&snapshot, &txn, WORKERS)?;
+            copy_table(&snapshot, &txn, AGENTS)?;
+            copy_table(&snapshot, &txn, META)?;
+            txn.commit().map_err(be)?;
+            Ok(())
+        })
+    }
+
     fn close(&self) {
         let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
         self.closed.store(true, Ordering::Release);

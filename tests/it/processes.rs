@@ -934,3 +934,46 @@ async fn a_full_disk_degrades_the_orchestrator_and_it_recovers_by_itself() {
         "the failure is logged once, not per write:\n{logged}"
     );
 }
+
+#[tokio::test]
+async fn a_backup_taken_while_serving_holds_the_cluster_and_restores() {
+    let mut c = ProcCluster::start().await;
+    c.add_worker("w", &[]);
+    c.wait_online(1).await;
+    let id = c.submit("kept").await;
+    let t = c.get(&format!("/api/tasks/{id}?wait=15")).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    // One that waits: no worker is left to take it.
+    for w in &mut c.workers {
+        w.child.kill().await.expect("kill worker");
+    }
+    c.wait_online(0).await;
+    let pending = c.submit("later").await;
+    let out = c.dir.path().join("saved.redb");
+    let (ok, stdout, stderr) = c.cli(&["backup", out.to_str().expect("utf8")]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("backup written"), "{stdout}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner only");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(c.odir())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".backup-"))
+        .collect();
+    assert!(leftovers.is_empty(), "the server's copy is removed");
+
+    // Restore: stop, put the copy in place, start.
+    let mut orch = c.orch.take().expect("orch");
+    orch.child.kill().await.expect("kill");
+    std::fs::copy(&out, c.odir().join("d8.redb")).expect("restore");
+    c.start_orchestrator().await;
+    let t = c.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(t["status"], "completed", "the result came back: {t}");
+    assert_eq!(t["result"]["content"], "kept");
+    let p = c.get(&format!("/api/tasks/{pending}")).await;
+    assert_eq!(p["status"], "pending", "the waiting task came back: {p}");
+}

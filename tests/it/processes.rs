@@ -977,3 +977,65 @@ async fn a_backup_taken_while_serving_holds_the_cluster_and_restores() {
     let p = c.get(&format!("/api/tasks/{pending}")).await;
     assert_eq!(p["status"], "pending", "the waiting task came back: {p}");
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_idle_connection_flood_at_a_low_descriptor_limit_locks_no_one_out() {
+    // Before: 1,050 idle connections took every descriptor of an
+    // orchestrator at systemd's default limit (1,024) and every legitimate
+    // request failed for as long as they were held.
+    init_tracing();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = tmp.path().join("serve.log");
+    let data = tmp.path().join("o");
+    let script = format!(
+        "ulimit -n 400 && exec {BIN} serve --no-mdns --bind 127.0.0.1 --port {port} --data-dir {}",
+        data.display()
+    );
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let _orch = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(&health)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 500 silent connections from another loopback address: more than the
+    // orchestrator's 400 descriptors.
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut flood = Vec::new();
+    for _ in 0..500 {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(([127, 0, 0, 2], 0).into()).expect("bind 127.0.0.2");
+        if let Ok(c) = s.connect(target).await {
+            flood.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A client from elsewhere still gets in, at once.
+    let fresh = reqwest::Client::new();
+    let t0 = Instant::now();
+    let r = fresh
+        .get(&health)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("answered while the flood holds its connections");
+    assert!(r.status().is_success());
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    drop(flood);
+}

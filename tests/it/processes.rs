@@ -1123,3 +1123,106 @@ async fn an_enrollment_flood_with_huge_frames_leaves_memory_bounded() {
     let h = c.get("/health").await;
     assert_eq!(h["status"], "ok", "{h}");
 }
+
+/// A vendor that never stops answering: a streamed answer without end
+/// (OpenAI's SSE chunk shape, openai-python `ChatCompletionChunk`), and a
+/// whole answer whose body never ends.
+#[cfg(target_os = "linux")]
+async fn endless_vendor() -> String {
+    use axum::body::{Body, Bytes};
+    use axum::response::Response;
+    use futures_util::StreamExt as _;
+    let app = axum::Router::new().fallback(|body: String| async move {
+        let streaming = serde_json::from_str::<Value>(&body)
+            .ok()
+            .is_some_and(|v| v["stream"] == true);
+        let piece = "x".repeat(1024);
+        let chunk: Bytes = if streaming {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": piece}}]})
+            )
+            .into()
+        } else {
+            // `{"choices": [{"message": {"content": "xxxx…` and never the end.
+            piece.into()
+        };
+        let head: Bytes = if streaming {
+            Bytes::new()
+        } else {
+            Bytes::from_static(
+                br#"{"choices":[{"index":0,"message":{"role":"assistant","content":""#,
+            )
+        };
+        let endless = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+            .chain(futures_util::stream::repeat_with(move || Ok(chunk.clone())));
+        Response::builder()
+            .header(
+                "content-type",
+                if streaming {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(Body::from_stream(endless))
+            .expect("response")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/v1")
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_vendor_that_never_stops_fails_the_task_and_the_worker_stays_small() {
+    // Before: an endless stream grew a worker to 1.43 GB in 10 s and only
+    // the 5-minute attempt timeout stopped it.
+    let base = endless_vendor().await;
+    let mut c = ProcCluster::start().await;
+    c.add_worker_with(
+        "w",
+        &["--provider", "groq"],
+        &[],
+        &[
+            ("GROQ_API_KEY", "gsk_endless_0123456789abcdef"),
+            ("GROQ_BASE_URL", &base),
+        ],
+    );
+    c.wait_online(1).await;
+    let wpid = c.workers[0].child.id().expect("pid");
+    for (stream, limit) in [
+        (true, "--max-output-bytes"),
+        (false, "--max-vendor-body-bytes"),
+    ] {
+        let mut body = chat("go on forever", 5);
+        body["data"]["stream"] = serde_json::json!(stream);
+        let id = c.submit_json(&body).await;
+        let mut peak = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let t = loop {
+            peak = peak.max(rss_bytes(wpid));
+            let t = c.get(&format!("/api/tasks/{id}")).await;
+            if t["status"] == "failed" || t["status"] == "completed" {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "not cut within 60 s: {t}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(t["status"], "failed", "{t}");
+        let error = t["error"].as_str().unwrap_or_default();
+        assert!(error.contains(limit), "stream={stream}: {error}");
+        eprintln!("stream={stream}: worker peak RSS {} MiB", peak >> 20);
+        assert!(
+            peak < 200 * 1024 * 1024,
+            "stream={stream}: {} MiB",
+            peak >> 20
+        );
+    }
+}

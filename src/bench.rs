@@ -237,17 +237,21 @@ fn cpu_seconds(_pid: u32) -> Option<f64> {
     None
 }
 
+/// A memory figure of `pid` from `/proc/<pid>/status`, in bytes: `VmHWM`
+/// (peak resident), `VmRSS` (resident now), … (Linux).
+#[cfg(target_os = "linux")]
+pub fn proc_memory_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(target_os = "linux")]
 fn peak_rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    proc_memory_bytes(pid, "VmHWM").unwrap_or(0)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -488,5 +492,16 @@ mod tests {
         let after = super::cpu_seconds(pid).expect("readable");
         assert!(after - before >= 0.1, "{before} -> {after}");
         assert!(super::cpu_seconds(u32::MAX).is_none(), "no such process");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn memory_figures_are_read_by_their_exact_name() {
+        let pid = std::process::id();
+        let rss = super::proc_memory_bytes(pid, "VmRSS").expect("VmRSS");
+        let peak = super::proc_memory_bytes(pid, "VmHWM").expect("VmHWM");
+        assert!(rss > 0 && peak >= rss, "{rss} {peak}");
+        // `VmRSS` is not a prefix match for `VmRSSx`-like names.
+        assert_eq!(super::proc_memory_bytes(pid, "VmRS"), None);
     }
 }

@@ -91,13 +91,7 @@ impl FakeOpenAi {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = super::harness::serve_on_loopback(app).await;
         FakeOpenAi {
             base: format!("http://{addr}/v1"),
             seen,

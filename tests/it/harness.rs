@@ -238,3 +238,35 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port");
 }
+
+/// Serves `app` on a new loopback port in the background; its address.
+pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// Waits up to `secs` for `url` to answer 2xx; panics with the text of
+/// `log` (the process's output) when it does not.
+pub async fn wait_healthy(url: &str, log: &Path, secs: u64) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !http
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{url} not healthy within {secs} s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

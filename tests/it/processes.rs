@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::harness::{chat, free_port, init_tracing};
+use super::harness::{chat, free_port, init_tracing, serve_on_loopback, wait_healthy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_d8");
 
@@ -116,20 +116,7 @@ impl ProcCluster {
             err,
         );
         self.orch = Some(p);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.http.get(self.url("/health")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "orchestrator did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_healthy(&self.url("/health"), &log, 20).await;
         self.key = std::fs::read_to_string(self.odir().join("api-key"))
             .expect("api-key")
             .trim()
@@ -813,20 +800,7 @@ async fn a_full_disk_degrades_the_orchestrator_and_it_recovers_by_itself() {
     let pid = orch.id().expect("pid");
     let http = reqwest::Client::new();
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(url("/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&url("/health"), &log, 20).await;
     let read = |f: &str| {
         let o = in_mount_ns(pid, &format!("cat {}/{f}", data.display()));
         String::from_utf8_lossy(&o.stdout).trim().to_owned()
@@ -1002,18 +976,8 @@ async fn an_idle_connection_flood_at_a_low_descriptor_limit_locks_no_one_out() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let http = reqwest::Client::new();
     let health = format!("http://127.0.0.1:{port}/health");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(&health)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&health, &log, 20).await;
     // 500 silent connections from another loopback address: more than the
     // orchestrator's 400 descriptors.
     let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
@@ -1043,15 +1007,7 @@ async fn an_idle_connection_flood_at_a_low_descriptor_limit_locks_no_one_out() {
 /// The resident memory of `pid`, bytes (Linux).
 #[cfg(target_os = "linux")]
 fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    d8::bench::proc_memory_bytes(pid, "VmRSS").unwrap_or(0)
 }
 
 #[cfg(target_os = "linux")]
@@ -1169,13 +1125,7 @@ async fn endless_vendor() -> String {
             .body(Body::from_stream(endless))
             .expect("response")
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_on_loopback(app).await;
     format!("http://{addr}/v1")
 }
 

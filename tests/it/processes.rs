@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::harness::{chat, free_port, init_tracing, serve_on_loopback, wait_healthy};
+use super::harness::{chat, free_port, init_tracing, wait_healthy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_d8");
 
@@ -1125,7 +1125,7 @@ async fn endless_vendor() -> String {
             .body(Body::from_stream(endless))
             .expect("response")
     });
-    let addr = serve_on_loopback(app).await;
+    let addr = super::harness::serve_on_loopback(app).await;
     format!("http://{addr}/v1")
 }
 

@@ -166,12 +166,18 @@ fn providers_summary(w: &Value) -> String {
 }
 
 fn print_workers(workers: &Value) {
-    println!(
+    crate::out!(
         "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {:<16} PROVIDERS",
-        "WORKER", "STATUS", "TYPE", "SLOTS", "ACTIVE", "COMPLETED", "OS/ARCH"
+        "WORKER",
+        "STATUS",
+        "TYPE",
+        "SLOTS",
+        "ACTIVE",
+        "COMPLETED",
+        "OS/ARCH"
     );
     for w in workers.as_array().map(Vec::as_slice).unwrap_or_default() {
-        println!(
+        crate::out!(
             "{:<24} {:<9} {:<14} {:>6} {:>6} {:>9}  {:<16} {}",
             s(&w["worker_id"]),
             s(&w["status"]),
@@ -193,9 +199,9 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
     let workers = c.get("/api/workers").await?;
     let w = &stats["workers"];
     let t = &stats["tasks"];
-    println!("orchestrator {}", c.base);
-    println!("{}", health_line(&health));
-    println!(
+    crate::out!("orchestrator {}", c.base);
+    crate::out!("{}", health_line(&health));
+    crate::out!(
         "workers: {} total, {} online, {} busy   tasks: {} pending, {} assigned, {} completed, {} failed   success rate {}%",
         s(&w["total"]),
         s(&w["online"]),
@@ -206,7 +212,7 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
         s(&t["failed"]),
         s(&stats["performance"]["success_rate"]),
     );
-    println!();
+    crate::out!();
     print_workers(&workers);
     Ok(())
 }
@@ -253,7 +259,7 @@ pub async fn backup(out: &std::path::Path, args: &ClientArgs) -> Result<()> {
     tokio::fs::rename(&part, out)
         .await
         .with_context(|| format!("cannot rename {} to {}", part.display(), out.display()))?;
-    println!("backup written: {} ({written} bytes)", out.display());
+    crate::out!("backup written: {} ({written} bytes)", out.display());
     Ok(())
 }
 
@@ -268,8 +274,8 @@ pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
                     serde_json::json!({ "ttl_secs": ttl.map(|d| d.as_secs().max(1)), "max_uses": max_uses }),
                 )
                 .await?;
-            println!("{}", s(&v["token"]));
-            eprintln!(
+            crate::out!("{}", s(&v["token"]));
+            crate::err!(
                 "token id {} (expires: {}, max uses: {}); shown once, store it safely",
                 s(&v["id"]),
                 s(&v["expires_at"]),
@@ -278,9 +284,13 @@ pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
         }
         TokenAction::List => {
             let v = c.get("/api/tokens").await?;
-            println!(
+            crate::out!(
                 "{:<14} {:<8} {:>6} {:>9} {:<8}",
-                "ID", "KIND", "USES", "MAX_USES", "STATE"
+                "ID",
+                "KIND",
+                "USES",
+                "MAX_USES",
+                "STATE"
             );
             for t in v.as_array().map(Vec::as_slice).unwrap_or_default() {
                 let state = if t["revoked"].as_bool().unwrap_or(false) {
@@ -292,7 +302,7 @@ pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
                         None => "active".to_owned(),
                     }
                 };
-                println!(
+                crate::out!(
                     "{:<14} {:<8} {:>6} {:>9} {}",
                     s(&t["id"]),
                     s(&t["kind"]),
@@ -304,12 +314,12 @@ pub async fn token(action: &TokenAction, args: &ClientArgs) -> Result<()> {
         }
         TokenAction::Revoke { id } => {
             let v = c.delete(&format!("/api/tokens/{id}")).await?;
-            println!("revoked token {}", s(&v["id"]));
+            crate::out!("revoked token {}", s(&v["id"]));
         }
         TokenAction::Rotate => {
             let v = c.post("/api/tokens/rotate", serde_json::json!({})).await?;
-            println!("{}", s(&v["token"]));
-            eprintln!(
+            crate::out!("{}", s(&v["token"]));
+            crate::err!(
                 "the previous join token no longer enrolls workers (enrolled workers are unaffected)"
             );
         }
@@ -324,7 +334,7 @@ pub async fn workers(action: &WorkersAction, args: &ClientArgs) -> Result<()> {
         WorkersAction::List => print_workers(&c.get("/api/workers").await?),
         WorkersAction::Revoke { id } => {
             c.delete(&format!("/api/workers/{id}")).await?;
-            println!("revoked worker {id}; it was disconnected and can no longer connect");
+            crate::out!("revoked worker {id}; it was disconnected and can no longer connect");
         }
     }
     Ok(())

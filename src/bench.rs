@@ -117,7 +117,7 @@ impl Cluster {
                 let stop = stop.clone();
                 handles.push(tokio::spawn(async move {
                     if let Err(e) = crate::node::worker::run(cfg, stop).await {
-                        eprintln!("bench worker {i}: {e}");
+                        crate::err!("bench worker {i}: {e}");
                     }
                 }));
             }
@@ -389,7 +389,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
     for &n in &args.workers {
         let mut runs = Vec::new();
         for r in 0..args.runs {
-            eprintln!(
+            crate::err!(
                 "bench: {n} worker(s), {} tasks, run {}/{} …",
                 args.tasks,
                 r + 1,
@@ -407,9 +407,13 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
             let row = measure(&cluster, &args, n).await;
             cluster.stop().await;
             let row = row?;
-            eprintln!(
+            crate::err!(
                 "bench:   {:.0} tasks/s, {:.0} µs CPU/task, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB",
-                row.tasks_per_sec, row.cpu_us_per_task, row.p50_ms, row.p99_ms, row.peak_rss_mb
+                row.tasks_per_sec,
+                row.cpu_us_per_task,
+                row.p50_ms,
+                row.p99_ms,
+                row.peak_rss_mb
             );
             runs.push(row);
         }
@@ -428,7 +432,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
             cpu_us_per_task: median(|r| r.cpu_us_per_task),
         });
     }
-    println!(
+    crate::out!(
         "workers {}; median of {} run(s) per row; peak RSS is the maximum over the runs",
         if args.worker_mode == "inprocess" {
             "in the bench process"
@@ -437,10 +441,10 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
         },
         args.runs
     );
-    println!(
+    crate::out!(
         "| workers | tasks | tasks/s | orchestrator CPU/task | p50 submit→result (idle) | p99 | orchestrator peak RSS |"
     );
-    println!(
+    crate::out!(
         "|--------:|------:|--------:|----------------------:|-------------------------:|----:|----------------------:|"
     );
     for r in &rows {
@@ -449,9 +453,14 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>> {
         } else {
             format!("{:.0} µs", r.cpu_us_per_task)
         };
-        println!(
+        crate::out!(
             "| {} | {} | {:.0} | {cpu} | {:.2} ms | {:.2} ms | {:.1} MiB |",
-            r.workers, r.tasks, r.tasks_per_sec, r.p50_ms, r.p99_ms, r.peak_rss_mb
+            r.workers,
+            r.tasks,
+            r.tasks_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.peak_rss_mb
         );
     }
     Ok(rows)

@@ -297,6 +297,6 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
     for p in &problems {
         let _ = writeln!(out, "Also: {p}");
     }
-    print!("{out}");
+    crate::logging::say(&out);
     Ok(ok && problems.is_empty())
 }

@@ -61,3 +61,23 @@ pub fn warn(text: &str) {
     let _ = err.write_all(text.as_bytes());
     let _ = err.flush();
 }
+
+/// `println!` that cannot panic: [`say`] with a newline. For the CLI's
+/// output (`d8 status | head -1` closes the pipe early).
+#[macro_export]
+macro_rules! out {
+    () => {
+        $crate::logging::say("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::logging::say(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that cannot panic: [`warn`] with a newline.
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::logging::warn(&format!("{}\n", format_args!($($arg)*)))
+    };
+}

@@ -1176,3 +1176,25 @@ async fn a_vendor_that_never_stops_fails_the_task_and_the_worker_stays_small() {
         );
     }
 }
+
+#[tokio::test]
+async fn cli_output_to_a_closed_pipe_is_not_a_panic() {
+    // Before: `d8 status | head -0` died with "failed printing to stdout:
+    // Broken pipe" and exit status 101.
+    let c = ProcCluster::start().await;
+    let err_path = c.dir.path().join("status.err");
+    // `output()` would capture stdout itself: spawn with the closed pipe.
+    let status = Command::new(BIN)
+        .args(["status", "--url", &c.url(""), "--api-key", &c.key])
+        .env("D8_LOG", "warn")
+        .stdout(closed_pipe())
+        .stderr(Stdio::from(
+            std::fs::File::create(&err_path).expect("err file"),
+        ))
+        .status()
+        .await
+        .expect("run d8 status");
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

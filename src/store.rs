@@ -423,51 +423,50 @@ impl PendingCommit {
 /// the store works again.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Transitions between working and failing logged at most this often; in
-/// between (a nearly full disk lets small writes through and fails larger
-/// ones) they go to `debug`.
-const LOG_TRANSITIONS_EVERY: Duration = Duration::from_secs(30);
+/// A failure is logged at most this often; the recovery that follows a
+/// logged failure is always logged (so the log never ends on a failure that
+/// is over). A nearly full disk lets small writes through and fails larger
+/// ones: the changes in between go to `debug`.
+const LOG_FAILURES_EVERY: Duration = Duration::from_secs(30);
 
-/// Why writes fail, shared with [`Store::degraded`], and when a transition
-/// was last logged.
+/// Why writes fail, shared with [`Store::degraded`], and what the log said
+/// last.
 #[derive(Debug, Default)]
 struct Health {
     failing: Option<String>,
+    /// When the last failure line was logged.
     logged: Option<std::time::Instant>,
+    /// The log's last word was "failing".
+    said_failing: bool,
 }
 
 /// Records the outcome of a write; logs only the changes between working
-/// and failing (a full disk must not also fill the log).
+/// and failing, at most about two lines per 30 s (a full disk must not also
+/// fill the log).
 fn note(health: &Mutex<Health>, result: &Result<(), StoreError>) {
     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
-    let now = std::time::Instant::now();
-    let loud = h
-        .logged
-        .is_none_or(|t| now.duration_since(t) >= LOG_TRANSITIONS_EVERY);
-    match (result, h.failing.is_some()) {
-        (Ok(()), true) => {
-            if loud {
-                tracing::info!("store writes succeed again; accepting work");
-                h.logged = Some(now);
-            } else {
-                tracing::debug!("store writes succeed again");
-            }
+    match result {
+        Ok(()) => {
             h.failing = None;
+            if h.said_failing {
+                tracing::info!("store writes succeed again; accepting work");
+                h.said_failing = false;
+            }
         }
-        (Err(e), false) => {
-            if loud {
+        Err(e) => {
+            let now = std::time::Instant::now();
+            let may_log = h
+                .logged
+                .is_none_or(|t| now.duration_since(t) >= LOG_FAILURES_EVERY);
+            if !h.said_failing && may_log {
                 tracing::error!(error = %e, "store writes fail; refusing new work until they succeed again (retrying every second)");
+                h.said_failing = true;
                 h.logged = Some(now);
             } else {
-                tracing::debug!(error = %e, "store writes fail again");
+                tracing::debug!(error = %e, "store write failed");
             }
             h.failing = Some(e.to_string());
         }
-        (Err(e), true) => {
-            tracing::debug!(error = %e, "store write failed again");
-            h.failing = Some(e.to_string());
-        }
-        (Ok(()), false) => {}
     }
 }
 

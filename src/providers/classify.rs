@@ -127,6 +127,23 @@ fn gemini_retry_delay(body: &serde_json::Value) -> Option<Duration> {
         .find_map(|d| d["retryDelay"].as_str().and_then(parse_go_duration))
 }
 
+/// Google's structured error says the key is bad: an `ErrorInfo` detail with
+/// reason `API_KEY_INVALID`. Gemini sends it with HTTP 400
+/// `INVALID_ARGUMENT` ("API key not valid. Please pass a valid API key."),
+/// not 401/403 (body shape as reported verbatim in
+/// cequence-io/openai-scala-client#109 and google-gemini/gemini-cli#25198;
+/// `google.rpc.ErrorInfo` per Google's AIP-193).
+fn google_key_invalid(body: &serde_json::Value) -> bool {
+    body["error"]["details"].as_array().is_some_and(|details| {
+        details.iter().any(|d| {
+            d["@type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("google.rpc.ErrorInfo"))
+                && d["reason"] == "API_KEY_INVALID"
+        })
+    })
+}
+
 /// The vendor's own error text from a JSON error body, or a trimmed raw body.
 fn vendor_message(body: &serde_json::Value, raw: &str) -> String {
     let candidates = [
@@ -252,6 +269,7 @@ pub fn classify(
             "usage limit reached",
         ),
         401 | 403 => (ProviderErrorKind::Auth, "key rejected"),
+        400 if google_key_invalid(&json) => (ProviderErrorKind::Auth, "key rejected"),
         408 | 409 | 425 | 500..=599 => (ProviderErrorKind::Transient, "vendor unavailable"),
         _ => (ProviderErrorKind::Invalid, "request rejected"),
     };
@@ -363,6 +381,27 @@ mod tests {
             ProviderErrorKind::RateLimited {
                 retry_after_ms: 31_000
             }
+        );
+    }
+
+    #[test]
+    fn a_bad_gemini_key_is_a_rejected_key_although_its_status_is_400() {
+        // Gemini's answer to a bad key, as its servers send it (see
+        // `google_key_invalid`). Before: a bad request, the task failed and
+        // the key kept getting tasks.
+        let body = r#"{"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}, {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}]}}"#;
+        let e = classify("gemini", 400, &HeaderMap::new(), body, None, now());
+        assert_eq!(e.kind, ProviderErrorKind::Auth);
+        assert!(
+            e.message.contains("key rejected") && e.message.contains("API key not valid"),
+            "{}",
+            e.message
+        );
+        // Another 400 with structured details is still the request's fault.
+        let other = r#"{"error": {"code": 400, "message": "Invalid JSON payload", "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": []}]}}"#;
+        assert_eq!(
+            classify("gemini", 400, &HeaderMap::new(), other, None, now()).kind,
+            ProviderErrorKind::Invalid
         );
     }
 

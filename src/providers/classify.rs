@@ -20,6 +20,11 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 pub const QUOTA_COOLDOWN: Duration = Duration::from_secs(3_600);
 /// Longest cooldown honoured (a broken header must not park a worker for days).
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3_600);
+/// Shortest cooldown after a rate limit, whatever the vendor said:
+/// `Retry-After: 0` or a reset time already past must not turn a key that
+/// always answers 429 into a busy loop (one such key got 70 requests in
+/// 0.6 s). The orchestrator's own minimum is the same second.
+pub const MIN_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// Longest excerpt of vendor text in an error message (and so in a log line).
 pub const MAX_MESSAGE: usize = 2_000;
@@ -238,7 +243,9 @@ pub fn classify(
 ) -> ProviderError {
     let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     let said = excerpt(&vendor_message(&json, body), key);
-    let ms = |d: Duration| u64::try_from(d.min(MAX_COOLDOWN).as_millis()).unwrap_or(u64::MAX);
+    let ms = |d: Duration| {
+        u64::try_from(d.clamp(MIN_COOLDOWN, MAX_COOLDOWN).as_millis()).unwrap_or(u64::MAX)
+    };
     let (kind, what) = match status {
         429 if says_quota_exhausted(&said) || says_quota_exhausted(body) => (
             ProviderErrorKind::QuotaExhausted {
@@ -403,6 +410,25 @@ mod tests {
             classify("gemini", 400, &HeaderMap::new(), other, None, now()).kind,
             ProviderErrorKind::Invalid
         );
+    }
+
+    #[test]
+    fn a_zero_or_past_retry_time_still_cools_down_for_the_minimum() {
+        let past = httpdate::fmt_http_date(now() - Duration::from_secs(60));
+        for h in [
+            headers(&[("retry-after", "0")]),
+            headers(&[("retry-after", past.as_str())]),
+            headers(&[("x-ratelimit-reset-requests", "0s")]),
+        ] {
+            let e = classify("groq", 429, &h, "{}", None, now());
+            assert_eq!(
+                e.kind,
+                ProviderErrorKind::RateLimited {
+                    retry_after_ms: 1_000
+                },
+                "{h:?}"
+            );
+        }
     }
 
     #[test]

@@ -149,6 +149,60 @@ fn google_key_invalid(body: &serde_json::Value) -> bool {
     })
 }
 
+/// The window of a Google quota that a 429 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuotaWindow {
+    /// A per-minute limit: the model is free again in a moment.
+    Minute,
+    /// A per-day limit: the model is done until the daily reset.
+    Day,
+}
+
+/// The window of the quota a Gemini 429 exceeded, from the structured
+/// `QuotaFailure` detail's `quotaId` (`GenerateRequestsPerMinutePerProjectPerModel-FreeTier`,
+/// `…PerDay…`), never from the message: Gemini's message says "check your
+/// plan and billing details" for a per-minute limit too. Shape as sent by
+/// Gemini, reported verbatim in google-gemini/gemini-cli#8437 and
+/// RooCodeInc/Roo-Code#3883. A day wins over a minute when both are named.
+fn google_quota_window(body: &serde_json::Value) -> Option<QuotaWindow> {
+    let ids: Vec<&str> = body["error"]["details"]
+        .as_array()?
+        .iter()
+        .filter(|d| {
+            d["@type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("google.rpc.QuotaFailure"))
+        })
+        .flat_map(|d| d["violations"].as_array().into_iter().flatten())
+        .filter_map(|v| v["quotaId"].as_str())
+        .collect();
+    if ids.iter().any(|id| id.contains("PerDay")) {
+        Some(QuotaWindow::Day)
+    } else if ids.iter().any(|id| id.contains("PerMinute")) {
+        Some(QuotaWindow::Minute)
+    } else {
+        None
+    }
+}
+
+/// Time until Gemini's daily quotas reset: midnight Pacific time, taken as
+/// 08:00 UTC (midnight PST; during daylight time that is an hour after the
+/// real reset, which errs on the side of not hammering a spent key).
+fn until_daily_reset(now: SystemTime) -> Duration {
+    const DAY: u64 = 24 * 3_600;
+    const RESET: u64 = 8 * 3_600;
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let into_day = secs % DAY;
+    let left = if into_day < RESET {
+        RESET - into_day
+    } else {
+        DAY - into_day + RESET
+    };
+    Duration::from_secs(left)
+}
+
 /// The vendor's own error text from a JSON error body, or a trimmed raw body.
 fn vendor_message(body: &serde_json::Value, raw: &str) -> String {
     let candidates = [
@@ -246,7 +300,23 @@ pub fn classify(
     let ms = |d: Duration| {
         u64::try_from(d.clamp(MIN_COOLDOWN, MAX_COOLDOWN).as_millis()).unwrap_or(u64::MAX)
     };
+    let window = google_quota_window(&json);
     let (kind, what) = match status {
+        // Gemini's structured quota details decide before any wording.
+        429 if window == Some(QuotaWindow::Day) => (
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: ms(until_daily_reset(now)),
+            },
+            "daily quota of this model used up",
+        ),
+        429 if window == Some(QuotaWindow::Minute) => (
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: ms(retry_after(headers, now)
+                    .or_else(|| gemini_retry_delay(&json))
+                    .unwrap_or(DEFAULT_RETRY_AFTER)),
+            },
+            "rate limited",
+        ),
         429 if says_quota_exhausted(&said) || says_quota_exhausted(body) => (
             ProviderErrorKind::QuotaExhausted {
                 retry_after_ms: ms(retry_after(headers, now)
@@ -429,6 +499,83 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    /// A Gemini 429 as its servers send it (see `google_quota_window`),
+    /// exceeding the quota `quota_id`, with a `RetryInfo` of 26 s.
+    fn gemini_429(quota_id: &str) -> String {
+        serde_json::json!({"error": {
+            "code": 429,
+            "message": "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                    {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                     "quotaId": quota_id,
+                     "quotaDimensions": {"location": "global", "model": "gemini-2.0-flash"},
+                     "quotaValue": "15"}]},
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "26s"}
+            ]}})
+        .to_string()
+    }
+
+    #[test]
+    fn gemini_quota_windows_come_from_the_quota_id_not_the_wording() {
+        // Before: "billing" in the message made every Gemini 429 a spent
+        // key (the whole provider cooled down for an hour, its other models
+        // untried).
+        let h = HeaderMap::new();
+        let minute = classify(
+            "gemini",
+            429,
+            &h,
+            &gemini_429("GenerateRequestsPerMinutePerProjectPerModel-FreeTier"),
+            None,
+            now(),
+        );
+        assert_eq!(
+            minute.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 26_000
+            }
+        );
+        // 2026-11-30T10:00:00Z: the daily reset (08:00 UTC) is 22 h away.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_032_800);
+        let day = classify(
+            "gemini",
+            429,
+            &h,
+            &gemini_429("GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+            None,
+            at,
+        );
+        assert_eq!(
+            day.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after_ms: 22 * 3_600 * 1_000
+            },
+            "a model-level rest until the daily reset, not the 26 s RetryInfo"
+        );
+        assert!(day.message.contains("daily quota"), "{}", day.message);
+    }
+
+    #[test]
+    fn the_daily_reset_is_the_next_08_00_utc() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let midnight = 1_796_000_000 - 1_796_000_000 % 86_400;
+        assert_eq!(
+            until_daily_reset(t(midnight)),
+            Duration::from_secs(8 * 3_600)
+        );
+        assert_eq!(
+            until_daily_reset(t(midnight + 8 * 3_600)),
+            Duration::from_secs(24 * 3_600)
+        );
+        assert_eq!(
+            until_daily_reset(t(midnight + 9 * 3_600)),
+            Duration::from_secs(23 * 3_600)
+        );
     }
 
     #[test]

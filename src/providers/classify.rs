@@ -116,7 +116,42 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             waits.push(until(t, now));
         }
     }
+    // OpenRouter: `X-RateLimit-Reset`, a Unix time in milliseconds.
+    if let Some(t) = text("x-ratelimit-reset").and_then(parse_epoch) {
+        waits.push(until(t, now));
+    }
     waits.into_iter().max()
+}
+
+/// A Unix time as OpenRouter sends it in `X-RateLimit-Reset`: milliseconds
+/// (`1741305600000`); a value too small to be milliseconds of this century
+/// is taken as seconds.
+fn parse_epoch(s: &str) -> Option<SystemTime> {
+    let n: u64 = s.trim().parse().ok()?;
+    let d = if n >= 100_000_000_000 {
+        Duration::from_millis(n)
+    } else {
+        Duration::from_secs(n)
+    };
+    SystemTime::UNIX_EPOCH.checked_add(d)
+}
+
+/// OpenRouter repeats the upstream limit's headers inside its JSON error
+/// (`error.metadata.headers`, e.g. `{"X-RateLimit-Limit": "50",
+/// "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "<ms>"}` with
+/// "Rate limit exceeded: free-models-per-day", as reported verbatim in
+/// Gitlawb/openclaude#936): the reset time from there.
+fn openrouter_reset(body: &serde_json::Value, now: SystemTime) -> Option<Duration> {
+    let headers = body["error"]["metadata"]["headers"].as_object()?;
+    let (_, v) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-ratelimit-reset"))?;
+    let t = match v {
+        serde_json::Value::String(s) => parse_epoch(s)?,
+        serde_json::Value::Number(n) => parse_epoch(&n.to_string())?,
+        _ => return None,
+    };
+    Some(until(t, now))
 }
 
 /// Gemini's `error.details[].retryDelay` (type `google.rpc.RetryInfo`).
@@ -321,6 +356,7 @@ pub fn classify(
             ProviderErrorKind::QuotaExhausted {
                 retry_after_ms: ms(retry_after(headers, now)
                     .or_else(|| gemini_retry_delay(&json))
+                    .or_else(|| openrouter_reset(&json, now))
                     .unwrap_or(QUOTA_COOLDOWN)),
             },
             "quota exhausted",
@@ -329,6 +365,7 @@ pub fn classify(
             ProviderErrorKind::RateLimited {
                 retry_after_ms: ms(retry_after(headers, now)
                     .or_else(|| gemini_retry_delay(&json))
+                    .or_else(|| openrouter_reset(&json, now))
                     .unwrap_or(DEFAULT_RETRY_AFTER)),
             },
             "rate limited",
@@ -576,6 +613,47 @@ mod tests {
             until_daily_reset(t(midnight + 9 * 3_600)),
             Duration::from_secs(23 * 3_600)
         );
+    }
+
+    #[test]
+    fn openrouter_reset_times_are_honoured_from_headers_and_body() {
+        // Before: OpenRouter's reset was ignored and the 10 s default used,
+        // so a spent daily free-model allowance was retried every 10 s.
+        let t0 = now();
+        let later = (t0 + Duration::from_secs(5 * 3_600))
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("epoch")
+            .as_millis()
+            .to_string();
+        let body = serde_json::json!({"error": {
+            "message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day",
+            "code": 429,
+            "metadata": {"headers": {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": later}}}})
+        .to_string();
+        let from_body = classify("openrouter", 429, &HeaderMap::new(), &body, None, t0);
+        let from_header = classify(
+            "openrouter",
+            429,
+            &headers(&[("x-ratelimit-reset", later.as_str())]),
+            "{}",
+            None,
+            t0,
+        );
+        // The daily allowance (its message offers credits) cools the whole
+        // key; a plain 429 with the header cools the model. Both until the
+        // reset, five hours away, not the 1 h or 10 s defaults.
+        let wait = |k: ProviderErrorKind| match k {
+            ProviderErrorKind::RateLimited { retry_after_ms }
+            | ProviderErrorKind::QuotaExhausted { retry_after_ms } => retry_after_ms,
+            other => panic!("{other:?}"),
+        };
+        for e in [from_body, from_header] {
+            let ms = wait(e.kind);
+            assert!(
+                (5 * 3_600_000 - 1_000..=5 * 3_600_000).contains(&ms),
+                "{ms}"
+            );
+        }
     }
 
     #[test]

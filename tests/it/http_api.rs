@@ -319,33 +319,38 @@ async fn a_body_that_never_arrives_is_answered_408_and_the_connection_freed() {
 
 #[tokio::test]
 async fn connections_past_the_per_address_cap_are_closed_at_once() {
-    use tokio::io::AsyncWriteExt;
     let c = TestCluster::start_with(|cfg| {
         short_timeouts(cfg);
         cfg.http.head_timeout = std::time::Duration::from_secs(30);
     })
     .await;
+    // Eight keep-alive connections, each served once: each surely holds a
+    // place (no sleep guessing when the server has accepted them).
+    async fn served(conn: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if conn
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = vec![0u8; 1024];
+        matches!(conn.read(&mut answer).await, Ok(n) if String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"))
+    }
     let mut held = Vec::new();
     for _ in 0..8 {
-        held.push(tcp(&c).await);
+        let mut conn = tcp(&c).await;
+        assert!(served(&mut conn).await, "within the cap");
+        held.push(conn);
     }
-    // Let the server accept them all.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut extra = tcp(&c).await;
     assert!(
         closed_within(&mut extra, std::time::Duration::from_secs(2)).await,
         "the ninth is closed before anything is read"
     );
     // A held one still works.
-    held[0]
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = vec![0u8; 1024];
-    let n = tokio::io::AsyncReadExt::read(&mut held[0], &mut answer)
-        .await
-        .expect("read");
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    assert!(served(&mut held[0]).await);
     drop(held);
     // Places come back as connections end.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -133,13 +133,9 @@ pub struct ServeArgs {
     /// Do not advertise over mDNS (workers then need the address).
     #[arg(long, env = "D8_NO_MDNS")]
     pub no_mdns: bool,
-    /// Advertise over mDNS only on these interfaces; repeatable or comma-separated.
-    #[arg(
-        long = "mdns-interface",
-        env = "D8_MDNS_INTERFACE",
-        value_delimiter = ','
-    )]
-    pub mdns_interfaces: Vec<String>,
+    /// mDNS interfaces.
+    #[command(flatten)]
+    pub mdns: MdnsInterfaces,
     /// Name announced over mDNS (default: d8-HOSTNAME-CLUSTERID).
     #[arg(long, env = "D8_NAME")]
     pub name: Option<String>,
@@ -203,13 +199,24 @@ pub struct JoinArgs {
     /// Accepted for compatibility and ignored: tasks are pushed, nothing polls.
     #[arg(long, env = "POLL_INTERVAL", hide = true)]
     pub poll_interval: Option<String>,
-    /// Look for the orchestrator over mDNS only on these interfaces; repeatable or comma-separated.
+    /// mDNS interfaces.
+    #[command(flatten)]
+    pub mdns: MdnsInterfaces,
+}
+
+/// `--mdns-interface`, shared by `serve` (where to advertise), `join` and
+/// `doctor` (where to look).
+#[derive(Debug, Args, Clone, Default)]
+pub struct MdnsInterfaces {
+    /// Use mDNS only on these interfaces (default: all but loopback);
+    /// repeatable or comma-separated.
     #[arg(
         long = "mdns-interface",
         env = "D8_MDNS_INTERFACE",
+        value_name = "INTERFACE",
         value_delimiter = ','
     )]
-    pub mdns_interfaces: Vec<String>,
+    pub interfaces: Vec<String>,
 }
 
 /// Flags of commands that talk to a running orchestrator over HTTP.
@@ -278,13 +285,9 @@ pub struct DoctorArgs {
     /// Worker data dir to read the enrolled cluster from.
     #[arg(long, env = "D8_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Look over mDNS only on these interfaces.
-    #[arg(
-        long = "mdns-interface",
-        env = "D8_MDNS_INTERFACE",
-        value_delimiter = ','
-    )]
-    pub mdns_interfaces: Vec<String>,
+    /// mDNS interfaces.
+    #[command(flatten)]
+    pub mdns: MdnsInterfaces,
     /// How long to listen for mDNS answers.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub wait: Duration,

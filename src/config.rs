@@ -301,7 +301,7 @@ impl OrchestratorConfig {
         cfg.max_body_bytes = args.max_body_bytes;
         cfg.max_queued = args.max_queued;
         cfg.require_api_key = !args.no_auth;
-        cfg.mdns = (!args.no_mdns).then(|| args.mdns_interfaces.clone());
+        cfg.mdns = (!args.no_mdns).then(|| args.mdns.interfaces.clone());
         if let Some(n) = &args.name
             && (n.is_empty() || n.len() > 63 || n.contains('.'))
         {
@@ -317,7 +317,7 @@ impl WorkerConfig {
     /// from the worker file (in its order), then from `--provider` names the
     /// file does not list, each with its variables. With no orchestrator
     /// address, `discovery` is left for the caller to start (mDNS on
-    /// `args.mdns_interfaces`): building a config starts nothing.
+    /// `args.mdns.interfaces`): building a config starts nothing.
     pub fn from_args(args: &JoinArgs) -> Result<Self, ConfigError> {
         let orchestrator = args
             .addr

@@ -135,7 +135,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
 
     // 1. Interfaces.
     let _ = writeln!(out, "\nInterfaces considered:");
-    let local = discovery::local_addrs(&args.mdns_interfaces);
+    let local = discovery::local_addrs(&args.mdns.interfaces);
     let mut multicast_ok = 0;
     let mut names: Vec<&str> = local.iter().map(|l| l.interface.as_str()).collect();
     names.dedup();
@@ -190,7 +190,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
             "\nOrchestrators seen over mDNS ({} s of listening):",
             args.wait.as_secs_f32()
         );
-        let d = MdnsDiscovery::new(&args.mdns_interfaces)?;
+        let d = MdnsDiscovery::new(&args.mdns.interfaces)?;
         let t0 = Instant::now();
         let found = d.discover(None, args.wait).await?;
         if found.is_empty() {

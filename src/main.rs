@@ -155,7 +155,7 @@ async fn join(args: d8::cli::JoinArgs) -> Result<()> {
     let mut cfg = d8::config::WorkerConfig::from_args(&args)?;
     if cfg.orchestrator.is_none() {
         // No address: find the orchestrator of our cluster over mDNS.
-        let mdns = d8::discovery::MdnsDiscovery::new(&args.mdns_interfaces).map_err(|e| {
+        let mdns = d8::discovery::MdnsDiscovery::new(&args.mdns.interfaces).map_err(|e| {
             anyhow::anyhow!(
                 "cannot start mDNS discovery ({e}); give the orchestrator's address instead"
             )

@@ -10,6 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -244,17 +245,10 @@ pub(super) async fn backup(State(cluster): AppState) -> ApiResult {
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot read the backup just written: {e}")))?;
     let len = file.metadata().await.map(|m| m.len()).ok();
-    let chunks = futures_util::stream::unfold((file, guard), |(mut file, guard)| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (file, guard)))
-            }
-            Err(e) => Some((Err(e), (file, guard))),
-        }
+    // The guard rides with the stream: the file goes when the body is done.
+    let chunks = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+        let _ = &guard;
+        chunk
     });
     let name = format!(
         "d8-backup-{}.redb",

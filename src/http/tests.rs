@@ -3,7 +3,6 @@
 //! tests in `tests/it/http_api.rs` cover the same API end to end.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
@@ -403,7 +402,7 @@ async fn tokens_create_list_revoke_and_rotate() {
 #[tokio::test]
 async fn a_failing_store_is_a_503_and_nothing_stays_queued() {
     let app = App::new(|_| {}).await;
-    app.backend.fail_commits.store(true, Ordering::Relaxed);
+    app.backend.set_failing(true);
     for (method, path, body) in [
         ("POST", "/api/tasks", CHAT),
         ("PUT", "/api/agents/a", r#"{"system_prompt": "p"}"#),
@@ -423,7 +422,7 @@ async fn a_failing_store_is_a_503_and_nothing_stays_queued() {
             "{v}"
         );
     }
-    app.backend.fail_commits.store(false, Ordering::Relaxed);
+    app.backend.set_failing(false);
     let (_, v) = app.call("GET", "/api/workers/stats", None).await;
     assert_eq!(
         (

@@ -166,31 +166,22 @@ impl SchedHandle {
     }
 }
 
-/// A finished task whose record is not yet durable. Until it is, clients
-/// see the task as not finished (`shown`): a completion is visible only once
-/// a crash can no longer lose it, so no task whose result a client has seen
-/// runs again after a restart. Waiters get `done` when the store has it.
-#[derive(Debug)]
-struct Finishing {
-    done: TaskState,
-    shown: TaskState,
-}
-
-impl Finishing {
-    fn new(done: TaskState) -> Self {
-        let shown = TaskState {
-            // It was running, or (cancelled before it ran) waiting.
-            status: if done.worker_id.is_some() {
-                "assigned"
-            } else {
-                "pending"
-            },
-            result: None,
-            error: None,
-            completed_at: None,
-            ..done.clone()
-        };
-        Finishing { done, shown }
+/// What clients see of a finished task whose record is not yet durable: the
+/// task as not finished. A completion is visible only once a crash can no
+/// longer lose it, so no task whose result a client has seen runs again
+/// after a restart; waiters get the final state when the store has it.
+fn not_yet_durable(done: &TaskState) -> TaskState {
+    TaskState {
+        // It was running, or (cancelled before it ran) waiting.
+        status: if done.worker_id.is_some() {
+            "assigned"
+        } else {
+            "pending"
+        },
+        result: None,
+        error: None,
+        completed_at: None,
+        ..done.clone()
     }
 }
 
@@ -201,8 +192,9 @@ pub(crate) struct Actor {
     store: Store,
     conns: HashMap<WorkerId, Connection>,
     running: HashMap<(TaskId, u32), CancellationToken>,
-    /// Finished tasks on their way to the store (see [`Finishing`]).
-    finished: HashMap<TaskId, Finishing>,
+    /// Final states of tasks on their way to the store (see
+    /// [`not_yet_durable`]).
+    finished: HashMap<TaskId, TaskState>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskState>>>,
     to_persist: Vec<Op>,
     shutdown: CancellationToken,
@@ -290,11 +282,7 @@ impl Actor {
         // next message within half a second).
         let failing = self.store.degraded().is_some();
         if failing != self.core.paused() {
-            if failing {
-                tracing::debug!("store writes fail: no new task is dispatched until they succeed");
-            } else {
-                tracing::debug!("store writes succeed again: dispatching");
-            }
+            tracing::debug!(paused = failing, "dispatch follows the store's state");
             self.core.set_paused(now, failing);
         }
         match msg {
@@ -367,13 +355,14 @@ impl Actor {
                     } else {
                         QueryReply::State(state)
                     }
-                } else if let Some(f) = self.finished.get(&id) {
+                } else if let Some(done) = self.finished.get(&id) {
+                    let shown = not_yet_durable(done);
                     if wait {
                         let (tx, rx) = oneshot::channel();
                         self.waiters.entry(id).or_default().push(tx);
-                        QueryReply::Waiting(f.shown.clone(), rx)
+                        QueryReply::Waiting(shown, rx)
                     } else {
-                        QueryReply::State(f.shown.clone())
+                        QueryReply::State(shown)
                     }
                 } else {
                     QueryReply::NotLive
@@ -398,11 +387,11 @@ impl Actor {
             SchedMsg::Persisted(ids) => {
                 // Durable now: the completion becomes visible.
                 for id in ids {
-                    let Some(f) = self.finished.remove(&id) else {
+                    let Some(done) = self.finished.remove(&id) else {
                         continue;
                     };
                     for w in self.waiters.remove(&id).unwrap_or_default() {
-                        let _ = w.send(f.done.clone());
+                        let _ = w.send(done.clone());
                     }
                 }
             }
@@ -432,8 +421,7 @@ impl Actor {
                     );
                     self.handle.live_output.finish(f.id);
                     // Waiters hear of it once it is durable (Persisted).
-                    self.finished
-                        .insert(f.id, Finishing::new(TaskState::from(&f)));
+                    self.finished.insert(f.id, TaskState::from(&f));
                     self.to_persist.push(Op::Finish(f));
                 }
                 Action::DisconnectWorker(id) => {

@@ -454,10 +454,11 @@ impl Cluster {
     /// returns its path; the caller sends it and removes it. The copy needs
     /// as much free space as the store.
     pub async fn backup(&self) -> Result<std::path::PathBuf, ClusterError> {
-        let to = self
-            .cfg
-            .data_dir
-            .join(format!(".backup-{:016x}.redb", rand::random::<u64>()));
+        let to = self.cfg.data_dir.join(format!(
+            "{}{:016x}.redb",
+            files::BACKUP_PREFIX,
+            rand::random::<u64>()
+        ));
         let store = self.store.clone();
         let path = to.clone();
         let done = tokio::task::spawn_blocking(move || store.backup(&path))

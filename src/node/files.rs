@@ -58,6 +58,23 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     }
 }
 
+/// Backups being written (`d8 backup`) start with this; one left by a
+/// crash mid-backup is removed at the next start.
+pub const BACKUP_PREFIX: &str = ".backup-";
+
+/// Removes backups a crash left half-sent in `dir` (an SD card must not
+/// fill up with them). Failures are ignored: they are only leftovers.
+pub fn remove_stale_backups(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(BACKUP_PREFIX) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Creates `dir` (and parents), private to the user on Unix.
 pub fn ensure_dir(dir: &Path) -> Result<(), FileError> {
     std::fs::create_dir_all(dir).map_err(err(dir))?;

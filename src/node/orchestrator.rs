@@ -155,6 +155,7 @@ impl Orchestrator {
         files::ensure_dir(&cfg.data_dir)?;
         let db = cfg.data_dir.join(files::DATABASE);
         check_store_file(&cfg.data_dir, &db)?;
+        files::remove_stale_backups(&cfg.data_dir);
         let backend = Arc::new(RedbBackend::open(&db)?);
         Self::start_with_backend(cfg, backend).await
     }

@@ -55,12 +55,6 @@ impl ReadLimits {
     };
 }
 
-impl Default for ReadLimits {
-    fn default() -> Self {
-        ReadLimits::DEFAULT
-    }
-}
-
 /// The HTTP client for vendor providers; a worker builds one and hands it to
 /// every [`build`](super::build), so all its providers share one connection
 /// pool and TLS session cache, and one set of [`ReadLimits`].
@@ -83,11 +77,6 @@ impl VendorClient {
             .build()
             .map_err(BuildError::HttpClient)?;
         Ok(VendorClient { client, limits })
-    }
-
-    /// The limits in force.
-    pub fn limits(&self) -> ReadLimits {
-        self.limits
     }
 
     /// A `POST` to `url`.

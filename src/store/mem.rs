@@ -6,13 +6,22 @@ use std::sync::Mutex;
 use super::{Backend, Op, Snapshot, StoreError};
 use crate::task::{FinishedTask, TaskId};
 
-/// A [`Backend`] in memory. `fail_commits` makes every commit fail, to test
-/// error paths.
+/// A [`Backend`] in memory. [`MemBackend::set_failing`] makes every commit
+/// fail, to test error paths.
 #[derive(Debug, Default)]
 pub struct MemBackend {
     state: Mutex<(Snapshot, BTreeMap<TaskId, FinishedTask>)>,
     /// When true, commits fail with a backend error.
-    pub fail_commits: std::sync::atomic::AtomicBool,
+    fail_commits: std::sync::atomic::AtomicBool,
+}
+
+impl MemBackend {
+    /// Makes every later commit fail (`true`) or work again (`false`), as a
+    /// full or recovered disk would.
+    pub fn set_failing(&self, on: bool) {
+        self.fail_commits
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Backend for MemBackend {

@@ -70,19 +70,14 @@ impl RedbBackend {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        // redb allows one handle per file: the old one goes first.
+        // redb allows one handle per file: the old one goes first. If the
+        // new one fails too (the disk is still full), there is no handle
+        // until the next commit tries again; reads say so meanwhile.
         guard.take();
-        match open_db(&self.path, false) {
-            Ok(db) => {
-                *guard = Some(db);
-                self.broken.store(false, Ordering::Release);
-                tracing::info!(path = %self.path.display(), "store reopened after a write error");
-                Ok(())
-            }
-            // Still failing (the disk is still full): no handle until the
-            // next commit tries again; reads say so meanwhile.
-            Err(e) => Err(e),
-        }
+        *guard = Some(open_db(&self.path, false)?);
+        self.broken.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "store reopened after a write error");
+        Ok(())
     }
 }
 

@@ -123,9 +123,7 @@ async fn group_commit_shares_transactions() {
 #[tokio::test]
 async fn commit_errors_reach_the_caller() {
     let backend = Arc::new(MemBackend::default());
-    backend
-        .fail_commits
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    backend.set_failing(true);
     let (store, _) = Store::open(backend).expect("store");
     assert!(
         store
@@ -139,9 +137,7 @@ async fn commit_errors_reach_the_caller() {
 async fn failed_commits_hand_their_ops_back_in_order() {
     let backend = Arc::new(MemBackend::default());
     let (store, _) = Store::open(backend.clone()).expect("store");
-    backend
-        .fail_commits
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    backend.set_failing(true);
     let a = vec![Op::Finish(finished(1, 10)), Op::Finish(finished(2, 10))];
     let b = vec![Op::Finish(finished(3, 10))];
     let (ra, rb) = tokio::join!(
@@ -150,9 +146,7 @@ async fn failed_commits_hand_their_ops_back_in_order() {
     );
     assert_eq!(ra.expect_err("fails").1, a);
     assert_eq!(rb.expect_err("fails").1, b);
-    backend
-        .fail_commits
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    backend.set_failing(false);
     store.commit_or_return(a).await.expect("retry succeeds");
     assert!(backend.result(TaskId(2)).expect("read").is_some());
 }

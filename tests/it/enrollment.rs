@@ -378,15 +378,11 @@ async fn a_worker_enrolling_while_the_store_fails_keeps_trying_and_gets_in() {
     // the half-made enrollment (a token use, a worker id).
     let backend = std::sync::Arc::new(d8::store::MemBackend::default());
     let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
-    backend
-        .fail_commits
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    backend.set_failing(true);
     let w = c.spawn_worker(c.worker_config("patient", 0, 1));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(!w.handle.is_finished(), "the worker keeps trying");
-    backend
-        .fail_commits
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    backend.set_failing(false);
     c.wait_until(|s| s["workers"]["online"] == 1, "the worker enrolled")
         .await;
     let (_, workers) = c.request(Method::GET, "/api/workers", None).await;

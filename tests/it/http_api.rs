@@ -189,7 +189,6 @@ async fn stats_have_exactly_the_original_shape() {
 #[tokio::test]
 async fn store_failure_is_a_503_and_nothing_stays_queued() {
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
     let backend = Arc::new(d8::store::MemBackend::default());
     let c = TestCluster::start_on(|_| {}, Some(backend.clone())).await;
     let _w = c.worker("w", 0, 2).await;
@@ -208,7 +207,7 @@ async fn store_failure_is_a_503_and_nothing_stays_queued() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    backend.fail_commits.store(true, Ordering::Relaxed);
+    backend.set_failing(true);
     let (s, v) = c
         .request(
             Method::POST,
@@ -223,7 +222,7 @@ async fn store_failure_is_a_503_and_nothing_stays_queued() {
             .unwrap_or_default()
             .contains("could not store")
     );
-    backend.fail_commits.store(false, Ordering::Relaxed);
+    backend.set_failing(false);
     let stats = c.stats().await;
     assert_eq!(stats["tasks"]["pending"], 0);
     assert_eq!(stats["tasks"]["assigned"], 0);

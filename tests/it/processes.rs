@@ -943,7 +943,11 @@ async fn a_backup_taken_while_serving_holds_the_cluster_and_restores() {
     let leftovers: Vec<_> = std::fs::read_dir(c.odir())
         .expect("dir")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".backup-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(d8::node::files::BACKUP_PREFIX)
+        })
         .collect();
     assert!(leftovers.is_empty(), "the server's copy is removed");
 
@@ -951,7 +955,13 @@ async fn a_backup_taken_while_serving_holds_the_cluster_and_restores() {
     let mut orch = c.orch.take().expect("orch");
     orch.child.kill().await.expect("kill");
     std::fs::copy(&out, c.odir().join("d8.redb")).expect("restore");
+    // What a crash in the middle of a backup leaves: removed at start.
+    let stale = c
+        .odir()
+        .join(format!("{}crashed.redb", d8::node::files::BACKUP_PREFIX));
+    std::fs::write(&stale, b"half a copy").expect("stale");
     c.start_orchestrator().await;
+    assert!(!stale.exists(), "a stale backup is removed at start");
     let t = c.get(&format!("/api/tasks/{id}")).await;
     assert_eq!(t["status"], "completed", "the result came back: {t}");
     assert_eq!(t["result"]["content"], "kept");

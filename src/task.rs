@@ -68,12 +68,19 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<u8> = 1..=10;
 pub const DEFAULT_PRIORITY: u8 = 5;
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool` (a tool's result).
     pub role: String,
-    /// The text.
+    /// The text (empty for an assistant turn that only calls tools).
     pub content: String,
+    /// The participant's name (OpenAI `name`), passed to vendors that take it.
+    pub name: Option<String>,
+    /// Tools an assistant turn called.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -82,7 +89,72 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..ChatMessage::default()
         }
+    }
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Its name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// Its parameters as JSON Schema text (text, not a value: these types
+    /// travel over bincode, which cannot carry a schemaless value).
+    pub parameters: Option<String>,
+    /// OpenAI's `strict` flag, passed to the vendors that know it.
+    pub strict: Option<bool>,
+}
+
+/// One call of a [`Tool`] by the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The vendor's id for the call; a `tool` message names it to answer.
+    pub id: String,
+    /// The tool called.
+    pub name: String,
+    /// The arguments, as the JSON text the model wrote.
+    pub arguments: String,
+}
+
+/// Whether and which tools the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No tool call.
+    None,
+    /// At least one tool call.
+    Required,
+    /// This one tool.
+    Function(String),
+}
+
+/// The shape the answer must take.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any single JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// The schema's name (OpenAI requires one).
+        name: String,
+        /// The schema, as JSON text.
+        schema: String,
+        /// OpenAI's `strict` flag.
+        strict: Option<bool>,
+    },
+}
+
+impl ResponseFormat {
+    /// Whether the answer must be JSON.
+    pub fn is_json(&self) -> bool {
+        !matches!(self, ResponseFormat::Text)
     }
 }
 
@@ -95,16 +167,42 @@ pub struct ChatRequest {
     pub model: Option<String>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
     /// Upper bound on generated tokens.
     pub max_tokens: Option<u32>,
     /// Sequences that end generation (at most four; OpenAI's limit).
     pub stop: Vec<String>,
-    /// Ask for a single JSON object (OpenAI `response_format: json_object`,
-    /// Gemini `responseMimeType`, Ollama `format: json`; Anthropic has no
-    /// such mode, so the system prompt asks for it instead).
-    pub json: bool,
+    /// Seed, for vendors that sample reproducibly.
+    pub seed: Option<i64>,
+    /// Penalty on tokens already present.
+    pub presence_penalty: Option<f32>,
+    /// Penalty by token frequency.
+    pub frequency_penalty: Option<f32>,
+    /// Text, a JSON object, or JSON matching a schema: OpenAI family
+    /// `response_format`, Gemini `responseMimeType`/`responseSchema`, Ollama
+    /// `format`; Anthropic has no such mode, so the system prompt asks.
+    pub response_format: ResponseFormat,
+    /// Functions the model may call.
+    pub tools: Vec<Tool>,
+    /// Whether it must call them (`None`: the vendor's default).
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether it may call several at once (`None`: the vendor's default).
+    pub parallel_tool_calls: Option<bool>,
     /// Forward text deltas as they are generated (worker → orchestrator chunks).
     pub stream: bool,
+}
+
+impl ChatRequest {
+    /// The name of the tool whose call has `id`, from the assistant turns
+    /// (vendors that match tool results by name need it).
+    pub fn tool_name(&self, id: &str) -> Option<&str> {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.tool_calls)
+            .find(|c| c.id == id)
+            .map(|c| c.name.as_str())
+    }
 }
 
 /// What a client asked for.
@@ -150,17 +248,66 @@ impl Usage {
     }
 }
 
+/// Why generation stopped, in OpenAI's terms (each vendor's reason maps to one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A natural end or a stop sequence.
+    #[default]
+    Stop,
+    /// The token limit.
+    Length,
+    /// The model called tools.
+    ToolCalls,
+    /// A safety filter.
+    ContentFilter,
+}
+
+impl FinishReason {
+    /// `stop`, `length`, `tool_calls` or `content_filter`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
+
 /// A successful result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskOutput {
     /// Generated text.
     pub content: String,
+    /// Tools the model called, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
     /// Provider that produced it (`echo`, `groq`, …).
     pub provider: String,
     /// Model that produced it.
     pub model: String,
-    /// Token usage.
-    pub usage: Usage,
+    /// Token usage; `None` when the vendor reported none (not zero).
+    pub usage: Option<Usage>,
+}
+
+impl TaskOutput {
+    /// A text answer that ended normally, without usage.
+    pub fn text(
+        content: impl Into<String>,
+        provider: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        TaskOutput {
+            content: content.into(),
+            tool_calls: Vec::new(),
+            finish_reason: FinishReason::Stop,
+            provider: provider.into(),
+            model: model.into(),
+            usage: None,
+        }
+    }
 }
 
 /// How a failure steers the scheduler.

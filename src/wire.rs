@@ -23,7 +23,10 @@ use crate::task::{Capabilities, Outcome, TaskId, TaskSpec};
 /// Version of the message protocol spoken here. 2: chat requests carry stop
 /// sequences and JSON mode; workers advertise offers (provider, tier,
 /// models); assignments carry a route; results carry the worker's cooldowns.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: chats carry tools, tool calls and results, sampling controls and a
+/// JSON schema; results carry tool calls, a finish reason, and usage only
+/// when the vendor reported it.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest payload accepted or sent (8 MiB): bigger than any sane chat, small
 /// enough that a hostile length prefix cannot exhaust a Pi's memory.
@@ -222,7 +225,10 @@ pub enum TaskReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{ChatMessage, ChatRequest, ErrorKind, TaskError, TaskOutput, Usage};
+    use crate::task::{
+        ChatMessage, ChatRequest, ErrorKind, FinishReason, ResponseFormat, TaskError, TaskOutput,
+        Tool, ToolCall, ToolChoice, Usage,
+    };
     use proptest::prelude::*;
 
     fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: T) {
@@ -244,13 +250,41 @@ mod tests {
             task_type: "agent_action".into(),
             priority: 7,
             request: ChatRequest {
-                messages: vec![ChatMessage::new("user", "héllo")],
+                messages: vec![
+                    ChatMessage::new("user", "héllo"),
+                    ChatMessage {
+                        tool_calls: vec![ToolCall {
+                            id: "c1".into(),
+                            name: "f".into(),
+                            arguments: "{}".into(),
+                        }],
+                        ..ChatMessage::new("assistant", "")
+                    },
+                    ChatMessage {
+                        tool_call_id: Some("c1".into()),
+                        ..ChatMessage::new("tool", "42")
+                    },
+                ],
                 model: Some("m".into()),
                 temperature: Some(0.5),
-                max_tokens: None,
+                top_p: Some(0.9),
                 stop: vec!["\n\n".into()],
-                json: true,
+                seed: Some(-7),
+                response_format: ResponseFormat::JsonSchema {
+                    name: "s".into(),
+                    schema: "{\"type\":\"object\"}".into(),
+                    strict: Some(true),
+                },
+                tools: vec![Tool {
+                    name: "f".into(),
+                    description: Some("does f".into()),
+                    parameters: Some("{}".into()),
+                    strict: None,
+                }],
+                tool_choice: Some(ToolChoice::Function("f".into())),
+                parallel_tool_calls: Some(false),
                 stream: true,
+                ..ChatRequest::default()
             },
             max_attempts: 3,
             attempt_timeout_ms: 1000,
@@ -309,9 +343,15 @@ mod tests {
         roundtrip(TaskReply::Done {
             outcome: Outcome::Ok(TaskOutput {
                 content: "x".into(),
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "f".into(),
+                    arguments: "{\"a\":1}".into(),
+                }],
+                finish_reason: FinishReason::ToolCalls,
                 provider: "echo".into(),
                 model: "echo".into(),
-                usage: Usage::new(1, 2),
+                usage: Some(Usage::new(1, 2)),
             }),
             cooldowns: vec![],
         });

@@ -1,7 +1,7 @@
 //! Scheduler tests, driven with a fake clock.
 
 use super::*;
-use crate::task::{TaskError, TaskOutput, Usage};
+use crate::task::{TaskError, TaskOutput};
 use proptest::prelude::*;
 use std::collections::HashSet;
 
@@ -28,12 +28,7 @@ fn offer(provider: &str, tier: Tier, models: &[&str]) -> crate::task::Offer {
 }
 
 fn ok() -> Outcome {
-    Outcome::Ok(TaskOutput {
-        content: "x".into(),
-        provider: "echo".into(),
-        model: "echo".into(),
-        usage: Usage::default(),
-    })
+    Outcome::Ok(TaskOutput::text("x", "echo", "echo"))
 }
 
 fn err(kind: ErrorKind) -> Outcome {
@@ -648,12 +643,7 @@ fn routes(actions: &[Action]) -> Vec<(TaskId, WorkerId, Route)> {
 }
 
 fn ok_from(provider: &str) -> Outcome {
-    Outcome::Ok(TaskOutput {
-        content: "x".into(),
-        provider: provider.into(),
-        model: "m".into(),
-        usage: Usage::default(),
-    })
+    Outcome::Ok(TaskOutput::text("x", provider, "m"))
 }
 
 fn route(prefer: &str, max_tier: Tier) -> Route {

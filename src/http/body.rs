@@ -12,7 +12,8 @@ use super::ApiError;
 use crate::node::cluster::TaskDefaults;
 use crate::store::AgentDef;
 use crate::task::{
-    ChatMessage, ChatRequest, DEFAULT_PRIORITY, Millis, PRIORITY_RANGE, TaskSpec, Tier,
+    ChatMessage, ChatRequest, DEFAULT_PRIORITY, Millis, PRIORITY_RANGE, ResponseFormat, TaskSpec,
+    Tier,
 };
 
 /// Parses a JSON body whatever its content type; maps size and syntax errors.
@@ -241,7 +242,7 @@ struct TaskData {
     /// One stop sequence or a list of up to four.
     stop: Option<Stop>,
     /// `{"type": "json_object"}` asks for JSON; `{"type": "text"}` is the default.
-    response_format: Option<ResponseFormat>,
+    response_format: Option<FormatBody>,
     /// Forward tokens as they are generated (`GET /api/tasks/{id}/stream`).
     #[serde(default)]
     stream: bool,
@@ -256,7 +257,7 @@ enum Stop {
 }
 
 #[derive(Deserialize)]
-struct ResponseFormat {
+struct FormatBody {
     #[serde(rename = "type")]
     kind: String,
 }
@@ -264,7 +265,7 @@ struct ResponseFormat {
 /// Validates `stop` and `response_format`; returns (stop sequences, JSON mode).
 fn check_output_controls(
     stop: Option<Stop>,
-    format: Option<ResponseFormat>,
+    format: Option<FormatBody>,
 ) -> Result<(Vec<String>, bool), ApiError> {
     let stop = match stop {
         None => Vec::new(),
@@ -362,8 +363,13 @@ impl TaskRequest {
                 temperature: data.temperature,
                 max_tokens: data.max_tokens,
                 stop,
-                json,
+                response_format: if json {
+                    ResponseFormat::JsonObject
+                } else {
+                    ResponseFormat::Text
+                },
                 stream: data.stream,
+                ..ChatRequest::default()
             },
             max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
             attempt_timeout_ms: self

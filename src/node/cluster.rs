@@ -114,7 +114,7 @@ pub struct WorkerEntry {
 #[derive(Debug)]
 pub enum Watch {
     /// It has already finished.
-    Finished(TaskState),
+    Finished(Box<TaskState>),
     /// Still live; the receiver fires with the final state.
     Live(oneshot::Receiver<TaskState>),
 }
@@ -402,8 +402,8 @@ impl Cluster {
     pub async fn watch(&self, id: TaskId) -> Result<Watch, ClusterError> {
         match self.sched.query(id, true).await? {
             QueryReply::Waiting(_, done) => Ok(Watch::Live(done)),
-            QueryReply::State(s) => Ok(Watch::Finished(s)),
-            QueryReply::NotLive => self.stored_task(id).map(Watch::Finished),
+            QueryReply::State(s) => Ok(Watch::Finished(Box::new(s))),
+            QueryReply::NotLive => self.stored_task(id).map(|s| Watch::Finished(Box::new(s))),
         }
     }
 

@@ -28,12 +28,15 @@ use serde_json::Value;
 use super::classify::{classify, excerpt};
 use super::stream_parser::{NdjsonParser, SseParser};
 use super::{BoxFuture, BuildError, ChunkSink, Provider, ProviderError, ProviderErrorKind};
-use crate::task::{ChatRequest, TaskOutput, Usage};
+use crate::task::{ChatRequest, FinishReason, TaskOutput, ToolCall, Usage};
 
 /// Bytes of a failed answer read to classify it; the rest is not read.
 pub const ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Longest model name taken from a vendor's answer.
 const MAX_MODEL_NAME: usize = 256;
+/// Most tool calls kept from one answer (far above what a model makes in a
+/// turn; a stream naming call index 4,000,000,000 must not allocate for it).
+pub const MAX_TOOL_CALLS: usize = 128;
 
 /// Bounds on what a worker reads from vendors, per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,8 +241,11 @@ impl<'a> Call<'a> {
     pub fn answer(&self, model: String) -> Answer {
         Answer {
             model,
-            usage: Usage::default(),
+            usage: None,
+            finish_reason: FinishReason::Stop,
             content: String::new(),
+            tool_calls: Vec::new(),
+            size: 0,
             fresh: Vec::new(),
             limit: self.limits.output_bytes,
             overflow: false,
@@ -252,8 +258,38 @@ impl<'a> Call<'a> {
         if answer.overflow {
             return Err(self.over_limit("answer", answer.limit, "--max-output-bytes"));
         }
+        if answer.tool_calls.len() > MAX_TOOL_CALLS {
+            return Err(self.unexpected(&format_args!(
+                "more than {MAX_TOOL_CALLS} tool calls in one answer"
+            )));
+        }
+        let tool_calls: Vec<ToolCall> = answer
+            .tool_calls
+            .into_iter()
+            .enumerate()
+            .map(|(n, (_, mut c))| {
+                // Gemini and Ollama may not name their calls; OpenAI
+                // clients need an id to answer a call with.
+                if c.id.is_empty() {
+                    c.id = call_id(n);
+                }
+                // A call without parameters streams no argument text.
+                if c.arguments.is_empty() {
+                    c.arguments.push_str("{}");
+                }
+                c
+            })
+            .collect();
+        // Vendors that end a tool-calling turn with their plain "stop"
+        // (Gemini, Ollama) mean what OpenAI calls tool_calls.
+        let finish_reason = match answer.finish_reason {
+            FinishReason::Stop if !tool_calls.is_empty() => FinishReason::ToolCalls,
+            other => other,
+        };
         Ok(TaskOutput {
             content: answer.content,
+            tool_calls,
+            finish_reason,
             provider: self.vendor.to_owned(),
             model: answer.model,
             usage: answer.usage,
@@ -315,9 +351,26 @@ impl<'a> Call<'a> {
     }
 }
 
+/// An id for the `n`th tool call of an answer whose vendor gave none:
+/// unique within the process and unlikely to repeat across restarts.
+fn call_id(n: usize) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("call_{t:x}{:x}_{n}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A token count in a vendor's JSON; 0 when absent or out of range.
 pub fn count(v: &Value) -> u32 {
     v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+}
+
+/// Usage from two counts in a vendor's JSON, or `None` when the vendor gave
+/// neither (absent is not zero).
+pub fn usage(prompt: &Value, completion: &Value) -> Option<Usage> {
+    (prompt.is_u64() || completion.is_u64()).then(|| Usage::new(count(prompt), count(completion)))
 }
 
 /// How a vendor frames a streamed answer.
@@ -338,16 +391,23 @@ pub enum Flow {
     End,
 }
 
-/// An answer as it is read: the text so far, and the model and usage the
-/// vendor reported (the model asked for until the vendor names one). Made
-/// by [`Call::answer`], which sets its output limit.
+/// An answer as it is read: the text and tool calls so far, and the model,
+/// usage and finish reason the vendor reported (the model asked for until
+/// the vendor names one). Made by [`Call::answer`], which sets its output
+/// limit; text and tool calls count against it together.
 #[derive(Debug)]
 pub struct Answer {
     /// The model that answered.
     pub model: String,
-    /// Token counts.
-    pub usage: Usage,
+    /// Token counts, when the vendor gave them.
+    pub usage: Option<Usage>,
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
     content: String,
+    /// Tool calls by the vendor's index (streams send them in pieces).
+    tool_calls: Vec<(u64, ToolCall)>,
+    /// Bytes of text and tool calls kept.
+    size: usize,
     /// Text read but not yet forwarded to the sink.
     fresh: Vec<String>,
     limit: usize,
@@ -360,15 +420,70 @@ impl Answer {
     /// would take the text past the output limit is dropped and fails the
     /// call.
     pub fn text(&mut self, piece: &str) {
-        if piece.is_empty() || self.overflow {
-            return;
-        }
-        if self.content.len() + piece.len() > self.limit {
-            self.overflow = true;
+        if piece.is_empty() || !self.take(piece.len()) {
             return;
         }
         self.content.push_str(piece);
         self.fresh.push(piece.to_owned());
+    }
+
+    /// Counts `n` more bytes against the limit; false (and the call fails)
+    /// past it.
+    fn take(&mut self, n: usize) -> bool {
+        if self.overflow || self.size.saturating_add(n) > self.limit {
+            self.overflow = true;
+            return false;
+        }
+        self.size += n;
+        true
+    }
+
+    /// Adds a whole tool call (vendors that send each call in one piece).
+    pub fn tool_call(&mut self, id: &str, name: &str, arguments: &str) {
+        let index = self.tool_calls.len() as u64;
+        self.tool_call_piece(index, Some(id), Some(name), arguments);
+    }
+
+    /// Adds a piece of the tool call at `index`: its id and name when the
+    /// piece carries them, and more of its arguments text (OpenAI-style
+    /// streams send the arguments in fragments). One call past
+    /// [`MAX_TOOL_CALLS`] fails the answer.
+    pub fn tool_call_piece(
+        &mut self,
+        index: u64,
+        id: Option<&str>,
+        name: Option<&str>,
+        arguments: &str,
+    ) {
+        let n = id.map_or(0, str::len) + name.map_or(0, str::len) + arguments.len();
+        if !self.take(n) {
+            return;
+        }
+        let at = match self.tool_calls.iter().position(|(i, _)| *i == index) {
+            Some(at) => at,
+            None => {
+                if self.tool_calls.len() > MAX_TOOL_CALLS {
+                    return;
+                }
+                self.tool_calls.push((
+                    index,
+                    ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    },
+                ));
+                self.tool_calls.len() - 1
+            }
+        };
+        let call = &mut self.tool_calls[at].1;
+        if let Some(id) = id.filter(|s| !s.is_empty()) {
+            id.clone_into(&mut call.id);
+        }
+        if let Some(name) = name.filter(|s| !s.is_empty()) {
+            name.clone_into(&mut call.name);
+        }
+        call.arguments.push_str(arguments);
     }
 
     /// Takes the model from `v` when it is a string of a sane length.
@@ -653,5 +768,29 @@ mod tests {
         assert_eq!(count(&serde_json::json!(u64::MAX)), 0);
         assert_eq!(count(&serde_json::json!("7")), 0);
         assert_eq!(count(&Value::Null), 0);
+    }
+
+    #[test]
+    fn tool_calls_count_against_the_limits() {
+        let call = VendorClient::new(LIMITS).expect("client").call("v", None);
+        // Any index is fine for one call: nothing is allocated by index.
+        let mut a = call.answer("m".into());
+        a.tool_call_piece(u64::MAX, Some("c1"), Some("f"), "");
+        let out = call.output(a).expect("one call");
+        assert_eq!(out.tool_calls[0].arguments, "{}");
+        assert_eq!(out.finish_reason, FinishReason::ToolCalls);
+        // Too many calls fail the answer instead of growing without end.
+        let mut a = call.answer("m".into());
+        for i in 0..(MAX_TOOL_CALLS as u64 + 10) {
+            a.tool_call_piece(i * 1_000_000_007, None, Some("f"), "");
+        }
+        let e = call.output(a).expect_err("too many");
+        assert!(e.message.contains("tool calls"), "{}", e.message);
+        // Arguments count against the output limit like text.
+        let mut a = call.answer("m".into());
+        a.text("hi");
+        a.tool_call("c", "f", &"x".repeat(LIMITS.output_bytes - 3));
+        let e = call.output(a).expect_err("too big");
+        assert!(e.message.contains("--max-output-bytes"), "{}", e.message);
     }
 }

@@ -1,10 +1,13 @@
-//! `echo`: replies with the last user message. Deterministic and free, for
-//! tests, benchmarks and checking a cluster end to end without any vendor.
+//! `echo`: replies with the last user message (or tool result). Deterministic and free, for
+//! tests, benchmarks and checking a cluster end to end without any vendor;
+//! it also calls tools (see [`call_for`]) and answers JSON when asked.
 
 use std::time::Duration;
 
 use super::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderErrorKind};
-use crate::task::{ChatRequest, TaskOutput, Usage};
+use crate::task::{
+    ChatMessage, ChatRequest, FinishReason, TaskOutput, ToolCall, ToolChoice, Usage,
+};
 
 /// The echo provider.
 #[derive(Debug, Clone, Default)]
@@ -31,25 +34,65 @@ impl Provider for Echo {
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
             }
-            let Some(last) = req.messages.iter().rev().find(|m| m.role == "user") else {
+            let Some(last) = req
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user" || m.role == "tool")
+            else {
                 return Err(ProviderError {
                     kind: ProviderErrorKind::Invalid,
                     message: "echo: the request has no user message".to_owned(),
                 });
             };
-            sink.push(last.content.clone()).await;
             let words = |s: &str| u32::try_from(s.split_whitespace().count()).unwrap_or(u32::MAX);
-            Ok(TaskOutput {
-                content: last.content.clone(),
-                provider: "echo".to_owned(),
-                model: "echo".to_owned(),
-                usage: Usage::new(
-                    req.messages.iter().map(|m| words(&m.content)).sum(),
-                    words(&last.content),
-                ),
-            })
+            let mut out = TaskOutput::text("", "echo", "echo");
+            match call_for(req, last) {
+                Some(call) => {
+                    out.finish_reason = FinishReason::ToolCalls;
+                    out.tool_calls.push(call);
+                }
+                None => {
+                    out.content = last.content.clone();
+                    let is_json = serde_json::from_str::<serde_json::Value>(&out.content)
+                        .is_ok_and(|v| v.is_object());
+                    if req.response_format.is_json() && !is_json {
+                        out.content = serde_json::json!({ "text": out.content }).to_string();
+                    }
+                    sink.push(out.content.clone()).await;
+                }
+            }
+            out.usage = Some(Usage::new(
+                req.messages.iter().map(|m| words(&m.content)).sum(),
+                words(&out.content),
+            ));
+            Ok(out)
         })
     }
+}
+
+/// Echo's tool use, deterministic for tests: when the request offers tools
+/// (and does not forbid them) and the last turn is not a tool's result, it
+/// calls the named tool or the first one, with the last message as the
+/// arguments if that is a JSON object, else `{"text": <message>}`. After a
+/// tool's result it answers with that result.
+fn call_for(req: &ChatRequest, last: &ChatMessage) -> Option<ToolCall> {
+    if last.role == "tool" || matches!(req.tool_choice, Some(ToolChoice::None)) {
+        return None;
+    }
+    let name = match &req.tool_choice {
+        Some(ToolChoice::Function(name)) => name.clone(),
+        _ => req.tools.first()?.name.clone(),
+    };
+    let arguments = match serde_json::from_str::<serde_json::Value>(&last.content) {
+        Ok(v) if v.is_object() => v.to_string(),
+        _ => serde_json::json!({ "text": last.content }).to_string(),
+    };
+    Some(ToolCall {
+        id: format!("call_echo_{}", req.messages.len()),
+        name,
+        arguments,
+    })
 }
 
 #[cfg(test)]
@@ -74,7 +117,7 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(out.content, "second one");
-        assert_eq!(out.usage.completion_tokens, 2);
+        assert_eq!(out.usage.expect("usage").completion_tokens, 2);
         assert_eq!(rx.recv().await.as_deref(), Some("second one"));
     }
 

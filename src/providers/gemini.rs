@@ -8,9 +8,10 @@
 
 use serde_json::{Value, json};
 
-use super::driver::{Answer, Call, Flow, Framing, HttpProvider, VendorClient, count};
+use super::driver::{Answer, Call, Flow, Framing, HttpProvider, VendorClient, usage};
+use super::openai::json_text;
 use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
-use crate::task::{ChatRequest, TaskOutput, Usage};
+use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput, ToolChoice};
 
 /// Model used when neither task nor configuration names one (vendor table).
 pub const DEFAULT_MODEL: &str = super::vendor::GEMINI.default_model;
@@ -46,35 +47,107 @@ impl Gemini {
             .filter(|m| m.role == "system")
             .map(|m| json!({"text": m.content}))
             .collect();
-        let contents: Vec<Value> = req
-            .messages
-            .iter()
-            .filter(|m| m.role != "system")
-            .map(|m| {
-                let role = if m.role == "assistant" {
-                    "model"
-                } else {
-                    "user"
-                };
-                json!({"role": role, "parts": [{"text": m.content}]})
-            })
+        // Turns alternate between `user` and `model`; a model turn's tool
+        // calls are `functionCall` parts, and tool results `functionResponse`
+        // parts of a user turn, which name the function (Gemini matches
+        // results to calls by name) and carry an object.
+        let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
+        for m in req.messages.iter().filter(|m| m.role != "system") {
+            let (role, parts) = match m.role.as_str() {
+                "assistant" => {
+                    let mut parts = Vec::new();
+                    if !m.content.is_empty() {
+                        parts.push(json!({"text": m.content}));
+                    }
+                    parts.extend(m.tool_calls.iter().map(|c| {
+                        json!({"functionCall": {"name": c.name, "args": json_text(&c.arguments)}})
+                    }));
+                    ("model", parts)
+                }
+                "tool" => {
+                    let name = m
+                        .tool_call_id
+                        .as_deref()
+                        .and_then(|id| req.tool_name(id))
+                        .unwrap_or_default();
+                    let response = match serde_json::from_str::<Value>(&m.content) {
+                        Ok(v) if v.is_object() => v,
+                        _ => json!({"content": m.content}),
+                    };
+                    (
+                        "user",
+                        vec![json!({"functionResponse": {"name": name, "response": response}})],
+                    )
+                }
+                _ => ("user", vec![json!({"text": m.content})]),
+            };
+            match contents.last_mut() {
+                Some((last, prev)) if *last == role => prev.extend(parts),
+                _ => contents.push((role, parts)),
+            }
+        }
+        let contents: Vec<Value> = contents
+            .into_iter()
+            .map(|(role, parts)| json!({"role": role, "parts": parts}))
             .collect();
         let mut body = json!({ "contents": contents });
         if !system.is_empty() {
             body["systemInstruction"] = json!({ "parts": system });
         }
-        let mut config = serde_json::Map::new();
-        if let Some(t) = req.temperature {
-            config.insert("temperature".into(), json!(t));
+        if !req.tools.is_empty() {
+            // `parametersJsonSchema` takes JSON Schema as OpenAI clients
+            // write it; `parameters` takes only an OpenAPI subset.
+            let declarations: Vec<Value> = req
+                .tools
+                .iter()
+                .map(|t| {
+                    let mut d = json!({"name": t.name});
+                    if let Some(desc) = &t.description {
+                        d["description"] = json!(desc);
+                    }
+                    if let Some(p) = &t.parameters {
+                        d["parametersJsonSchema"] = json_text(p);
+                    }
+                    d
+                })
+                .collect();
+            body["tools"] = json!([{ "functionDeclarations": declarations }]);
+            if let Some(choice) = &req.tool_choice {
+                let config = match choice {
+                    ToolChoice::Auto => json!({"mode": "AUTO"}),
+                    ToolChoice::None => json!({"mode": "NONE"}),
+                    ToolChoice::Required => json!({"mode": "ANY"}),
+                    ToolChoice::Function(name) => {
+                        json!({"mode": "ANY", "allowedFunctionNames": [name]})
+                    }
+                };
+                body["toolConfig"] = json!({ "functionCallingConfig": config });
+            }
         }
-        if let Some(n) = req.max_tokens {
-            config.insert("maxOutputTokens".into(), json!(n));
+        let mut config = serde_json::Map::new();
+        let optional = [
+            ("temperature", req.temperature.map(|v| json!(v))),
+            ("topP", req.top_p.map(|v| json!(v))),
+            ("maxOutputTokens", req.max_tokens.map(|v| json!(v))),
+            ("seed", req.seed.map(|v| json!(v))),
+            ("presencePenalty", req.presence_penalty.map(|v| json!(v))),
+            ("frequencyPenalty", req.frequency_penalty.map(|v| json!(v))),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                config.insert(name.into(), v);
+            }
         }
         if !req.stop.is_empty() {
             config.insert("stopSequences".into(), json!(req.stop));
         }
-        if req.json {
+        if req.response_format.is_json() {
             config.insert("responseMimeType".into(), json!("application/json"));
+        }
+        if let ResponseFormat::JsonSchema { schema, .. } = &req.response_format {
+            // Like `parametersJsonSchema`: full JSON Schema, where
+            // `responseSchema` would reject e.g. `additionalProperties`.
+            config.insert("responseJsonSchema".into(), json_text(schema));
         }
         if !config.is_empty() {
             body["generationConfig"] = Value::Object(config);
@@ -82,30 +155,50 @@ impl Gemini {
         body
     }
 
-    /// Text of the first candidate; a prompt blocked by safety filters is the
+    /// Reads one answer object (the whole answer, or one streamed piece):
+    /// the first candidate's text and function calls, its finish reason,
+    /// usage and model. A prompt blocked by safety filters is the
     /// request's fault.
-    fn text(call: &Call<'_>, v: &Value) -> Result<String, ProviderError> {
+    fn read(call: &Call<'_>, v: &Value, answer: &mut Answer) -> Result<(), ProviderError> {
         if let Some(reason) = v["promptFeedback"]["blockReason"].as_str() {
             return Err(call.error(
                 ProviderErrorKind::Invalid,
                 &format_args!("prompt blocked ({reason})"),
             ));
         }
-        Ok(v["candidates"][0]["content"]["parts"]
+        let candidate = &v["candidates"][0];
+        for part in candidate["content"]["parts"]
             .as_array()
-            .map(|parts| parts.iter().filter_map(|p| p["text"].as_str()).collect())
-            .unwrap_or_default())
-    }
-
-    /// Reads one answer object (the whole answer, or one streamed piece).
-    fn read(call: &Call<'_>, v: &Value, answer: &mut Answer) -> Result<(), ProviderError> {
-        answer.text(&Self::text(call, v)?);
+            .into_iter()
+            .flatten()
+        {
+            // Thought summaries (`thought: true`) are not the answer.
+            if part["thought"] == true {
+                continue;
+            }
+            if let Some(text) = part["text"].as_str() {
+                answer.text(text);
+            }
+            let f = &part["functionCall"];
+            if f.is_object() {
+                answer.tool_call(
+                    f["id"].as_str().unwrap_or_default(),
+                    f["name"].as_str().unwrap_or_default(),
+                    &f["args"].to_string(),
+                );
+            }
+        }
+        if let Some(reason) = candidate["finishReason"].as_str() {
+            answer.finish_reason = match reason {
+                "MAX_TOKENS" => FinishReason::Length,
+                "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
+                | "IMAGE_SAFETY" => FinishReason::ContentFilter,
+                _ => FinishReason::Stop,
+            };
+        }
         let m = &v["usageMetadata"];
-        if m.is_object() {
-            answer.usage = Usage::new(
-                count(&m["promptTokenCount"]),
-                count(&m["candidatesTokenCount"]),
-            );
+        if let Some(u) = usage(&m["promptTokenCount"], &m["candidatesTokenCount"]) {
+            answer.usage = Some(u);
         }
         answer.model_from(&v["modelVersion"]);
         Ok(())
@@ -161,7 +254,7 @@ mod tests {
     use super::super::testkit::{fake, json as json_resp, sse};
     use super::*;
     use crate::providers::Provider;
-    use crate::task::ChatMessage;
+    use crate::task::{ChatMessage, Usage};
 
     const KEY: &str = "AIzaSyTest0123456789abcdefghij";
 
@@ -208,7 +301,7 @@ mod tests {
             (out.content.as_str(), out.model.as_str()),
             ("De rien.", "gemini-2.0-flash-001")
         );
-        assert_eq!(out.usage, Usage::new(8, 3));
+        assert_eq!(out.usage, Some(Usage::new(8, 3)));
         let seen = log.lock().expect("lock")[0].clone();
         assert_eq!(seen.path, "/v1beta/models/gemini-2.0-flash:generateContent");
         assert_eq!(seen.header("x-goog-api-key"), Some(KEY));
@@ -271,7 +364,7 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(out.content, "De rien");
-        assert_eq!(out.usage, Usage::new(8, 2));
+        assert_eq!(out.usage, Some(Usage::new(8, 2)));
         assert_eq!(rx.recv().await.as_deref(), Some("De "));
         assert_eq!(rx.recv().await.as_deref(), Some("rien"));
         assert_eq!(
@@ -328,5 +421,85 @@ mod tests {
             .expect_err("blocked");
         assert_eq!(e.kind, ProviderErrorKind::Invalid);
         assert!(e.message.contains("SAFETY"));
+    }
+
+    #[tokio::test]
+    async fn function_calling_both_ways() {
+        // A function call as Gemini's function calling guide shows it
+        // (ai.google.dev/gemini-api/docs/function-calling): a `functionCall`
+        // part with `args` as an object, no id, `finishReason: "STOP"`.
+        let (base, log) = fake(|_| {
+            json_resp(200, &[], &json!({
+                "candidates": [{"content": {"role": "model", "parts": [
+                    {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+                    "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 6, "totalTokenCount": 46},
+                "modelVersion": "gemini-2.0-flash"
+            }))
+        })
+        .await;
+        let req = ChatRequest {
+            seed: Some(3),
+            response_format: ResponseFormat::JsonSchema {
+                name: "w".into(),
+                schema: super::super::testkit::WEATHER_SCHEMA.into(),
+                strict: None,
+            },
+            ..super::super::testkit::tool_round_trip(false)
+        };
+        let out = provider(&base)
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        // Gemini ends a calling turn with STOP: OpenAI calls it tool_calls.
+        assert_eq!(out.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(out.tool_calls.len(), 1);
+        assert!(
+            out.tool_calls[0].id.starts_with("call_"),
+            "{:?}",
+            out.tool_calls
+        );
+        assert_eq!(out.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(out.usage, Some(Usage::new(40, 6)));
+        let schema: Value =
+            serde_json::from_str(super::super::testkit::WEATHER_SCHEMA).expect("schema");
+        let body = log.lock().expect("lock")[0].body.clone();
+        assert_eq!(
+            body,
+            json!({
+                "contents": [
+                    {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
+                    {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+                    {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"celsius": 21}}}]}
+                ],
+                "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "Current weather",
+                    "parametersJsonSchema": schema}]}],
+                "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}},
+                "generationConfig": {"seed": 3, "responseMimeType": "application/json", "responseJsonSchema": schema}
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn safety_and_length_map_to_openai_reasons() {
+        let (base, _) = fake(|s| {
+            let reason = if s.body["contents"][0]["parts"][0]["text"] == "long" { "MAX_TOKENS" } else { "SAFETY" };
+            json_resp(200, &[], &json!({
+                "candidates": [{"content": {"role": "model", "parts": [{"text": "x"}]}, "finishReason": reason}]
+            }))
+        })
+        .await;
+        let ask = |text: &str| ChatRequest {
+            messages: vec![ChatMessage::new("user", text)],
+            ..ChatRequest::default()
+        };
+        let p = provider(&base);
+        let long = p.chat(&ask("long"), ChunkSink::none()).await.expect("ok");
+        assert_eq!(long.finish_reason, FinishReason::Length);
+        // No usageMetadata: usage is absent, not zero.
+        assert_eq!(long.usage, None);
+        let unsafe_ = p.chat(&ask("other"), ChunkSink::none()).await.expect("ok");
+        assert_eq!(unsafe_.finish_reason, FinishReason::ContentFilter);
     }
 }

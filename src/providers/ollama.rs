@@ -5,9 +5,10 @@
 
 use serde_json::{Value, json};
 
-use super::driver::{Answer, Flow, Framing, HttpProvider, VendorClient, count};
+use super::driver::{Answer, Flow, Framing, HttpProvider, VendorClient, usage};
+use super::openai::json_text;
 use super::{ChunkSink, ProviderError, ProviderErrorKind};
-use crate::task::{ChatRequest, TaskOutput, Usage};
+use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput};
 
 /// Model used when neither the task nor the configuration names one (vendor table).
 pub const DEFAULT_MODEL: &str = super::vendor::OLLAMA.default_model;
@@ -55,10 +56,95 @@ impl Ollama {
     }
 }
 
-/// Reads the model and token counts from the last (`done: true`) object.
-fn finish(v: &Value, answer: &mut Answer) {
-    answer.model_from(&v["model"]);
-    answer.usage = Usage::new(count(&v["prompt_eval_count"]), count(&v["eval_count"]));
+/// Reads one object of an answer (the whole answer, or one streamed
+/// piece): text, tool calls (arguments arrive as an object, each call
+/// whole), and on the last (`done: true`) object the model, token counts
+/// and why it stopped.
+fn read(v: &Value, answer: &mut Answer) {
+    answer.text(v["message"]["content"].as_str().unwrap_or_default());
+    for c in v["message"]["tool_calls"].as_array().into_iter().flatten() {
+        answer.tool_call(
+            c["id"].as_str().unwrap_or_default(),
+            c["function"]["name"].as_str().unwrap_or_default(),
+            &c["function"]["arguments"].to_string(),
+        );
+    }
+    if v["done"] == true {
+        answer.model_from(&v["model"]);
+        answer.usage = usage(&v["prompt_eval_count"], &v["eval_count"]);
+        if v["done_reason"] == "length" {
+            answer.finish_reason = FinishReason::Length;
+        }
+    }
+}
+
+/// The request body of `/api/chat`.
+fn body(req: &ChatRequest, model: &str) -> Value {
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .map(|m| {
+            let mut v = json!({"role": m.role, "content": m.content});
+            if !m.tool_calls.is_empty() {
+                v["tool_calls"] = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        json!({"function": {"name": c.name, "arguments": json_text(&c.arguments)}})
+                    })
+                    .collect();
+            }
+            if let Some(name) = m.tool_call_id.as_deref().and_then(|id| req.tool_name(id)) {
+                v["tool_name"] = json!(name);
+            }
+            v
+        })
+        .collect();
+    let mut body = json!({"model": model, "messages": messages, "stream": req.stream});
+    if !req.tools.is_empty() {
+        // Ollama takes OpenAI's tool format; it has no tool_choice.
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name,
+                    "description": t.description.clone().unwrap_or_default(),
+                    "parameters": t.parameters.as_deref().map_or_else(
+                        || json!({"type": "object", "properties": {}}),
+                        json_text,
+                    ),
+                }})
+            })
+            .collect();
+    }
+    let mut options = serde_json::Map::new();
+    let optional = [
+        ("temperature", req.temperature.map(|v| json!(v))),
+        ("top_p", req.top_p.map(|v| json!(v))),
+        ("num_predict", req.max_tokens.map(|v| json!(v))),
+        ("seed", req.seed.map(|v| json!(v))),
+        ("presence_penalty", req.presence_penalty.map(|v| json!(v))),
+        ("frequency_penalty", req.frequency_penalty.map(|v| json!(v))),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            options.insert(name.into(), v);
+        }
+    }
+    if !req.stop.is_empty() {
+        options.insert("stop".into(), json!(req.stop));
+    }
+    match &req.response_format {
+        ResponseFormat::Text => {}
+        ResponseFormat::JsonObject => body["format"] = json!("json"),
+        // Ollama constrains output to a JSON Schema given as `format`.
+        ResponseFormat::JsonSchema { schema, .. } => body["format"] = json_text(schema),
+    }
+    if !options.is_empty() {
+        body["options"] = Value::Object(options);
+    }
+    body
 }
 
 impl HttpProvider for Ollama {
@@ -72,31 +158,10 @@ impl HttpProvider for Ollama {
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
         let model = req.model.clone().unwrap_or_else(|| self.models[0].clone());
-        let mut body = json!({
-            "model": model,
-            "messages": req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
-            "stream": req.stream,
-        });
-        let mut options = serde_json::Map::new();
-        if let Some(t) = req.temperature {
-            options.insert("temperature".into(), json!(t));
-        }
-        if let Some(n) = req.max_tokens {
-            options.insert("num_predict".into(), json!(n));
-        }
-        if !req.stop.is_empty() {
-            options.insert("stop".into(), json!(req.stop));
-        }
-        if req.json {
-            body["format"] = json!("json");
-        }
-        if !options.is_empty() {
-            body["options"] = Value::Object(options);
-        }
         let request = self
             .http
             .post(format!("{}/api/chat", self.base_url))
-            .json(&body);
+            .json(&body(req, &model));
         let call = self.http.call("ollama", None);
         let resp = call.send(request, " (is `ollama serve` running?)").await?;
         let mut answer = call.answer(model);
@@ -107,21 +172,20 @@ impl HttpProvider for Ollama {
                     if let Some(e) = v["error"].as_str() {
                         return Err(call.error(ProviderErrorKind::Transient, &e));
                     }
-                    answer.text(v["message"]["content"].as_str().unwrap_or_default());
-                    if v["done"].as_bool() != Some(true) {
-                        return Ok(Flow::More);
-                    }
-                    finish(&v, answer);
-                    Ok(Flow::End)
+                    read(&v, answer);
+                    Ok(if v["done"] == true {
+                        Flow::End
+                    } else {
+                        Flow::More
+                    })
                 })
                 .await;
         }
         let v = call.json(resp).await?;
-        let content = v["message"]["content"]
-            .as_str()
-            .ok_or_else(|| call.unexpected(&"no message.content"))?;
-        answer.text(content);
-        finish(&v, &mut answer);
+        if !v["message"].is_object() {
+            return Err(call.unexpected(&"no message"));
+        }
+        read(&v, &mut answer);
         call.output(answer)
     }
 }
@@ -134,7 +198,7 @@ mod tests {
 
     use super::super::testkit::{self, Log};
     use super::*;
-    use crate::task::ChatMessage;
+    use crate::task::{ChatMessage, Usage};
 
     async fn fake(
         reply: impl Fn(&Value) -> Response + Clone + Send + Sync + 'static,
@@ -177,7 +241,7 @@ mod tests {
             (out.content.as_str(), out.provider.as_str()),
             ("Rayleigh.", "ollama")
         );
-        assert_eq!(out.usage, Usage::new(9, 4));
+        assert_eq!(out.usage, Some(Usage::new(9, 4)));
         assert_eq!(
             seen.lock().expect("lock")[0].body,
             json!({
@@ -234,7 +298,7 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(out.content, "Rayleigh");
-        assert_eq!(out.usage, Usage::new(3, 2));
+        assert_eq!(out.usage, Some(Usage::new(3, 2)));
         assert_eq!(rx.recv().await.as_deref(), Some("Ray"));
         assert_eq!(rx.recv().await.as_deref(), Some("leigh"));
     }
@@ -273,6 +337,61 @@ mod tests {
         assert_eq!(
             normalize_url("https://ollama.example"),
             "https://ollama.example"
+        );
+    }
+
+    #[tokio::test]
+    async fn tool_calls_both_ways() {
+        // Ollama's tool-calling answer (github.com/ollama/ollama docs/api.md,
+        // "Chat request (with tools)"): arguments as an object, no call id,
+        // `done_reason: "stop"`.
+        let (base, seen) = fake(|_| {
+            testkit::json(200, &[], &json!({
+                "model": "llama3.2", "created_at": "2024-07-22T20:33:28.123648Z",
+                "message": {"role": "assistant", "content": "",
+                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                "done_reason": "stop", "done": true, "total_duration": 885095291,
+                "prompt_eval_count": 122, "eval_count": 20
+            }))
+        })
+        .await;
+        let req = ChatRequest {
+            response_format: ResponseFormat::JsonSchema {
+                name: "w".into(),
+                schema: testkit::WEATHER_SCHEMA.into(),
+                strict: None,
+            },
+            seed: Some(1),
+            ..testkit::tool_round_trip(false)
+        };
+        let out = provider(&base)
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        assert_eq!(out.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(out.tool_calls[0].name, "get_weather");
+        assert_eq!(out.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert!(!out.tool_calls[0].id.is_empty());
+        assert_eq!(out.usage, Some(Usage::new(122, 20)));
+        let schema: Value = serde_json::from_str(testkit::WEATHER_SCHEMA).expect("schema");
+        let body = seen.lock().expect("lock")[0].body.clone();
+        assert_eq!(
+            body,
+            json!({
+                "model": DEFAULT_MODEL,
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": "", "tool_calls": [
+                        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                    {"role": "tool", "content": "{\"celsius\":21}", "tool_name": "get_weather"}
+                ],
+                "stream": false,
+                "tools": [{"type": "function", "function": {"name": "get_weather",
+                    "description": "Current weather", "parameters": schema}}],
+                "format": schema,
+                "options": {"seed": 1}
+            })
         );
     }
 }

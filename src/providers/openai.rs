@@ -10,10 +10,12 @@
 
 use serde_json::{Value, json};
 
-use super::driver::{Flow, Framing, HttpProvider, VendorClient, count};
+use super::driver::{Flow, Framing, HttpProvider, VendorClient, usage};
 use super::vendor::Vendor;
 use super::{ChunkSink, ProviderError, Secret};
-use crate::task::{ChatRequest, TaskOutput, Usage};
+use crate::task::{
+    ChatMessage, ChatRequest, FinishReason, ResponseFormat, TaskOutput, Tool, ToolChoice,
+};
 
 /// An OpenAI-compatible provider.
 #[derive(Debug, Clone)]
@@ -52,20 +54,49 @@ impl OpenAiCompat {
     fn body(&self, req: &ChatRequest, stream: bool) -> Value {
         let mut body = json!({
             "model": req.model.clone().unwrap_or_else(|| self.default_model.clone()),
-            "messages": req.messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
+            "messages": req.messages.iter().map(message).collect::<Vec<_>>(),
             "stream": stream,
         });
-        if let Some(t) = req.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some(n) = req.max_tokens {
-            body["max_tokens"] = json!(n);
+        let optional = [
+            ("temperature", req.temperature.map(|v| json!(v))),
+            ("top_p", req.top_p.map(|v| json!(v))),
+            ("max_tokens", req.max_tokens.map(|v| json!(v))),
+            ("seed", req.seed.map(|v| json!(v))),
+            ("presence_penalty", req.presence_penalty.map(|v| json!(v))),
+            ("frequency_penalty", req.frequency_penalty.map(|v| json!(v))),
+            (
+                "parallel_tool_calls",
+                req.parallel_tool_calls.map(|v| json!(v)),
+            ),
+            ("tool_choice", req.tool_choice.as_ref().map(tool_choice)),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                body[name] = v;
+            }
         }
         if !req.stop.is_empty() {
             body["stop"] = json!(req.stop);
         }
-        if req.json {
-            body["response_format"] = json!({"type": "json_object"});
+        match &req.response_format {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => {
+                body["response_format"] = json!({"type": "json_object"});
+            }
+            ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            } => {
+                let mut spec = json!({"name": name, "schema": json_text(schema)});
+                if let Some(strict) = strict {
+                    spec["strict"] = json!(strict);
+                }
+                body["response_format"] = json!({"type": "json_schema", "json_schema": spec});
+            }
+        }
+        if !req.tools.is_empty() {
+            body["tools"] = req.tools.iter().map(tool).collect();
         }
         if stream {
             body["stream_options"] = json!({"include_usage": true});
@@ -74,8 +105,68 @@ impl OpenAiCompat {
     }
 }
 
-fn usage(v: &Value) -> Usage {
-    Usage::new(count(&v["prompt_tokens"]), count(&v["completion_tokens"]))
+/// A JSON text the HTTP layer has already validated, as a value (`{}` if it
+/// is not JSON after all: a vendor then says what is wrong with it).
+pub(super) fn json_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| json!({}))
+}
+
+/// One message in OpenAI's format.
+fn message(m: &ChatMessage) -> Value {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if let Some(name) = &m.name {
+        v["name"] = json!(name);
+    }
+    if !m.tool_calls.is_empty() {
+        if m.content.is_empty() {
+            v["content"] = Value::Null;
+        }
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
+}
+
+fn tool(t: &Tool) -> Value {
+    let mut f = json!({"name": t.name});
+    if let Some(d) = &t.description {
+        f["description"] = json!(d);
+    }
+    if let Some(p) = &t.parameters {
+        f["parameters"] = json_text(p);
+    }
+    if let Some(strict) = t.strict {
+        f["strict"] = json!(strict);
+    }
+    json!({"type": "function", "function": f})
+}
+
+fn tool_choice(c: &ToolChoice) -> Value {
+    match c {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+    }
+}
+
+/// OpenAI's `finish_reason` (`function_call` is the pre-tools name).
+fn finish_reason(v: &Value) -> Option<FinishReason> {
+    Some(match v.as_str()? {
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    })
 }
 
 impl HttpProvider for OpenAiCompat {
@@ -106,12 +197,26 @@ impl HttpProvider for OpenAiCompat {
         );
         if !req.stream {
             let v = call.json(resp).await?;
-            let content = v["choices"][0]["message"]["content"]
-                .as_str()
-                .ok_or_else(|| call.unexpected(&"no choices[0].message.content"))?;
-            answer.text(content);
+            let message = &v["choices"][0]["message"];
+            if !message.is_object() {
+                return Err(call.unexpected(&"no choices[0].message"));
+            }
+            answer.text(message["content"].as_str().unwrap_or_default());
+            for c in message["tool_calls"].as_array().into_iter().flatten() {
+                answer.tool_call(
+                    c["id"].as_str().unwrap_or_default(),
+                    c["function"]["name"].as_str().unwrap_or_default(),
+                    c["function"]["arguments"].as_str().unwrap_or_default(),
+                );
+            }
+            if let Some(r) = finish_reason(&v["choices"][0]["finish_reason"]) {
+                answer.finish_reason = r;
+            }
             answer.model_from(&v["model"]);
-            answer.usage = usage(&v["usage"]);
+            answer.usage = usage(
+                &v["usage"]["prompt_tokens"],
+                &v["usage"]["completion_tokens"],
+            );
             return call.output(answer);
         }
         call.stream(resp, Framing::Sse, answer, &sink, |data, answer| {
@@ -121,13 +226,31 @@ impl HttpProvider for OpenAiCompat {
             let v: Value = serde_json::from_str(data).map_err(|e| call.unexpected(&e))?;
             answer.model_from(&v["model"]);
             if v["usage"].is_object() {
-                answer.usage = usage(&v["usage"]);
+                answer.usage = usage(
+                    &v["usage"]["prompt_tokens"],
+                    &v["usage"]["completion_tokens"],
+                );
             }
-            answer.text(
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .unwrap_or_default(),
-            );
+            let choice = &v["choices"][0];
+            let delta = &choice["delta"];
+            answer.text(delta["content"].as_str().unwrap_or_default());
+            for c in delta["tool_calls"].as_array().into_iter().flatten() {
+                let (id, name) = (c["id"].as_str(), c["function"]["name"].as_str());
+                let arguments = c["function"]["arguments"].as_str().unwrap_or_default();
+                // `index` says which call a fragment continues; a server
+                // that omits it sends each call whole.
+                match c["index"].as_u64() {
+                    Some(index) => answer.tool_call_piece(index, id, name, arguments),
+                    None => answer.tool_call(
+                        id.unwrap_or_default(),
+                        name.unwrap_or_default(),
+                        arguments,
+                    ),
+                }
+            }
+            if let Some(r) = finish_reason(&choice["finish_reason"]) {
+                answer.finish_reason = r;
+            }
             Ok(Flow::More)
         })
         .await
@@ -144,7 +267,7 @@ mod tests {
     use super::super::testkit::{self, Log};
     use super::*;
     use crate::providers::ProviderErrorKind;
-    use crate::task::ChatMessage;
+    use crate::task::{ChatMessage, Usage};
 
     /// A fake answering `reply(body)`; returns the `/v1` base URL and the log.
     async fn fake(
@@ -194,7 +317,7 @@ mod tests {
             .expect("ok");
         assert_eq!(out.content, "hello!");
         assert_eq!(out.provider, "groq");
-        assert_eq!(out.usage, Usage::new(12, 3));
+        assert_eq!(out.usage, Some(Usage::new(12, 3)));
         let s = seen.lock().expect("lock")[0].clone();
         assert_eq!(s.path, "/v1/chat/completions");
         assert_eq!(
@@ -249,7 +372,7 @@ mod tests {
         .await;
         let req = ChatRequest {
             stop: vec!["END".into(), "\n\n".into()],
-            json: true,
+            response_format: ResponseFormat::JsonObject,
             ..request(false)
         };
         provider(&base, "k")
@@ -293,7 +416,7 @@ mod tests {
             .expect("ok");
         assert_eq!(out.content, "Hello");
         assert_eq!(out.model, "m1");
-        assert_eq!(out.usage, Usage::new(5, 2));
+        assert_eq!(out.usage, Some(Usage::new(5, 2)));
         let mut chunks = Vec::new();
         while let Ok(c) = rx.try_recv() {
             chunks.push(c);
@@ -383,5 +506,142 @@ mod tests {
         assert!(!e.message.contains(key));
         assert!(!e.message.contains("hunter2secret"), "{}", e.message);
         assert!(e.message.contains("127.0.0.1:9"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn tool_calls_both_ways() {
+        // The answer is the tool-call example of OpenAI's Chat Completions
+        // reference (platform.openai.com/docs/api-reference/chat/object):
+        // `content: null`, arguments as a JSON string,
+        // `finish_reason: "tool_calls"`.
+        let (base, seen) = fake(|_| {
+            testkit::json(200, &[], &json!({
+                "id": "chatcmpl-abc123", "object": "chat.completion", "created": 1699896916,
+                "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_abc123", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\n\"city\": \"Boston\"\n}"}}]},
+                    "logprobs": null, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 82, "completion_tokens": 17, "total_tokens": 99}
+            }))
+        })
+        .await;
+        let req = ChatRequest {
+            seed: Some(7),
+            top_p: Some(0.5),
+            presence_penalty: Some(0.1),
+            frequency_penalty: Some(0.2),
+            parallel_tool_calls: Some(false),
+            ..testkit::tool_round_trip(false)
+        };
+        let out = provider(&base, "k")
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        assert_eq!(out.content, "");
+        assert_eq!(out.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(
+            out.tool_calls,
+            [crate::task::ToolCall {
+                id: "call_abc123".into(),
+                name: "get_weather".into(),
+                arguments: "{\n\"city\": \"Boston\"\n}".into(),
+            }]
+        );
+        assert_eq!(out.usage, Some(Usage::new(82, 17)));
+        let body = seen.lock().expect("lock")[0].body.clone();
+        assert_eq!(
+            body,
+            json!({
+                "model": "llama-3.1-8b-instant",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                    {"role": "tool", "content": "{\"celsius\":21}", "tool_call_id": "call_1"}
+                ],
+                "stream": false,
+                "top_p": 0.5f32, "seed": 7, "presence_penalty": 0.1f32, "frequency_penalty": 0.2f32,
+                "parallel_tool_calls": false,
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                "tools": [{"type": "function", "function": {"name": "get_weather",
+                    "description": "Current weather",
+                    "parameters": serde_json::from_str::<Value>(testkit::WEATHER_SCHEMA).expect("schema")}}]
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn json_schema_is_sent_natively() {
+        let (base, seen) = fake(|_| {
+            testkit::json(200, &[], &json!({
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "length"}]
+            }))
+        })
+        .await;
+        let req = ChatRequest {
+            response_format: ResponseFormat::JsonSchema {
+                name: "w".into(),
+                schema: testkit::WEATHER_SCHEMA.into(),
+                strict: Some(true),
+            },
+            ..request(false)
+        };
+        let out = provider(&base, "k")
+            .chat(&req, ChunkSink::none())
+            .await
+            .expect("ok");
+        assert_eq!(out.finish_reason, FinishReason::Length);
+        // No usage in the answer: absent, not zero.
+        assert_eq!(out.usage, None);
+        let body = seen.lock().expect("lock")[0].body.clone();
+        assert_eq!(
+            body["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "w", "strict": true,
+                "schema": serde_json::from_str::<Value>(testkit::WEATHER_SCHEMA).expect("schema")}})
+        );
+    }
+
+    #[tokio::test]
+    async fn streamed_tool_call_fragments_are_joined_and_usage_stays_absent() {
+        // OpenAI streams a call's arguments in fragments, each chunk naming
+        // the call by `index`; only the first carries `id` and `name`
+        // (platform.openai.com/docs/guides/function-calling, "Streaming").
+        // This server sends no usage chunk, as many compatible servers do.
+        let (base, _) = fake(|_| {
+            let events = [
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_x","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"ci"}}]},"finish_reason":null}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_y","type":"function","function":{"name":"get_time","arguments":"{}"}}]},"finish_reason":null}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ty\":\"Paris\"}"}}]},"finish_reason":null}]}"#,
+                r#"{"model":"m1","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            ];
+            let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+            body.push_str("data: [DONE]\n\n");
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from(body))
+                .expect("response")
+        })
+        .await;
+        let out = provider(&base, "k")
+            .chat(&testkit::tool_round_trip(true), ChunkSink::none())
+            .await
+            .expect("ok");
+        let calls: Vec<(&str, &str, &str)> = out
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("call_x", "get_weather", r#"{"city":"Paris"}"#),
+                ("call_y", "get_time", "{}")
+            ]
+        );
+        assert_eq!(out.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(out.usage, None);
     }
 }

@@ -497,7 +497,6 @@ impl ProviderSet {
 mod tests {
     use super::*;
     use crate::providers::BoxFuture;
-    use crate::task::Usage;
 
     type Answer = Result<(), ProviderErrorKind>;
 
@@ -549,16 +548,11 @@ mod tests {
             let kind = self.kind.to_owned();
             let model = req.model.clone().unwrap_or_default();
             Box::pin(async move {
-                next.map(|()| TaskOutput {
-                    content: kind.clone(),
-                    provider: kind,
-                    model,
-                    usage: Usage::default(),
-                })
-                .map_err(|k| ProviderError {
-                    kind: k,
-                    message: "scripted".into(),
-                })
+                next.map(|()| TaskOutput::text(kind.clone(), kind, model))
+                    .map_err(|k| ProviderError {
+                        kind: k,
+                        message: "scripted".into(),
+                    })
             })
         }
     }

@@ -94,10 +94,48 @@ pub fn sse(events: &[(Option<&str>, String)]) -> Response {
 pub fn stop_and_json(req: crate::task::ChatRequest) -> crate::task::ChatRequest {
     crate::task::ChatRequest {
         stop: vec!["END".into()],
-        json: true,
+        response_format: crate::task::ResponseFormat::JsonObject,
         ..req
     }
 }
+
+/// A tool round trip as every dialect test sends it: a system prompt, the
+/// user's question, the assistant's call of `get_weather`, the tool's
+/// result, and the tool offered with a forced choice.
+pub fn tool_round_trip(stream: bool) -> crate::task::ChatRequest {
+    use crate::task::{ChatMessage, ChatRequest, Tool, ToolCall, ToolChoice};
+    ChatRequest {
+        messages: vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage {
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                }],
+                ..ChatMessage::new("assistant", "")
+            },
+            ChatMessage {
+                tool_call_id: Some("call_1".into()),
+                ..ChatMessage::new("tool", r#"{"celsius":21}"#)
+            },
+        ],
+        tools: vec![Tool {
+            name: "get_weather".into(),
+            description: Some("Current weather".into()),
+            parameters: Some(WEATHER_SCHEMA.into()),
+            strict: None,
+        }],
+        tool_choice: Some(ToolChoice::Function("get_weather".into())),
+        stream,
+        ..ChatRequest::default()
+    }
+}
+
+/// The parameters of [`tool_round_trip`]'s tool.
+pub const WEATHER_SCHEMA: &str =
+    r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#;
 
 /// Runs the future `make` builds on a runtime of its own thread and returns
 /// its output; panics when it has not finished after `limit`. Unlike

@@ -25,7 +25,9 @@ const NEXT_ID: &str = "next_task_id";
 const FORMAT: &str = "format";
 /// Record layout version written and understood by this build.
 /// 2: chat requests gained stop sequences and JSON mode, tasks a tier cap.
-pub const FORMAT_VERSION: u64 = 2;
+/// 3: chats gained tools and sampling controls, results tool calls, a
+/// finish reason and optional usage (as protocol 3).
+pub const FORMAT_VERSION: u64 = 3;
 const COMPLETED: &str = "completed";
 const FAILED: &str = "failed";
 const CANCELLED: &str = "cancelled";

@@ -709,12 +709,11 @@ impl d8::providers::Provider for Huge {
     ) -> d8::providers::BoxFuture<'a, Result<d8::task::TaskOutput, d8::providers::ProviderError>>
     {
         Box::pin(async move {
-            Ok(d8::task::TaskOutput {
-                content: "x".repeat(self.len),
-                provider: "huge".into(),
-                model: "huge".into(),
-                usage: d8::task::Usage::default(),
-            })
+            Ok(d8::task::TaskOutput::text(
+                "x".repeat(self.len),
+                "huge",
+                "huge",
+            ))
         })
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use d8::providers::{BoxFuture, ChunkSink, Provider, ProviderError, ProviderSet};
-use d8::task::{ChatRequest, TaskOutput, Usage};
+use d8::task::{ChatRequest, TaskOutput};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -34,12 +34,7 @@ impl Provider for Drip {
             self.started.add_permits(1);
             let _ = self.gate.acquire().await.map(|p| p.forget());
             sink.push("lo".into()).await;
-            Ok(TaskOutput {
-                content: "Hello".into(),
-                provider: "drip".into(),
-                model: "drip".into(),
-                usage: Usage::default(),
-            })
+            Ok(TaskOutput::text("Hello", "drip", "drip"))
         })
     }
 }

@@ -19,6 +19,10 @@ pub const DEFAULT_PORT: u16 = 5000;
 /// on a 1 GiB Pi 4. Large prompts cost more: lower `--max-queued` for those.
 pub const DEFAULT_MAX_QUEUED: u64 = 50_000;
 
+/// `--queue-timeout-secs`: long enough for a worker to restart or a laptop
+/// to wake, short enough that an agent learns soon that nothing can serve it.
+pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 30;
+
 /// Largest `--max-output-bytes`: a result must fit one wire frame, with room
 /// for the rest of the reply (model, usage, cooldowns).
 pub const MAX_OUTPUT_BYTES: u64 = (crate::wire::MAX_FRAME - 64 * 1024) as u64;
@@ -127,6 +131,11 @@ pub struct ServeArgs {
     #[arg(long, env = "D8_MAX_QUEUED", default_value_t = DEFAULT_MAX_QUEUED,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued: u64,
+    /// Seconds an OpenAI-compatible request waits while no online worker can
+    /// serve it, before it is answered 503 with Retry-After.
+    #[arg(long, env = "D8_QUEUE_TIMEOUT_SECS", default_value_t = DEFAULT_QUEUE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub queue_timeout_secs: u64,
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,

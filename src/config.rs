@@ -140,6 +140,10 @@ pub struct OrchestratorConfig {
     pub attempt_timeout: Duration,
     /// Longest `?wait=` a client may ask for.
     pub max_wait: Duration,
+    /// How long an OpenAI-compatible request may wait in the queue while no
+    /// online worker can serve it before it is answered 503 (a worker that
+    /// is restarting or waking up gets this long to come back).
+    pub queue_timeout: Duration,
     /// Require the bearer API key on `/api/*` (default true).
     pub require_api_key: bool,
     /// Advertise over mDNS: `None` off, `Some([])` on every non-loopback
@@ -170,6 +174,7 @@ impl OrchestratorConfig {
             // Generous: slow local models on CPU can take minutes.
             attempt_timeout: Duration::from_secs(300),
             max_wait: Duration::from_secs(300),
+            queue_timeout: Duration::from_secs(crate::cli::DEFAULT_QUEUE_TIMEOUT_SECS),
             require_api_key: true,
             mdns: Some(Vec::new()),
             name: None,
@@ -300,6 +305,7 @@ impl OrchestratorConfig {
         }
         cfg.max_body_bytes = args.max_body_bytes;
         cfg.max_queued = args.max_queued;
+        cfg.queue_timeout = Duration::from_secs(args.queue_timeout_secs);
         cfg.require_api_key = !args.no_auth;
         cfg.mdns = (!args.no_mdns).then(|| args.mdns.interfaces.clone());
         if let Some(n) = &args.name

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod files;
 pub mod gate;
 pub(crate) mod live_output;
+pub mod models;
 pub mod orchestrator;
 pub mod registry;
 pub mod vitals;

@@ -157,14 +157,14 @@ pub async fn read_body(
                 .await
         }
         Ok(Err(e)) => body_error(&e, limit).into_response(),
-        Err(_) => ApiError {
-            status: axum::http::StatusCode::REQUEST_TIMEOUT,
-            code: "body_timeout",
-            message: format!(
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
                 "the request body did not arrive within {} s",
                 body_timeout.as_secs_f32()
             ),
-        }
+        )
         .into_response(),
     }
 }

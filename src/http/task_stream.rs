@@ -107,10 +107,12 @@ pub(super) async fn stream(
     // `follow` owns the subscription from here: however this handler ends
     // (error, finished task, client gone mid-await), dropping it releases
     // the entry.
-    let (first, rx) = output.subscribe(id).map_err(|e| ApiError {
-        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        code: "too_many_subscribers",
-        message: e.to_string(),
+    let (first, rx) = output.subscribe(id).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            e.to_string(),
+        )
     })?;
     let mut follow = Follow {
         id,

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::actor::{Actor, Gone, QueryReply, SchedHandle, SchedMsg, TaskState};
 use super::files::{self, FileError};
 use super::live_output::LiveOutput;
+use super::models::{self, Capacity, Catalog, ModelEntry, Target};
 use super::now_millis;
 use super::registry::{Registry, TokenInfo};
 use super::vitals::{Part, Vitals};
@@ -141,6 +142,8 @@ pub struct Cluster {
     agents: Mutex<BTreeMap<String, AgentDef>>,
     /// Which long-lived parts are running.
     vitals: Arc<Vitals>,
+    /// Models offered, kept a while after their workers leave.
+    catalog: Mutex<Catalog>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -246,6 +249,7 @@ impl Cluster {
             join_token: Mutex::new(join_token),
             agents: Mutex::new(snapshot.agents),
             vitals,
+            catalog: Mutex::default(),
         });
         Ok((cluster, actor))
     }
@@ -509,6 +513,18 @@ impl Cluster {
     /// The scheduler's view of the connected workers.
     pub async fn live_workers(&self) -> Result<Vec<WorkerView>, ClusterError> {
         Ok(self.sched.workers().await?)
+    }
+
+    /// Every model offered now or within [`models::MODEL_RETENTION_MS`],
+    /// sorted by name and provider.
+    pub async fn models(&self) -> Result<Vec<ModelEntry>, ClusterError> {
+        let workers = self.live_workers().await?;
+        Ok(lock(&self.catalog).update(now_millis(), &workers))
+    }
+
+    /// Whether a request constrained to `target` can be served now.
+    pub async fn capacity(&self, target: &Target) -> Result<Capacity, ClusterError> {
+        Ok(models::capacity(&self.live_workers().await?, target))
     }
 
     /// Revokes a worker: its certificate stops working at the next handshake

@@ -20,6 +20,7 @@ mod admin;
 mod agents;
 mod body;
 mod error;
+mod openai;
 pub mod serve;
 mod task_stream;
 mod tasks;
@@ -65,9 +66,29 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
             serve::read_body,
         ))
         .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
+    // The OpenAI-compatible API, at `/v1` and (for clients that drop it)
+    // at the root; same key and body handling as `/api`.
+    let v1 = Router::new()
+        .route("/chat/completions", post(openai::chat))
+        .route("/models", get(openai::models))
+        .route("/models/{*id}", get(openai::model))
+        .route_layer(middleware::from_fn_with_state(
+            (limit, cluster.config().http.body_timeout),
+            serve::read_body,
+        ))
+        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
+    let root_chat = Router::new()
+        .route("/chat/completions", post(openai::chat))
+        .route_layer(middleware::from_fn_with_state(
+            (limit, cluster.config().http.body_timeout),
+            serve::read_body,
+        ))
+        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
     Router::new()
         .route("/health", get(admin::health))
         .nest("/api", api)
+        .nest("/v1", v1)
+        .merge(root_chat)
         .fallback(admin::not_found)
         .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -522,6 +522,11 @@ impl Cluster {
         Ok(lock(&self.catalog).update(now_millis(), &workers))
     }
 
+    /// A worker connected with these offers: list its models.
+    pub(crate) fn note_offers(&self, offers: &[crate::task::Offer]) {
+        lock(&self.catalog).record(now_millis(), offers);
+    }
+
     /// Whether a request constrained to `target` can be served now.
     pub async fn capacity(&self, target: &Target) -> Result<Capacity, ClusterError> {
         Ok(models::capacity(&self.live_workers().await?, target))

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::{Liveness, WorkerView};
-use crate::task::{Millis, Tier};
+use crate::task::{Millis, Offer, Tier};
 
 /// How long a model stays listed after the last worker offering it left.
 pub const MODEL_RETENTION_MS: u64 = 60 * 60 * 1_000;
@@ -39,19 +39,27 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Records `offers` of a worker at `now` (when it connects, so that a
+    /// worker gone before anyone asked is still listed).
+    pub fn record(&mut self, now: Millis, offers: &[Offer]) {
+        for o in offers {
+            for m in &o.models {
+                let key = (m.clone(), o.provider.clone());
+                if self.seen.len() < MAX_MODELS || self.seen.contains_key(&key) {
+                    self.seen.insert(key, (o.tier, now));
+                }
+            }
+        }
+    }
+
     /// Records what `workers` offer at `now`, forgets what nobody offered
     /// for [`MODEL_RETENTION_MS`], and lists every model, sorted.
     pub fn update(&mut self, now: Millis, workers: &[WorkerView]) -> Vec<ModelEntry> {
         let mut online = std::collections::BTreeSet::new();
         for w in workers {
+            self.record(now, &w.caps.offers);
             for o in &w.caps.offers {
-                for m in &o.models {
-                    let key = (m.clone(), o.provider.clone());
-                    if self.seen.len() < MAX_MODELS || self.seen.contains_key(&key) {
-                        self.seen.insert(key.clone(), (o.tier, now));
-                    }
-                    online.insert(key);
-                }
+                online.extend(o.models.iter().map(|m| (m.clone(), o.provider.clone())));
             }
         }
         self.seen
@@ -143,7 +151,7 @@ pub fn capacity(workers: &[WorkerView], target: &Target) -> Capacity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{Capabilities, Offer, ProviderCooldown, WorkerId};
+    use crate::task::{Capabilities, ProviderCooldown, WorkerId};
 
     fn worker(id: &str, offers: Vec<Offer>, cooldowns: Vec<ProviderCooldown>) -> WorkerView {
         WorkerView {

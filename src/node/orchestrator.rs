@@ -590,6 +590,7 @@ async fn serve_worker(
     for o in &mut caps.offers {
         o.models.truncate(256);
     }
+    cluster.note_offers(&caps.offers);
     if cluster
         .sched()
         .send(SchedMsg::WorkerUp {

@@ -9,5 +9,6 @@ mod installer;
 mod layering;
 #[cfg(target_os = "linux")]
 mod netns;
+mod openai;
 mod processes;
 mod streaming;

@@ -1,0 +1,328 @@
+//! The OpenAI-compatible API over HTTP, through real (echo) workers: the
+//! shapes the `openai` SDKs read, streaming, tool calls, models, errors.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::harness::TestCluster;
+
+/// POSTs `body` to `path`; status, headers and JSON body.
+async fn post(
+    c: &TestCluster,
+    path: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = c
+        .http
+        .post(format!("{}{path}", c.base))
+        .bearer_auth(&c.key)
+        .json(body)
+        .send()
+        .await
+        .expect("http");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A streamed answer's `data:` payloads, in order, read to the end.
+async fn stream(c: &TestCluster, body: &Value) -> (u16, Vec<String>) {
+    let resp = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.base))
+        .bearer_auth(&c.key)
+        .json(body)
+        .send()
+        .await
+        .expect("http");
+    let status = resp.status().as_u16();
+    let text = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .expect("stream ends")
+        .expect("body");
+    let mut data = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        for line in block.lines() {
+            // Only `data:` lines (and keep-alive comments) are allowed: no
+            // named events, no empty data.
+            if line.starts_with(':') {
+                continue;
+            }
+            let d = line
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data line: {line:?}"));
+            assert!(!d.is_empty(), "empty data event");
+            data.push(d.to_owned());
+        }
+    }
+    (status, data)
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+const WEATHER: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}"#;
+
+#[tokio::test]
+async fn a_chat_completion_has_the_openai_shape_and_is_a_task() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 2).await;
+    let (status, headers, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": user("hello there"), "temperature": 0.2,
+                "some_new_sdk_field": {"x": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let id = headers["x-request-id"].to_str().expect("id").to_owned();
+    assert_eq!(v["id"], format!("chatcmpl-{id}"));
+    assert_eq!(v["object"], "chat.completion");
+    assert!(
+        v["created"].as_u64().is_some_and(|t| t > 1_700_000_000),
+        "{v}"
+    );
+    assert_eq!(v["model"], "echo");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], "hello there");
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    assert_eq!(
+        v["usage"]["total_tokens"].as_u64(),
+        Some(v["usage"]["prompt_tokens"].as_u64().expect("n") + 2)
+    );
+    // The request is a task like any other.
+    let (s, task) = c
+        .request(Method::GET, &format!("/api/tasks/{id}"), None)
+        .await;
+    assert_eq!((s, task["status"].as_str()), (200, Some("completed")));
+    assert_eq!(task["type"], "chat_completion");
+    // The same at the root (clients that drop /v1), and through the
+    // virtual and the provider-pinned names.
+    for (path, model) in [
+        ("/chat/completions", "echo"),
+        ("/v1/chat/completions", "d8/auto"),
+        ("/v1/chat/completions", "d8/free"),
+        ("/v1/chat/completions", "echo/echo"),
+    ] {
+        let (status, _, v) = post(&c, path, &json!({"model": model, "messages": user("hi")})).await;
+        assert_eq!(status, 200, "{path} {model}: {v}");
+        assert_eq!(v["choices"][0]["message"]["content"], "hi");
+    }
+}
+
+#[tokio::test]
+async fn errors_have_the_openai_shape_and_status() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 1).await;
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-9", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(v["error"]["param"], "model");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gpt-9"))
+    );
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": user("x"), "n": 3}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("n")),
+        "{v}"
+    );
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages[0].content[0]");
+    // A wrong key: 401 in the same shape.
+    let resp = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.base))
+        .bearer_auth("sk-wrong")
+        .json(&json!({"model": "echo", "messages": user("x")}))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 401);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "authentication_error");
+    assert!(v["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn nobody_to_serve_it_is_a_503_with_retry_after_and_the_task_goes() {
+    let c = TestCluster::start_with(|cfg| cfg.queue_timeout = Duration::from_millis(500)).await;
+    // A worker came and went: its model stays listed (no flapping), and a
+    // request for it waits the queue timeout, then gets 503.
+    let w = c.worker("w1", 0, 1).await;
+    w.drain().await.expect("drained");
+    c.wait_until(|s| s["workers"]["online"] == 0, "offline")
+        .await;
+    let (status, v) = c.request(Method::GET, "/v1/models/echo", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["d8"]["online"], false);
+    let (status, headers, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "no_capable_worker");
+    assert_eq!(headers["retry-after"], "5");
+    // Nothing is left queued to run when a worker comes back.
+    let stats = c.stats().await;
+    assert_eq!(stats["tasks"]["pending"], 0, "{stats}");
+}
+
+#[tokio::test]
+async fn models_lists_workers_models_and_the_virtual_ones() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 1).await;
+    let (status, v) = c.request(Method::GET, "/v1/models", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["echo", "d8/auto", "d8/local", "d8/free"]);
+    let echo = &v["data"][0];
+    assert_eq!(
+        (echo["object"].as_str(), echo["owned_by"].as_str()),
+        (Some("model"), Some("echo"))
+    );
+    assert_eq!(echo["d8"]["online"], true);
+    // Ids with a slash are one path parameter.
+    let (status, v) = c.request(Method::GET, "/v1/models/d8/auto", None).await;
+    assert_eq!((status, v["id"].as_str()), (200, Some("d8/auto")), "{v}");
+    let (status, v) = c.request(Method::GET, "/v1/models/nope", None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn a_tool_call_round_trip() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 1).await;
+    let tool: Value = serde_json::from_str(WEATHER).expect("tool");
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": user(r#"{"city":"Paris"}"#), "tools": [tool]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = choice["message"]["tool_calls"][0].clone();
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
+    assert!(
+        call.get("index").is_none(),
+        "index is for stream deltas only"
+    );
+    // The assistant's call and the tool's result go back; the answer is final.
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "tools": [tool], "messages": [
+            {"role": "user", "content": r#"{"city":"Paris"}"#},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "21 C and sunny"}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "21 C and sunny");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn streams_are_data_lines_ending_with_done() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 1).await;
+    let (status, data) = stream(
+        &c,
+        &json!({"model": "echo", "messages": user("stream me"), "stream": true,
+                "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{data:?}");
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("json chunk"))
+        .collect();
+    let id = chunks[0]["id"].clone();
+    for ch in &chunks {
+        assert_eq!(ch["object"], "chat.completion.chunk");
+        assert_eq!(
+            (&ch["id"], &ch["model"], &ch["created"]),
+            (&id, &chunks[0]["model"], &chunks[0]["created"])
+        );
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|ch| ch["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "stream me");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 2);
+
+    // Tool calls stream as deltas that carry `index`.
+    let tool: Value = serde_json::from_str(WEATHER).expect("tool");
+    let (status, data) = stream(
+        &c,
+        &json!({"model": "echo", "messages": user("Paris"), "stream": true, "tools": [tool]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{data:?}");
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("json chunk"))
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|ch| ch["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{chunks:?}");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["arguments"], r#"{"text":"Paris"}"#);
+    assert_eq!(
+        chunks.last().expect("finish")["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}

@@ -120,24 +120,34 @@ pub fn capacity(workers: &[WorkerView], target: &Target) -> Capacity {
             {
                 continue;
             }
-            // The longest cooldown that applies: the provider's, or the
-            // model's (with no model named, the provider's alone).
-            let mut wait: Option<u64> = Some(0);
-            for c in w.cooldowns.iter().filter(|c| c.provider == o.provider) {
-                let applies = match (&c.model, &target.model) {
-                    (None, _) => true,
-                    (Some(cm), Some(m)) => cm == m,
-                    (Some(_), None) => false,
-                };
-                if !applies {
-                    continue;
+            // How long until this offer can take the task (`None`: never,
+            // a key was rejected): the longest cooldown that applies to the
+            // provider and the model wanted; with no model named, the worker
+            // may pick any of the provider's, so the soonest of those.
+            let applies = |model: Option<&str>| -> Option<u64> {
+                let mut wait = Some(0);
+                for c in w
+                    .cooldowns
+                    .iter()
+                    .filter(|c| c.provider == o.provider && c.model.as_deref() == model)
+                {
+                    wait = if c.disabled {
+                        None
+                    } else {
+                        wait.map(|w| w.max(c.remaining_ms))
+                    };
                 }
-                wait = if c.disabled {
-                    None
-                } else {
-                    wait.map(|w| w.max(c.remaining_ms))
-                };
-            }
+                wait
+            };
+            let model_wait = match (&target.model, o.models.is_empty()) {
+                (Some(m), _) => applies(Some(m)),
+                (None, true) => Some(0),
+                (None, false) => o.models.iter().filter_map(|m| applies(Some(m))).min(),
+            };
+            let wait = match (applies(None), model_wait) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
             match wait {
                 Some(0) => return Capacity::Ready,
                 Some(ms) => soonest = Some(soonest.map_or(ms, |s| s.min(ms))),

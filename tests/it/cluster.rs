@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::harness::{TestCluster, TestWorker, chat};
+use super::harness::{TestCluster, chat};
 
 #[tokio::test]
 async fn happy_path_agent_action() {
@@ -409,8 +409,7 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
         retry_after_secs: 30,
     })
     .await;
-    let _w = vendor_worker(
-        &c,
+    let _w = c.vendor_worker(
         "limited",
         "groq",
         "gsk_test_cooldown_0123456789",
@@ -476,7 +475,7 @@ async fn stop_sequences_and_json_mode_reach_the_vendor() {
     use super::fakes::{FakeOpenAi, Mode};
     let c = TestCluster::start().await;
     let vendor = FakeOpenAi::start(Mode::Ok).await;
-    let _w = vendor_worker(&c, "gpt", "openai", "sk-test-0123456789", &vendor.base);
+    let _w = c.vendor_worker("gpt", "openai", "sk-test-0123456789", &vendor.base);
     c.wait_until(|s| s["workers"]["online"] == 1, "online")
         .await;
     let body = serde_json::json!({
@@ -500,21 +499,6 @@ async fn stop_sequences_and_json_mode_reach_the_vendor() {
 }
 
 /// A worker whose only provider is an OpenAI-compatible `kind` at `base`.
-fn vendor_worker(c: &TestCluster, name: &str, kind: &str, key: &str, base: &str) -> TestWorker {
-    let upper = kind.to_uppercase();
-    let env: std::collections::HashMap<String, String> = [
-        (format!("{upper}_API_KEY"), key.to_owned()),
-        (format!("{upper}_BASE_URL"), base.to_owned()),
-    ]
-    .into();
-    let client =
-        d8::providers::VendorClient::new(d8::providers::ReadLimits::DEFAULT).expect("client");
-    let p = d8::providers::build(kind, &env, None, Duration::ZERO, &client).expect("provider");
-    let mut cfg = c.worker_config(name, 0, 4);
-    cfg.providers = d8::providers::ProviderSet::new(vec![p]);
-    c.spawn_worker(cfg)
-}
-
 #[tokio::test]
 async fn free_keys_are_used_before_paid_ones_and_429s_spill_over() {
     use super::fakes::{FakeOpenAi, Mode};
@@ -526,10 +510,10 @@ async fn free_keys_are_used_before_paid_ones_and_429s_spill_over() {
     })
     .await;
     let openai = FakeOpenAi::start(Mode::Ok).await;
-    let _paid = vendor_worker(&c, "a-paid", "openai", "sk-paid-0123456789", &openai.base);
+    let _paid = c.vendor_worker("a-paid", "openai", "sk-paid-0123456789", &openai.base);
     // Named so that a tie on load would favour the paid worker: only the
     // tiers can put the free key first.
-    let _free = vendor_worker(&c, "z-free", "groq", "gsk_free_0123456789", &groq.base);
+    let _free = c.vendor_worker("z-free", "groq", "gsk_free_0123456789", &groq.base);
     c.wait_until(|s| s["workers"]["online"] == 2, "both online")
         .await;
     let (_, list) = c.request(Method::GET, "/api/workers", None).await;
@@ -583,8 +567,8 @@ async fn a_vendor_outage_retries_the_task_on_another_worker_after_a_pause() {
     let up = FakeOpenAi::start(Mode::Ok).await;
     // The failing worker has the cheaper (free) key, so tiers alone would
     // send every attempt back to it; only the failure moves the retry.
-    let _a = vendor_worker(&c, "a-down", "groq", "gsk_down_0123456789", &down.base);
-    let _b = vendor_worker(&c, "b-up", "openai", "sk-up-0123456789", &up.base);
+    let _a = c.vendor_worker("a-down", "groq", "gsk_down_0123456789", &down.base);
+    let _b = c.vendor_worker("b-up", "openai", "sk-up-0123456789", &up.base);
     c.wait_until(|s| s["workers"]["online"] == 2, "both online")
         .await;
     let started = Instant::now();

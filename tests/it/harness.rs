@@ -112,6 +112,22 @@ impl TestCluster {
         cfg
     }
 
+    /// Spawns a worker whose one provider is a `kind` vendor at `base` with `key`.
+    pub fn vendor_worker(&self, name: &str, kind: &str, key: &str, base: &str) -> TestWorker {
+        let upper = kind.to_uppercase();
+        let env: std::collections::HashMap<String, String> = [
+            (format!("{upper}_API_KEY"), key.to_owned()),
+            (format!("{upper}_BASE_URL"), base.to_owned()),
+        ]
+        .into();
+        let client =
+            d8::providers::VendorClient::new(d8::providers::ReadLimits::DEFAULT).expect("client");
+        let p = d8::providers::build(kind, &env, None, Duration::ZERO, &client).expect("provider");
+        let mut cfg = self.worker_config(name, 0, 4);
+        cfg.providers = ProviderSet::new(vec![p]);
+        self.spawn_worker(cfg)
+    }
+
     pub fn spawn_worker(&self, cfg: WorkerConfig) -> TestWorker {
         let stop = CancellationToken::new();
         let dir = cfg.data_dir.clone();
@@ -202,6 +218,24 @@ impl TestCluster {
     }
 
     /// Polls stats until `pred` holds (10 s max).
+    /// Waits (10 s at most) until task `id` has `status`.
+    pub async fn wait_until_task(&self, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, t) = self
+                .request(reqwest::Method::GET, &format!("/api/tasks/{id}"), None)
+                .await;
+            if t["status"] == status {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} never {status}: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_until(&self, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

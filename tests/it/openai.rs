@@ -326,3 +326,164 @@ async fn streams_are_data_lines_ending_with_done() {
         "tool_calls"
     );
 }
+
+#[tokio::test]
+async fn every_capable_provider_resting_is_a_429_with_retry_after() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let c = TestCluster::start().await;
+    let vendor = FakeOpenAi::start(Mode::RateLimited {
+        retry_after_secs: 30,
+    })
+    .await;
+    let _w = c.vendor_worker("limited", "groq", "gsk_test_429_0123456789", &vendor.base);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    // One task meets the 429 and the worker reports the cooldown.
+    c.submit("anything", 5).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = c.request(Method::GET, "/api/workers", None).await;
+        if list[0]["provider_cooldowns"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no cooldown: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, headers, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "d8/auto", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let secs: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!((20..=30).contains(&secs), "{secs}");
+    // Nothing was queued for it.
+    assert_eq!(vendor.calls(), 1);
+}
+
+/// Streams "Hel", counts itself in `started`, then never finishes.
+struct Stall {
+    started: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl d8::providers::Provider for Stall {
+    fn kind(&self) -> &str {
+        "stall"
+    }
+    fn models(&self) -> Vec<String> {
+        vec!["stall".into()]
+    }
+    fn chat<'a>(
+        &'a self,
+        _req: &'a d8::task::ChatRequest,
+        sink: d8::providers::ChunkSink,
+    ) -> d8::providers::BoxFuture<'a, Result<d8::task::TaskOutput, d8::providers::ProviderError>>
+    {
+        Box::pin(async move {
+            sink.push("Hel".into()).await;
+            self.started.add_permits(1);
+            std::future::pending().await
+        })
+    }
+}
+
+fn stall_worker(
+    c: &TestCluster,
+    name: &str,
+    started: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> super::harness::TestWorker {
+    let mut cfg = c.worker_config(name, 0, 1);
+    cfg.providers = d8::providers::ProviderSet::new(vec![std::sync::Arc::new(Stall {
+        started: started.clone(),
+    })]);
+    c.spawn_worker(cfg)
+}
+
+/// Opens a stream and reads until `want` is in the body; the response and
+/// what came so far.
+async fn open_stream(
+    c: &TestCluster,
+    model: &str,
+    want: &str,
+) -> (reqwest::Response, String, String) {
+    let mut resp = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.base))
+        .bearer_auth(&c.key)
+        .json(&json!({"model": model, "messages": user("hi"), "stream": true}))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 200);
+    let id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    let mut body = String::new();
+    while !body.contains(want) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("read")
+            .expect("not the end");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (resp, id, body)
+}
+
+#[tokio::test]
+async fn a_worker_lost_mid_stream_ends_it_with_an_error_then_done() {
+    let c = TestCluster::start().await;
+    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let first = stall_worker(&c, "s1", &started);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let (mut resp, id, _) = open_stream(&c, "stall", "Hel").await;
+    // A second worker to retry on, then the first dies.
+    let _second = stall_worker(&c, "s2", &started);
+    c.wait_until(|s| s["workers"]["online"] == 2, "two online")
+        .await;
+    first.handle.abort();
+    let mut body = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), resp.chunk())
+        .await
+        .expect("the stream ends")
+        .expect("read")
+    {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+    let error: Value = serde_json::from_str(data[data.len() - 2]).expect("error frame");
+    assert_eq!(error["error"]["code"], "stream_interrupted", "{body}");
+    // The text of the retry never reached the client, and the task that
+    // nobody reads any more is cancelled.
+    c.wait_until_task(&id, "cancelled").await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_task() {
+    let c = TestCluster::start().await;
+    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let _w = stall_worker(&c, "s1", &started);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let (resp, id, _) = open_stream(&c, "stall", "Hel").await;
+    drop(resp);
+    c.wait_until_task(&id, "cancelled").await;
+}

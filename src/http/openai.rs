@@ -180,6 +180,60 @@ impl Drop for Abandon {
     }
 }
 
+/// A submission in flight. Hyper drops a handler whose client hung up,
+/// possibly while `submit` waits for the store, when the task is already
+/// scheduled but its id not yet known here: the submission runs on its own
+/// task, and if this is dropped before it ends, the task is cancelled as
+/// soon as its id is.
+struct Submitting {
+    cluster: Arc<Cluster>,
+    handle: Option<tokio::task::JoinHandle<Result<Vec<TaskId>, crate::node::ClusterError>>>,
+}
+
+impl Submitting {
+    fn start(cluster: &Arc<Cluster>, spec: TaskSpec) -> Submitting {
+        let c = cluster.clone();
+        Submitting {
+            cluster: cluster.clone(),
+            handle: Some(tokio::spawn(async move { c.submit(vec![spec]).await })),
+        }
+    }
+
+    async fn wait(mut self) -> Result<TaskId, ApiError> {
+        let Some(handle) = self.handle.as_mut() else {
+            return Err(ApiError::unavailable("submission lost"));
+        };
+        let r = handle.await;
+        self.handle = None;
+        match r {
+            Ok(Ok(ids)) => ids
+                .first()
+                .copied()
+                .ok_or_else(|| ApiError::unavailable("submission lost")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ApiError::unavailable("the submission failed; try again")),
+        }
+    }
+}
+
+impl Drop for Submitting {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let cluster = self.cluster.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Ok(Ok(ids)) = handle.await {
+                    for id in ids {
+                        let _ = cluster.cancel(id).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// A submitted chat, followed to its end.
 struct Submitted {
     abandon: Abandon,
@@ -300,7 +354,7 @@ async fn chat_inner(
     };
     // Subscribe before submitting is impossible (no id yet); the live
     // output keeps the attempt's text so far for a late subscriber.
-    let id = cluster.submit(vec![spec]).await?[0];
+    let id = Submitting::start(&cluster, spec).wait().await?;
     let created = crate::node::now_millis().0 / 1000;
     let mut sub = Submitted {
         abandon: Abandon {

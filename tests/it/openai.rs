@@ -487,3 +487,35 @@ async fn a_client_that_goes_away_cancels_its_task() {
     drop(resp);
     c.wait_until_task(&id, "cancelled").await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_waiting_for_a_whole_answer_cancels_its_task() {
+    let c = TestCluster::start().await;
+    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let _w = stall_worker(&c, "s1", &started);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    // A raw connection, so that closing it is exactly what the server sees.
+    let addr = c.base.trim_start_matches("http://").to_owned();
+    let body = json!({"model": "stall", "messages": user("hi")}).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        c.key,
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, format!("{head}{body}").as_bytes())
+        .await
+        .expect("send");
+    tokio::time::timeout(Duration::from_secs(10), started.acquire())
+        .await
+        .expect("provider started")
+        .expect("semaphore")
+        .forget();
+    // Right away: the answer to the submission may still be on its way.
+    drop(tcp);
+    // The task has no id in the client's hands yet: it is the only one.
+    c.wait_until_task("1", "cancelled").await;
+}

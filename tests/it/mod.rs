@@ -10,5 +10,6 @@ mod layering;
 #[cfg(target_os = "linux")]
 mod netns;
 mod openai;
+mod openai_sdk;
 mod processes;
 mod streaming;

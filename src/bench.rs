@@ -8,8 +8,11 @@
 //! Figures:
 //! - throughput: `--tasks` tasks submitted in batches of `--batch` by
 //!   `--clients` concurrent HTTP clients; tasks/s from first submit to last result;
+//!   with `--endpoint openai`, `--clients` clients each sending one
+//!   `POST /v1/chat/completions` at a time and waiting for its answer;
 //! - latency: on the idle cluster, `--samples` sequential single-task submits,
-//!   each followed by a long-poll for its result (submit → result, p50/p99);
+//!   each followed by a long-poll for its result (submit → result, p50/p99),
+//!   or single chat completions;
 //! - orchestrator peak RSS (Linux: VmHWM; elsewhere sampled with sysinfo).
 
 use std::path::{Path, PathBuf};
@@ -282,6 +285,56 @@ fn task_body(i: usize) -> Value {
     json!({ "type": "agent_action", "data": { "messages": [ { "role": "user", "content": format!("bench task {i}") } ] } })
 }
 
+fn chat_body(i: usize) -> Value {
+    json!({ "model": "echo", "messages": [ { "role": "user", "content": format!("bench task {i}") } ] })
+}
+
+/// One request/answer on the OpenAI-compatible endpoint.
+async fn chat_once(http: &reqwest::Client, url: &str, key: &str, i: usize) -> Result<()> {
+    let v: Value = http
+        .post(url)
+        .bearer_auth(key)
+        .json(&chat_body(i))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    if v["choices"][0]["finish_reason"] != "stop" {
+        bail!("unexpected answer: {v}");
+    }
+    Ok(())
+}
+
+/// Throughput of `--clients` clients each sending one chat completion at a
+/// time: tasks/s and the orchestrator's CPU per task.
+async fn measure_openai(c: &Cluster, args: &BenchArgs) -> Result<(f64, f64)> {
+    let url = format!("{}/v1/chat/completions", c.base);
+    let cpu0 = c.cpu_seconds();
+    let t0 = Instant::now();
+    let clients = args.clients.max(1);
+    let mut handles = Vec::new();
+    for k in 0..clients {
+        let (http, url, key) = (c.http.clone(), url.clone(), c.key.clone());
+        let mine: Vec<usize> = (k..args.tasks).step_by(clients).collect();
+        handles.push(tokio::spawn(async move {
+            for i in mine {
+                chat_once(&http, &url, &key, i).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = match (cpu0, c.cpu_seconds()) {
+        (Some(a), Some(b)) => (b - a) * 1e6 / args.tasks as f64,
+        _ => f64::NAN,
+    };
+    Ok((args.tasks as f64 / secs, cpu))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -297,10 +350,18 @@ async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
         let id = v["task_id"].as_str().unwrap_or_default().to_owned();
         c.get(&format!("/api/tasks/{id}?wait=10")).await?;
     }
-    // Idle latency: submit, then long-poll the result.
+    let openai = args.endpoint == "openai";
+    let chat_url = format!("{}/v1/chat/completions", c.base);
+    // Idle latency: submit, then long-poll the result (or one chat
+    // completion, which is both).
     let mut lat = Vec::with_capacity(args.samples);
     for i in 0..args.samples {
         let t0 = Instant::now();
+        if openai {
+            chat_once(&c.http, &chat_url, &c.key, i).await?;
+            lat.push(t0.elapsed().as_secs_f64() * 1_000.0);
+            continue;
+        }
         let v = c.post("/api/tasks", &task_body(i)).await?;
         let id = v["task_id"].as_str().unwrap_or_default().to_owned();
         let r = c.get(&format!("/api/tasks/{id}?wait=10")).await?;
@@ -310,6 +371,18 @@ async fn measure(c: &Cluster, args: &BenchArgs, n: usize) -> Result<BenchRow> {
         lat.push(t0.elapsed().as_secs_f64() * 1_000.0);
     }
     lat.sort_by(f64::total_cmp);
+    if openai {
+        let (tasks_per_sec, cpu_us_per_task) = measure_openai(c, args).await?;
+        return Ok(BenchRow {
+            workers: n,
+            tasks: args.tasks,
+            tasks_per_sec,
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+            peak_rss_mb: c.peak_rss_mb(),
+            cpu_us_per_task,
+        });
+    }
 
     // Throughput.
     let before = c.get("/api/workers/stats").await?["tasks"]["completed"]

@@ -320,6 +320,12 @@ pub struct BenchArgs {
     /// Where the workers run: `inprocess` or `process`.
     #[arg(long, default_value = "inprocess", value_parser = ["inprocess", "process"])]
     pub worker_mode: String,
+    /// What the clients call: `tasks` submits to `POST /api/tasks/batch`
+    /// (`--batch` tasks a request) and counts results; `openai` sends one
+    /// non-streamed `POST /v1/chat/completions` at a time per client and
+    /// waits for its answer (`--batch` is ignored).
+    #[arg(long, default_value = "tasks", value_parser = ["tasks", "openai"])]
+    pub endpoint: String,
     /// Slots per worker.
     #[arg(long, default_value_t = 64)]
     pub slots: u32,

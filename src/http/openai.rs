@@ -324,9 +324,11 @@ async fn chat_inner(
 ) -> Result<Response, ApiError> {
     let body: Value = parse(body, cluster.config().max_body_bytes)?;
     let chat = request::parse(&body)?;
-    let catalog = cluster.models().await?;
-    let target = resolve(&chat.model, &chat.knobs, &catalog)?;
-    if let Capacity::Resting(ms) = cluster.capacity(&target).await? {
+    // One snapshot of the workers for both questions (each costs a round
+    // trip to the scheduler).
+    let workers = cluster.live_workers().await?;
+    let target = resolve(&chat.model, &chat.knobs, &cluster.models_of(&workers))?;
+    if let Capacity::Resting(ms) = crate::node::models::capacity(&workers, &target) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_exceeded",

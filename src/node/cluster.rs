@@ -519,7 +519,12 @@ impl Cluster {
     /// sorted by name and provider.
     pub async fn models(&self) -> Result<Vec<ModelEntry>, ClusterError> {
         let workers = self.live_workers().await?;
-        Ok(lock(&self.catalog).update(now_millis(), &workers))
+        Ok(self.models_of(&workers))
+    }
+
+    /// [`Cluster::models`] from a snapshot of the workers already taken.
+    pub fn models_of(&self, workers: &[WorkerView]) -> Vec<ModelEntry> {
+        lock(&self.catalog).update(now_millis(), workers)
     }
 
     /// A worker connected with these offers: list its models.

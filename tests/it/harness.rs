@@ -115,11 +115,19 @@ impl TestCluster {
     /// Spawns a worker whose one provider is a `kind` vendor at `base` with `key`.
     pub fn vendor_worker(&self, name: &str, kind: &str, key: &str, base: &str) -> TestWorker {
         let upper = kind.to_uppercase();
-        let env: std::collections::HashMap<String, String> = [
-            (format!("{upper}_API_KEY"), key.to_owned()),
-            (format!("{upper}_BASE_URL"), base.to_owned()),
-        ]
+        let (key_var, url_var) = (format!("{upper}_API_KEY"), format!("{upper}_BASE_URL"));
+        self.vendor_worker_with(name, kind, &[(&key_var, key), (&url_var, base)])
+    }
+
+    /// Spawns a worker whose one provider is built for `kind` from `vars`
+    /// (as from the environment) plus a test key for vendors that need one.
+    pub fn vendor_worker_with(&self, name: &str, kind: &str, vars: &[(&str, &str)]) -> TestWorker {
+        let mut env: std::collections::HashMap<String, String> = [(
+            format!("{}_API_KEY", kind.to_uppercase()),
+            format!("test-key-{kind}-0123456789"),
+        )]
         .into();
+        env.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let client =
             d8::providers::VendorClient::new(d8::providers::ReadLimits::DEFAULT).expect("client");
         let p = d8::providers::build(kind, &env, None, Duration::ZERO, &client).expect("provider");

@@ -1,6 +1,7 @@
 //! One module per area; shared helpers in `harness`.
 
 mod cluster;
+mod dialects;
 mod enrollment;
 mod fakes;
 mod harness;

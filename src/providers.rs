@@ -28,6 +28,7 @@ pub mod gemini;
 pub mod ollama;
 pub mod openai;
 pub mod set;
+mod shape;
 pub mod stream_parser;
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::classify::DEFAULT_RETRY_AFTER;
 use super::driver::{Flow, Framing, HttpProvider, VendorClient, count, usage};
-use super::openai::json_text;
+use super::shape::json_text;
 use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput, ToolChoice};
 

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::driver::{Answer, Call, Flow, Framing, HttpProvider, VendorClient, usage};
-use super::openai::json_text;
+use super::shape::{json_text, sampling};
 use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput, ToolChoice};
 
@@ -124,20 +124,17 @@ impl Gemini {
                 body["toolConfig"] = json!({ "functionCallingConfig": config });
             }
         }
-        let mut config = serde_json::Map::new();
-        let optional = [
-            ("temperature", req.temperature.map(|v| json!(v))),
-            ("topP", req.top_p.map(|v| json!(v))),
-            ("maxOutputTokens", req.max_tokens.map(|v| json!(v))),
-            ("seed", req.seed.map(|v| json!(v))),
-            ("presencePenalty", req.presence_penalty.map(|v| json!(v))),
-            ("frequencyPenalty", req.frequency_penalty.map(|v| json!(v))),
-        ];
-        for (name, value) in optional {
-            if let Some(v) = value {
-                config.insert(name.into(), v);
-            }
-        }
+        let mut config = sampling(
+            req,
+            [
+                "temperature",
+                "topP",
+                "maxOutputTokens",
+                "seed",
+                "presencePenalty",
+                "frequencyPenalty",
+            ],
+        );
         if !req.stop.is_empty() {
             config.insert("stopSequences".into(), json!(req.stop));
         }

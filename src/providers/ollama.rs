@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::driver::{Answer, Flow, Framing, HttpProvider, VendorClient, usage};
-use super::openai::json_text;
+use super::shape::{json_text, sampling};
 use super::{ChunkSink, ProviderError, ProviderErrorKind};
 use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput};
 
@@ -118,20 +118,17 @@ fn body(req: &ChatRequest, model: &str) -> Value {
             })
             .collect();
     }
-    let mut options = serde_json::Map::new();
-    let optional = [
-        ("temperature", req.temperature.map(|v| json!(v))),
-        ("top_p", req.top_p.map(|v| json!(v))),
-        ("num_predict", req.max_tokens.map(|v| json!(v))),
-        ("seed", req.seed.map(|v| json!(v))),
-        ("presence_penalty", req.presence_penalty.map(|v| json!(v))),
-        ("frequency_penalty", req.frequency_penalty.map(|v| json!(v))),
-    ];
-    for (name, value) in optional {
-        if let Some(v) = value {
-            options.insert(name.into(), v);
-        }
-    }
+    let mut options = sampling(
+        req,
+        [
+            "temperature",
+            "top_p",
+            "num_predict",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+        ],
+    );
     if !req.stop.is_empty() {
         options.insert("stop".into(), json!(req.stop));
     }

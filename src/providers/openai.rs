@@ -11,6 +11,7 @@
 use serde_json::{Value, json};
 
 use super::driver::{Flow, Framing, HttpProvider, VendorClient, usage};
+use super::shape::{json_text, sampling};
 use super::vendor::Vendor;
 use super::{ChunkSink, ProviderError, Secret};
 use crate::task::{
@@ -57,23 +58,22 @@ impl OpenAiCompat {
             "messages": req.messages.iter().map(message).collect::<Vec<_>>(),
             "stream": stream,
         });
-        let optional = [
-            ("temperature", req.temperature.map(|v| json!(v))),
-            ("top_p", req.top_p.map(|v| json!(v))),
-            ("max_tokens", req.max_tokens.map(|v| json!(v))),
-            ("seed", req.seed.map(|v| json!(v))),
-            ("presence_penalty", req.presence_penalty.map(|v| json!(v))),
-            ("frequency_penalty", req.frequency_penalty.map(|v| json!(v))),
-            (
-                "parallel_tool_calls",
-                req.parallel_tool_calls.map(|v| json!(v)),
-            ),
-            ("tool_choice", req.tool_choice.as_ref().map(tool_choice)),
+        let names = [
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
         ];
-        for (name, value) in optional {
-            if let Some(v) = value {
-                body[name] = v;
-            }
+        for (name, v) in sampling(req, names) {
+            body[name] = v;
+        }
+        if let Some(p) = req.parallel_tool_calls {
+            body["parallel_tool_calls"] = json!(p);
+        }
+        if let Some(c) = &req.tool_choice {
+            body["tool_choice"] = tool_choice(c);
         }
         if !req.stop.is_empty() {
             body["stop"] = json!(req.stop);
@@ -103,12 +103,6 @@ impl OpenAiCompat {
         }
         body
     }
-}
-
-/// A JSON text the HTTP layer has already validated, as a value (`{}` if it
-/// is not JSON after all: a vendor then says what is wrong with it).
-pub(super) fn json_text(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| json!({}))
 }
 
 /// One message in OpenAI's format.

@@ -58,37 +58,28 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/tokens/rotate", post(admin::rotate_token))
         .route("/tokens/{id}", delete(admin::revoke_token))
-        .route("/backup", get(admin::backup))
-        // Inner layer: runs after the key check, so only an authorised
-        // client's body is read.
-        .route_layer(middleware::from_fn_with_state(
+        .route("/backup", get(admin::backup));
+    // The key check, then (inner layer: only an authorised client's body
+    // is read) the body within its time limit.
+    let protect = |r: Router<Arc<Cluster>>| {
+        r.route_layer(middleware::from_fn_with_state(
             (limit, cluster.config().http.body_timeout),
             serve::read_body,
         ))
-        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key))
+    };
     // The OpenAI-compatible API, at `/v1` and (for clients that drop it)
     // at the root; same key and body handling as `/api`.
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat))
         .route("/models", get(openai::models))
-        .route("/models/{*id}", get(openai::model))
-        .route_layer(middleware::from_fn_with_state(
-            (limit, cluster.config().http.body_timeout),
-            serve::read_body,
-        ))
-        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
-    let root_chat = Router::new()
-        .route("/chat/completions", post(openai::chat))
-        .route_layer(middleware::from_fn_with_state(
-            (limit, cluster.config().http.body_timeout),
-            serve::read_body,
-        ))
-        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_key));
+        .route("/models/{*id}", get(openai::model));
+    let root_chat = Router::new().route("/chat/completions", post(openai::chat));
     Router::new()
         .route("/health", get(admin::health))
-        .nest("/api", api)
-        .nest("/v1", v1)
-        .merge(root_chat)
+        .nest("/api", protect(api))
+        .nest("/v1", protect(v1))
+        .merge(protect(root_chat))
         .fallback(admin::not_found)
         .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -41,6 +41,21 @@ fn decide(last_text: &str, from_tool: bool, tool: Option<&str>) -> Reply {
     }
 }
 
+/// `decide` for the dialects whose conversation is OpenAI's `messages`
+/// (OpenAI, Ollama).
+fn decide_messages(body: &Value) -> Reply {
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or_default();
+    decide(
+        last["content"].as_str().unwrap_or_default(),
+        last["role"] == "tool",
+        body["tools"][0]["function"]["name"].as_str(),
+    )
+}
+
 /// Splits text in two pieces (at a char boundary) for streaming.
 fn halves(s: &str) -> (String, String) {
     let mut mid = s.len() / 2;
@@ -75,17 +90,7 @@ fn sse(events: &[(Option<&str>, Value)], done: bool) -> Response {
 }
 
 fn openai(body: Value) -> Response {
-    let last = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .cloned()
-        .unwrap_or_default();
-    let tool = body["tools"][0]["function"]["name"].as_str();
-    let reply = decide(
-        last["content"].as_str().unwrap_or_default(),
-        last["role"] == "tool",
-        tool,
-    );
+    let reply = decide_messages(&body);
     let model = body["model"].clone();
     let usage = json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13});
     if body["stream"] != true {
@@ -275,17 +280,7 @@ fn gemini(rest: &str, query: Option<String>, body: Value) -> Response {
 }
 
 fn ollama(body: Value) -> Response {
-    let last = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .cloned()
-        .unwrap_or_default();
-    let tool = body["tools"][0]["function"]["name"].as_str();
-    let reply = decide(
-        last["content"].as_str().unwrap_or_default(),
-        last["role"] == "tool",
-        tool,
-    );
+    let reply = decide_messages(&body);
     let model = body["model"].clone();
     let message = match &reply {
         Reply::Text(t) => json!({"role": "assistant", "content": t}),

@@ -411,6 +411,20 @@ fn stall_worker(
     c.spawn_worker(cfg)
 }
 
+/// A cluster with one `Stall` worker online; `started` counts its calls.
+async fn stalled_cluster() -> (
+    TestCluster,
+    super::harness::TestWorker,
+    std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    let c = TestCluster::start().await;
+    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let w = stall_worker(&c, "s1", &started);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    (c, w, started)
+}
+
 /// Opens a stream and reads until `want` is in the body; the response and
 /// what came so far.
 async fn open_stream(
@@ -478,11 +492,7 @@ async fn a_worker_lost_mid_stream_ends_it_with_an_error_then_done() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_its_task() {
-    let c = TestCluster::start().await;
-    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let _w = stall_worker(&c, "s1", &started);
-    c.wait_until(|s| s["workers"]["online"] == 1, "online")
-        .await;
+    let (c, _w, _started) = stalled_cluster().await;
     let (resp, id, _) = open_stream(&c, "stall", "Hel").await;
     drop(resp);
     c.wait_until_task(&id, "cancelled").await;
@@ -490,11 +500,7 @@ async fn a_client_that_goes_away_cancels_its_task() {
 
 #[tokio::test]
 async fn a_client_that_stops_waiting_for_a_whole_answer_cancels_its_task() {
-    let c = TestCluster::start().await;
-    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let _w = stall_worker(&c, "s1", &started);
-    c.wait_until(|s| s["workers"]["online"] == 1, "online")
-        .await;
+    let (c, _w, started) = stalled_cluster().await;
     // A raw connection, so that closing it is exactly what the server sees.
     let addr = c.base.trim_start_matches("http://").to_owned();
     let body = json!({"model": "stall", "messages": user("hi")}).to_string();

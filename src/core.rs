@@ -230,6 +230,8 @@ struct ClassKey {
     model: Option<String>,
     provider: Option<String>,
     max_tier: Option<Tier>,
+    /// An embeddings task: only offers with embedding models serve it.
+    embed: bool,
 }
 
 impl ClassKey {
@@ -246,6 +248,7 @@ impl ClassKey {
             model: named(&spec.request.model),
             provider: named(&spec.provider),
             max_tier: spec.max_tier,
+            embed: spec.request.embed.is_some(),
         }
     }
 }
@@ -321,6 +324,7 @@ impl WorkerEntry {
             model: None,
             provider: None,
             max_tier: None,
+            embed: false,
         };
         if self.caps.offers.is_empty()
             || self

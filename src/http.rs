@@ -72,6 +72,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
     // at the root; same key and body handling as `/api`.
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat))
+        .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::models))
         .route("/models/{*id}", get(openai::model));
     let root_chat = Router::new().route("/chat/completions", post(openai::chat));

@@ -159,6 +159,24 @@ pub trait Provider: Send + Sync + 'static {
         req: &'a ChatRequest,
         sink: ChunkSink,
     ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>>;
+    /// Models it computes embeddings with; advertised. None by default.
+    fn embedding_models(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Computes the embeddings `req.embed` asks for with `req.model`.
+    fn embed<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        let _ = req;
+        let message = format!("{}: this provider does not compute embeddings", self.kind());
+        Box::pin(async move {
+            Err(ProviderError {
+                kind: ProviderErrorKind::Invalid,
+                message,
+            })
+        })
+    }
 }
 
 /// Why a provider could not be configured from flags, environment or file.
@@ -296,6 +314,12 @@ pub fn build(
         .and_then(|var| env.var(var))
         .map(|m| list(&m))
         .unwrap_or_default();
+    let embedding_models = env
+        .var(&format!("{}_EMBEDDING_MODELS", v.env_prefix))
+        .map_or_else(
+            || v.embedding_models.iter().map(|m| (*m).to_owned()).collect(),
+            |m| list(&m),
+        );
     let key = || -> Result<Secret, BuildError> {
         let var = v.key_var.unwrap_or_default();
         env.var(var)
@@ -316,7 +340,10 @@ pub fn build(
         }
     };
     Ok(match v.dialect {
-        Dialect::Echo => Arc::new(echo::Echo { delay: echo_delay }),
+        Dialect::Echo => Arc::new(echo::Echo {
+            delay: echo_delay,
+            embedding_models,
+        }),
         Dialect::Ollama => {
             // OLLAMA_HOST takes Ollama's own forms (`host:port` too), so it
             // is normalised by the dialect rather than checked here.
@@ -326,7 +353,10 @@ pub fn build(
                 .chain(v.legacy_url_var)
                 .find_map(|var| env.var(var))
                 .unwrap_or_else(|| v.base_url.to_owned());
-            Arc::new(ollama::Ollama::new(&url, models, client.clone()))
+            Arc::new(
+                ollama::Ollama::new(&url, models, client.clone())
+                    .with_embedding_models(embedding_models),
+            )
         }
         Dialect::Anthropic => Arc::new(anthropic::Anthropic::new(
             &url()?,
@@ -334,10 +364,14 @@ pub fn build(
             models,
             client.clone(),
         )),
-        Dialect::Gemini => Arc::new(gemini::Gemini::new(&url()?, key()?, models, client.clone())),
+        Dialect::Gemini => Arc::new(
+            gemini::Gemini::new(&url()?, key()?, models, client.clone())
+                .with_embedding_models(embedding_models),
+        ),
         Dialect::OpenAi => {
             let key = key()?;
-            let p = openai::OpenAiCompat::new(v, &url()?, Some(key), client.clone());
+            let p = openai::OpenAiCompat::new(v, &url()?, Some(key), client.clone())
+                .with_embedding_models(embedding_models);
             Arc::new(if models.is_empty() {
                 p
             } else {

@@ -158,7 +158,19 @@ impl ResponseFormat {
     }
 }
 
+/// Texts to embed: what an embeddings task asks for instead of a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// The texts, one vector each, in order.
+    pub input: Vec<String>,
+    /// Output dimensions, for models that can shorten their vectors.
+    pub dimensions: Option<u32>,
+}
+
 /// The cluster's one request type; providers translate it to vendor formats.
+/// It is a chat, or, with [`ChatRequest::embed`] set, embeddings of texts
+/// by `model` (the chat fields are then unused): one request type keeps one
+/// path through scheduling, the wire, the store and the providers' retries.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatRequest {
     /// The conversation, oldest first.
@@ -191,6 +203,8 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     /// Forward text deltas as they are generated (worker → orchestrator chunks).
     pub stream: bool,
+    /// Compute embeddings of these texts instead of chatting.
+    pub embed: Option<EmbedRequest>,
 }
 
 impl ChatRequest {
@@ -290,6 +304,8 @@ pub struct TaskOutput {
     pub model: String,
     /// Token usage; `None` when the vendor reported none (not zero).
     pub usage: Option<Usage>,
+    /// For an embeddings task: one vector per input text, in order.
+    pub embeddings: Vec<Vec<f32>>,
 }
 
 impl TaskOutput {
@@ -306,6 +322,7 @@ impl TaskOutput {
             provider: provider.into(),
             model: model.into(),
             usage: None,
+            embeddings: Vec::new(),
         }
     }
 }
@@ -476,6 +493,8 @@ pub struct Offer {
     pub models: Vec<String>,
     /// The model for reasoning task types, when it has one.
     pub reasoning_model: Option<String>,
+    /// Models it computes embeddings with.
+    pub embedding_models: Vec<String>,
 }
 
 /// A provider (or one of its models) that cannot take work now, as the
@@ -547,6 +566,11 @@ impl Capabilities {
                 o.reasoning_model
                     .iter()
                     .map(|m| ("reasoning_model", m.as_str())),
+            );
+            names.extend(
+                o.embedding_models
+                    .iter()
+                    .map(|m| ("embedding_model", m.as_str())),
             );
         }
         names

@@ -316,6 +316,7 @@ mod tests {
                     tier: crate::task::Tier::Free,
                     models: vec!["llama".into()],
                     reasoning_model: None,
+                    embedding_models: vec!["embed-1".into()],
                 }],
                 slots: 4,
                 ..Default::default()
@@ -352,6 +353,7 @@ mod tests {
                 provider: "echo".into(),
                 model: "echo".into(),
                 usage: Some(Usage::new(1, 2)),
+                embeddings: vec![vec![0.5, -1.25]],
             }),
             cooldowns: vec![],
         });

@@ -150,6 +150,18 @@ impl OfferState {
         {
             return false;
         }
+        if class.embed {
+            return match &class.model {
+                Some(m) => {
+                    offer.embedding_models.contains(m)
+                        && !self.cooling_down(now, &offer.provider, Some(m))
+                }
+                None => offer
+                    .embedding_models
+                    .iter()
+                    .any(|m| !self.cooling_down(now, &offer.provider, Some(m))),
+            };
+        }
         match &class.model {
             Some(m) => {
                 offer.models.contains(m) && !self.cooling_down(now, &offer.provider, Some(m))

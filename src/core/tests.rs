@@ -24,6 +24,7 @@ fn offer(provider: &str, tier: Tier, models: &[&str]) -> crate::task::Offer {
         tier,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         reasoning_model: None,
+        embedding_models: Vec::new(),
     }
 }
 
@@ -987,4 +988,41 @@ fn a_paused_scheduler_assigns_nothing_until_resumed() {
         [TaskId(2)],
         "resumed at once"
     );
+}
+
+#[test]
+fn embeddings_go_only_to_offers_that_embed_that_model() {
+    let mut s = sched();
+    let t0 = Millis(1_000);
+    // "chat" serves chats only; "emb" embeds with "e1".
+    s.handle_worker_up(t0, w("chat"), caps("echo", 4));
+    let mut embedding = offer("openai", Tier::Paid, &["gpt"]);
+    embedding.embedding_models = vec!["e1".into()];
+    s.handle_worker_up(
+        t0,
+        w("emb"),
+        Capabilities {
+            offers: vec![embedding],
+            slots: 4,
+            ..Capabilities::default()
+        },
+    );
+    let embed = |model: Option<&str>| {
+        let mut spec = crate::task::test_spec("embeddings", 5);
+        spec.request.model = model.map(str::to_owned);
+        spec.request.embed = Some(crate::task::EmbedRequest {
+            input: vec!["x".into()],
+            dimensions: None,
+        });
+        Arc::new(spec)
+    };
+    // The chat worker is cheaper (local) and idle, yet never gets them.
+    s.handle_submit(t0, TaskId(1), embed(Some("e1")), t0);
+    s.handle_submit(t0, TaskId(2), embed(None), t0);
+    let d = dispatches(&drain(&mut s));
+    assert_eq!(d, vec![(TaskId(1), 1, w("emb")), (TaskId(2), 1, w("emb"))]);
+    // A model nobody embeds with waits.
+    s.handle_submit(t0, TaskId(3), embed(Some("e2")), t0);
+    assert!(dispatches(&drain(&mut s)).is_empty());
+    s.check_invariants();
 }

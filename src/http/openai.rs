@@ -4,6 +4,7 @@
 //! retried like any other.
 //!
 //! - `POST /v1/chat/completions` (also `/chat/completions`): [`chat`].
+//! - `POST /v1/embeddings`: `embeddings`.
 //! - `GET /v1/models`, `GET /v1/models/{id}` (ids may contain `/`).
 //!
 //! Models: a name some worker offers; `<provider>/<model>` to pin a d8
@@ -17,8 +18,11 @@
 //! failed after d8's own retries. Failures d8 already retried carry
 //! `x-should-retry: false`, so the SDKs do not multiply attempts.
 
+mod embeddings;
 mod request;
 mod stream;
+
+pub(super) use embeddings::embeddings;
 
 use std::sync::Arc;
 
@@ -37,7 +41,7 @@ use crate::node::Cluster;
 use crate::node::actor::TaskState;
 use crate::node::cluster::Watch;
 use crate::node::models::{Capacity, ModelEntry, Target};
-use crate::task::{TaskId, TaskOutput, TaskSpec, Tier, Usage};
+use crate::task::{ChatRequest, TaskId, TaskOutput, TaskSpec, Tier, Usage};
 
 /// Task type of `/v1` chats (routing rules may name it).
 pub const TASK_TYPE: &str = "chat_completion";
@@ -60,17 +64,40 @@ fn model_not_found(model: &str) -> ApiError {
     .with_param("model")
 }
 
-/// Where a request for `model` may run.
+/// Where a chat for `model` may run.
 fn resolve(
     model: &str,
     knobs: &request::Knobs,
     catalog: &[ModelEntry],
 ) -> Result<Target, ApiError> {
+    resolve_for(model, knobs, catalog, false)
+}
+
+/// Where a request for `model` may run: a chat, or embeddings (`embed`),
+/// which must name their model: vectors of different models cannot be
+/// compared, so the virtual ids would hand back incomparable vectors.
+fn resolve_for(
+    model: &str,
+    knobs: &request::Knobs,
+    catalog: &[ModelEntry],
+    embed: bool,
+) -> Result<Target, ApiError> {
+    let catalog: Vec<&ModelEntry> = catalog.iter().filter(|e| e.embedding == embed).collect();
     let mut target = Target {
         model: None,
         provider: knobs.provider.clone(),
         max_tier: knobs.max_tier,
+        embed,
     };
+    if embed && VIRTUAL.iter().any(|(id, ..)| *id == model) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "embeddings need a named embedding model, not {model:?}: vectors from different models cannot be compared (GET /v1/models lists them)"
+            ),
+        )
+        .with_param("model"));
+    }
     if let Some((_, cap, _)) = VIRTUAL.iter().find(|(id, ..)| *id == model) {
         target.max_tier = match (target.max_tier, *cap) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -136,6 +163,7 @@ fn list(catalog: &[ModelEntry]) -> Vec<Value> {
                 "id": id, "object": "model", "created": e.last_seen.0 / 1000,
                 "owned_by": e.provider,
                 "d8": {"provider": e.provider, "tier": e.tier, "online": e.online,
+                       "embedding": e.embedding,
                        "last_seen": crate::task::rfc3339(e.last_seen.0)}
             })
         };
@@ -328,24 +356,53 @@ async fn chat_inner(
     // trip to the scheduler).
     let workers = cluster.live_workers().await?;
     let target = resolve(&chat.model, &chat.knobs, &cluster.models_of(&workers))?;
-    if let Capacity::Resting(ms) = crate::node::models::capacity(&workers, &target) {
-        return Err(ApiError::new(
+    check_resting(&workers, &target, &chat.model)?;
+    let mut req = chat.request.clone();
+    req.model.clone_from(&target.model);
+    let sub = submit(&cluster, req, chat.knobs.priority, target).await?;
+    if chat.stream {
+        return stream::respond(sub, &chat).await;
+    }
+    let (id, created) = (sub.id(), sub.created);
+    let state = follow_to_end(sub).await?;
+    let out = finished_output(&state)?;
+    let mut resp = Json(completion(id, created, out)).into_response();
+    set_request_id(&mut resp, id);
+    Ok(resp)
+}
+
+/// 429 when every provider that could serve `target` is cooling down.
+fn check_resting(
+    workers: &[crate::core::WorkerView],
+    target: &Target,
+    model: &str,
+) -> Result<(), ApiError> {
+    match crate::node::models::capacity(workers, target) {
+        Capacity::Resting(ms) => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_exceeded",
             format!(
-                "every provider that can serve {:?} is cooling down after rate limits; the first is free again in {:.1} s",
-                chat.model,
+                "every provider that can serve {model:?} is cooling down after rate limits; the first is free again in {:.1} s",
                 ms as f64 / 1000.0
             ),
         )
-        .with_retry_after(ms.div_ceil(1000)));
+        .with_retry_after(ms.div_ceil(1000))),
+        _ => Ok(()),
     }
+}
+
+/// Submits `req` as a `/v1` task bound for `target`; cancelled if the
+/// client goes away from here on.
+async fn submit(
+    cluster: &Arc<Cluster>,
+    req: ChatRequest,
+    priority: u8,
+    target: Target,
+) -> Result<Submitted, ApiError> {
     let defaults = cluster.task_defaults();
-    let mut req = chat.request.clone();
-    req.model.clone_from(&target.model);
     let spec = TaskSpec {
         task_type: TASK_TYPE.to_owned(),
-        priority: chat.knobs.priority,
+        priority,
         request: req,
         max_attempts: defaults.max_attempts,
         attempt_timeout_ms: defaults.attempt_timeout_ms,
@@ -356,9 +413,8 @@ async fn chat_inner(
     };
     // Subscribe before submitting is impossible (no id yet); the live
     // output keeps the attempt's text so far for a late subscriber.
-    let id = Submitting::start(&cluster, spec).wait().await?;
-    let created = crate::node::now_millis().0 / 1000;
-    let mut sub = Submitted {
+    let id = Submitting::start(cluster, spec).wait().await?;
+    Ok(Submitted {
         abandon: Abandon {
             cluster: cluster.clone(),
             id,
@@ -367,27 +423,26 @@ async fn chat_inner(
         done: None,
         finished: None,
         target,
-        created,
-    };
-    if chat.stream {
-        return stream::respond(sub, &chat).await;
-    }
-    match cluster.watch(id).await? {
+        created: crate::node::now_millis().0 / 1000,
+    })
+}
+
+/// Waits for a submitted task's final state; 503 if it is still waiting
+/// at the queue timeout while no online worker can serve it.
+async fn follow_to_end(mut sub: Submitted) -> Result<TaskState, ApiError> {
+    let cluster = sub.abandon.cluster.clone();
+    match cluster.watch(sub.id()).await? {
         Watch::Live(rx) => sub.done = Some(rx),
         Watch::Finished(s) => sub.finished = Some(*s),
     }
     let queue_timeout = cluster.config().queue_timeout;
-    let state = match tokio::time::timeout(queue_timeout, sub.end()).await {
+    Ok(match tokio::time::timeout(queue_timeout, sub.end()).await {
         Ok(s) => s,
         Err(_) => {
             sub.check_queue().await?;
             sub.end().await
         }
-    };
-    let out = finished_output(&state)?;
-    let mut resp = Json(completion(id, created, out)).into_response();
-    set_request_id(&mut resp, id);
-    Ok(resp)
+    })
 }
 
 /// The output of a finished task, or the error to answer.
@@ -488,6 +543,7 @@ mod tests {
             tier: Tier::Free,
             online: true,
             last_seen: Millis(5_000),
+            embedding: false,
         }
     }
 

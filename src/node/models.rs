@@ -30,12 +30,14 @@ pub struct ModelEntry {
     pub online: bool,
     /// When a worker last offered it.
     pub last_seen: Millis,
+    /// An embedding model (else a chat model).
+    pub embedding: bool,
 }
 
-/// Models seen, by (model, provider).
+/// Models seen, by (model, provider): tier, last seen, embedding.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    seen: BTreeMap<(String, String), (Tier, Millis)>,
+    seen: BTreeMap<(String, String), (Tier, Millis, bool)>,
 }
 
 impl Catalog {
@@ -43,10 +45,11 @@ impl Catalog {
     /// worker gone before anyone asked is still listed).
     pub fn record(&mut self, now: Millis, offers: &[Offer]) {
         for o in offers {
-            for m in &o.models {
+            let chat = o.models.iter().map(|m| (m, false));
+            for (m, embedding) in chat.chain(o.embedding_models.iter().map(|m| (m, true))) {
                 let key = (m.clone(), o.provider.clone());
                 if self.seen.len() < MAX_MODELS || self.seen.contains_key(&key) {
-                    self.seen.insert(key, (o.tier, now));
+                    self.seen.insert(key, (o.tier, now, embedding));
                 }
             }
         }
@@ -59,19 +62,21 @@ impl Catalog {
         for w in workers {
             self.record(now, &w.caps.offers);
             for o in &w.caps.offers {
-                online.extend(o.models.iter().map(|m| (m.clone(), o.provider.clone())));
+                let all = o.models.iter().chain(&o.embedding_models);
+                online.extend(all.map(|m| (m.clone(), o.provider.clone())));
             }
         }
         self.seen
-            .retain(|_, (_, seen)| now.since(*seen) <= MODEL_RETENTION_MS);
+            .retain(|_, (_, seen, _)| now.since(*seen) <= MODEL_RETENTION_MS);
         self.seen
             .iter()
-            .map(|((id, provider), (tier, seen))| ModelEntry {
+            .map(|((id, provider), (tier, seen, embedding))| ModelEntry {
                 id: id.clone(),
                 provider: provider.clone(),
                 tier: *tier,
                 online: online.contains(&(id.clone(), provider.clone())),
                 last_seen: *seen,
+                embedding: *embedding,
             })
             .collect()
     }
@@ -86,6 +91,8 @@ pub struct Target {
     pub provider: Option<String>,
     /// The dearest tier, or `None` for any.
     pub max_tier: Option<Tier>,
+    /// Embeddings (the model is an embedding model) rather than a chat.
+    pub embed: bool,
 }
 
 /// Whether the cluster can serve a [`Target`] now.
@@ -111,12 +118,18 @@ pub fn capacity(workers: &[WorkerView], target: &Target) -> Capacity {
         .filter(|w| w.liveness == Liveness::Alive && !w.draining)
     {
         for o in &w.caps.offers {
+            let models = if target.embed {
+                &o.embedding_models
+            } else {
+                &o.models
+            };
             if target.provider.as_ref().is_some_and(|p| *p != o.provider)
                 || target.max_tier.is_some_and(|t| o.tier > t)
+                || (target.embed && models.is_empty())
                 || target
                     .model
                     .as_ref()
-                    .is_some_and(|m| !o.models.is_empty() && !o.models.contains(m))
+                    .is_some_and(|m| !models.is_empty() && !models.contains(m))
             {
                 continue;
             }
@@ -139,10 +152,10 @@ pub fn capacity(workers: &[WorkerView], target: &Target) -> Capacity {
                 }
                 wait
             };
-            let model_wait = match (&target.model, o.models.is_empty()) {
+            let model_wait = match (&target.model, models.is_empty()) {
                 (Some(m), _) => applies(Some(m)),
                 (None, true) => Some(0),
-                (None, false) => o.models.iter().filter_map(|m| applies(Some(m))).min(),
+                (None, false) => models.iter().filter_map(|m| applies(Some(m))).min(),
             };
             let wait = match (applies(None), model_wait) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -188,6 +201,7 @@ mod tests {
             tier,
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             reasoning_model: None,
+            embedding_models: Vec::new(),
         }
     }
 
@@ -205,6 +219,7 @@ mod tests {
             model: model.map(str::to_owned),
             provider: provider.map(str::to_owned),
             max_tier,
+            embed: false,
         }
     }
 

@@ -112,6 +112,27 @@ pub trait HttpProvider: Send + Sync + 'static {
         req: &ChatRequest,
         sink: ChunkSink,
     ) -> impl Future<Output = Result<TaskOutput, ProviderError>> + Send;
+    /// Models it embeds with (none unless the dialect has embeddings).
+    fn embedding_models(&self) -> &[String] {
+        &[]
+    }
+    /// Computes embeddings (`req.embed`, `req.model`).
+    fn call_embed(
+        &self,
+        req: &ChatRequest,
+    ) -> impl Future<Output = Result<TaskOutput, ProviderError>> + Send {
+        let message = format!(
+            "{}: this provider does not compute embeddings",
+            HttpProvider::kind(self)
+        );
+        let _ = req;
+        async move {
+            Err(ProviderError {
+                kind: ProviderErrorKind::Invalid,
+                message,
+            })
+        }
+    }
 }
 
 impl<P: HttpProvider> Provider for P {
@@ -129,6 +150,17 @@ impl<P: HttpProvider> Provider for P {
         sink: ChunkSink,
     ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
         Box::pin(self.call(req, sink))
+    }
+
+    fn embedding_models(&self) -> Vec<String> {
+        HttpProvider::embedding_models(self).to_vec()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        Box::pin(self.call_embed(req))
     }
 }
 
@@ -237,6 +269,50 @@ impl<'a> Call<'a> {
         serde_json::from_slice(&body).map_err(|e| self.unexpected(&e))
     }
 
+    /// Embeddings read from a vendor's answer: one vector per input, in
+    /// order, every one a list of finite numbers. Counted against the output
+    /// limit (4 bytes a number) like text.
+    pub fn embeddings(
+        &self,
+        model: String,
+        vectors: &[Value],
+        expected: usize,
+        usage: Option<Usage>,
+    ) -> Result<TaskOutput, ProviderError> {
+        if vectors.len() != expected {
+            return Err(self.unexpected(&format_args!(
+                "{} embeddings for {expected} inputs",
+                vectors.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(vectors.len());
+        let mut size = 0usize;
+        for v in vectors {
+            let nums = v
+                .as_array()
+                .ok_or_else(|| self.unexpected(&"an embedding that is not a list"))?;
+            size = size.saturating_add(nums.len() * 4);
+            if size > self.limits.output_bytes {
+                return Err(self.over_limit(
+                    "answer",
+                    self.limits.output_bytes,
+                    "--max-output-bytes",
+                ));
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let vector: Option<Vec<f32>> = nums
+                .iter()
+                .map(|n| n.as_f64().map(|f| f as f32).filter(|f| f.is_finite()))
+                .collect();
+            out.push(vector.ok_or_else(|| self.unexpected(&"an embedding with a non-number"))?);
+        }
+        Ok(TaskOutput {
+            embeddings: out,
+            usage,
+            ..TaskOutput::text("", self.vendor, model)
+        })
+    }
+
     /// An empty answer from `model`, bounded by this call's output limit.
     pub fn answer(&self, model: String) -> Answer {
         Answer {
@@ -293,6 +369,7 @@ impl<'a> Call<'a> {
             provider: self.vendor.to_owned(),
             model: answer.model,
             usage: answer.usage,
+            embeddings: Vec::new(),
         })
     }
 

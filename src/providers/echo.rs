@@ -10,10 +10,50 @@ use crate::task::{
 };
 
 /// The echo provider.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Echo {
     /// Artificial latency per request.
     pub delay: Duration,
+    /// Models it "embeds" with (`echo-embed` when built from the vendor table).
+    pub embedding_models: Vec<String>,
+}
+
+impl Default for Echo {
+    /// No delay; embeds with the vendor table's `echo-embed`.
+    fn default() -> Self {
+        Echo {
+            delay: Duration::ZERO,
+            embedding_models: super::vendor::ECHO
+                .embedding_models
+                .iter()
+                .map(|m| (*m).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Dimensions of echo's vectors unless the request asks for others.
+pub const EMBED_DIMENSIONS: u32 = 8;
+
+/// A deterministic unit vector for `text`: the same text always gives the
+/// same vector, different texts almost never do (FNV-1a per component).
+pub fn vector(text: &str, dimensions: u32) -> Vec<f32> {
+    let raw: Vec<f32> = (0..dimensions)
+        .map(|k| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(k);
+            for b in text.bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let x = (h % 2_001) as f32 / 1_000.0 - 1.0;
+            x
+        })
+        .collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return raw;
+    }
+    raw.into_iter().map(|x| x / norm).collect()
 }
 
 impl Provider for Echo {
@@ -23,6 +63,34 @@ impl Provider for Echo {
 
     fn models(&self) -> Vec<String> {
         vec!["echo".to_owned()]
+    }
+
+    fn embedding_models(&self) -> Vec<String> {
+        self.embedding_models.clone()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<TaskOutput, ProviderError>> {
+        Box::pin(async move {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let embed = req.embed.clone().unwrap_or_default();
+            let dims = embed.dimensions.unwrap_or(EMBED_DIMENSIONS).clamp(1, 4_096);
+            let words = embed
+                .input
+                .iter()
+                .map(|t| t.split_whitespace().count())
+                .sum::<usize>();
+            let model = req.model.clone().unwrap_or_else(|| "echo-embed".to_owned());
+            Ok(TaskOutput {
+                embeddings: embed.input.iter().map(|t| vector(t, dims)).collect(),
+                usage: Some(Usage::new(u32::try_from(words).unwrap_or(u32::MAX), 0)),
+                ..TaskOutput::text("", "echo", model)
+            })
+        })
     }
 
     fn chat<'a>(
@@ -131,5 +199,24 @@ mod tests {
         assert_eq!(e.kind, ProviderErrorKind::Invalid);
         let te: crate::task::TaskError = e.into();
         assert_eq!(te.kind, crate::task::ErrorKind::Permanent);
+    }
+
+    #[tokio::test]
+    async fn embeddings_are_deterministic_unit_vectors() {
+        let req = ChatRequest {
+            embed: Some(crate::task::EmbedRequest {
+                input: vec!["same".into(), "other".into(), "same".into()],
+                dimensions: Some(16),
+            }),
+            ..Default::default()
+        };
+        let out = Echo::default().embed(&req).await.expect("ok");
+        assert_eq!(out.embeddings.len(), 3);
+        assert_eq!(out.embeddings[0], out.embeddings[2]);
+        assert_ne!(out.embeddings[0], out.embeddings[1]);
+        assert_eq!(out.embeddings[0].len(), 16);
+        let norm: f32 = out.embeddings[1].iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        assert_eq!(Echo::default().embedding_models(), ["echo-embed"]);
     }
 }

@@ -22,6 +22,7 @@ pub struct Gemini {
     base_url: String,
     key: Secret,
     models: Vec<String>,
+    embedding_models: Vec<String>,
     http: VendorClient,
 }
 
@@ -36,8 +37,15 @@ impl Gemini {
             } else {
                 models
             },
+            embedding_models: Vec::new(),
             http,
         }
+    }
+
+    /// Sets the models it embeds with (`batchEmbedContents`).
+    pub fn with_embedding_models(mut self, models: Vec<String>) -> Self {
+        self.embedding_models = models;
+        self
     }
 
     fn body(req: &ChatRequest) -> Value {
@@ -209,6 +217,50 @@ impl HttpProvider for Gemini {
 
     fn models(&self) -> &[String] {
         &self.models
+    }
+
+    fn embedding_models(&self) -> &[String] {
+        &self.embedding_models
+    }
+
+    /// `POST {base}/v1beta/models/{model}:batchEmbedContents` with one
+    /// request per text (`outputDimensionality` when asked); the answer's
+    /// `embeddings[i].values`. Gemini reports no token counts here.
+    async fn call_embed(&self, req: &ChatRequest) -> Result<TaskOutput, ProviderError> {
+        let embed = req.embed.clone().unwrap_or_default();
+        let model = req
+            .model
+            .clone()
+            .or_else(|| self.embedding_models.first().cloned())
+            .unwrap_or_default();
+        let requests: Vec<Value> = embed
+            .input
+            .iter()
+            .map(|text| {
+                let mut r = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
+                if let Some(d) = embed.dimensions {
+                    r["outputDimensionality"] = json!(d);
+                }
+                r
+            })
+            .collect();
+        let request = self
+            .http
+            .post(format!(
+                "{}/v1beta/models/{model}:batchEmbedContents",
+                self.base_url
+            ))
+            .header("x-goog-api-key", self.key.expose())
+            .json(&json!({ "requests": requests }));
+        let call = self.http.call("gemini", Some(self.key.expose()));
+        let v = call.json(call.send(request, "").await?).await?;
+        let vectors: Vec<Value> = v["embeddings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["values"].clone())
+            .collect();
+        call.embeddings(model, &vectors, embed.input.len(), None)
     }
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
@@ -498,5 +550,44 @@ mod tests {
         assert_eq!(long.usage, None);
         let unsafe_ = p.chat(&ask("other"), ChunkSink::none()).await.expect("ok");
         assert_eq!(unsafe_.finish_reason, FinishReason::ContentFilter);
+    }
+
+    #[tokio::test]
+    async fn batch_embed_contents() {
+        // `batchEmbedContents` as Gemini's embeddings reference shows it
+        // (ai.google.dev/api/embeddings): one request per text, naming
+        // `models/<model>`; `embeddings[i].values` back, no token counts.
+        let (base, log) = fake(|_| {
+            json_resp(
+                200,
+                &[],
+                &json!({"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}),
+            )
+        })
+        .await;
+        let p = provider(&base).with_embedding_models(vec!["gemini-embedding-001".into()]);
+        let req = ChatRequest {
+            embed: Some(crate::task::EmbedRequest {
+                input: vec!["a".into(), "b".into()],
+                dimensions: Some(2),
+            }),
+            ..ChatRequest::default()
+        };
+        let out = p.embed(&req).await.expect("ok");
+        assert_eq!(out.embeddings, [vec![0.1, 0.2], vec![0.3, 0.4]]);
+        assert_eq!(out.usage, None);
+        let seen = log.lock().expect("lock")[0].clone();
+        assert_eq!(
+            seen.path,
+            "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+        );
+        assert_eq!(seen.header("x-goog-api-key"), Some(KEY));
+        assert_eq!(
+            seen.body,
+            json!({"requests": [
+                {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}, "outputDimensionality": 2},
+                {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}, "outputDimensionality": 2}
+            ]})
+        );
     }
 }

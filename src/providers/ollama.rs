@@ -38,6 +38,7 @@ pub fn normalize_url(raw: &str) -> String {
 pub struct Ollama {
     base_url: String,
     models: Vec<String>,
+    embedding_models: Vec<String>,
     http: VendorClient,
 }
 
@@ -51,8 +52,15 @@ impl Ollama {
             } else {
                 models
             },
+            embedding_models: Vec::new(),
             http,
         }
+    }
+
+    /// Sets the models it embeds with (`/api/embed`; whatever was pulled).
+    pub fn with_embedding_models(mut self, models: Vec<String>) -> Self {
+        self.embedding_models = models;
+        self
     }
 }
 
@@ -151,6 +159,40 @@ impl HttpProvider for Ollama {
 
     fn models(&self) -> &[String] {
         &self.models
+    }
+
+    fn embedding_models(&self) -> &[String] {
+        &self.embedding_models
+    }
+
+    /// `POST /api/embed` with `{model, input: [...], dimensions?}`; the
+    /// answer's `embeddings` and `prompt_eval_count`.
+    async fn call_embed(&self, req: &ChatRequest) -> Result<TaskOutput, ProviderError> {
+        let embed = req.embed.clone().unwrap_or_default();
+        let model = req
+            .model
+            .clone()
+            .or_else(|| self.embedding_models.first().cloned())
+            .unwrap_or_default();
+        let mut body = json!({"model": model, "input": embed.input});
+        if let Some(d) = embed.dimensions {
+            body["dimensions"] = json!(d);
+        }
+        let request = self
+            .http
+            .post(format!("{}/api/embed", self.base_url))
+            .json(&body);
+        let call = self.http.call("ollama", None);
+        let v = call
+            .json(call.send(request, " (is `ollama serve` running?)").await?)
+            .await?;
+        let vectors = v["embeddings"].as_array().cloned().unwrap_or_default();
+        call.embeddings(
+            model,
+            &vectors,
+            embed.input.len(),
+            usage(&v["prompt_eval_count"], &Value::Null),
+        )
     }
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
@@ -389,6 +431,40 @@ mod tests {
                 "format": schema,
                 "options": {"seed": 1}
             })
+        );
+    }
+
+    #[tokio::test]
+    async fn api_embed() {
+        // `/api/embed` as Ollama's API docs show it (docs/api.md, "Generate
+        // Embeddings"): `embeddings` as a list of lists, `prompt_eval_count`.
+        let (base, seen) = fake(|_| {
+            testkit::json(
+                200,
+                &[],
+                &json!({
+                    "model": "all-minilm", "embeddings": [[0.010071029, -0.0017594862]],
+                    "total_duration": 14143917, "load_duration": 1019500, "prompt_eval_count": 8
+                }),
+            )
+        })
+        .await;
+        let p = provider(&base).with_embedding_models(vec!["all-minilm".into()]);
+        let req = ChatRequest {
+            embed: Some(crate::task::EmbedRequest {
+                input: vec!["Why is the sky blue?".into()],
+                dimensions: None,
+            }),
+            ..ChatRequest::default()
+        };
+        let out = p.embed(&req).await.expect("ok");
+        assert_eq!(out.embeddings, [vec![0.010_071_029, -0.001_759_486_2]]);
+        assert_eq!(out.usage, Some(Usage::new(8, 0)));
+        let s = seen.lock().expect("lock")[0].clone();
+        assert_eq!(s.path, "/api/embed");
+        assert_eq!(
+            s.body,
+            json!({"model": "all-minilm", "input": ["Why is the sky blue?"]})
         );
     }
 }

@@ -26,6 +26,7 @@ pub struct OpenAiCompat {
     key: Option<Secret>,
     default_model: String,
     models: Vec<String>,
+    embedding_models: Vec<String>,
     http: VendorClient,
 }
 
@@ -39,8 +40,15 @@ impl OpenAiCompat {
             key,
             default_model: vendor.default_model.to_owned(),
             models: vec![vendor.default_model.to_owned()],
+            embedding_models: Vec::new(),
             http,
         }
+    }
+
+    /// Sets the models it embeds with (`POST {base}/embeddings`).
+    pub fn with_embedding_models(mut self, models: Vec<String>) -> Self {
+        self.embedding_models = models;
+        self
     }
 
     /// Sets the models served (the first is the default).
@@ -170,6 +178,46 @@ impl HttpProvider for OpenAiCompat {
 
     fn models(&self) -> &[String] {
         &self.models
+    }
+
+    fn embedding_models(&self) -> &[String] {
+        &self.embedding_models
+    }
+
+    /// `POST {base}/embeddings` with `{model, input: [...], encoding_format:
+    /// "float", dimensions?}`; the answer's `data[i].embedding` (in `index`
+    /// order) and `usage.prompt_tokens`.
+    async fn call_embed(&self, req: &ChatRequest) -> Result<TaskOutput, ProviderError> {
+        let embed = req.embed.clone().unwrap_or_default();
+        let model = req
+            .model
+            .clone()
+            .or_else(|| self.embedding_models.first().cloned())
+            .unwrap_or_default();
+        let mut body = json!({"model": model, "input": embed.input, "encoding_format": "float"});
+        if let Some(d) = embed.dimensions {
+            body["dimensions"] = json!(d);
+        }
+        let key = self.key.as_ref().map(Secret::expose);
+        let mut request = self
+            .http
+            .post(format!("{}/embeddings", self.base_url))
+            .json(&body);
+        if let Some(k) = key {
+            request = request.bearer_auth(k);
+        }
+        let call = self.http.call(&self.kind, key);
+        let v = call.json(call.send(request, "").await?).await?;
+        let mut data: Vec<&Value> = v["data"].as_array().into_iter().flatten().collect();
+        data.sort_by_key(|d| d["index"].as_u64().unwrap_or(u64::MAX));
+        let vectors: Vec<Value> = data.iter().map(|d| d["embedding"].clone()).collect();
+        let model = v["model"].as_str().map_or(model, str::to_owned);
+        call.embeddings(
+            model,
+            &vectors,
+            embed.input.len(),
+            usage(&v["usage"]["prompt_tokens"], &Value::Null),
+        )
     }
 
     async fn call(&self, req: &ChatRequest, sink: ChunkSink) -> Result<TaskOutput, ProviderError> {
@@ -637,5 +685,69 @@ mod tests {
         );
         assert_eq!(out.finish_reason, FinishReason::ToolCalls);
         assert_eq!(out.usage, None);
+    }
+
+    fn embed_request(model: Option<&str>) -> ChatRequest {
+        ChatRequest {
+            model: model.map(str::to_owned),
+            embed: Some(crate::task::EmbedRequest {
+                input: vec!["first text".into(), "second".into()],
+                dimensions: Some(2),
+            }),
+            ..ChatRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn embeddings_in_index_order() {
+        // The answer of OpenAI's embeddings reference
+        // (platform.openai.com/docs/api-reference/embeddings/create), with
+        // the two items out of order: `index` decides.
+        let (base, seen) = fake(|_| {
+            testkit::json(200, &[], &json!({
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": 1, "embedding": [0.5, -0.5]},
+                    {"object": "embedding", "index": 0, "embedding": [0.0023064255, -0.009327292]}
+                ],
+                "model": "text-embedding-3-small",
+                "usage": {"prompt_tokens": 8, "total_tokens": 8}
+            }))
+        })
+        .await;
+        let p = provider(&base, "k").with_embedding_models(vec!["text-embedding-3-small".into()]);
+        assert_eq!(Provider::embedding_models(&p), ["text-embedding-3-small"]);
+        let out = p.embed(&embed_request(None)).await.expect("ok");
+        assert_eq!(
+            out.embeddings,
+            [vec![0.002_306_425_5, -0.009_327_292], vec![0.5, -0.5]]
+        );
+        assert_eq!(out.usage, Some(Usage::new(8, 0)));
+        assert_eq!(out.model, "text-embedding-3-small");
+        let s = seen.lock().expect("lock")[0].clone();
+        assert_eq!(s.path, "/v1/embeddings");
+        assert_eq!(s.header("authorization"), Some("Bearer k"));
+        assert_eq!(
+            s.body,
+            json!({"model": "text-embedding-3-small", "input": ["first text", "second"],
+                   "encoding_format": "float", "dimensions": 2})
+        );
+    }
+
+    #[tokio::test]
+    async fn embeddings_that_do_not_match_the_inputs_are_refused() {
+        let (base, _) = fake(|_| {
+            testkit::json(
+                200,
+                &[],
+                &json!({"data": [{"index": 0, "embedding": [1.0]}]}),
+            )
+        })
+        .await;
+        let e = provider(&base, "k")
+            .embed(&embed_request(Some("m")))
+            .await
+            .expect_err("one vector for two texts");
+        assert_eq!(e.kind, ProviderErrorKind::Transient);
     }
 }

@@ -261,6 +261,7 @@ impl ProviderSet {
                     tier: e.tier,
                     models,
                     reasoning_model: e.reasoning_model.clone(),
+                    embedding_models: e.provider.embedding_models(),
                 }
             })
             .collect()
@@ -326,7 +327,16 @@ impl ProviderSet {
                     .is_none_or(|r| self.entries[*i].tier <= r.max_tier)
             })
             .collect();
-        if let Some(m) = &job.req.model {
+        if job.req.embed.is_some() {
+            // Only providers that embed, with the model asked for if any.
+            usable.retain(|i| {
+                let models = self.entries[*i].provider.embedding_models();
+                job.req
+                    .model
+                    .as_ref()
+                    .map_or(!models.is_empty(), |m| models.contains(m))
+            });
+        } else if let Some(m) = &job.req.model {
             let serving: Vec<usize> = usable
                 .iter()
                 .copied()
@@ -352,6 +362,14 @@ impl ProviderSet {
             return vec![Some(m.clone())];
         }
         let e = &self.entries[i];
+        if job.req.embed.is_some() {
+            return e
+                .provider
+                .embedding_models()
+                .into_iter()
+                .map(Some)
+                .collect();
+        }
         let mut list: Vec<String> = e.provider.models();
         if let Some(r) = e
             .reasoning_model
@@ -426,7 +444,12 @@ impl ProviderSet {
                         ..job.req.clone()
                     })
                 };
-                match e.provider.chat(&req, sink.clone()).await {
+                let answer = if req.embed.is_some() {
+                    e.provider.embed(&req).await
+                } else {
+                    e.provider.chat(&req, sink.clone()).await
+                };
+                match answer {
                     Ok(out) => return Ok(out),
                     Err(err) => {
                         report(kind, &err);

@@ -54,6 +54,10 @@ pub struct Vendor {
     /// `deepseek-reasoner` beside `deepseek-chat` from the start); other
     /// vendors rename models often, and a wrong guess would fail tasks.
     pub reasoning_model: Option<&'static str>,
+    /// Embedding models served unless `<PREFIX>_EMBEDDING_MODELS` says
+    /// otherwise (empty: none). Only where the vendor documents a stable
+    /// one; Ollama serves whatever was pulled, so it has none by default.
+    pub embedding_models: &'static [&'static str],
     /// The original project's `WORKER_TYPE` for this provider.
     pub worker_type: &'static str,
     /// The original project sent evolution and code generation only to
@@ -75,6 +79,7 @@ pub const ECHO: Vendor = Vendor {
     default_model: "echo",
     tier: Tier::Local,
     reasoning_model: None,
+    embedding_models: &["echo-embed"],
     worker_type: "echo",
     reasoning_worker: false,
 };
@@ -94,6 +99,7 @@ pub const OLLAMA: Vendor = Vendor {
     default_model: "deepseek-r1:8b",
     tier: Tier::Local,
     reasoning_model: None,
+    embedding_models: &[],
     worker_type: "deepseek_gpu",
     reasoning_worker: true,
 };
@@ -112,6 +118,7 @@ pub const ANTHROPIC: Vendor = Vendor {
     default_model: "claude-3-5-haiku-latest",
     tier: Tier::Paid,
     reasoning_model: None,
+    embedding_models: &[],
     worker_type: "claude",
     reasoning_worker: true,
 };
@@ -130,6 +137,7 @@ pub const GEMINI: Vendor = Vendor {
     default_model: "gemini-2.0-flash",
     tier: Tier::Free,
     reasoning_model: None,
+    embedding_models: &["gemini-embedding-001"],
     worker_type: "gemini",
     reasoning_worker: true,
 };
@@ -148,6 +156,7 @@ pub const OPENAI: Vendor = Vendor {
     default_model: "gpt-4o-mini",
     tier: Tier::Paid,
     reasoning_model: None,
+    embedding_models: &["text-embedding-3-small"],
     worker_type: "openai",
     reasoning_worker: false,
 };
@@ -166,6 +175,7 @@ pub const GROQ: Vendor = Vendor {
     default_model: "llama-3.1-8b-instant",
     tier: Tier::Free,
     reasoning_model: None,
+    embedding_models: &[],
     worker_type: "groq",
     reasoning_worker: false,
 };
@@ -185,6 +195,7 @@ pub const DEEPSEEK: Vendor = Vendor {
     default_model: "deepseek-chat",
     tier: Tier::Paid,
     reasoning_model: Some("deepseek-reasoner"),
+    embedding_models: &[],
     worker_type: "deepseek",
     reasoning_worker: false,
 };
@@ -203,6 +214,7 @@ pub const OPENROUTER: Vendor = Vendor {
     default_model: "openrouter/auto",
     tier: Tier::Paid,
     reasoning_model: None,
+    embedding_models: &[],
     worker_type: "openrouter",
     reasoning_worker: false,
 };

@@ -222,7 +222,54 @@ fn anthropic(body: Value) -> Response {
     sse(&events, false)
 }
 
+/// The fake's embedding of a text: its length, then 1.
+fn fake_vector(text: &str) -> Value {
+    json!([text.len() as f64, 1.0])
+}
+
+fn openai_embed(body: Value) -> Response {
+    let input: Vec<String> = body["input"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Out of order on purpose: clients must follow `index`.
+    let data: Vec<Value> = input
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": fake_vector(t)}))
+        .collect();
+    json_response(
+        &json!({"object": "list", "data": data, "model": body["model"],
+        "usage": {"prompt_tokens": 7, "total_tokens": 7}}),
+    )
+}
+
+fn ollama_embed(body: Value) -> Response {
+    let vectors: Vec<Value> = body["input"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| fake_vector(t.as_str().unwrap_or_default()))
+        .collect();
+    json_response(&json!({"model": body["model"], "embeddings": vectors,
+        "total_duration": 1000, "load_duration": 100, "prompt_eval_count": 7}))
+}
+
 fn gemini(rest: &str, query: Option<String>, body: Value) -> Response {
+    if rest.ends_with(":batchEmbedContents") {
+        let vectors: Vec<Value> = body["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| json!({"values": fake_vector(r["content"]["parts"][0]["text"].as_str().unwrap_or_default())}))
+            .collect();
+        return json_response(&json!({ "embeddings": vectors }));
+    }
     let stream = rest.ends_with(":streamGenerateContent") && query.as_deref() == Some("alt=sse");
     let last = body["contents"]
         .as_array()
@@ -339,6 +386,14 @@ async fn start() -> String {
         .route(
             "/api/chat",
             post(move |b: String| async move { ollama(parse(&b)) }),
+        )
+        .route(
+            "/v1/embeddings",
+            post(move |b: String| async move { openai_embed(parse(&b)) }),
+        )
+        .route(
+            "/api/embed",
+            post(move |b: String| async move { ollama_embed(parse(&b)) }),
         );
     let addr = super::harness::serve_on_loopback(app).await;
     format!("http://{addr}")
@@ -397,7 +452,13 @@ async fn every_vendor_dialect_serves_chat_streams_and_tool_calls_through_v1() {
     ];
     let mut workers = Vec::new();
     for (kind, url_var, url) in &kinds {
-        workers.push(c.vendor_worker_with(kind, kind, &[(url_var, url.as_str())]));
+        let embed_var = format!("{}_EMBEDDING_MODELS", kind.to_uppercase());
+        let embed_model = format!("{kind}-embed");
+        workers.push(c.vendor_worker_with(
+            kind,
+            kind,
+            &[(url_var, url.as_str()), (&embed_var, &embed_model)],
+        ));
     }
     c.wait_until(|s| s["workers"]["online"] == 4, "four vendor workers")
         .await;
@@ -494,4 +555,29 @@ async fn every_vendor_dialect_serves_chat_streams_and_tool_calls_through_v1() {
             .find_map(|ch| ch["choices"][0]["finish_reason"].as_str());
         assert_eq!(finish, Some("tool_calls"), "{kind}");
     }
+    // Embeddings, in each dialect that has them (Anthropic has none).
+    for (kind, usage) in [("groq", Some(7)), ("gemini", None), ("ollama", Some(7))] {
+        let resp = c
+            .http
+            .post(format!("{}/v1/embeddings", c.base))
+            .bearer_auth(&c.key)
+            .json(&json!({"model": format!("{kind}-embed"), "input": ["a", "abc"], "encoding_format": "float"}))
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(resp.status().as_u16(), 200, "{kind}");
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(v["data"][0]["embedding"], json!([1.0, 1.0]), "{kind}: {v}");
+        assert_eq!(v["data"][1]["embedding"], json!([3.0, 1.0]), "{kind}: {v}");
+        assert_eq!(v["usage"]["prompt_tokens"].as_u64(), usage, "{kind}: {v}");
+    }
+    let resp = c
+        .http
+        .post(format!("{}/v1/embeddings", c.base))
+        .bearer_auth(&c.key)
+        .json(&json!({"model": "anthropic-embed", "input": "a"}))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 404, "anthropic has no embeddings");
 }

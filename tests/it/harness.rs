@@ -100,6 +100,7 @@ impl TestCluster {
     pub fn worker_config(&self, name: &str, echo_delay_ms: u64, slots: u32) -> WorkerConfig {
         let providers: Vec<Arc<dyn Provider>> = vec![Arc::new(Echo {
             delay: Duration::from_millis(echo_delay_ms),
+            ..Echo::default()
         })];
         let mut cfg = WorkerConfig::local(
             self.dir.path().join(name),

@@ -208,7 +208,11 @@ async fn models_lists_workers_models_and_the_virtual_ones() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["echo", "d8/auto", "d8/local", "d8/free"]);
+    assert_eq!(
+        ids,
+        ["echo", "echo-embed", "d8/auto", "d8/local", "d8/free"]
+    );
+    assert_eq!(v["data"][1]["d8"]["embedding"], true);
     let echo = &v["data"][0];
     assert_eq!(
         (echo["object"].as_str(), echo["owned_by"].as_str()),
@@ -524,4 +528,74 @@ async fn a_client_that_stops_waiting_for_a_whole_answer_cancels_its_task() {
     drop(tcp);
     // The task has no id in the client's hands yet: it is the only one.
     c.wait_until_task("1", "cancelled").await;
+}
+
+#[tokio::test]
+async fn embeddings_float_and_base64() {
+    use base64::Engine;
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 2).await;
+    let (status, headers, v) = post(
+        &c,
+        "/v1/embeddings",
+        &json!({"model": "echo-embed", "input": ["alpha beta", "gamma", "alpha beta"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "echo-embed");
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 3);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(
+            (d["object"].as_str(), d["index"].as_u64()),
+            (Some("embedding"), Some(i as u64))
+        );
+    }
+    let vec_of = |d: &Value| -> Vec<f32> {
+        d["embedding"]
+            .as_array()
+            .expect("floats")
+            .iter()
+            .map(|x| x.as_f64().expect("f") as f32)
+            .collect()
+    };
+    assert_eq!(vec_of(&data[0]).len(), 8);
+    assert_eq!(vec_of(&data[0]), vec_of(&data[2]));
+    assert_ne!(vec_of(&data[0]), vec_of(&data[1]));
+    // base64 (the Python SDK's default): the same numbers as f32 LE bytes.
+    let (status, _, b) = post(
+        &c,
+        "/v1/embeddings",
+        &json!({"model": "echo-embed", "input": "gamma", "encoding_format": "base64", "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().expect("base64"))
+        .expect("decodes");
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(floats, vec_of(&data[1]));
+    // What cannot be served is refused, never answered empty.
+    for (body, status, param) in [
+        (
+            json!({"model": "echo-embed", "input": [[1, 2, 3]]}),
+            400,
+            "input",
+        ),
+        (json!({"model": "d8/auto", "input": "x"}), 400, "model"),
+        (json!({"model": "echo", "input": "x"}), 404, "model"),
+    ] {
+        let (s, _, v) = post(&c, "/v1/embeddings", &body).await;
+        assert_eq!(
+            (s, v["error"]["param"].as_str()),
+            (status, Some(param)),
+            "{body}: {v}"
+        );
+    }
 }

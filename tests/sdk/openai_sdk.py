@@ -95,6 +95,21 @@ check(
     final,
 )
 
+# Embeddings: the SDK asks for base64 by default and decodes it.
+e = client.embeddings.create(model="echo-embed", input=["alpha beta", "gamma", "alpha beta"])
+vectors = [d.embedding for d in e.data]
+check("embeddings count", len(vectors) == 3, e)
+check("embeddings dimensions", all(len(v) == 8 for v in vectors), vectors)
+check("embeddings deterministic", vectors[0] == vectors[2] and vectors[0] != vectors[1], vectors)
+check("embeddings unit length", abs(sum(x * x for x in vectors[1]) - 1.0) < 1e-4, vectors[1])
+f = client.embeddings.create(model="echo-embed", input="gamma", encoding_format="float")
+check("float equals base64", [round(x, 5) for x in f.data[0].embedding] == [round(x, 5) for x in vectors[1]], f)
+try:
+    client.embeddings.create(model="echo-embed", input=[[1, 2, 3]])
+    check("token arrays are an error", False)
+except openai.BadRequestError as err:
+    check("token arrays are BadRequestError naming input", err.body.get("param") == "input", err.body)
+
 # Errors arrive as the SDK's typed exceptions.
 try:
     client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "x"}])

@@ -101,23 +101,26 @@ fn schema_text(v: &Value, param: &str) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// `model`: required, printable, of a sane length.
+pub fn model(v: &Value) -> Result<String, ApiError> {
+    match string(v, "model")? {
+        Some(m) if !m.is_empty() && m.len() <= MAX_MODEL && !m.chars().any(char::is_control) => {
+            Ok(m.to_owned())
+        }
+        Some(_) => Err(bad(
+            "model",
+            format!("model must be 1-{MAX_MODEL} printable characters"),
+        )),
+        None => Err(bad("model", "model is required (see GET /v1/models)")),
+    }
+}
+
 /// Reads a request body.
 pub fn parse(body: &Value) -> Result<Chat, ApiError> {
     if !body.is_object() {
         return Err(bad("", "the body must be a JSON object"));
     }
-    let model = match string(&body["model"], "model")? {
-        Some(m) if !m.is_empty() && m.len() <= MAX_MODEL && !m.chars().any(char::is_control) => {
-            m.to_owned()
-        }
-        Some(_) => {
-            return Err(bad(
-                "model",
-                format!("model must be 1-{MAX_MODEL} printable characters"),
-            ));
-        }
-        None => return Err(bad("model", "model is required (see GET /v1/models)")),
-    };
+    let model = model(&body["model"])?;
     // Capabilities no d8 provider reports: refuse rather than drop.
     if let Some(n) = body["n"].as_u64().filter(|n| *n != 1) {
         return Err(bad(
@@ -205,6 +208,7 @@ pub fn parse(body: &Value) -> Result<Chat, ApiError> {
         tool_choice,
         parallel_tool_calls: boolean(&body["parallel_tool_calls"], "parallel_tool_calls")?,
         stream,
+        embed: None,
     };
     Ok(Chat {
         model,
@@ -449,7 +453,8 @@ fn response_format(v: &Value) -> Result<ResponseFormat, ApiError> {
     }
 }
 
-fn knobs(v: &Value) -> Result<Knobs, ApiError> {
+/// The top-level `d8` object.
+pub fn knobs(v: &Value) -> Result<Knobs, ApiError> {
     if !v.is_null() && !v.is_object() {
         return Err(bad("d8", "d8 must be an object"));
     }

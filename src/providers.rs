@@ -314,11 +314,18 @@ pub fn build(
         .and_then(|var| env.var(var))
         .map(|m| list(&m))
         .unwrap_or_default();
+    // `<PREFIX>_EMBEDDING_MODELS`: a list, or `none`; unset: the vendor's.
     let embedding_models = env
         .var(&format!("{}_EMBEDDING_MODELS", v.env_prefix))
         .map_or_else(
             || v.embedding_models.iter().map(|m| (*m).to_owned()).collect(),
-            |m| list(&m),
+            |m| {
+                if m.trim().eq_ignore_ascii_case("none") {
+                    Vec::new()
+                } else {
+                    list(&m)
+                }
+            },
         );
     let key = || -> Result<Secret, BuildError> {
         let var = v.key_var.unwrap_or_default();

@@ -67,6 +67,8 @@ pub struct ProviderEntry {
     pub tier: Option<Tier>,
     /// Model for reasoning task types (evolution, code generation).
     pub reasoning_model: Option<String>,
+    /// Embedding models served (`[]`: none; default: the vendor's, if any).
+    pub embedding_models: Option<Vec<String>>,
 }
 
 /// A worker file that cannot be used; the message names the file, the
@@ -199,6 +201,15 @@ impl ProviderEntry {
             if let (false, Some(models_var)) = (self.models.is_empty(), v.models_var) {
                 over.insert(models_var.to_owned(), self.models.join(","));
             }
+            if let Some(m) = &self.embedding_models {
+                // An empty variable means unset: `none` says "no models".
+                let value = if m.is_empty() {
+                    "none".to_owned()
+                } else {
+                    m.join(",")
+                };
+                over.insert(format!("{}_EMBEDDING_MODELS", v.env_prefix), value);
+            }
         }
         super::Overlay { base, over }
     }
@@ -255,6 +266,36 @@ mod tests {
             f.providers[2].overlay(&env).var("OLLAMA_HOST").as_deref(),
             Some("http://gpu-box:11434")
         );
+    }
+
+    #[test]
+    fn embedding_models_from_the_file_reach_the_provider() {
+        let f = WorkerFile::parse(
+            "[[providers]]\nkind = \"ollama\"\nembedding_models = [\"nomic-embed-text\"]\n\n[[providers]]\nkind = \"openai\"\nembedding_models = []",
+        )
+        .expect("valid");
+        let env: HashMap<String, String> =
+            [("OPENAI_API_KEY".to_owned(), "sk-x".to_owned())].into();
+        let client = crate::providers::VendorClient::new(crate::providers::ReadLimits::DEFAULT)
+            .expect("client");
+        let build = |i: usize| {
+            let e = &f.providers[i];
+            crate::providers::build(
+                &e.kind,
+                &e.overlay(&env),
+                None,
+                std::time::Duration::ZERO,
+                &client,
+            )
+            .expect("builds")
+        };
+        assert_eq!(build(0).embedding_models(), ["nomic-embed-text"]);
+        // `[]` turns the vendor's default (text-embedding-3-small) off.
+        assert!(build(1).embedding_models().is_empty());
+        let default =
+            crate::providers::build("openai", &env, None, std::time::Duration::ZERO, &client)
+                .expect("builds");
+        assert_eq!(default.embedding_models(), ["text-embedding-3-small"]);
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub const DEFAULT_MAX_QUEUED: u64 = 50_000;
 /// to wake, short enough that an agent learns soon that nothing can serve it.
 pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 30;
 
+/// `--cache-ttl-secs`: an hour, for requests that turn the cache on.
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 3_600;
+
+/// `--cache-max-mb`: a small share of a 1 GiB Pi's SD card and page cache.
+pub const DEFAULT_CACHE_MAX_MB: u64 = 64;
+
 /// Largest `--max-output-bytes`: a result must fit one wire frame, with room
 /// for the rest of the reply (model, usage, cooldowns).
 pub const MAX_OUTPUT_BYTES: u64 = (crate::wire::MAX_FRAME - 64 * 1024) as u64;
@@ -136,6 +142,16 @@ pub struct ServeArgs {
     #[arg(long, env = "D8_QUEUE_TIMEOUT_SECS", default_value_t = DEFAULT_QUEUE_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub queue_timeout_secs: u64,
+    /// Seconds a cached answer is served, for requests that turn the cache
+    /// on (`d8.cache`, `x-d8-cache: on`).
+    #[arg(long, env = "D8_CACHE_TTL_SECS", default_value_t = DEFAULT_CACHE_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub cache_ttl_secs: u64,
+    /// Most MiB of cached answers kept in the store; past it the least
+    /// recently used go.
+    #[arg(long, env = "D8_CACHE_MAX_MB", default_value_t = DEFAULT_CACHE_MAX_MB,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub cache_max_mb: u64,
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,

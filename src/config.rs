@@ -144,6 +144,11 @@ pub struct OrchestratorConfig {
     /// online worker can serve it before it is answered 503 (a worker that
     /// is restarting or waking up gets this long to come back).
     pub queue_timeout: Duration,
+    /// How long a cached answer is served when a request turns the cache
+    /// on without saying.
+    pub cache_ttl: Duration,
+    /// Most bytes of cached answers kept; past it the least recently used go.
+    pub cache_max_bytes: usize,
     /// Require the bearer API key on `/api/*` (default true).
     pub require_api_key: bool,
     /// Advertise over mDNS: `None` off, `Some([])` on every non-loopback
@@ -151,6 +156,11 @@ pub struct OrchestratorConfig {
     pub mdns: Option<Vec<String>>,
     /// Name announced over mDNS (default: `d8-<hostname>`).
     pub name: Option<String>,
+}
+
+/// `n` MiB in bytes, saturating on 32-bit targets.
+fn mib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
 }
 
 impl OrchestratorConfig {
@@ -175,6 +185,8 @@ impl OrchestratorConfig {
             attempt_timeout: Duration::from_secs(300),
             max_wait: Duration::from_secs(300),
             queue_timeout: Duration::from_secs(crate::cli::DEFAULT_QUEUE_TIMEOUT_SECS),
+            cache_ttl: Duration::from_secs(crate::cli::DEFAULT_CACHE_TTL_SECS),
+            cache_max_bytes: mib(crate::cli::DEFAULT_CACHE_MAX_MB),
             require_api_key: true,
             mdns: Some(Vec::new()),
             name: None,
@@ -306,6 +318,8 @@ impl OrchestratorConfig {
         cfg.max_body_bytes = args.max_body_bytes;
         cfg.max_queued = args.max_queued;
         cfg.queue_timeout = Duration::from_secs(args.queue_timeout_secs);
+        cfg.cache_ttl = Duration::from_secs(args.cache_ttl_secs);
+        cfg.cache_max_bytes = mib(args.cache_max_mb);
         cfg.require_api_key = !args.no_auth;
         cfg.mdns = (!args.no_mdns).then(|| args.mdns.interfaces.clone());
         if let Some(n) = &args.name

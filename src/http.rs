@@ -58,7 +58,8 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/tokens/rotate", post(admin::rotate_token))
         .route("/tokens/{id}", delete(admin::revoke_token))
-        .route("/backup", get(admin::backup));
+        .route("/backup", get(admin::backup))
+        .route("/cache", delete(admin::clear_cache));
     // The key check, then (inner layer: only an authorised client's body
     // is read) the body within its time limit.
     let protect = |r: Router<Arc<Cluster>>| {

@@ -18,6 +18,7 @@
 //!   exiting when one dies).
 
 pub(crate) mod actor;
+pub mod cache;
 pub mod cluster;
 pub mod files;
 pub mod gate;

@@ -177,6 +177,20 @@ pub struct Snapshot {
     pub totals: Totals,
     /// First id not yet used.
     pub next_task_id: u64,
+    /// The result cache's entries: key, expiry, stored size in bytes.
+    pub cache: Vec<(CacheKey, Millis, usize)>,
+}
+
+/// A result cache key: SHA-256 of what shapes the answer.
+pub type CacheKey = [u8; 32];
+
+/// One cached answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// When it stops being served.
+    pub expires_at: Millis,
+    /// The answer.
+    pub output: crate::task::TaskOutput,
 }
 
 /// One change; a commit applies a batch of them atomically.
@@ -197,6 +211,13 @@ pub enum Op {
         /// Cut-off.
         before: Millis,
     },
+    /// Store a cached answer (its bytes, encoded once by the caller, who
+    /// also counts them).
+    CachePut(CacheKey, Vec<u8>),
+    /// Drop cached answers.
+    CacheRemove(Vec<CacheKey>),
+    /// Drop every cached answer.
+    CacheClear,
 }
 
 /// A synchronous store.
@@ -207,6 +228,8 @@ pub trait Backend: Send + Sync + 'static {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// A finished task's record.
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError>;
+    /// A cached answer's bytes (a [`CacheRecord`]).
+    fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError>;
     /// Releases the underlying storage; later calls fail with `Closed`.
     fn close(&self) {}
     /// Writes a consistent copy of everything stored to a new file at `to`
@@ -217,6 +240,16 @@ pub trait Backend: Send + Sync + 'static {
             "this store cannot be backed up (in memory)".into(),
         ))
     }
+}
+
+/// Encodes a cache record for [`Op::CachePut`].
+pub fn cache_bytes(r: &CacheRecord) -> Result<Vec<u8>, StoreError> {
+    to_bytes(r)
+}
+
+/// Decodes what [`Backend::cache_get`] returned.
+pub fn cache_record(bytes: &[u8]) -> Result<CacheRecord, StoreError> {
+    from_bytes("cache", bytes)
 }
 
 /// Encodes a record (bincode, the same config as the wire).
@@ -381,6 +414,14 @@ impl Store {
     /// A finished task's record.
     pub fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
         self.backend.result(id)
+    }
+
+    /// A cached answer, read directly (reads do not queue behind writes).
+    pub fn cache_get(&self, key: &CacheKey) -> Result<Option<CacheRecord>, StoreError> {
+        self.backend
+            .cache_get(key)?
+            .map(|b| cache_record(&b))
+            .transpose()
     }
 
     /// Commits everything queued, then releases the database (the data dir

@@ -74,23 +74,34 @@ pub(super) struct StatsQuery {
 }
 
 /// `GET /api/workers/stats`: exactly the original project's shape, so its
-/// clients keep working. `?include=cooldowns` adds `cooldowns`: every
-/// provider cooling down in the cluster (`worker_id`, `provider`, `model`,
-/// `remaining_ms`, `disabled`).
+/// clients keep working. `?include=` takes a comma-separated list:
+/// `cooldowns` adds every provider cooling down in the cluster (`worker_id`,
+/// `provider`, `model`, `remaining_ms`, `disabled`); `cache` adds the result
+/// cache's `hits`, `misses`, `entries`, `bytes`, `max_bytes`, `evictions`.
 pub(super) async fn worker_stats(
     State(cluster): AppState,
     Query(q): Query<StatsQuery>,
 ) -> ApiResult {
-    let with_cooldowns = match q.include.as_deref() {
-        None | Some("") => false,
-        Some("cooldowns") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_include",
-                format!("include={other:?} is not known (use include=cooldowns)"),
-            ));
+    let (mut with_cooldowns, mut with_cache) = (false, false);
+    for part in q
+        .include
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+    {
+        match part {
+            "" => {}
+            "cooldowns" => with_cooldowns = true,
+            "cache" => with_cache = true,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_include",
+                    format!("include={other:?} is not known (use cooldowns, cache, or both)"),
+                ));
+            }
         }
-    };
+    }
     let s = cluster.stats().await?;
     let done = s.counters.completed + s.counters.failed;
     // Percent, two decimals; 0 before anything finished.
@@ -133,7 +144,24 @@ pub(super) async fn worker_stats(
         }
         body["cooldowns"] = Value::Array(list);
     }
+    if with_cache {
+        let c = cluster.cache().stats();
+        body["cache"] = json!({
+            "hits": c.hits, "misses": c.misses, "entries": c.entries,
+            "bytes": c.bytes, "max_bytes": c.max_bytes, "evictions": c.evictions,
+        });
+    }
     Ok(Json(body).into_response())
+}
+
+/// `DELETE /api/cache`: drops every cached answer.
+pub(super) async fn clear_cache(State(cluster): AppState) -> ApiResult {
+    let cleared = cluster
+        .cache()
+        .clear()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "cleared": cleared })).into_response())
 }
 
 pub(super) async fn list_workers(State(cluster): AppState) -> ApiResult {

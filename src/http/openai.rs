@@ -30,17 +30,17 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::body::{Segment, parse};
 use super::{ApiError, AppState};
-use crate::node::Cluster;
 use crate::node::actor::TaskState;
 use crate::node::cluster::Watch;
 use crate::node::models::{Capacity, ModelEntry, Target};
+use crate::node::{Cluster, cache};
 use crate::task::{ChatRequest, TaskId, TaskOutput, TaskSpec, Tier, Usage};
 
 /// Task type of `/v1` chats (routing rules may name it).
@@ -338,9 +338,10 @@ fn failed_state(id: TaskId, error: &str) -> TaskState {
 /// `POST /v1/chat/completions`.
 pub(super) async fn chat(
     State(cluster): AppState,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match chat_inner(cluster, body).await {
+    match chat_inner(cluster, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -348,6 +349,7 @@ pub(super) async fn chat(
 
 async fn chat_inner(
     cluster: Arc<Cluster>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: Value = parse(body, cluster.config().max_body_bytes)?;
@@ -356,19 +358,133 @@ async fn chat_inner(
     // trip to the scheduler).
     let workers = cluster.live_workers().await?;
     let target = resolve(&chat.model, &chat.knobs, &cluster.models_of(&workers))?;
+    let key = cache::key(
+        "chat",
+        &shaping(&body, &["stream", "stream_options", "user", "metadata"]),
+    );
+    let lead = match cached(&cluster, headers, &chat.knobs, key).await {
+        Cached::Hit(out) => {
+            let id = format!("chatcmpl-c{}", hex(&key[..8]));
+            let created = crate::node::now_millis().0 / 1000;
+            let mut resp = if chat.stream {
+                stream::replay(&chat, id, created, out)
+            } else {
+                Json(completion(&id, created, &out)).into_response()
+            };
+            set_cache_header(&mut resp, "hit");
+            return Ok(resp);
+        }
+        Cached::Miss(lead) => Some(lead),
+        Cached::Bypass => None,
+    };
     check_resting(&workers, &target, &chat.model)?;
     let mut req = chat.request.clone();
     req.model.clone_from(&target.model);
     let sub = submit(&cluster, req, chat.knobs.priority, target).await?;
+    let label = if lead.is_some() { "miss" } else { "bypass" };
     if chat.stream {
-        return stream::respond(sub, &chat).await;
+        let mut resp = stream::respond(sub, &chat, lead).await?;
+        set_cache_header(&mut resp, label);
+        return Ok(resp);
     }
     let (id, created) = (sub.id(), sub.created);
     let state = follow_to_end(sub).await?;
     let out = finished_output(&state)?;
-    let mut resp = Json(completion(id, created, out)).into_response();
+    if let Some(lead) = lead {
+        lead.finish(crate::node::now_millis(), cache_ttl_ms(&cluster), out)
+            .await;
+    }
+    let mut resp = Json(completion(&completion_id(id), created, out)).into_response();
     set_request_id(&mut resp, id);
+    set_cache_header(&mut resp, label);
     Ok(resp)
+}
+
+/// What the cache says about a request.
+enum Cached {
+    /// A stored answer (or the one an identical request just computed).
+    Hit(TaskOutput),
+    /// Not stored: compute it and store it through the lead.
+    Miss(cache::Lead),
+    /// The cache is not used for this request.
+    Bypass,
+}
+
+/// Whether the request turns the cache on: `d8.cache` or `x-d8-cache: on`;
+/// `x-d8-cache: off`, `d8.cache: false` and `Cache-Control: no-store` win.
+fn cache_wanted(headers: &HeaderMap, knobs: &request::Knobs) -> bool {
+    let header = headers
+        .get("x-d8-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let no_store = headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        });
+    if no_store
+        || header.is_some_and(|h| h.eq_ignore_ascii_case("off"))
+        || knobs.cache == Some(false)
+    {
+        return false;
+    }
+    header.is_some_and(|h| h.eq_ignore_ascii_case("on")) || knobs.cache == Some(true)
+}
+
+/// Looks `key` up when the request wants the cache; waits for an identical
+/// request in flight (once: if it fails, this one goes on uncached).
+async fn cached(
+    cluster: &Arc<Cluster>,
+    headers: &HeaderMap,
+    knobs: &request::Knobs,
+    key: crate::store::CacheKey,
+) -> Cached {
+    if !cache_wanted(headers, knobs) {
+        return Cached::Bypass;
+    }
+    match cluster.cache().lookup(key, crate::node::now_millis()) {
+        cache::Lookup::Hit(out) => Cached::Hit(out),
+        cache::Lookup::Lead(lead) => Cached::Miss(lead),
+        cache::Lookup::Follow(rx) => match cache::follow(rx).await {
+            Some(out) => Cached::Hit(out),
+            None => Cached::Bypass,
+        },
+    }
+}
+
+/// The request body without what does not shape the answer: `drop`, and
+/// the cache control and priority in the `d8` object.
+fn shaping(body: &Value, drop: &[&str]) -> Value {
+    let mut v = body.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in drop {
+            o.remove(*k);
+        }
+        if let Some(d8) = o.get_mut("d8").and_then(Value::as_object_mut) {
+            d8.remove("cache");
+            d8.remove("priority");
+            if d8.is_empty() {
+                o.remove("d8");
+            }
+        }
+    }
+    v
+}
+
+fn cache_ttl_ms(cluster: &Cluster) -> u64 {
+    u64::try_from(cluster.config().cache_ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn set_cache_header(resp: &mut Response, label: &'static str) {
+    resp.headers_mut()
+        .insert("x-d8-cache", HeaderValue::from_static(label));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 429 when every provider that could serve `target` is cooling down.
@@ -501,7 +617,7 @@ fn tool_calls_json(out: &TaskOutput) -> Vec<Value> {
 }
 
 /// The whole answer: OpenAI's `chat.completion` object.
-fn completion(id: TaskId, created: u64, out: &TaskOutput) -> Value {
+fn completion(id: &str, created: u64, out: &TaskOutput) -> Value {
     let mut message = json!({"role": "assistant", "content": out.content, "refusal": null});
     if !out.tool_calls.is_empty() {
         if out.content.is_empty() {
@@ -520,7 +636,7 @@ fn completion(id: TaskId, created: u64, out: &TaskOutput) -> Value {
         message["tool_calls"] = json!(calls);
     }
     json!({
-        "id": completion_id(id),
+        "id": id,
         "object": "chat.completion",
         "created": created,
         "model": out.model,

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Actor, Gone, QueryReply, SchedHandle, SchedMsg, TaskState};
+use super::cache::Cache;
 use super::files::{self, FileError};
 use super::live_output::LiveOutput;
 use super::models::{self, Capacity, Catalog, ModelEntry, Target};
@@ -144,6 +145,8 @@ pub struct Cluster {
     vitals: Arc<Vitals>,
     /// Models offered, kept a while after their workers leave.
     catalog: Mutex<Catalog>,
+    /// Answers kept for identical requests.
+    cache: Arc<Cache>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -189,7 +192,7 @@ impl Cluster {
         let dir = cfg.data_dir.clone();
         files::ensure_dir(&dir)?;
         let vitals = Arc::new(Vitals::default());
-        let (store, snapshot) = Store::open_watched(backend, vitals.alive(Part::Store))?;
+        let (store, mut snapshot) = Store::open_watched(backend, vitals.alive(Part::Store))?;
         let registry = Registry::new(snapshot.tokens, snapshot.workers, revocations);
         let on_disk = files::read_optional(&dir.join(files::JOIN_TOKEN))?
             .and_then(|s| JoinToken::parse(&s).ok())
@@ -212,6 +215,12 @@ impl Cluster {
                 k
             }
         };
+        let cache = Arc::new(Cache::new(
+            store.clone(),
+            cfg.cache_max_bytes,
+            std::mem::take(&mut snapshot.cache),
+            now_millis(),
+        ));
         let t = snapshot.totals;
         let core = Scheduler::new(
             cfg.scheduler.clone(),
@@ -250,6 +259,7 @@ impl Cluster {
             agents: Mutex::new(snapshot.agents),
             vitals,
             catalog: Mutex::default(),
+            cache,
         });
         Ok((cluster, actor))
     }
@@ -525,6 +535,11 @@ impl Cluster {
     /// [`Cluster::models`] from a snapshot of the workers already taken.
     pub fn models_of(&self, workers: &[WorkerView]) -> Vec<ModelEntry> {
         lock(&self.catalog).update(now_millis(), workers)
+    }
+
+    /// The result cache.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
     }
 
     /// A worker connected with these offers: list its models.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Backend, Op, Snapshot, StoreError};
+use super::{Backend, CacheKey, Op, Snapshot, StoreError};
 use crate::task::{FinishedTask, TaskId};
 
 /// A [`Backend`] in memory. [`MemBackend::set_failing`] makes every commit
@@ -11,6 +11,7 @@ use crate::task::{FinishedTask, TaskId};
 #[derive(Debug, Default)]
 pub struct MemBackend {
     state: Mutex<(Snapshot, BTreeMap<TaskId, FinishedTask>)>,
+    cache: Mutex<BTreeMap<CacheKey, Vec<u8>>>,
     /// When true, commits fail with a backend error.
     fail_commits: std::sync::atomic::AtomicBool,
 }
@@ -28,6 +29,14 @@ impl Backend for MemBackend {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut snap = guard.0.clone();
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        snap.cache = cache
+            .iter()
+            .filter_map(|(k, v)| {
+                let r = super::cache_record(v).ok()?;
+                Some((*k, r.expires_at, v.len()))
+            })
+            .collect();
         snap.next_task_id = snap
             .next_task_id
             .max(snap.pending.last().map_or(0, |p| p.id.0 + 1))
@@ -63,6 +72,19 @@ impl Backend for MemBackend {
                     snap.agents.insert(id.clone(), a.clone());
                 }
                 Op::PurgeResults { before } => results.retain(|_, f| f.completed_at >= *before),
+                Op::CachePut(k, v) => {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*k, v.clone());
+                }
+                Op::CacheRemove(keys) => {
+                    let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    for k in keys {
+                        c.remove(k);
+                    }
+                }
+                Op::CacheClear => self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear(),
             }
         }
         Ok(())
@@ -71,5 +93,14 @@ impl Backend for MemBackend {
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         Ok(guard.1.get(&id).cloned())
+    }
+
+    fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned())
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
-    AgentDef, Backend, Op, PendingTask, Snapshot, StoreError, TokenRecord, Totals, WorkerRecord,
-    from_bytes, to_bytes,
+    AgentDef, Backend, CacheKey, Op, PendingTask, Snapshot, StoreError, TokenRecord, Totals,
+    WorkerRecord, from_bytes, to_bytes,
 };
 use crate::task::{FinishedTask, TaskId};
 
@@ -19,6 +19,8 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Result cache: key → a `CacheRecord`.
+const CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cache");
 
 const NEXT_ID: &str = "next_task_id";
 /// Meta key holding the record layout version.
@@ -126,6 +128,7 @@ fn open_db(path: &Path, check: bool) -> Result<Database, StoreError> {
         txn.open_table(TOKENS).map_err(be)?;
         txn.open_table(WORKERS).map_err(be)?;
         txn.open_table(AGENTS).map_err(be)?;
+        txn.open_table(CACHE).map_err(be)?;
         let mut meta = txn.open_table(META).map_err(be)?;
         // Records are bincode: a file written by another layout must be
         // refused whole rather than misread. A new file gets our format.
@@ -214,6 +217,7 @@ impl Backend for RedbBackend {
             copy_table(&snapshot, &txn, WORKERS)?;
             copy_table(&snapshot, &txn, AGENTS)?;
             copy_table(&snapshot, &txn, META)?;
+            copy_table(&snapshot, &txn, CACHE)?;
             txn.commit().map_err(be)?;
             Ok(())
         })
@@ -250,6 +254,17 @@ impl Backend for RedbBackend {
             }
         })
     }
+
+    fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(CACHE).map_err(be)?;
+            Ok(table
+                .get(key.as_slice())
+                .map_err(be)?
+                .map(|v| v.value().to_vec()))
+        })
+    }
 }
 
 fn load(db: &Database) -> Result<Snapshot, StoreError> {
@@ -260,6 +275,20 @@ fn load(db: &Database) -> Result<Snapshot, StoreError> {
         for row in table.iter().map_err(be)? {
             let (_, v) = row.map_err(be)?;
             pending.push(from_bytes::<PendingTask>("tasks", v.value())?);
+        }
+    }
+    let mut cache = Vec::new();
+    {
+        let table = txn.open_table(CACHE).map_err(be)?;
+        for row in table.iter().map_err(be)? {
+            let (k, v) = row.map_err(be)?;
+            let Ok(key) = CacheKey::try_from(k.value()) else {
+                continue;
+            };
+            // An entry this build cannot read is as good as absent.
+            if let Ok(r) = super::cache_record(v.value()) {
+                cache.push((key, r.expires_at, v.value().len()));
+            }
         }
     }
     let meta = txn.open_table(META).map_err(be)?;
@@ -280,6 +309,7 @@ fn load(db: &Database) -> Result<Snapshot, StoreError> {
             cancelled: get(CANCELLED)?,
         },
         next_task_id,
+        cache,
     })
 }
 
@@ -293,6 +323,7 @@ fn commit(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
         let mut workers = txn.open_table(WORKERS).map_err(be)?;
         let mut agents = txn.open_table(AGENTS).map_err(be)?;
         let mut meta = txn.open_table(META).map_err(be)?;
+        let mut cache = txn.open_table(CACHE).map_err(be)?;
         let mut totals = Totals::default();
         let mut max_id = None;
         for op in ops {
@@ -335,6 +366,17 @@ fn commit(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
                         by_time.remove(key).map_err(be)?;
                         results.remove(key.1).map_err(be)?;
                     }
+                }
+                Op::CachePut(k, v) => {
+                    cache.insert(k.as_slice(), v.as_slice()).map_err(be)?;
+                }
+                Op::CacheRemove(keys) => {
+                    for k in keys {
+                        cache.remove(k.as_slice()).map_err(be)?;
+                    }
+                }
+                Op::CacheClear => {
+                    cache.retain(|_, _| false).map_err(be)?;
                 }
             }
         }

@@ -751,6 +751,12 @@ impl d8::store::Backend for PanickingStore {
     ) -> Result<Option<d8::task::FinishedTask>, d8::store::StoreError> {
         self.inner.result(id)
     }
+    fn cache_get(
+        &self,
+        key: &d8::store::CacheKey,
+    ) -> Result<Option<Vec<u8>>, d8::store::StoreError> {
+        self.inner.cache_get(key)
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! One module per area; shared helpers in `harness`.
 
+mod cache;
 mod cluster;
 mod dialects;
 mod enrollment;

@@ -15,17 +15,19 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
 use super::{
-    check_resting, finished_output, follow_to_end, request, resolve_for, set_request_id, submit,
+    Cached, cache_ttl_ms, cached, check_resting, finished_output, follow_to_end, request,
+    resolve_for, set_cache_header, set_request_id, shaping, submit,
 };
 use crate::http::body::parse;
 use crate::http::{ApiError, AppState};
-use crate::node::Cluster;
-use crate::task::{ChatRequest, EmbedRequest};
+use crate::node::{Cluster, cache};
+use crate::task::{ChatRequest, EmbedRequest, TaskOutput};
 
 /// Most texts in one request (OpenAI's limit).
 const MAX_INPUTS: usize = 2_048;
@@ -125,9 +127,10 @@ fn encode(v: &[f32]) -> String {
 /// `POST /v1/embeddings`.
 pub(in crate::http) async fn embeddings(
     State(cluster): AppState,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match run(cluster, body).await {
+    match run(cluster, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -135,17 +138,29 @@ pub(in crate::http) async fn embeddings(
 
 async fn run(
     cluster: Arc<Cluster>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: Value = parse(body, cluster.config().max_body_bytes)?;
     let e = read(&body)?;
     let workers = cluster.live_workers().await?;
     let target = resolve_for(&e.model, &e.knobs, &cluster.models_of(&workers), true)?;
+    // The encoding is only how the same vectors travel.
+    let key = cache::key("embeddings", &shaping(&body, &["user", "encoding_format"]));
+    let lead = match cached(&cluster, headers, &e.knobs, key).await {
+        Cached::Hit(out) => {
+            let mut resp = answer(&e, &out);
+            set_cache_header(&mut resp, "hit");
+            return Ok(resp);
+        }
+        Cached::Miss(lead) => Some(lead),
+        Cached::Bypass => None,
+    };
     check_resting(&workers, &target, &e.model)?;
     let req = ChatRequest {
         model: target.model.clone(),
         embed: Some(EmbedRequest {
-            input: e.input,
+            input: e.input.clone(),
             dimensions: e.dimensions,
         }),
         ..ChatRequest::default()
@@ -154,6 +169,19 @@ async fn run(
     let id = sub.id();
     let state = follow_to_end(sub).await?;
     let out = finished_output(&state)?;
+    let label = if lead.is_some() { "miss" } else { "bypass" };
+    if let Some(lead) = lead {
+        lead.finish(crate::node::now_millis(), cache_ttl_ms(&cluster), out)
+            .await;
+    }
+    let mut resp = answer(&e, out);
+    set_request_id(&mut resp, id);
+    set_cache_header(&mut resp, label);
+    Ok(resp)
+}
+
+/// The OpenAI answer for `out`.
+fn answer(e: &Embeddings, out: &TaskOutput) -> Response {
     let data: Vec<Value> = out
         .embeddings
         .iter()
@@ -167,11 +195,8 @@ async fn run(
         Value::Null,
         |u| json!({"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens}),
     );
-    let mut resp =
-        Json(json!({"object": "list", "data": data, "model": out.model, "usage": usage}))
-            .into_response();
-    set_request_id(&mut resp, id);
-    Ok(resp)
+    Json(json!({"object": "list", "data": data, "model": out.model, "usage": usage}))
+        .into_response()
 }
 
 #[cfg(test)]

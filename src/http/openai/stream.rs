@@ -125,8 +125,47 @@ impl Frame {
 
 const DONE: &str = "data: [DONE]\n\n";
 
-/// Answers a streamed request for the submitted task.
-pub(super) async fn respond(sub: Submitted, chat: &Chat) -> Result<Response, ApiError> {
+/// A stored answer as a stream (a cache hit).
+pub(super) fn replay(chat: &Chat, id: String, created: u64, out: TaskOutput) -> Response {
+    let frame = Frame {
+        id,
+        created,
+        model: chat.model.clone(),
+    };
+    let (tx, body) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    let include_usage = chat.include_usage;
+    tokio::spawn(async move {
+        let mut w = Writer { tx, frame };
+        if w.start(&out.content).await.is_ok() {
+            let _ = w.finish(&out, include_usage).await;
+        }
+    });
+    sse_response(body)
+}
+
+fn sse_response(body: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
+    let frames =
+        futures_util::stream::unfold(
+            body,
+            |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+        );
+    let mut resp = Response::new(Body::from_stream(frames));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Answers a streamed request for the submitted task; a complete answer is
+/// stored through `lead` (an interrupted one never is).
+pub(super) async fn respond(
+    sub: Submitted,
+    chat: &Chat,
+    lead: Option<crate::node::cache::Lead>,
+) -> Result<Response, ApiError> {
     let cluster: Arc<crate::node::Cluster> = sub.abandon.cluster.clone();
     let id = sub.id();
     let output = cluster.live_output().clone();
@@ -165,12 +204,16 @@ pub(super) async fn respond(sub: Submitted, chat: &Chat) -> Result<Response, Api
     };
     let (tx, body) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let include_usage = chat.include_usage;
+    let ttl_ms = u64::try_from(cluster.config().cache_ttl.as_millis()).unwrap_or(u64::MAX);
     match first {
         Event::Done(state) => {
             // Finished before any text: a failure is a plain error; a
             // success (tool calls only, or a provider that does not
             // stream) is sent as one stream.
             let out = finished_output(&state)?.clone();
+            if let Some(lead) = lead {
+                lead.finish(crate::node::now_millis(), ttl_ms, &out).await;
+            }
             tokio::spawn(async move {
                 let mut w = Writer { tx, frame };
                 let _ = w.start(&out.content).await;
@@ -181,24 +224,13 @@ pub(super) async fn respond(sub: Submitted, chat: &Chat) -> Result<Response, Api
             tokio::spawn(async move {
                 let mut w = Writer { tx, frame };
                 if w.start(&c.text).await.is_ok() {
-                    follow_to_end(&mut w, &mut follow, c, include_usage).await;
+                    follow_to_end(&mut w, &mut follow, c, include_usage, lead, ttl_ms).await;
                 }
                 // Dropping `follow` here cancels the task unless it ended.
             });
         }
     }
-    let frames =
-        futures_util::stream::unfold(
-            body,
-            |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
-        );
-    let mut resp = Response::new(Body::from_stream(frames));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let mut resp = sse_response(body);
     set_request_id(&mut resp, id);
     Ok(resp)
 }
@@ -261,7 +293,14 @@ impl Writer {
     }
 }
 
-async fn follow_to_end(w: &mut Writer, follow: &mut Follow, first: Chunk, include_usage: bool) {
+async fn follow_to_end(
+    w: &mut Writer,
+    follow: &mut Follow,
+    first: Chunk,
+    include_usage: bool,
+    lead: Option<crate::node::cache::Lead>,
+    ttl_ms: u64,
+) {
     let attempt = first.attempt;
     let mut sent = first.text.len();
     loop {
@@ -303,6 +342,11 @@ async fn follow_to_end(w: &mut Writer, follow: &mut Follow, first: Chunk, includ
             Event::Done(state) => {
                 match finished_output(&state) {
                     Ok(out) => {
+                        // Complete: worth keeping even if this client
+                        // leaves now.
+                        if let Some(lead) = lead {
+                            lead.finish(crate::node::now_millis(), ttl_ms, out).await;
+                        }
                         // Text the live output dropped (over its cap) is
                         // in the result.
                         let rest = out.content.get(sent..).unwrap_or_default();

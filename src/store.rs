@@ -138,6 +138,8 @@ pub struct AgentDef {
     pub temperature: Option<f32>,
     /// Task type of its actions (default `agent_action`).
     pub task_type: Option<String>,
+    /// Serve identical actions from the result cache for this many seconds.
+    pub cache_ttl_secs: Option<u64>,
 }
 
 /// Totals kept across restarts.

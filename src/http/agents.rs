@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::body::{ActRequest, AgentRequest, Segment, check_agent_id, parse};
-use super::tasks::accepted;
+use super::tasks::submit_one;
 use super::{ApiError, AppState};
 use crate::store::AgentDef;
 
@@ -23,6 +23,7 @@ fn agent_json(id: &str, a: &AgentDef) -> Value {
         "model": a.model,
         "temperature": a.temperature,
         "task_type": a.task_type.as_deref().unwrap_or("agent_action"),
+        "cache_ttl_secs": a.cache_ttl_secs,
     })
 }
 
@@ -33,9 +34,12 @@ pub(super) async fn act(
 ) -> ApiResult {
     let req: ActRequest = parse(body, cluster.config().max_body_bytes)?;
     let agent = cluster.agent(&agent_id);
+    let ttl = agent
+        .as_ref()
+        .and_then(|a| a.cache_ttl_secs)
+        .map(|s| s.saturating_mul(1_000));
     let spec = req.into_spec(agent_id, agent, cluster.task_defaults())?;
-    let ids = cluster.submit(vec![spec]).await?;
-    Ok(accepted(ids[0]))
+    submit_one(&cluster, spec, ttl).await
 }
 
 pub(super) async fn put(

@@ -178,6 +178,8 @@ pub(super) struct AgentRequest {
     model: Option<String>,
     temperature: Option<f32>,
     task_type: Option<String>,
+    /// Identical actions are answered from the cache for this long.
+    cache_ttl_secs: Option<u64>,
 }
 
 impl AgentRequest {
@@ -208,14 +210,28 @@ impl AgentRequest {
             ));
         }
         check_temperature(self.temperature)?;
+        if self
+            .cache_ttl_secs
+            .is_some_and(|t| !(1..=MAX_CACHE_TTL_SECS).contains(&t))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_cache_ttl",
+                format!("cache_ttl_secs must be 1-{MAX_CACHE_TTL_SECS}"),
+            )
+            .with_param("cache_ttl_secs"));
+        }
         Ok(AgentDef {
             system_prompt: self.system_prompt,
             model: self.model,
             temperature: self.temperature,
             task_type: self.task_type,
+            cache_ttl_secs: self.cache_ttl_secs,
         })
     }
 }
+
+/// Longest cache TTL an agent may ask for: a year.
+const MAX_CACHE_TTL_SECS: u64 = 31_536_000;
 
 /// `POST /api/tasks` (and each element of a batch).
 #[derive(Deserialize)]
@@ -227,6 +243,10 @@ pub(super) struct TaskRequest {
     max_attempts: Option<u32>,
     timeout_secs: Option<u64>,
     deadline_secs: Option<u64>,
+    /// Answer from the result cache when an identical task ran before
+    /// (single tasks only; ignored in batches).
+    #[serde(default)]
+    pub(super) cache: bool,
 }
 
 #[derive(Deserialize)]

@@ -14,9 +14,13 @@ use serde_json::{Value, json};
 
 use super::body::{Segment, TaskRequest, parse};
 use super::{ApiError, AppState};
+use std::sync::Arc;
+
 use crate::node::actor::TaskState;
-use crate::node::now_millis;
-use crate::task::{TaskId, rfc3339};
+use crate::node::cache::{self, Lookup};
+use crate::node::cluster::Watch;
+use crate::node::{Cluster, now_millis};
+use crate::task::{TaskId, TaskSpec, rfc3339};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -60,9 +64,75 @@ pub(super) async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let req: TaskRequest = parse(body, cluster.config().max_body_bytes)?;
+    let ttl = req
+        .cache
+        .then(|| u64::try_from(cluster.config().cache_ttl.as_millis()).unwrap_or(u64::MAX));
     let spec = req.into_spec(cluster.task_defaults(), now_millis())?;
-    let ids = cluster.submit(vec![spec]).await?;
-    Ok(accepted(ids[0]))
+    submit_one(&cluster, spec, ttl).await
+}
+
+/// Submits one task, through the result cache when `ttl_ms` is set: a hit
+/// is recorded as a completed task at once (`201 {"status": "completed"}`),
+/// a miss is stored when its task completes. `x-d8-cache` says which. The
+/// key covers the task type, the whole chat (the agent's prompt included)
+/// and the routing constraints; not priority, attempts or timeouts.
+pub(super) async fn submit_one(
+    cluster: &Arc<Cluster>,
+    spec: TaskSpec,
+    ttl_ms: Option<u64>,
+) -> ApiResult {
+    let Some(ttl_ms) = ttl_ms else {
+        let ids = cluster.submit(vec![spec]).await?;
+        return Ok(accepted(ids[0]));
+    };
+    let mut request = serde_json::to_value(&spec.request).unwrap_or_default();
+    if let Some(o) = request.as_object_mut() {
+        o.remove("stream");
+    }
+    let key = cache::key(
+        "task",
+        &json!({"type": spec.task_type, "request": request,
+                "provider": spec.provider, "max_tier": spec.max_tier}),
+    );
+    let (id, label) = match cluster.cache().lookup(key, now_millis()) {
+        Lookup::Hit(out) => (cluster.record_cached(spec, out).await?, "hit"),
+        Lookup::Lead(lead) => {
+            let id = cluster.submit(vec![spec]).await?[0];
+            let c = cluster.clone();
+            // The submitter does not wait: the answer is stored when the
+            // task completes (a task that fails or is cancelled stores
+            // nothing, and the lead's drop frees identical requests).
+            tokio::spawn(async move {
+                let state = match c.watch(id).await {
+                    Ok(Watch::Live(rx)) => rx.await.ok(),
+                    Ok(Watch::Finished(s)) => Some(*s),
+                    Err(_) => None,
+                };
+                if let Some(s) = state
+                    && s.status == "completed"
+                    && let Some(out) = &s.result
+                {
+                    lead.finish(now_millis(), ttl_ms, out).await;
+                }
+            });
+            (id, "miss")
+        }
+        // An identical task is running: this one runs too, uncached.
+        Lookup::Follow(_) => (cluster.submit(vec![spec]).await?[0], "bypass"),
+    };
+    let status = if label == "hit" {
+        "completed"
+    } else {
+        "pending"
+    };
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(json!({ "task_id": id.to_string(), "status": status })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("x-d8-cache", axum::http::HeaderValue::from_static(label));
+    Ok(resp)
 }
 
 pub(super) async fn submit_batch(

@@ -37,7 +37,7 @@ use crate::core::{CancelResult, Counters, Liveness, Scheduler, Stats, WorkerView
 use crate::store::{
     AgentDef, Backend, Op, PendingTask, Store, StoreError, TokenKind, TokenRecord, WorkerRecord,
 };
-use crate::task::{TaskId, TaskSpec, WorkerId};
+use crate::task::{FinishedTask, TaskId, TaskOutput, TaskSpec, TaskStatus, WorkerId};
 use crate::wire::{EnrollRequest, EnrollResponse, PROTOCOL_VERSION};
 
 /// Most agent definitions kept (each in memory; see the HTTP layer's
@@ -371,6 +371,46 @@ impl Cluster {
             return Err(e.into());
         }
         Ok(ids)
+    }
+
+    /// Records a task answered from the result cache: accepted and completed
+    /// in one durable commit, without running (no worker, no attempt), so
+    /// it reads like any other task at `/api/tasks/{id}`.
+    pub async fn record_cached(
+        &self,
+        spec: TaskSpec,
+        output: TaskOutput,
+    ) -> Result<TaskId, ClusterError> {
+        if let Some(why) = self.store.degraded() {
+            return Err(ClusterError::Degraded(why));
+        }
+        let id = TaskId(self.store.allocate_ids(1));
+        let now = now_millis();
+        let finished = FinishedTask {
+            id,
+            status: TaskStatus::Completed,
+            task_type: spec.task_type.clone(),
+            priority: spec.priority,
+            output: Some(output),
+            error: None,
+            worker: None,
+            attempts: 0,
+            created_at: now,
+            completed_at: now,
+        };
+        // The insert keeps the id counter durable; the finish takes the
+        // task out of the queue again in the same transaction.
+        self.store
+            .commit(vec![
+                Op::InsertTask(PendingTask {
+                    id,
+                    spec,
+                    created_at: now,
+                }),
+                Op::Finish(finished),
+            ])
+            .await?;
+        Ok(id)
     }
 
     /// A task's state now, or after waiting up to `wait` for it to finish.

@@ -275,3 +275,89 @@ async fn failures_are_never_cached() {
     assert_eq!(stats["cache"]["entries"], 0, "{stats}");
     assert_eq!(stats["tasks"]["failed"], 2, "both ran: {stats}");
 }
+
+#[tokio::test]
+async fn agents_and_api_tasks_use_the_cache_when_they_opt_in() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 4).await;
+    // An agent with a TTL: its second identical action is a completed task
+    // at once, with the first one's answer.
+    let (status, v) = c
+        .request(
+            Method::PUT,
+            "/api/agents/writer",
+            Some(json!({"system_prompt": "You write.", "cache_ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["cache_ttl_secs"].as_u64()),
+        (200, Some(600)),
+        "{v}"
+    );
+    let act = json!({"action_type": "summarise", "input_data": {"topic": "cats"}});
+    let (status, label, first) = post(&c, "/api/agents/writer/act", &act, &[]).await;
+    assert_eq!((status, label.as_str()), (201, "miss"), "{first}");
+    let first_id = first["task_id"].as_str().expect("id").to_owned();
+    let done = c.wait_task(&first_id, 10).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // The answer is stored as the task completes; give it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (label, second) = loop {
+        let (_, label, v) = post(&c, "/api/agents/writer/act", &act, &[]).await;
+        if label == "hit" || tokio::time::Instant::now() > deadline {
+            break (label, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(label, "hit", "{second}");
+    assert_eq!(second["status"], "completed");
+    let id = second["task_id"].as_str().expect("id");
+    assert_ne!(id, first_id);
+    let (_, t) = c
+        .request(Method::GET, &format!("/api/tasks/{id}"), None)
+        .await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["result"]["content"], done["result"]["content"]);
+    assert_eq!(
+        (t["attempts"].as_u64(), t["worker_id"].is_null()),
+        (Some(0), true),
+        "{t}"
+    );
+    // An agent without a TTL, and a task without `cache`, are not cached.
+    let (_, label, _) = post(&c, "/api/agents/other/act", &act, &[]).await;
+    assert_eq!(label, "");
+    let task = json!({"type": "agent_action", "data": {"messages": [{"role": "user", "content": "same"}]}});
+    let (_, label, _) = post(&c, "/api/tasks", &task, &[]).await;
+    assert_eq!(label, "");
+    let mut cached_task = task.clone();
+    cached_task["cache"] = json!(true);
+    let (_, label, v) = post(&c, "/api/tasks", &cached_task, &[]).await;
+    assert_eq!(label, "miss");
+    c.wait_task(v["task_id"].as_str().expect("id"), 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, label, v) = post(&c, "/api/tasks", &cached_task, &[]).await;
+        if label == "hit" {
+            assert_eq!(v["status"], "completed");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never a hit: {label}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A bad TTL is refused.
+    let (status, v) = c
+        .request(
+            Method::PUT,
+            "/api/agents/bad",
+            Some(json!({"system_prompt": "x", "cache_ttl_secs": 0})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("cache_ttl_secs")),
+        "{v}"
+    );
+}

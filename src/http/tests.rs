@@ -330,7 +330,7 @@ async fn agents_round_trip_and_act() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let want = json!({"agent_id": "writer", "system_prompt": "You write.", "model": null, "temperature": 0.5, "task_type": "agent_action"});
+    let want = json!({"agent_id": "writer", "system_prompt": "You write.", "model": null, "temperature": 0.5, "task_type": "agent_action", "cache_ttl_secs": null});
     assert_eq!(v, want);
     assert_eq!(
         app.call("GET", "/api/agents/writer", None).await,

@@ -599,3 +599,38 @@ async fn embeddings_float_and_base64() {
         );
     }
 }
+
+#[tokio::test]
+async fn json_schema_requests_get_json() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 1).await;
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": user("plain words"),
+                "response_format": {"type": "json_schema", "json_schema": {"name": "reply",
+                    "schema": {"type": "object", "properties": {"text": {"type": "string"}}}, "strict": true}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let content: Value = serde_json::from_str(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("text"),
+    )
+    .expect("the answer is JSON");
+    assert_eq!(content, json!({"text": "plain words"}));
+    // A schema that is not an object is refused, naming it.
+    let (status, _, v) = post(
+        &c,
+        "/v1/chat/completions",
+        &json!({"model": "echo", "messages": user("x"),
+                "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": "object"}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("response_format.json_schema.schema")),
+        "{v}"
+    );
+}

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::driver::{Answer, Call, Flow, Framing, HttpProvider, VendorClient, usage};
-use super::shape::{json_text, sampling};
+use super::shape::{embedding_job, json_text, sampling};
 use super::{ChunkSink, ProviderError, ProviderErrorKind, Secret};
 use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput, ToolChoice};
 
@@ -227,12 +227,7 @@ impl HttpProvider for Gemini {
     /// request per text (`outputDimensionality` when asked); the answer's
     /// `embeddings[i].values`. Gemini reports no token counts here.
     async fn call_embed(&self, req: &ChatRequest) -> Result<TaskOutput, ProviderError> {
-        let embed = req.embed.clone().unwrap_or_default();
-        let model = req
-            .model
-            .clone()
-            .or_else(|| self.embedding_models.first().cloned())
-            .unwrap_or_default();
+        let (embed, model) = embedding_job(req, &self.embedding_models);
         let requests: Vec<Value> = embed
             .input
             .iter()

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::driver::{Answer, Flow, Framing, HttpProvider, VendorClient, usage};
-use super::shape::{json_text, sampling};
+use super::shape::{embedding_job, json_text, sampling};
 use super::{ChunkSink, ProviderError, ProviderErrorKind};
 use crate::task::{ChatRequest, FinishReason, ResponseFormat, TaskOutput};
 
@@ -168,12 +168,7 @@ impl HttpProvider for Ollama {
     /// `POST /api/embed` with `{model, input: [...], dimensions?}`; the
     /// answer's `embeddings` and `prompt_eval_count`.
     async fn call_embed(&self, req: &ChatRequest) -> Result<TaskOutput, ProviderError> {
-        let embed = req.embed.clone().unwrap_or_default();
-        let model = req
-            .model
-            .clone()
-            .or_else(|| self.embedding_models.first().cloned())
-            .unwrap_or_default();
+        let (embed, model) = embedding_job(req, &self.embedding_models);
         let mut body = json!({"model": model, "input": embed.input});
         if let Some(d) = embed.dimensions {
             body["dimensions"] = json!(d);

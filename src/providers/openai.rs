@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 
 use super::driver::{Flow, Framing, HttpProvider, VendorClient, usage};
-use super::shape::{json_text, sampling};
+use super::shape::{embedding_job, json_text, sampling};
 use super::vendor::Vendor;
 use super::{ChunkSink, ProviderError, Secret};
 use crate::task::{
@@ -188,12 +188,7 @@ impl HttpProvider for OpenAiCompat {
     /// "float", dimensions?}`; the answer's `data[i].embedding` (in `index`
     /// order) and `usage.prompt_tokens`.
     async fn call_embed(&self, req: &ChatRequest) -> Result<TaskOutput, ProviderError> {
-        let embed = req.embed.clone().unwrap_or_default();
-        let model = req
-            .model
-            .clone()
-            .or_else(|| self.embedding_models.first().cloned())
-            .unwrap_or_default();
+        let (embed, model) = embedding_job(req, &self.embedding_models);
         let mut body = json!({"model": model, "input": embed.input, "encoding_format": "float"});
         if let Some(d) = embed.dimensions {
             body["dimensions"] = json!(d);

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::task::ChatRequest;
+use crate::task::{ChatRequest, EmbedRequest};
 
 /// A JSON text the HTTP layer has already validated, as a value (`{}` if it
 /// is not JSON after all: a vendor then says what is wrong with it).
@@ -28,4 +28,15 @@ pub fn sampling(req: &ChatRequest, names: [&str; 6]) -> Map<String, Value> {
         .zip(values)
         .filter_map(|(name, v)| Some((name.to_owned(), v?)))
         .collect()
+}
+
+/// What an embeddings call needs: the texts (and dimensions), and the model
+/// (the one asked for, else the provider's first embedding model).
+pub fn embedding_job(req: &ChatRequest, models: &[String]) -> (EmbedRequest, String) {
+    let model = req
+        .model
+        .clone()
+        .or_else(|| models.first().cloned())
+        .unwrap_or_default();
+    (req.embed.clone().unwrap_or_default(), model)
 }

@@ -135,14 +135,7 @@ async fn a_hit_replays_as_a_stream() {
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
-    let resp = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.base))
-        .bearer_auth(&c.key)
-        .json(&streamed)
-        .send()
-        .await
-        .expect("http");
+    let resp = c.post_json("/v1/chat/completions", &streamed).await;
     assert_eq!(resp.headers()["x-d8-cache"], "hit");
     let text = resp.text().await.expect("body");
     let data: Vec<&str> = text
@@ -164,14 +157,7 @@ async fn a_hit_replays_as_a_stream() {
     // A streamed miss is stored once complete and served to a whole request.
     let mut fresh = streamed.clone();
     fresh["messages"][0]["content"] = json!("streamed first");
-    let resp = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.base))
-        .bearer_auth(&c.key)
-        .json(&fresh)
-        .send()
-        .await
-        .expect("http");
+    let resp = c.post_json("/v1/chat/completions", &fresh).await;
     assert_eq!(resp.headers()["x-d8-cache"], "miss");
     resp.text().await.expect("stream ends");
     let mut whole = fresh.clone();

@@ -400,28 +400,14 @@ async fn start() -> String {
 }
 
 async fn chat(c: &TestCluster, body: Value) -> Value {
-    let resp = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.base))
-        .bearer_auth(&c.key)
-        .json(&body)
-        .send()
-        .await
-        .expect("http");
+    let resp = c.post_json("/v1/chat/completions", &body).await;
     assert_eq!(resp.status().as_u16(), 200);
     resp.json().await.expect("json")
 }
 
 /// A streamed answer's JSON chunks, checked to end with `[DONE]`.
 async fn chat_stream(c: &TestCluster, body: Value) -> Vec<Value> {
-    let resp = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.base))
-        .bearer_auth(&c.key)
-        .json(&body)
-        .send()
-        .await
-        .expect("http");
+    let resp = c.post_json("/v1/chat/completions", &body).await;
     assert_eq!(resp.status().as_u16(), 200);
     let text = tokio::time::timeout(Duration::from_secs(20), resp.text())
         .await
@@ -572,12 +558,10 @@ async fn every_vendor_dialect_serves_chat_streams_and_tool_calls_through_v1() {
         assert_eq!(v["usage"]["prompt_tokens"].as_u64(), usage, "{kind}: {v}");
     }
     let resp = c
-        .http
-        .post(format!("{}/v1/embeddings", c.base))
-        .bearer_auth(&c.key)
-        .json(&json!({"model": "anthropic-embed", "input": "a"}))
-        .send()
-        .await
-        .expect("http");
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": "anthropic-embed", "input": "a"}),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 404, "anthropic has no embeddings");
 }

@@ -180,6 +180,17 @@ impl TestCluster {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// An authorised `POST` of `body` as JSON to `path`.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("http")
+    }
+
     pub async fn stats(&self) -> Value {
         let (s, v) = self
             .request(reqwest::Method::GET, "/api/workers/stats", None)

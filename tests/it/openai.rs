@@ -14,14 +14,7 @@ async fn post(
     path: &str,
     body: &Value,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let resp = c
-        .http
-        .post(format!("{}{path}", c.base))
-        .bearer_auth(&c.key)
-        .json(body)
-        .send()
-        .await
-        .expect("http");
+    let resp = c.post_json(path, body).await;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, headers, resp.json().await.unwrap_or(Value::Null))
@@ -29,14 +22,7 @@ async fn post(
 
 /// A streamed answer's `data:` payloads, in order, read to the end.
 async fn stream(c: &TestCluster, body: &Value) -> (u16, Vec<String>) {
-    let resp = c
-        .http
-        .post(format!("{}/v1/chat/completions", c.base))
-        .bearer_auth(&c.key)
-        .json(body)
-        .send()
-        .await
-        .expect("http");
+    let resp = c.post_json("/v1/chat/completions", body).await;
     let status = resp.status().as_u16();
     let text = tokio::time::timeout(Duration::from_secs(20), resp.text())
         .await

@@ -4,13 +4,16 @@
 //! so the handlers are tested with `oneshot` (`tests` below) as well as
 //! over real sockets (`tests/it/http_api.rs`). Handlers only translate JSON
 //! to cluster calls and back; every error is an [`ApiError`], rendered as
-//! `{"error": {"code", "message"}}` with a 4xx/5xx status.
+//! `{"error": {"code", "message", "type", "param"}}` (OpenAI's shape) with a
+//! 4xx/5xx status.
 //!
 //! One file per resource:
-//! - `tasks`: submit (one or a batch), get (with `?wait=`), cancel.
+//! - `openai`: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
+//! - `tasks`: submit (one or a batch, through the result cache when asked),
+//!   get (with `?wait=`), cancel.
 //! - `task_stream`: `GET /api/tasks/{id}/stream`, a task's output as SSE.
 //! - `agents`: the original project's agents and `/act`.
-//! - `admin`: health, workers and their stats, join tokens.
+//! - `admin`: health, workers and their stats, join tokens, the cache.
 //! - `body`: request bodies: parsing and validation.
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the

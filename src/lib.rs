@@ -15,8 +15,10 @@
 //!   dialect per wire format (OpenAI-compatible, Anthropic, Gemini, Ollama,
 //!   echo), failure classification, a worker's provider set.
 //! - [`node`]: the orchestrator's service facade (`Cluster`), its scheduler
-//!   actor and QUIC accept loop, and the worker (enrollment, session, tasks).
-//! - [`http`]: `router(cluster)`, one file per resource, one error type.
+//!   actor and QUIC accept loop, the model catalog and the result cache, and
+//!   the worker (enrollment, session, tasks).
+//! - [`http`]: `router(cluster)`, one file per resource, one error type; the
+//!   OpenAI-compatible `/v1`.
 //! - [`cli`]: clap definitions only; [`config`]: flags, environment and the
 //!   worker file turned into validated configuration.
 //! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`;

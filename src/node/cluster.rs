@@ -451,7 +451,7 @@ impl Cluster {
     }
 
     /// Follows a task to its end: its final state if it has one, otherwise a
-    /// receiver for it. Subscribe to [`Cluster::live_output`] first, so no
+    /// receiver for it. Subscribe to `Cluster::live_output` first, so no
     /// output produced in between is missed.
     pub async fn watch(&self, id: TaskId) -> Result<Watch, ClusterError> {
         match self.sched.query(id, true).await? {

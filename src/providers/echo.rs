@@ -1,6 +1,6 @@
 //! `echo`: replies with the last user message (or tool result). Deterministic and free, for
 //! tests, benchmarks and checking a cluster end to end without any vendor;
-//! it also calls tools (see [`call_for`]) and answers JSON when asked.
+//! it also calls tools (see `call_for`) and answers JSON when asked.
 
 use std::time::Duration;
 

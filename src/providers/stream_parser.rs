@@ -16,7 +16,7 @@ pub struct SseEvent {
 /// grow memory without bound).
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
-/// A vendor sent a line longer than [`MAX_PENDING`] without ending it.
+/// A vendor sent a line longer than `MAX_PENDING` without ending it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stream line exceeds 4 MiB")]
 pub struct LineTooLong;

@@ -152,6 +152,10 @@ pub struct ServeArgs {
     #[arg(long, env = "D8_CACHE_MAX_MB", default_value_t = DEFAULT_CACHE_MAX_MB,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub cache_max_mb: u64,
+    /// Serve `GET /metrics` without the bearer key, for a Prometheus on a
+    /// trusted network (the rest of the API keeps it).
+    #[arg(long, env = "D8_METRICS_NO_AUTH")]
+    pub metrics_no_auth: bool,
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,

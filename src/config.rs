@@ -149,6 +149,8 @@ pub struct OrchestratorConfig {
     pub cache_ttl: Duration,
     /// Most bytes of cached answers kept; past it the least recently used go.
     pub cache_max_bytes: usize,
+    /// Serve `/metrics` without the bearer key (default false).
+    pub metrics_no_auth: bool,
     /// Require the bearer API key on `/api/*` (default true).
     pub require_api_key: bool,
     /// Advertise over mDNS: `None` off, `Some([])` on every non-loopback
@@ -187,6 +189,7 @@ impl OrchestratorConfig {
             queue_timeout: Duration::from_secs(crate::cli::DEFAULT_QUEUE_TIMEOUT_SECS),
             cache_ttl: Duration::from_secs(crate::cli::DEFAULT_CACHE_TTL_SECS),
             cache_max_bytes: mib(crate::cli::DEFAULT_CACHE_MAX_MB),
+            metrics_no_auth: false,
             require_api_key: true,
             mdns: Some(Vec::new()),
             name: None,
@@ -321,6 +324,7 @@ impl OrchestratorConfig {
         cfg.cache_ttl = Duration::from_secs(args.cache_ttl_secs);
         cfg.cache_max_bytes = mib(args.cache_max_mb);
         cfg.require_api_key = !args.no_auth;
+        cfg.metrics_no_auth = args.metrics_no_auth;
         cfg.mdns = (!args.no_mdns).then(|| args.mdns.interfaces.clone());
         if let Some(n) = &args.name
             && (n.is_empty() || n.len() > 63 || n.contains('.'))

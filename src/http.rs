@@ -23,6 +23,7 @@ mod admin;
 mod agents;
 mod body;
 mod error;
+pub mod metrics;
 mod openai;
 pub mod serve;
 mod task_stream;
@@ -80,14 +81,25 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/models", get(openai::models))
         .route("/models/{*id}", get(openai::model));
     let root_chat = Router::new().route("/chat/completions", post(openai::chat));
+    let counters = Arc::new(metrics::HttpCounters::default());
+    let scrape = Router::new().route("/metrics", get(metrics::metrics));
+    // Scrapers on a trusted network may be let in without the key.
+    let scrape = if cluster.config().metrics_no_auth {
+        scrape
+    } else {
+        scrape.route_layer(middleware::from_fn_with_state(cluster.clone(), require_key))
+    };
     Router::new()
         .route("/health", get(admin::health))
+        .merge(scrape)
         .nest("/api", protect(api))
         .nest("/v1", protect(v1))
         .merge(protect(root_chat))
         .fallback(admin::not_found)
         .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(counters.clone()))
+        .layer(middleware::from_fn_with_state(counters, metrics::count))
         .with_state(cluster)
 }
 

@@ -356,3 +356,122 @@ async fn connections_past_the_per_address_cap_are_closed_at_once() {
     let (s, _) = c.request(Method::GET, "/health", None).await;
     assert_eq!(s, 200);
 }
+
+/// Checks a Prometheus text exposition: every sample belongs to a family
+/// declared by `# TYPE` before it, names and labels are well formed, values
+/// are numbers. Returns the samples as (name with labels, value).
+fn parse_exposition(text: &str) -> Vec<(String, f64)> {
+    let mut declared = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().expect("name");
+            let kind = parts.next().expect("kind");
+            assert!(name_ok(name), "bad family name in {line:?}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line:?}"
+            );
+            assert!(
+                declared.insert(name.to_owned()),
+                "family declared twice: {line:?}"
+            );
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series and value");
+        let name = series.split('{').next().expect("name");
+        assert!(name_ok(name), "bad metric name in {line:?}");
+        assert!(
+            declared.contains(name),
+            "sample before its # TYPE: {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+            for pair in labels[1..labels.len() - 1].split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(name_ok(k), "bad label name in {line:?}");
+                assert!(!v.trim_end_matches('"').contains('\n'), "{line:?}");
+            }
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.push((series.to_owned(), value));
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_are_valid_exposition_and_move() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 2).await;
+    let scrape = || async {
+        let resp = c
+            .http
+            .get(format!("{}/metrics", c.base))
+            .bearer_auth(&c.key)
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/plain; version=0.0.4")
+        );
+        parse_exposition(&resp.text().await.expect("text"))
+    };
+    let value = |samples: &[(String, f64)], series: &str| {
+        samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+    };
+    let before = scrape().await;
+    assert_eq!(value(&before, "d8_workers{state=\"online\"}"), Some(1.0));
+    assert_eq!(value(&before, "d8_worker_slots"), Some(2.0));
+    let done_before =
+        value(&before, "d8_tasks_finished_total{status=\"completed\"}").expect("series");
+    let id = c.submit("count me", 5).await;
+    c.wait_task(&id, 10).await;
+    let after = scrape().await;
+    assert_eq!(
+        value(&after, "d8_tasks_finished_total{status=\"completed\"}"),
+        Some(done_before + 1.0)
+    );
+    let ok_before = value(&before, "d8_http_responses_total{class=\"2xx\"}").expect("series");
+    assert!(value(&after, "d8_http_responses_total{class=\"2xx\"}").expect("series") > ok_before);
+    // The key is required unless the operator says otherwise.
+    let resp = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 401);
+    let open = TestCluster::start_with(|cfg| cfg.metrics_no_auth = true).await;
+    let resp = open
+        .http
+        .get(format!("{}/metrics", open.base))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = open
+        .http
+        .get(format!("{}/api/workers", open.base))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 401, "only /metrics opens");
+}

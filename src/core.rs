@@ -742,6 +742,7 @@ impl Scheduler {
                 None
             }),
             worker: t.last_worker,
+            agent_id: t.spec.agent_id.clone(),
             attempts: t.attempt,
             created_at: t.created_at,
             completed_at: now,
@@ -937,6 +938,14 @@ impl Scheduler {
             attempts: t.attempt,
             created_at: t.created_at,
         })
+    }
+
+    /// Every live task (waiting or running), in no particular order.
+    pub fn live_tasks(&self) -> Vec<(TaskId, TaskView)> {
+        self.tasks
+            .keys()
+            .filter_map(|id| Some((*id, self.task(*id)?)))
+            .collect()
     }
 
     /// All connected workers, cooldowns as of `now`.

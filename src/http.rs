@@ -52,7 +52,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
     let api = Router::new()
         .route("/agents/{agent_id}/act", post(agents::act))
         .route("/agents/{agent_id}", put(agents::put).get(agents::get))
-        .route("/tasks", post(tasks::submit))
+        .route("/tasks", post(tasks::submit).get(tasks::list))
         .route("/tasks/batch", post(tasks::submit_batch))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
         .route("/tasks/{id}/stream", get(task_stream::stream))

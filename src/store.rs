@@ -230,6 +230,13 @@ pub trait Backend: Send + Sync + 'static {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// A finished task's record.
     fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError>;
+    /// Up to `n` finished tasks with ids below `before` (all when `None`),
+    /// newest first.
+    fn recent_results(
+        &self,
+        before: Option<TaskId>,
+        n: usize,
+    ) -> Result<Vec<FinishedTask>, StoreError>;
     /// A cached answer's bytes (a [`CacheRecord`]).
     fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError>;
     /// Releases the underlying storage; later calls fail with `Closed`.
@@ -416,6 +423,15 @@ impl Store {
     /// A finished task's record.
     pub fn result(&self, id: TaskId) -> Result<Option<FinishedTask>, StoreError> {
         self.backend.result(id)
+    }
+
+    /// Up to `n` finished tasks below `before`, newest first (read directly).
+    pub fn recent_results(
+        &self,
+        before: Option<TaskId>,
+        n: usize,
+    ) -> Result<Vec<FinishedTask>, StoreError> {
+        self.backend.recent_results(before, n)
     }
 
     /// A cached answer, read directly (reads do not queue behind writes).

@@ -412,6 +412,8 @@ pub struct FinishedTask {
     pub error: Option<String>,
     /// Worker of the final attempt.
     pub worker: Option<WorkerId>,
+    /// Agent it was submitted for, if any.
+    pub agent_id: Option<String>,
     /// Attempts dispatched.
     pub attempts: u32,
     /// When it was submitted.

@@ -329,6 +329,7 @@ fn failed_state(id: TaskId, error: &str) -> TaskState {
         result: None,
         error: Some(error.to_owned()),
         worker_id: None,
+        agent_id: None,
         attempts: 0,
         created_at: 0,
         completed_at: None,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::node::actor::TaskState;
 use crate::node::cache::{self, Lookup};
-use crate::node::cluster::Watch;
+use crate::node::cluster::{TaskFilter, Watch};
 use crate::node::{Cluster, now_millis};
 use crate::task::{TaskId, TaskSpec, rfc3339};
 
@@ -37,10 +37,67 @@ pub(super) fn task_json(s: &TaskState) -> Value {
         "result": s.result,
         "error": s.error,
         "worker_id": s.worker_id.as_ref().map(|w| w.0.clone()),
+        "agent_id": s.agent_id,
         "attempts": s.attempts,
         "created_at": rfc3339(s.created_at),
         "completed_at": s.completed_at.map(rfc3339),
     })
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    task_type: Option<String>,
+    agent: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// Most tasks in one page of `GET /api/tasks`.
+const MAX_PAGE: usize = 1_000;
+
+/// `GET /api/tasks?status=&type=&agent=&limit=&before=`: recent tasks,
+/// newest first, as `GET /api/tasks/{id}` shows each; `next_before` pages.
+pub(super) async fn list(State(cluster): AppState, Query(q): Query<ListQuery>) -> ApiResult {
+    if let Some(s) = q.status.as_deref()
+        && !["pending", "assigned", "completed", "failed", "cancelled"].contains(&s)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_status",
+            format!("status {s:?} is not one of pending, assigned, completed, failed, cancelled"),
+        )
+        .with_param("status"));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(
+            ApiError::bad_request("invalid_limit", format!("limit must be 1-{MAX_PAGE}"))
+                .with_param("limit"),
+        );
+    }
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| {
+            b.parse::<u64>().map(TaskId).map_err(|_| {
+                ApiError::bad_request("invalid_before", "before must be a task id")
+                    .with_param("before")
+            })
+        })
+        .transpose()?;
+    let filter = TaskFilter {
+        status: q.status,
+        task_type: q.task_type,
+        agent: q.agent,
+        before,
+    };
+    let (tasks, next) = cluster.list_tasks(&filter, limit).await?;
+    Ok(Json(json!({
+        "tasks": tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "next_before": next.map(|id| id.to_string()),
+    }))
+    .into_response())
 }
 
 /// `201 {"task_id", "status": "pending"}`.

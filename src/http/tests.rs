@@ -149,6 +149,7 @@ async fn tasks_keep_the_original_shapes() {
     assert_eq!(
         keys(&t),
         [
+            "agent_id",
             "attempts",
             "completed_at",
             "created_at",

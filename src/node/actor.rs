@@ -45,6 +45,8 @@ pub struct TaskState {
     pub error: Option<String>,
     /// Worker of the current or final attempt.
     pub worker_id: Option<WorkerId>,
+    /// Agent it was submitted for.
+    pub agent_id: Option<String>,
     /// Attempts dispatched.
     pub attempts: u32,
     /// Submission time, ms since the Unix epoch.
@@ -63,6 +65,7 @@ impl From<&FinishedTask> for TaskState {
             result: f.output.clone(),
             error: f.error.clone(),
             worker_id: f.worker.clone(),
+            agent_id: f.agent_id.clone(),
             attempts: f.attempts,
             created_at: f.created_at.0,
             completed_at: Some(f.completed_at.0),
@@ -113,6 +116,8 @@ pub(crate) enum SchedMsg {
         reply: oneshot::Sender<CancelResult>,
     },
     Stats(oneshot::Sender<Stats>),
+    /// Every task not yet durably finished, as clients see it.
+    Live(oneshot::Sender<Vec<TaskState>>),
     Workers(oneshot::Sender<Vec<WorkerView>>),
     /// The worker was revoked: close its connection, re-queue its tasks.
     Revoked {
@@ -149,6 +154,10 @@ impl SchedHandle {
         rx.await.map_err(|_| Gone)
     }
 
+    pub(crate) async fn live(&self) -> Result<Vec<TaskState>, Gone> {
+        self.ask(SchedMsg::Live).await
+    }
+
     pub(crate) async fn query(&self, id: TaskId, wait: bool) -> Result<QueryReply, Gone> {
         self.ask(|reply| SchedMsg::Query { id, wait, reply }).await
     }
@@ -163,6 +172,23 @@ impl SchedHandle {
 
     pub(crate) async fn workers(&self) -> Result<Vec<WorkerView>, Gone> {
         self.ask(SchedMsg::Workers).await
+    }
+}
+
+/// A live task as clients see it.
+fn live_state(id: TaskId, view: crate::core::TaskView) -> TaskState {
+    TaskState {
+        task_id: id,
+        status: view.status.as_str(),
+        task_type: view.spec.task_type.clone(),
+        priority: view.spec.priority,
+        result: None,
+        error: None,
+        worker_id: view.worker,
+        agent_id: view.spec.agent_id.clone(),
+        attempts: view.attempts,
+        created_at: view.created_at.0,
+        completed_at: None,
     }
 }
 
@@ -332,20 +358,19 @@ impl Actor {
                 tracing::info!(worker = %id, "worker draining");
                 self.core.handle_drain(now, &id);
             }
+            SchedMsg::Live(reply) => {
+                let mut list: Vec<TaskState> = self
+                    .core
+                    .live_tasks()
+                    .into_iter()
+                    .map(|(id, view)| live_state(id, view))
+                    .collect();
+                list.extend(self.finished.values().map(not_yet_durable));
+                let _ = reply.send(list);
+            }
             SchedMsg::Query { id, wait, reply } => {
                 let answer = if let Some(view) = self.core.task(id) {
-                    let state = TaskState {
-                        task_id: id,
-                        status: view.status.as_str(),
-                        task_type: view.spec.task_type.clone(),
-                        priority: view.spec.priority,
-                        result: None,
-                        error: None,
-                        worker_id: view.worker,
-                        attempts: view.attempts,
-                        created_at: view.created_at.0,
-                        completed_at: None,
-                    };
+                    let state = live_state(id, view);
                     if wait {
                         let (tx, rx) = oneshot::channel();
                         let list = self.waiters.entry(id).or_default();

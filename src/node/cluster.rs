@@ -121,6 +121,35 @@ pub enum Watch {
     Live(oneshot::Receiver<TaskState>),
 }
 
+/// Which tasks `GET /api/tasks` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only this status (`pending`, `assigned`, `completed`, …).
+    pub status: Option<String>,
+    /// Only this task type.
+    pub task_type: Option<String>,
+    /// Only this agent's.
+    pub agent: Option<String>,
+    /// Only ids below this one (the next page).
+    pub before: Option<TaskId>,
+}
+
+impl TaskFilter {
+    fn keeps(&self, s: &TaskState) -> bool {
+        self.status.as_deref().is_none_or(|st| s.status == st)
+            && self.task_type.as_deref().is_none_or(|t| s.task_type == t)
+            && self
+                .agent
+                .as_deref()
+                .is_none_or(|a| s.agent_id.as_deref() == Some(a))
+            && self.before.is_none_or(|b| s.task_id < b)
+    }
+}
+
+/// Finished records read from the store for one page at most, whatever the
+/// filter keeps: a page costs bounded work; `next_before` goes on.
+const MAX_SCAN: usize = 5_000;
+
 /// Defaults applied to tasks that do not set their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskDefaults {
@@ -373,6 +402,49 @@ impl Cluster {
         Ok(ids)
     }
 
+    /// Recent tasks, newest first: the live ones (from the scheduler) and
+    /// finished ones (from the store), `limit` at most, and the id to pass
+    /// as `before` for the next page (`None` at the end).
+    pub async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        limit: usize,
+    ) -> Result<(Vec<TaskState>, Option<TaskId>), ClusterError> {
+        let mut list: Vec<TaskState> = self
+            .sched
+            .live()
+            .await?
+            .into_iter()
+            .filter(|s| filter.keeps(s))
+            .collect();
+        let stored = self.store.recent_results(filter.before, MAX_SCAN)?;
+        let scanned_to = (stored.len() == MAX_SCAN)
+            .then(|| stored.last().map(|f| f.id))
+            .flatten();
+        let live: std::collections::HashSet<TaskId> = list.iter().map(|s| s.task_id).collect();
+        list.extend(
+            stored
+                .iter()
+                .filter(|f| !live.contains(&f.id))
+                .map(TaskState::from)
+                .filter(|s| filter.keeps(s)),
+        );
+        list.sort_by(|a, b| b.task_id.cmp(&a.task_id));
+        // A scan that stopped short covers ids down to where it stopped;
+        // older live tasks belong to the next page (listing them here too
+        // would repeat them there).
+        if let Some(edge) = scanned_to {
+            list.retain(|s| s.task_id >= edge);
+        }
+        if list.len() > limit {
+            list.truncate(limit);
+            let next = list.last().map(|s| s.task_id);
+            return Ok((list, next));
+        }
+        // Fewer than a page: the end, unless the scan stopped short.
+        Ok((list, scanned_to))
+    }
+
     /// Records a task answered from the result cache: accepted and completed
     /// in one durable commit, without running (no worker, no attempt), so
     /// it reads like any other task at `/api/tasks/{id}`.
@@ -394,6 +466,7 @@ impl Cluster {
             output: Some(output),
             error: None,
             worker: None,
+            agent_id: spec.agent_id.clone(),
             attempts: 0,
             created_at: now,
             completed_at: now,

@@ -95,6 +95,22 @@ impl Backend for MemBackend {
         Ok(guard.1.get(&id).cloned())
     }
 
+    fn recent_results(
+        &self,
+        before: Option<TaskId>,
+        n: usize,
+    ) -> Result<Vec<FinishedTask>, StoreError> {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let below = before.map_or(u64::MAX, |b| b.0);
+        Ok(guard
+            .1
+            .range(..TaskId(below))
+            .rev()
+            .take(n)
+            .map(|(_, f)| f.clone())
+            .collect())
+    }
+
     fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .cache

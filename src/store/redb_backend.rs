@@ -255,6 +255,24 @@ impl Backend for RedbBackend {
         })
     }
 
+    fn recent_results(
+        &self,
+        before: Option<TaskId>,
+        n: usize,
+    ) -> Result<Vec<FinishedTask>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(RESULTS).map_err(be)?;
+            let below = before.map_or(u64::MAX, |b| b.0);
+            let mut out = Vec::new();
+            for row in table.range(..below).map_err(be)?.rev().take(n) {
+                let (_, v) = row.map_err(be)?;
+                out.push(from_bytes("results", v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
     fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(be)?;

@@ -16,6 +16,7 @@ fn finished(id: u64, at: u64) -> FinishedTask {
         output: None,
         error: None,
         worker: None,
+        agent_id: None,
         attempts: 1,
         created_at: Millis(0),
         completed_at: Millis(at),

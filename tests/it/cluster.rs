@@ -757,6 +757,13 @@ impl d8::store::Backend for PanickingStore {
     ) -> Result<Option<Vec<u8>>, d8::store::StoreError> {
         self.inner.cache_get(key)
     }
+    fn recent_results(
+        &self,
+        before: Option<d8::task::TaskId>,
+        n: usize,
+    ) -> Result<Vec<d8::task::FinishedTask>, d8::store::StoreError> {
+        self.inner.recent_results(before, n)
+    }
 }
 
 #[tokio::test]

@@ -475,3 +475,94 @@ async fn metrics_are_valid_exposition_and_move() {
         .expect("http");
     assert_eq!(resp.status().as_u16(), 401, "only /metrics opens");
 }
+
+#[tokio::test]
+async fn recent_tasks_are_listed_newest_first_filtered_and_paged() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 4).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = c.submit(&format!("task {i}"), 5).await;
+        c.wait_task(&id, 10).await;
+        ids.push(id);
+    }
+    let (s, v) = c
+        .request(
+            reqwest::Method::PUT,
+            "/api/agents/lister",
+            Some(json!({"system_prompt": "x"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = c
+        .request(
+            reqwest::Method::POST,
+            "/api/agents/lister/act",
+            Some(json!({"action_type": "list"})),
+        )
+        .await;
+    let agent_task = v["task_id"].as_str().expect("id").to_owned();
+    c.wait_task(&agent_task, 10).await;
+    let c = &c;
+    let list = |q: &'static str| async move {
+        let (s, v) = c
+            .request(reqwest::Method::GET, &format!("/api/tasks{q}"), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    };
+    let all = list("").await;
+    let got: Vec<&str> = all["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["task_id"].as_str())
+        .collect();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.push(&agent_task);
+    want.reverse();
+    assert_eq!(got, want, "newest first");
+    assert!(all["next_before"].is_null());
+    // Pages of two, following next_before.
+    let page = list("?limit=2").await;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(2));
+    let next = page["next_before"].as_str().expect("more").to_owned();
+    let (_, page2) = c
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/tasks?limit=2&before={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(page2["tasks"][0]["task_id"], want[2]);
+    // Filters.
+    let by_agent = list("?agent=lister").await;
+    assert_eq!(by_agent["tasks"].as_array().map(Vec::len), Some(1));
+    assert_eq!(by_agent["tasks"][0]["agent_id"], "lister");
+    assert_eq!(list("?status=failed").await["tasks"], json!([]));
+    assert_eq!(
+        list("?type=agent_action&status=completed").await["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(6)
+    );
+    // A live task is listed too, as it is now.
+    let (_, v) = c
+        .request(
+            reqwest::Method::POST,
+            "/api/tasks",
+            Some(json!({"type": "nobody_runs_this", "data": {"messages": [{"role": "user", "content": "x"}], "provider": "none"}})),
+        )
+        .await;
+    let live = v["task_id"].as_str().expect("id").to_owned();
+    let pending = list("?status=pending").await;
+    assert_eq!(pending["tasks"][0]["task_id"], live.as_str(), "{pending}");
+    // Bad parameters are named.
+    for q in ["?status=done", "?limit=0", "?before=x"] {
+        let (s, v) = c
+            .request(reqwest::Method::GET, &format!("/api/tasks{q}"), None)
+            .await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert!(v["error"]["param"].is_string(), "{v}");
+    }
+}

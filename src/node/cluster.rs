@@ -429,7 +429,7 @@ impl Cluster {
                 .map(TaskState::from)
                 .filter(|s| filter.keeps(s)),
         );
-        list.sort_by(|a, b| b.task_id.cmp(&a.task_id));
+        list.sort_by_key(|s| std::cmp::Reverse(s.task_id));
         // A scan that stopped short covers ids down to where it stopped;
         // older live tasks belong to the next page (listing them here too
         // would repeat them there).

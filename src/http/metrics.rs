@@ -221,6 +221,8 @@ pub(super) async fn metrics(
         "1 while the store cannot write (tasks are refused with 503).",
         u64::from(cluster.store().degraded().is_some()),
     );
+    // Read from /proc: Linux only (the orchestrator's home is a Pi).
+    #[cfg(target_os = "linux")]
     if let Some(rss) = crate::bench::proc_memory_bytes(std::process::id(), "VmRSS") {
         e.single(
             "d8_process_resident_memory_bytes",

@@ -14,6 +14,7 @@
 //! - `task_stream`: `GET /api/tasks/{id}/stream`, a task's output as SSE.
 //! - `agents`: the original project's agents and `/act`.
 //! - `admin`: health, workers and their stats, join tokens, the cache.
+//! - `events`: `GET /api/events`, the dashboard's live stream.
 //! - `body`: request bodies: parsing and validation.
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the
@@ -23,6 +24,7 @@ mod admin;
 mod agents;
 mod body;
 mod error;
+mod events;
 pub mod metrics;
 mod openai;
 pub mod serve;
@@ -63,7 +65,8 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens/rotate", post(admin::rotate_token))
         .route("/tokens/{id}", delete(admin::revoke_token))
         .route("/backup", get(admin::backup))
-        .route("/cache", delete(admin::clear_cache));
+        .route("/cache", delete(admin::clear_cache))
+        .route("/events", get(events::events));
     // The key check, then (inner layer: only an authorised client's body
     // is read) the body within its time limit.
     let protect = |r: Router<Arc<Cluster>>| {

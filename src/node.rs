@@ -20,12 +20,14 @@
 pub(crate) mod actor;
 pub mod cache;
 pub mod cluster;
+pub mod events;
 pub mod files;
 pub mod gate;
 pub(crate) mod live_output;
 pub mod models;
 pub mod orchestrator;
 pub mod registry;
+pub mod task_state;
 pub mod vitals;
 pub mod worker;
 

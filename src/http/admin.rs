@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::node::Cluster;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -102,6 +103,15 @@ pub(super) async fn worker_stats(
             }
         }
     }
+    Ok(Json(stats_json(&cluster, with_cooldowns, with_cache).await?).into_response())
+}
+
+/// The stats as `GET /api/workers/stats` shows them, with the optional parts.
+pub(super) async fn stats_json(
+    cluster: &Cluster,
+    with_cooldowns: bool,
+    with_cache: bool,
+) -> Result<Value, ApiError> {
     let s = cluster.stats().await?;
     let done = s.counters.completed + s.counters.failed;
     // Percent, two decimals; 0 before anything finished.
@@ -151,7 +161,7 @@ pub(super) async fn worker_stats(
             "bytes": c.bytes, "max_bytes": c.max_bytes, "evictions": c.evictions,
         });
     }
-    Ok(Json(body).into_response())
+    Ok(body)
 }
 
 /// `DELETE /api/cache`: drops every cached answer.
@@ -165,6 +175,11 @@ pub(super) async fn clear_cache(State(cluster): AppState) -> ApiResult {
 }
 
 pub(super) async fn list_workers(State(cluster): AppState) -> ApiResult {
+    Ok(Json(workers_json(&cluster).await?).into_response())
+}
+
+/// Every enrolled worker as `GET /api/workers` shows it.
+pub(super) async fn workers_json(cluster: &Cluster) -> Result<Value, ApiError> {
     let now = now_millis();
     let out: Vec<Value> = cluster
         .workers()
@@ -201,7 +216,7 @@ pub(super) async fn list_workers(State(cluster): AppState) -> ApiResult {
             })
         })
         .collect();
-    Ok(Json(out).into_response())
+    Ok(Value::Array(out))
 }
 
 pub(super) async fn revoke_worker(State(cluster): AppState, Segment(id): Segment) -> ApiResult {

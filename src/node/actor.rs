@@ -12,66 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::Connection;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::events::{Event, EventBus};
 use super::live_output::LiveOutput;
 use super::now_millis;
 use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
 use crate::store::{Op, PendingTask, Store, StoreError};
-use crate::task::{
-    Capabilities, ErrorKind, FinishedTask, Outcome, TaskError, TaskId, TaskOutput, TaskSpec,
-    WorkerId,
-};
+use crate::task::{Capabilities, ErrorKind, Outcome, TaskError, TaskId, TaskSpec, WorkerId};
 use crate::transport::{self, STREAM_ABORTED, close};
 use crate::wire::{ProviderCooldown, Route, TaskAssignRef, TaskReply};
 
-/// A task's state as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskState {
-    /// Id.
-    pub task_id: TaskId,
-    /// pending | assigned | completed | failed | cancelled.
-    pub status: &'static str,
-    /// Task type.
-    #[serde(rename = "type")]
-    pub task_type: String,
-    /// Priority.
-    pub priority: u8,
-    /// Output when completed.
-    pub result: Option<TaskOutput>,
-    /// Failure reason when failed.
-    pub error: Option<String>,
-    /// Worker of the current or final attempt.
-    pub worker_id: Option<WorkerId>,
-    /// Agent it was submitted for.
-    pub agent_id: Option<String>,
-    /// Attempts dispatched.
-    pub attempts: u32,
-    /// Submission time, ms since the Unix epoch.
-    pub created_at: u64,
-    /// Completion time, ms since the Unix epoch.
-    pub completed_at: Option<u64>,
-}
-
-impl From<&FinishedTask> for TaskState {
-    fn from(f: &FinishedTask) -> Self {
-        TaskState {
-            task_id: f.id,
-            status: f.status.as_str(),
-            task_type: f.task_type.clone(),
-            priority: f.priority,
-            result: f.output.clone(),
-            error: f.error.clone(),
-            worker_id: f.worker.clone(),
-            agent_id: f.agent_id.clone(),
-            attempts: f.attempts,
-            created_at: f.created_at.0,
-            completed_at: Some(f.completed_at.0),
-        }
-    }
-}
+pub use super::task_state::TaskState;
 
 /// Answer to a query.
 #[derive(Debug)]
@@ -136,6 +89,8 @@ pub(crate) struct SchedHandle {
     /// Tasks accepted and not yet finished: raised by the cluster when it
     /// accepts, lowered here when a task finishes (the queue bound).
     pub(crate) unfinished: Arc<AtomicU64>,
+    /// Changes, for live listeners.
+    pub(crate) events: EventBus,
 }
 
 /// The actor is gone (orchestrator shutting down).
@@ -240,6 +195,7 @@ impl Actor {
             tx,
             live_output: LiveOutput::default(),
             unfinished: Arc::default(),
+            events: EventBus::default(),
         };
         (
             Actor {
@@ -314,6 +270,23 @@ impl Actor {
         match msg {
             SchedMsg::Submit(tasks) => {
                 for t in tasks {
+                    // Accepted: the scheduler may dispatch it at once, so
+                    // the event is made before it does.
+                    self.handle.events.publish(|| {
+                        Event::Task(Box::new(TaskState {
+                            task_id: t.id,
+                            status: "pending",
+                            task_type: t.spec.task_type.clone(),
+                            priority: t.spec.priority,
+                            result: None,
+                            error: None,
+                            worker_id: None,
+                            agent_id: t.spec.agent_id.clone(),
+                            attempts: 0,
+                            created_at: t.created_at.0,
+                            completed_at: None,
+                        }))
+                    });
                     self.core
                         .handle_submit(now, t.id, Arc::new(t.spec), t.created_at);
                 }
@@ -337,6 +310,7 @@ impl Actor {
                 if let Some(old) = self.conns.insert(id.clone(), conn) {
                     old.close(close::REPLACED, b"replaced by a newer connection");
                 }
+                self.publish_worker(&id, "connected");
                 self.core.handle_worker_up(now, id, caps);
             }
             SchedMsg::WorkerDown { id, conn_id } => {
@@ -348,6 +322,7 @@ impl Actor {
                     self.conns.remove(&id);
                     tracing::info!(worker = %id, "worker disconnected");
                     self.core.handle_worker_down(now, &id);
+                    self.publish_worker(&id, "disconnected");
                 }
             }
             SchedMsg::Heartbeat(id, cooldowns) => {
@@ -357,6 +332,7 @@ impl Actor {
             SchedMsg::Drain(id) => {
                 tracing::info!(worker = %id, "worker draining");
                 self.core.handle_drain(now, &id);
+                self.publish_worker(&id, "draining");
             }
             SchedMsg::Live(reply) => {
                 let mut list: Vec<TaskState> = self
@@ -408,6 +384,7 @@ impl Actor {
                     conn.close(close::UNAUTHORIZED, reason.as_bytes());
                 }
                 self.core.handle_worker_down(now, &id);
+                self.publish_worker(&id, "revoked");
             }
             SchedMsg::Persisted(ids) => {
                 // Durable now: the completion becomes visible.
@@ -415,11 +392,31 @@ impl Actor {
                     let Some(done) = self.finished.remove(&id) else {
                         continue;
                     };
+                    self.handle
+                        .events
+                        .publish(|| Event::Task(Box::new(done.clone())));
                     for w in self.waiters.remove(&id).unwrap_or_default() {
                         let _ = w.send(done.clone());
                     }
                 }
             }
+        }
+    }
+
+    fn publish_worker(&self, id: &WorkerId, state: &'static str) {
+        self.handle.events.publish(|| Event::Worker {
+            worker_id: id.0.clone(),
+            state,
+        });
+    }
+
+    /// Publishes a live task's state (accepted, dispatched).
+    fn publish_task(&self, id: TaskId) {
+        if self.handle.events.listened()
+            && let Some(view) = self.core.task(id)
+        {
+            let state = live_state(id, view);
+            self.handle.events.publish(|| Event::Task(Box::new(state)));
         }
     }
 
@@ -432,7 +429,10 @@ impl Actor {
                     worker,
                     spec,
                     route,
-                } => self.dispatch(task, attempt, worker, spec, route),
+                } => {
+                    self.dispatch(task, attempt, worker, spec, route);
+                    self.publish_task(task);
+                }
                 Action::Abort { task, attempt, .. } => {
                     if let Some(token) = self.running.remove(&(task, attempt)) {
                         token.cancel();
@@ -451,6 +451,7 @@ impl Actor {
                 }
                 Action::DisconnectWorker(id) => {
                     tracing::warn!(worker = %id, "worker missed its heartbeats; re-queued its tasks");
+                    self.publish_worker(&id, "dead");
                     if let Some(conn) = self.conns.remove(&id) {
                         conn.close(close::DEAD, b"missed heartbeats");
                     }

@@ -650,6 +650,11 @@ impl Cluster {
         lock(&self.catalog).update(now_millis(), workers)
     }
 
+    /// Worker and task changes, for live listeners.
+    pub fn events(&self) -> &super::events::EventBus {
+        &self.sched.events
+    }
+
     /// The result cache.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache

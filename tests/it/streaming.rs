@@ -169,3 +169,97 @@ async fn a_task_submitted_without_stream_still_pushes_done() {
     assert_eq!(event, "done", "{data}");
     assert_eq!(data["result"]["content"], "quiet");
 }
+
+async fn open_events(c: &TestCluster) -> Events {
+    let resp = c
+        .http
+        .get(format!("{}/api/events", c.base))
+        .bearer_auth(&c.key)
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 200);
+    Events {
+        resp,
+        buf: String::new(),
+    }
+}
+
+/// The next event named `name`, skipping others.
+async fn next_named(events: &mut Events, name: &str) -> Value {
+    loop {
+        let (event, data) = events.next().await.expect("stream open");
+        if event == name {
+            return data;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_starts_with_a_snapshot_then_follows_changes() {
+    let c = TestCluster::start().await;
+    let mut events = open_events(&c).await;
+    let (event, snap) = events.next().await.expect("snapshot");
+    assert_eq!(event, "snapshot");
+    assert_eq!(snap["workers"], json!([]));
+    assert_eq!(snap["stats"]["workers"]["online"], 0);
+    assert!(
+        snap["stats"]["cache"].is_object() && snap["tasks"].is_array(),
+        "{snap}"
+    );
+    // A worker joins.
+    let _w = c.worker("w1", 0, 2).await;
+    let w = next_named(&mut events, "worker").await;
+    assert_eq!(
+        (w["worker_id"].as_str(), w["state"].as_str()),
+        (Some("w1"), Some("connected"))
+    );
+    // A task goes through its states, then the stats catch up.
+    let id = c.submit("watch me", 5).await;
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("completed") {
+        let t = next_named(&mut events, "task").await;
+        assert_eq!(t["task_id"], id.as_str(), "{t}");
+        seen.push(t["status"].as_str().expect("status").to_owned());
+    }
+    assert_eq!(seen, ["pending", "assigned", "completed"]);
+    let stats = next_named(&mut events, "stats").await;
+    assert_eq!(stats["tasks"]["completed"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_gets_a_fresh_snapshot() {
+    let c = TestCluster::start().await;
+    let _w = c.worker("w1", 0, 64).await;
+    let mut events = open_events(&c).await;
+    assert_eq!(events.next().await.expect("first").0, "snapshot");
+    // Far more changes than the channel holds while this client reads none.
+    let batch: Vec<Value> = (0..3_000)
+        .map(|i| super::harness::chat(&format!("t{i}"), 5))
+        .collect();
+    for chunk in batch.chunks(1_000) {
+        let (s, v) = c
+            .request(
+                Method::POST,
+                "/api/tasks/batch",
+                Some(Value::Array(chunk.to_vec())),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    c.wait_until(|s| s["tasks"]["completed"] == 3_000, "all done")
+        .await;
+    // The client reads on: somewhere it was told to start again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (event, data) = events.next().await.expect("stream open");
+        if event == "snapshot" {
+            assert!(
+                data["stats"]["tasks"].is_object() && data["tasks"].is_array(),
+                "{data}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new snapshot");
+    }
+}

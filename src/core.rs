@@ -940,6 +940,12 @@ impl Scheduler {
         })
     }
 
+    /// Counts a task that completed without running here (answered from
+    /// the result cache), so the counters match the store's totals.
+    pub fn handle_completed_elsewhere(&mut self) {
+        self.counters.completed += 1;
+    }
+
     /// Every live task (waiting or running), in no particular order.
     pub fn live_tasks(&self) -> Vec<(TaskId, TaskView)> {
         self.tasks

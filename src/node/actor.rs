@@ -78,6 +78,8 @@ pub(crate) enum SchedMsg {
         reason: &'static str,
     },
     Persisted(Vec<TaskId>),
+    /// A task was recorded as completed without running (a cache hit).
+    CompletedElsewhere(Box<TaskState>),
 }
 
 /// A cloneable handle to the actor.
@@ -385,6 +387,10 @@ impl Actor {
                 }
                 self.core.handle_worker_down(now, &id);
                 self.publish_worker(&id, "revoked");
+            }
+            SchedMsg::CompletedElsewhere(state) => {
+                self.core.handle_completed_elsewhere();
+                self.handle.events.publish(|| Event::Task(state));
             }
             SchedMsg::Persisted(ids) => {
                 // Durable now: the completion becomes visible.

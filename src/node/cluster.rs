@@ -471,6 +471,7 @@ impl Cluster {
             created_at: now,
             completed_at: now,
         };
+        let state = TaskState::from(&finished);
         // The insert keeps the id counter durable; the finish takes the
         // task out of the queue again in the same transaction.
         self.store
@@ -483,6 +484,11 @@ impl Cluster {
                 Op::Finish(finished),
             ])
             .await?;
+        // Counted and announced like any completion.
+        let _ = self
+            .sched
+            .send(SchedMsg::CompletedElsewhere(Box::new(state)))
+            .await;
         Ok(id)
     }
 

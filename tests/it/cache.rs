@@ -309,6 +309,12 @@ async fn agents_and_api_tasks_use_the_cache_when_they_opt_in() {
         (Some(0), true),
         "{t}"
     );
+    // Counted like any completed task (the stats and the list agree).
+    let (_, done) = c
+        .request(Method::GET, "/api/tasks?status=completed", None)
+        .await;
+    let listed = done["tasks"].as_array().map(Vec::len).expect("tasks");
+    assert_eq!(completed(&c).await, listed as u64, "{done}");
     // An agent without a TTL, and a task without `cache`, are not cached.
     let (_, label, _) = post(&c, "/api/agents/other/act", &act, &[]).await;
     assert_eq!(label, "");

@@ -21,7 +21,6 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tokio::sync::{broadcast, oneshot};
 
 use super::body::Segment;
 use super::tasks::{parse_task_id, task_json};
@@ -29,7 +28,7 @@ use super::{ApiError, AppState};
 use crate::node::Cluster;
 use crate::node::actor::TaskState;
 use crate::node::cluster::Watch;
-use crate::node::live_output::{Chunk, LiveOutput, Next};
+use crate::node::live_output::{Chunk, Followed, TaskFollower};
 use crate::task::TaskId;
 
 fn chunk_event(kind: &'static str, c: &Chunk) -> Event {
@@ -44,56 +43,29 @@ fn done_event(s: &TaskState) -> Event {
         .data(task_json(s).to_string())
 }
 
-/// Where one subscription is.
+/// Where one subscription is; `None` once `done` was sent.
 struct Follow {
+    follower: Option<TaskFollower>,
     id: TaskId,
-    output: LiveOutput,
-    first: Option<Chunk>,
-    rx: Option<broadcast::Receiver<Chunk>>,
-    done: Option<oneshot::Receiver<TaskState>>,
     cluster: Arc<Cluster>,
 }
 
 impl Follow {
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Follow)> {
-        if let Some(c) = self.first.take() {
-            return Some((Ok(chunk_event("chunk", &c)), self));
-        }
-        loop {
-            let done = self.done.as_mut()?;
-            let (output, id, rx) = (&self.output, self.id, &mut self.rx);
-            let next = async {
-                match rx.as_mut() {
-                    Some(rx) => output.next(id, rx).await,
-                    // The output ended: only `done` is left.
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                next = next => match next {
-                    Next::Chunk(c) => return Some((Ok(chunk_event("chunk", &c)), self)),
-                    Next::Reset(c) => return Some((Ok(chunk_event("reset", &c)), self)),
-                    Next::Closed => self.rx = None,
-                },
-                state = done => {
-                    self.done = None;
-                    let state = match state {
-                        Ok(s) => s,
-                        Err(_) => self.cluster.task(self.id, None).await.ok()?,
-                    };
-                    return Some((Ok(done_event(&state)), self));
-                }
+        let event = match self.follower.as_mut()?.next().await {
+            Followed::Chunk(c) => chunk_event("chunk", &c),
+            Followed::Reset(c) => chunk_event("reset", &c),
+            Followed::Done(state) => {
+                // Unsubscribe now: nothing follows `done`.
+                self.follower = None;
+                let state = match state {
+                    Some(s) => *s,
+                    None => self.cluster.task(self.id, None).await.ok()?,
+                };
+                done_event(&state)
             }
-        }
-    }
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        // Unsubscribe first, so the entry counts no listener.
-        self.rx = None;
-        self.output.release(self.id);
+        };
+        Some((Ok(event), self))
     }
 }
 
@@ -102,33 +74,29 @@ pub(super) async fn stream(
     Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
-    let output = cluster.live_output().clone();
     // Subscribe before asking, so nothing produced in between is missed.
-    // `follow` owns the subscription from here: however this handler ends
-    // (error, finished task, client gone mid-await), dropping it releases
-    // the entry.
-    let (first, rx) = output.subscribe(id).map_err(|e| {
+    // The follower owns the subscription from here: however this handler
+    // ends (error, finished task, client gone mid-await), dropping it
+    // releases the entry.
+    let mut follower = TaskFollower::subscribe(cluster.live_output(), id).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "too_many_subscribers",
             e.to_string(),
         )
     })?;
-    let mut follow = Follow {
-        id,
-        output,
-        first,
-        rx: Some(rx),
-        done: None,
-        cluster: cluster.clone(),
-    };
     match cluster.watch(id).await? {
-        Watch::Live(done) => follow.done = Some(done),
+        Watch::Live(done) => follower.until(done),
         Watch::Finished(state) => {
-            drop(follow);
+            drop(follower);
             let once = futures_util::stream::iter([Ok::<_, Infallible>(done_event(&state))]);
             return Ok(Sse::new(once).into_response());
         }
+    };
+    let follow = Follow {
+        follower: Some(follower),
+        id,
+        cluster: cluster.clone(),
     };
     let events = futures_util::stream::unfold(follow, Follow::next);
     Ok(Sse::new(events)

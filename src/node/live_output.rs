@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
+use super::task_state::TaskState;
 use crate::task::TaskId;
 
 /// Chunks a slow subscriber may fall behind before it is resynchronised.
@@ -179,6 +180,88 @@ impl LiveOutput {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map().len()
+    }
+}
+
+/// What a [`TaskFollower`] hears next.
+#[derive(Debug)]
+pub(crate) enum Followed {
+    /// A delta (or, first, the attempt's text so far).
+    Chunk(Chunk),
+    /// The whole text so far, replacing what the follower has.
+    Reset(Chunk),
+    /// The task's end: its final state, or `None` when nobody will say
+    /// (no end to wait for, or the scheduler stopped): look it up.
+    Done(Option<Box<TaskState>>),
+}
+
+/// Follows one task: its live output, then its end (both HTTP streams use
+/// it). Dropping it releases the subscription.
+pub(crate) struct TaskFollower {
+    id: TaskId,
+    output: LiveOutput,
+    rx: Option<broadcast::Receiver<Chunk>>,
+    first: Option<Chunk>,
+    done: Option<oneshot::Receiver<TaskState>>,
+}
+
+impl TaskFollower {
+    /// Subscribes to task `id`'s output. Subscribe before asking for the
+    /// task's state, so nothing produced in between is missed.
+    pub(crate) fn subscribe(output: &LiveOutput, id: TaskId) -> Result<Self, TooManySubscribers> {
+        let (first, rx) = output.subscribe(id)?;
+        Ok(TaskFollower {
+            id,
+            output: output.clone(),
+            rx: Some(rx),
+            first,
+            done: None,
+        })
+    }
+
+    /// The receiver that fires with the task's final state.
+    pub(crate) fn until(&mut self, done: oneshot::Receiver<TaskState>) {
+        self.done = Some(done);
+    }
+
+    /// The next chunk, or the end. Text comes before the end: what was
+    /// produced before it is heard first. The end may come while the
+    /// output stays silent (no text, or a subscription made after the
+    /// output was dropped).
+    pub(crate) async fn next(&mut self) -> Followed {
+        if let Some(c) = self.first.take() {
+            return Followed::Chunk(c);
+        }
+        loop {
+            let Some(done) = self.done.as_mut() else {
+                return Followed::Done(None);
+            };
+            let Some(rx) = self.rx.as_mut() else {
+                let state = done.await.ok().map(Box::new);
+                self.done = None;
+                return Followed::Done(state);
+            };
+            tokio::select! {
+                biased;
+                n = self.output.next(self.id, rx) => match n {
+                    Next::Chunk(c) => return Followed::Chunk(c),
+                    Next::Reset(c) => return Followed::Reset(c),
+                    Next::Closed => self.rx = None,
+                },
+                state = done => {
+                    self.done = None;
+                    return Followed::Done(state.ok().map(Box::new));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TaskFollower {
+    fn drop(&mut self) {
+        // Unsubscribe first, so the entry counts no listener.
+        self.rx = None;
+        self.output.release(self.id);
     }
 }
 

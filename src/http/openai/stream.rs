@@ -23,7 +23,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::request::Chat;
 use super::{
@@ -32,7 +32,7 @@ use super::{
 use crate::http::ApiError;
 use crate::node::actor::TaskState;
 use crate::node::cluster::Watch;
-use crate::node::live_output::{Chunk, LiveOutput, Next};
+use crate::node::live_output::{Chunk, Followed, TaskFollower};
 use crate::task::TaskOutput;
 
 /// A comment line sent when nothing else was for this long, so proxies and
@@ -50,47 +50,26 @@ enum Event {
 /// The task's live output and its end.
 struct Follow {
     sub: Submitted,
-    output: LiveOutput,
-    rx: Option<broadcast::Receiver<Chunk>>,
-    first: Option<Chunk>,
+    follower: TaskFollower,
 }
 
 impl Follow {
     async fn next(&mut self) -> Event {
-        if let Some(c) = self.first.take() {
-            return Event::Text(c);
-        }
-        loop {
-            let id = self.sub.id();
-            let (Some(rx), Some(done)) = (self.rx.as_mut(), self.sub.done.as_mut()) else {
-                return Event::Done(Box::new(self.sub.end().await));
-            };
-            tokio::select! {
-                // Text first: what was produced before the end goes out as
-                // text.
-                biased;
-                n = self.output.next(id, rx) => match n {
-                    Next::Chunk(c) if c.text.is_empty() => {}
-                    Next::Chunk(c) => return Event::Text(c),
-                    Next::Reset(c) => return Event::Reset(c),
-                    Next::Closed => self.rx = None,
-                },
-                // The end may come while the output stays silent (no text,
-                // or a subscription made after the output was dropped).
-                state = done => {
-                    self.sub.done = None;
-                    self.sub.finished = state.ok();
-                    return Event::Done(Box::new(self.sub.end().await));
+        // Finished before we subscribed: nothing more will be said.
+        if self.sub.finished.is_none() {
+            loop {
+                match self.follower.next().await {
+                    Followed::Chunk(c) if c.text.is_empty() => {}
+                    Followed::Chunk(c) => return Event::Text(c),
+                    Followed::Reset(c) => return Event::Reset(c),
+                    Followed::Done(state) => {
+                        self.sub.finished = state.map(|s| *s);
+                        break;
+                    }
                 }
             }
         }
-    }
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        self.rx = None;
-        self.output.release(self.sub.id());
+        Event::Done(Box::new(self.sub.end().await))
     }
 }
 
@@ -168,8 +147,7 @@ pub(super) async fn respond(
 ) -> Result<Response, ApiError> {
     let cluster: Arc<crate::node::Cluster> = sub.abandon.cluster.clone();
     let id = sub.id();
-    let output = cluster.live_output().clone();
-    let (first, rx) = output.subscribe(id).map_err(|e| {
+    let mut follower = TaskFollower::subscribe(cluster.live_output(), id).map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_subscribers",
@@ -177,16 +155,12 @@ pub(super) async fn respond(
         )
         .with_retry_after(1)
     })?;
-    let mut follow = Follow {
-        sub,
-        output,
-        rx: Some(rx),
-        first: first.filter(|c| !c.text.is_empty()),
-    };
+    let mut sub = sub;
     match cluster.watch(id).await? {
-        Watch::Live(rx) => follow.sub.done = Some(rx),
-        Watch::Finished(s) => follow.sub.finished = Some(*s),
+        Watch::Live(rx) => follower.until(rx),
+        Watch::Finished(s) => sub.finished = Some(*s),
     }
+    let mut follow = Follow { sub, follower };
     // Wait for the first text or the end, at most the queue timeout while
     // nobody can serve the task.
     let queue_timeout = cluster.config().queue_timeout;

@@ -1,5 +1,5 @@
 //! Commands that talk to a running orchestrator over its HTTP API:
-//! `d8 status`, `d8 token …`, `d8 workers …`.
+//! `d8 status`, `d8 token …`, `d8 workers …`, `d8 backup`, `d8 logs`.
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -338,6 +338,123 @@ pub async fn workers(action: &WorkersAction, args: &ClientArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line of `GET /api/logs` (JSON) as `d8 logs` prints it.
+fn log_text(v: &Value) -> String {
+    let from = v["worker"].as_str().unwrap_or("orchestrator");
+    let fields: Vec<(&str, &str)> = v["fields"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::logging::line::render_text(
+        v["ts"].as_str().unwrap_or("?"),
+        v["level"].as_str().unwrap_or("?"),
+        Some(from),
+        v["target"].as_str().unwrap_or("?"),
+        v["message"].as_str().unwrap_or_default(),
+        fields,
+    )
+}
+
+/// `d8 logs`: the log ring's lines, or (`--follow`) those and every new one.
+pub async fn logs(args: &crate::cli::LogsArgs) -> Result<()> {
+    /// Silence after which a followed stream counts as dead (the server
+    /// sends a keep-alive every 15 s).
+    const SILENCE: std::time::Duration = std::time::Duration::from_secs(45);
+    let c = Client::new(&args.client)?;
+    let mut url = reqwest::Url::parse(&format!("{}/api/logs", c.base))
+        .with_context(|| format!("--url {:?} is not a URL", c.base))?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(w) = &args.worker {
+            q.append_pair("worker", w);
+        }
+        if args.orchestrator {
+            q.append_pair("source", "orchestrator");
+        }
+        if let Some(l) = &args.level {
+            q.append_pair("level", l);
+        }
+        if let Some(s) = &args.since {
+            q.append_pair("since", s);
+        }
+        if let Some(n) = args.limit {
+            q.append_pair("limit", &n.to_string());
+        }
+        if args.follow {
+            q.append_pair("follow", "1");
+        }
+    }
+    let print = |v: &Value| {
+        if args.json {
+            crate::out!("{v}");
+        } else {
+            crate::out!("{}", log_text(v));
+        }
+    };
+    if !args.follow {
+        let path = format!(
+            "/api/logs{}",
+            url.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let v = c.get(&path).await?;
+        for line in v["lines"].as_array().into_iter().flatten() {
+            print(line);
+        }
+        let dropped = &v["dropped"];
+        let lost: u64 = dropped["orchestrator"].as_u64().unwrap_or(0)
+            + dropped["workers"]
+                .as_object()
+                .map(|m| m.values().filter_map(Value::as_u64).sum())
+                .unwrap_or(0);
+        if lost > 0 && !args.json {
+            crate::err!(
+                "({lost} lines were dropped before reaching the orchestrator: rate limit or backlog; see `dropped` in GET /api/logs)"
+            );
+        }
+        return Ok(());
+    }
+    let mut resp = c
+        .http
+        .get(url)
+        .bearer_auth(&c.key)
+        // Following has no end; a dead connection is noticed by its silence.
+        .timeout(std::time::Duration::from_secs(30 * 24 * 3600))
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach the orchestrator at {}: {e}", c.base))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let msg = v["error"]["message"].as_str().unwrap_or("no details");
+        bail!("orchestrator answered {status}: {msg}");
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout(SILENCE, resp.chunk()).await {
+            Err(_) => bail!("the orchestrator went silent for {} s", SILENCE.as_secs()),
+            Ok(Err(e)) => bail!("the log stream broke off: {e}"),
+            Ok(Ok(None)) => bail!("the orchestrator closed the log stream"),
+            Ok(Ok(Some(c))) => c,
+        };
+        buf.extend_from_slice(&chunk);
+        // Events end with a blank line; `data:` lines carry the JSON.
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            for line in String::from_utf8_lossy(&event).lines() {
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(v) = serde_json::from_str::<Value>(data.trim_start())
+                {
+                    print(&v);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

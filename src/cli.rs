@@ -42,9 +42,22 @@ pub struct Cli {
     /// Log filter (tracing syntax), e.g. `info`, `d8=debug`.
     #[arg(long, global = true, env = "D8_LOG", default_value = "info")]
     pub log: String,
+    /// How log lines on stderr look: `text` for people, `json` (one object
+    /// per line: ts, level, target, message, fields) for log collectors.
+    #[arg(long, global = true, env = "D8_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -83,6 +96,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the cluster's recent log lines (the orchestrator's and its
+    /// workers'), or follow them.
+    Logs(LogsArgs),
     /// Measure throughput and latency on this machine (starts its own cluster).
     Bench(BenchArgs),
     /// Explain why a worker cannot find or reach its orchestrator.
@@ -265,6 +281,35 @@ pub struct ClientArgs {
     /// Orchestrator data dir to read the API key from.
     #[arg(long, env = "D8_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+}
+
+/// `d8 logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines as they arrive (Ctrl-C to stop).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this worker's lines.
+    #[arg(long, conflicts_with = "orchestrator")]
+    pub worker: Option<String>,
+    /// Only the orchestrator's own lines.
+    #[arg(long)]
+    pub orchestrator: bool,
+    /// This level or more severe: error, warn, info, debug, trace.
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Lines since an RFC 3339 time or an age (`90s`, `15m`, `2h`, `1d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The newest this many lines (1-10000; default 1000, or 100 with --follow).
+    #[arg(short = 'n', long)]
+    pub limit: Option<usize>,
+    /// Print each line as the API's JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the orchestrator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `d8 token …`.

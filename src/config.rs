@@ -158,6 +158,9 @@ pub struct OrchestratorConfig {
     pub mdns: Option<Vec<String>>,
     /// Name announced over mDNS (default: `d8-<hostname>`).
     pub name: Option<String>,
+    /// This process's log events, kept in the log ring with the workers'
+    /// (`None`: only the workers' lines are kept, as in tests).
+    pub logs: Option<crate::logging::LogTap>,
 }
 
 /// `n` MiB in bytes, saturating on 32-bit targets.
@@ -193,6 +196,7 @@ impl OrchestratorConfig {
             require_api_key: true,
             mdns: Some(Vec::new()),
             name: None,
+            logs: None,
         }
     }
 
@@ -238,6 +242,9 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// On Ctrl-C, how long to wait for in-flight tasks.
     pub drain_timeout: Duration,
+    /// This process's log events, forwarded to the orchestrator (`None`:
+    /// nothing is forwarded, as in tests that publish their own).
+    pub logs: Option<crate::logging::LogTap>,
 }
 
 impl WorkerConfig {
@@ -255,6 +262,7 @@ impl WorkerConfig {
             idle_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(60),
+            logs: None,
         }
     }
 

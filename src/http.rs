@@ -15,6 +15,7 @@
 //! - `agents`: the original project's agents and `/act`.
 //! - `admin`: health, workers and their stats, join tokens, the cache.
 //! - `events`: `GET /api/events`, the dashboard's live stream.
+//! - `logs`: `GET /api/logs`, the log ring (and `follow=1`).
 //! - `body`: request bodies: parsing and validation.
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the
@@ -25,6 +26,7 @@ mod agents;
 mod body;
 mod error;
 mod events;
+mod logs;
 pub mod metrics;
 mod openai;
 pub mod serve;
@@ -66,7 +68,8 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens/{id}", delete(admin::revoke_token))
         .route("/backup", get(admin::backup))
         .route("/cache", delete(admin::clear_cache))
-        .route("/events", get(events::events));
+        .route("/events", get(events::events))
+        .route("/logs", get(logs::logs));
     // The key check, then (inner layer: only an authorised client's body
     // is read) the body within its time limit.
     let protect = |r: Router<Arc<Cluster>>| {

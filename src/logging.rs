@@ -6,6 +6,16 @@
 //! panic ends whichever thread was logging (the store writer, the scheduler).
 //! Here a line that cannot be written is dropped and counted instead; the
 //! count is in `/health` (`log_lines_dropped`).
+//!
+//! [`line`] is one log event as d8 keeps and forwards it; [`tap`] captures
+//! this process's events for the orchestrator's log ring and a worker's
+//! forwarding, and writes `--log-format json`.
+
+pub mod line;
+pub mod tap;
+
+pub use line::{Level, LogLine};
+pub use tap::{JsonStderr, LogTap, TapLayer};
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -17,15 +17,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // A log line that cannot be written is dropped and counted, never a
-        // panic (see d8::logging).
-        .with_writer(d8::logging::LossyStderr)
-        // Colour for people, plain text for log files and the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // This process's log events at info and above, for the orchestrator's
+    // log ring or a worker's forwarding (see d8::logging::tap).
+    let tap = d8::logging::LogTap::new();
+    {
+        use std::io::IsTerminal;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let base = tracing_subscriber::registry()
+            .with(filter)
+            .with(d8::logging::TapLayer::new(
+                tap.clone(),
+                d8::logging::Level::Info,
+            ));
+        match cli.log_format {
+            d8::cli::LogFormat::Text => base
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        // A log line that cannot be written is dropped and
+                        // counted, never a panic (see d8::logging).
+                        .with_writer(d8::logging::LossyStderr)
+                        // Colour for people, plain text for log files and the journal.
+                        .with_ansi(std::io::stderr().is_terminal()),
+                )
+                .init(),
+            d8::cli::LogFormat::Json => base.with(d8::logging::JsonStderr).init(),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, tap)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             warn(&format!("error: {}\n", chain(&e)));
@@ -60,14 +78,15 @@ fn chain(e: &anyhow::Error) -> String {
     line
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, tap: d8::logging::LogTap) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
-        Command::Join(args) => join(args).await,
+        Command::Serve(args) => serve(args, tap).await,
+        Command::Join(args) => join(args, tap).await,
         Command::Status(client) => d8::admin::status(&client).await,
         Command::Token { action, client } => d8::admin::token(&action, &client).await,
         Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
         Command::Backup { out, client } => d8::admin::backup(&out, &client).await,
+        Command::Logs(args) => d8::admin::logs(&args).await,
         Command::Bench(args) => d8::bench::run(args).await.map(|_| ()),
         Command::Doctor(args) => {
             if d8::doctor::run(args).await? {
@@ -96,8 +115,9 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
-    let cfg = d8::config::OrchestratorConfig::from_args(&args)?;
+async fn serve(args: d8::cli::ServeArgs, tap: d8::logging::LogTap) -> Result<()> {
+    let mut cfg = d8::config::OrchestratorConfig::from_args(&args)?;
+    cfg.logs = Some(tap);
     let data_dir = cfg.data_dir.clone();
     let orch = d8::node::orchestrator::Orchestrator::start(cfg)
         .await
@@ -151,8 +171,9 @@ async fn serve(args: d8::cli::ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn join(args: d8::cli::JoinArgs) -> Result<()> {
+async fn join(args: d8::cli::JoinArgs, tap: d8::logging::LogTap) -> Result<()> {
     let mut cfg = d8::config::WorkerConfig::from_args(&args)?;
+    cfg.logs = Some(tap);
     if cfg.orchestrator.is_none() {
         // No address: find the orchestrator of our cluster over mDNS.
         let mdns = d8::discovery::MdnsDiscovery::new(&args.mdns.interfaces).map_err(|e| {

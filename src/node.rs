@@ -11,6 +11,7 @@
 //! - [`registry`]: join tokens, enrolled workers, revocations.
 //! - [`gate`]: what an unauthenticated QUIC connection may cost.
 //! - `live_output`: streamed output of running tasks, for HTTP subscribers.
+//! - [`logs`]: the log ring: the orchestrator's lines and its workers'.
 //! - [`worker`]: `d8 join`: identity and enrollment, the session with the
 //!   orchestrator, task execution.
 //! - [`files`]: the data dir: every file name, default location, safe writes.
@@ -24,6 +25,7 @@ pub mod events;
 pub mod files;
 pub mod gate;
 pub(crate) mod live_output;
+pub mod logs;
 pub mod models;
 pub mod orchestrator;
 pub mod registry;

@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::logging::LogLine;
 use crate::task::{Capabilities, Outcome, TaskId, TaskSpec};
 
 /// Version of the message protocol spoken here. 2: chat requests carry stop
@@ -25,8 +26,8 @@ use crate::task::{Capabilities, Outcome, TaskId, TaskSpec};
 /// models); assignments carry a route; results carry the worker's cooldowns.
 /// 3: chats carry tools, tool calls and results, sampling controls and a
 /// JSON schema; results carry tool calls, a finish reason, and usage only
-/// when the vendor reported it.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// when the vendor reported it. 4: workers forward their log lines.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest payload accepted or sent (8 MiB): bigger than any sane chat, small
 /// enough that a hostile length prefix cannot exhaust a Pi's memory.
@@ -154,7 +155,17 @@ pub enum WorkerMsg {
     },
     /// Stop sending me tasks; I will finish what I have and leave.
     Drain,
+    /// Log lines from this worker, oldest first.
+    Logs {
+        /// The lines (at most [`MAX_LOG_BATCH`] are kept; the rest count as dropped).
+        lines: Vec<LogLine>,
+        /// Lines this worker dropped since its last `Logs` (rate limit, buffer).
+        dropped: u64,
+    },
 }
+
+/// Most log lines in one [`WorkerMsg::Logs`].
+pub const MAX_LOG_BATCH: usize = 100;
 
 pub use crate::task::{ProviderCooldown, Route};
 
@@ -410,6 +421,21 @@ mod tests {
         })
         .expect("encode");
         assert_eq!(peek_hello_version(&hb[4..]), None);
+    }
+
+    #[test]
+    fn log_batches_roundtrip() {
+        use crate::logging::Level;
+        roundtrip(WorkerMsg::Logs {
+            lines: vec![LogLine::new(
+                1_764_000_000_000,
+                Level::Warn,
+                "d8::node::worker",
+                "rate limited: ré",
+                vec![("provider".into(), "groq".into())],
+            )],
+            dropped: 7,
+        });
     }
 
     #[test]

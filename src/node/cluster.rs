@@ -28,6 +28,7 @@ use super::actor::{Actor, Gone, QueryReply, SchedHandle, SchedMsg, TaskState};
 use super::cache::Cache;
 use super::files::{self, FileError};
 use super::live_output::LiveOutput;
+use super::logs::LogRing;
 use super::models::{self, Capacity, Catalog, ModelEntry, Target};
 use super::now_millis;
 use super::registry::{Registry, TokenInfo};
@@ -176,6 +177,8 @@ pub struct Cluster {
     catalog: Mutex<Catalog>,
     /// Answers kept for identical requests.
     cache: Arc<Cache>,
+    /// Recent log lines, the orchestrator's and its workers'.
+    logs: Arc<LogRing>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -219,6 +222,15 @@ impl Cluster {
         shutdown: CancellationToken,
     ) -> Result<(Arc<Cluster>, tokio::task::JoinHandle<()>), OpenError> {
         let dir = cfg.data_dir.clone();
+        // Listen from the start, so the ring has what opening says.
+        let logs = Arc::new(LogRing::default());
+        if let Some(tap) = &cfg.logs {
+            tokio::spawn(super::logs::keep_own(
+                logs.clone(),
+                tap.subscribe(),
+                shutdown.clone(),
+            ));
+        }
         files::ensure_dir(&dir)?;
         let vitals = Arc::new(Vitals::default());
         let (store, mut snapshot) = Store::open_watched(backend, vitals.alive(Part::Store))?;
@@ -289,6 +301,7 @@ impl Cluster {
             vitals,
             catalog: Mutex::default(),
             cache,
+            logs,
         });
         Ok((cluster, actor))
     }
@@ -664,6 +677,11 @@ impl Cluster {
     /// The result cache.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    /// Recent log lines, the orchestrator's and its workers'.
+    pub fn logs(&self) -> &Arc<LogRing> {
+        &self.logs
     }
 
     /// A worker connected with these offers: list its models.

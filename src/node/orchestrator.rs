@@ -618,6 +618,17 @@ async fn serve_worker(
             Ok(WorkerMsg::Drain) => {
                 let _ = cluster.sched().send(SchedMsg::Drain(id.clone())).await;
             }
+            Ok(WorkerMsg::Logs { mut lines, dropped }) => {
+                // The sender is the certificate's worker, whatever the
+                // lines say; a batch over the limit is cut, and counted.
+                let over = lines.len().saturating_sub(wire::MAX_LOG_BATCH);
+                lines.truncate(wire::MAX_LOG_BATCH);
+                let ring = cluster.logs();
+                for line in lines {
+                    ring.push(Some(&id.0), line);
+                }
+                ring.note_dropped(Some(&id.0), dropped.saturating_add(over as u64));
+            }
             Ok(WorkerMsg::Hello(_)) => {
                 conn.close(close::PROTOCOL, b"unexpected second hello");
                 break;

@@ -10,8 +10,11 @@
 //!   stream (Hello, heartbeats, Drain) and the task streams the
 //!   orchestrator opens.
 //! - `task`: one task: the provider call, streamed chunks, Done.
+//! - `logs`: this worker's log lines, rate-limited and batched for the
+//!   orchestrator's log ring.
 
 mod enroll;
+mod logs;
 mod session;
 mod task;
 
@@ -222,6 +225,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
     if cfg.providers.kinds().is_empty() {
         return Err(WorkerError::NoProvider);
     }
+    // Listen from the start: what enrolling and connecting say reaches the
+    // orchestrator once connected.
+    let forward = logs::Forwarder::new(cfg.logs.as_ref());
     for o in cfg.providers.offers() {
         tracing::info!(
             provider = %o.provider,
@@ -260,6 +266,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         transport::client_config(tls, cfg.idle_timeout).map_err(IdentityError::Endpoint)?;
     let caps = capabilities(&cfg);
     let load = Arc::new(Load::default());
+    let forward = tokio::sync::Mutex::new(forward);
     let session = Session {
         cfg: &cfg,
         worker_id: &ident.worker_id,
@@ -267,6 +274,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         caps: &caps,
         load: &load,
         shutdown: &shutdown,
+        forward: &forward,
     };
     let cluster = discovery::cluster_id(&fingerprint(&ident.ca));
     let mut backoff = Duration::from_millis(100);

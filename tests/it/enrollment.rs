@@ -428,3 +428,63 @@ async fn a_hello_with_an_oversized_name_is_refused_with_the_reason() {
     );
     assert_eq!(c.online().await, 0);
 }
+
+#[tokio::test]
+async fn an_oversized_log_batch_is_cut_and_counted_and_the_worker_stays() {
+    let c = TestCluster::start().await;
+    let w = c.worker("noisy", 0, 1).await;
+    let cfg = enrolled_identity(w).await;
+    let conn = raw_connect(&c, cfg).await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let hello = WorkerMsg::Hello(Hello {
+        proto: d8::wire::PROTOCOL_VERSION,
+        worker_id: "noisy".into(),
+        caps: d8::task::Capabilities {
+            worker_type: "echo".into(),
+            slots: 1,
+            ..Default::default()
+        },
+    });
+    transport::write_frame(&mut send, &hello)
+        .await
+        .expect("write");
+    let welcome: d8::wire::OrchMsg = transport::read_frame(&mut recv).await.expect("welcome");
+    assert!(matches!(welcome, d8::wire::OrchMsg::Welcome { .. }));
+    // 300 lines of 12 KB each: three times the batch limit, every part
+    // far over its bound, and a line that claims to be the orchestrator's.
+    let huge = "é".repeat(3_000);
+    let lines = (0..300)
+        .map(|i| d8::logging::LogLine {
+            ts_ms: i,
+            level: d8::logging::Level::Error,
+            target: huge.clone(),
+            message: format!("{i} {huge}"),
+            fields: vec![("worker".into(), "orchestrator".into())],
+        })
+        .collect();
+    transport::write_frame(&mut send, &WorkerMsg::Logs { lines, dropped: 5 })
+        .await
+        .expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (status, v) = c
+            .request(Method::GET, "/api/logs?worker=noisy&limit=10000", None)
+            .await;
+        assert_eq!(status, 200);
+        if v["dropped"]["workers"]["noisy"].as_u64().is_some() {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lines = v["lines"].as_array().expect("lines");
+    assert_eq!(lines.len(), d8::wire::MAX_LOG_BATCH);
+    assert_eq!(v["dropped"]["workers"]["noisy"], 200 + 5);
+    for l in lines {
+        assert_eq!(l["worker"], "noisy", "the certificate names the sender");
+        assert!(l["message"].as_str().expect("m").len() <= d8::logging::line::MAX_MESSAGE);
+        assert!(l["target"].as_str().expect("t").len() <= d8::logging::line::MAX_NAME);
+    }
+    assert_eq!(c.online().await, 1, "a noisy worker is still a worker");
+    assert!(conn.close_reason().is_none());
+}

@@ -9,6 +9,7 @@ mod harness;
 mod http_api;
 mod installer;
 mod layering;
+mod logs;
 #[cfg(target_os = "linux")]
 mod netns;
 mod openai;

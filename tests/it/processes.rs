@@ -396,6 +396,37 @@ async fn cli_commands_and_secrets_stay_out_of_logs() {
     let (ok, new_token, err) = c.cli(&["token", "rotate"]).await;
     assert!(ok, "{err}");
 
+    // Centralized logs: the worker's own lines came over QUIC, next to the
+    // orchestrator's, each marked with where it came from.
+    let (ok, logs_out, err) = c.cli(&["logs"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        logs_out
+            .lines()
+            .any(|l| l.contains("[cli-w]") && l.contains("connected to the orchestrator")),
+        "{logs_out}"
+    );
+    assert!(
+        logs_out
+            .lines()
+            .any(|l| l.contains("[orchestrator]") && l.contains("orchestrator up")),
+        "{logs_out}"
+    );
+    let (ok, out, err) = c
+        .cli(&["logs", "--worker", "cli-w", "--level", "info", "--json"])
+        .await;
+    assert!(ok, "{err}");
+    let parsed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(
+        !parsed.is_empty() && parsed.iter().all(|v| v["worker"] == "cli-w"),
+        "{out}"
+    );
+    let (ok, _, err) = c.cli(&["logs", "--level", "loud"]).await;
+    assert!(!ok && err.contains("level"), "{err}");
+
     // Unreachable orchestrator: a clear error, non-zero exit.
     let out = Command::new(BIN)
         .args(["status", "--url", "http://127.0.0.1:9", "--api-key", "x"])
@@ -424,7 +455,10 @@ async fn cli_commands_and_secrets_stay_out_of_logs() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let logs = c.all_logs();
+    let mut logs = c.all_logs();
+    // Forwarded and kept lines are output too.
+    logs.push_str(&logs_out);
+    logs.push_str(&c.cli(&["logs", "--json"]).await.1);
     let secret = |t: &str| t.rsplit('-').next().expect("secret").trim().to_owned();
     // The serve banner prints the token and key on purpose (stdout, once);
     // strip it and check that nothing else ever does.
@@ -602,6 +636,8 @@ async fn vendor_keys_stay_on_their_worker_and_429s_route_around() {
     everything.push_str(&workers);
     everything.push_str(&stats.to_string());
     everything.push_str(&answers.join("\n"));
+    // Lines the workers forwarded (the 429 warnings among them).
+    everything.push_str(&c.get("/api/logs?limit=10000").await.to_string());
     for key in [key_limited, key_fresh] {
         assert!(!everything.contains(key), "a provider key leaked");
         assert!(
@@ -1222,4 +1258,31 @@ async fn cli_output_to_a_closed_pipe_is_not_a_panic() {
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let mut c = ProcCluster::start().await;
+    c.add_worker_with(
+        "json-w",
+        &["--provider", "echo"],
+        &["--log-format", "json"],
+        &[],
+    );
+    c.wait_online(1).await;
+    let log = std::fs::read_to_string(&c.workers[0].log).expect("log");
+    let objects: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let connected = objects
+        .iter()
+        .find(|v| v["message"] == "connected to the orchestrator")
+        .unwrap_or_else(|| panic!("no JSON line says it connected: {log}"));
+    assert_eq!(connected["level"], "info");
+    assert_eq!(connected["target"], "d8::node::worker::session");
+    assert_eq!(connected["fields"]["worker"], "json-w");
+    assert!(connected["ts"].as_str().expect("ts").ends_with('Z'));
+    assert!(!log.contains(" INFO d8::"), "no text-format line: {log}");
 }

@@ -40,13 +40,23 @@ impl Provider for Drip {
 }
 
 /// Reads SSE events (`event`, parsed `data`) from a streaming response.
-struct Events {
-    resp: reqwest::Response,
+pub(super) struct Events {
+    pub(super) resp: reqwest::Response,
     buf: String,
 }
 
 impl Events {
-    async fn next(&mut self) -> Option<(String, Value)> {
+    /// Reads `resp`'s body as events.
+    pub(super) fn new(resp: reqwest::Response) -> Events {
+        Events {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event with data (keep-alive comments are skipped); `None`
+    /// when the stream ends; panics after 10 s without one.
+    pub(super) async fn next(&mut self) -> Option<(String, Value)> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();

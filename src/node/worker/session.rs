@@ -13,6 +13,7 @@ use d8_certs::tls::ALPN_CLUSTER;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
+use super::logs::Forwarder;
 use super::task::run_task;
 use super::{CONNECT_TIMEOUT, Load};
 use crate::config::WorkerConfig;
@@ -46,6 +47,8 @@ pub(super) struct Session<'a> {
     pub(super) load: &'a Arc<Load>,
     /// Fires on Ctrl-C: drain, then end.
     pub(super) shutdown: &'a CancellationToken,
+    /// This worker's log lines on their way to the orchestrator.
+    pub(super) forward: &'a tokio::sync::Mutex<Forwarder>,
 }
 
 impl Session<'_> {
@@ -101,20 +104,27 @@ impl Session<'_> {
             d.idle();
         }
         load.draining.store(false, Ordering::Relaxed);
+        // One session at a time holds the forwarder.
+        let mut forward = self.forward.lock().await;
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
             if let Some(deadline) = drain_deadline {
-                if load.active.load(Ordering::Relaxed) == 0 {
+                let drained = load.active.load(Ordering::Relaxed) == 0;
+                if drained {
                     tracing::info!("drained: no task in flight");
-                    return SessionEnd::Drained;
-                }
-                if tokio::time::Instant::now() >= deadline {
+                } else if tokio::time::Instant::now() >= deadline {
                     tracing::warn!(
                         active = load.active.load(Ordering::Relaxed),
                         "drain timeout; leaving tasks to be re-queued"
                     );
+                }
+                if drained || tokio::time::Instant::now() >= deadline {
+                    // What the worker said while leaving goes too (the tap
+                    // already holds the lines just logged).
+                    while forward.pull_ready().is_some() {}
+                    let _ = send_logs(&mut control, &mut forward).await;
                     return SessionEnd::Drained;
                 }
             }
@@ -133,10 +143,17 @@ impl Session<'_> {
                         cooldowns: providers.cooldowns(),
                     };
                     if let Err(e) = transport::write_frame(&mut control, &beat).await {
-                        return match conn.close_reason() {
-                            Some(e) => lost(&e),
-                            None => SessionEnd::Lost(e.to_string()),
-                        };
+                        return broken(conn, &e);
+                    }
+                    if let Err(e) = send_logs(&mut control, &mut forward).await {
+                        return broken(conn, &e);
+                    }
+                }
+                () = forward.pull() => {
+                    if forward.full()
+                        && let Err(e) = send_logs(&mut control, &mut forward).await
+                    {
+                        return broken(conn, &e);
                     }
                 }
                 () = shutdown.cancelled(), if drain_deadline.is_none() => {
@@ -177,6 +194,29 @@ impl Session<'_> {
                 None => SessionEnd::Lost("orchestrator did not answer hello".into()),
             }),
         }
+    }
+}
+
+/// Sends the forwarder's batch, if any; an unsent batch is kept.
+async fn send_logs(
+    control: &mut SendStream,
+    forward: &mut Forwarder,
+) -> Result<(), crate::transport::FrameError> {
+    let Some(msg) = forward.take() else {
+        return Ok(());
+    };
+    let sent = transport::write_frame(control, &msg).await;
+    if sent.is_err() {
+        forward.put_back(msg);
+    }
+    sent
+}
+
+/// How a session ends when a control-stream write failed.
+fn broken(conn: &Connection, e: &crate::transport::FrameError) -> SessionEnd {
+    match conn.close_reason() {
+        Some(e) => lost(&e),
+        None => SessionEnd::Lost(e.to_string()),
     }
 }
 

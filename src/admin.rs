@@ -1,5 +1,6 @@
 //! Commands that talk to a running orchestrator over its HTTP API:
-//! `d8 status`, `d8 token …`, `d8 workers …`, `d8 backup`, `d8 logs`.
+//! `d8 status`, `d8 token …`, `d8 workers …`, `d8 backup`, `d8 logs`,
+//! `d8 usage`.
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -457,6 +458,102 @@ pub async fn logs(args: &crate::cli::LogsArgs) -> Result<()> {
     }
 }
 
+/// `d8 usage`: a table of `GET /api/usage`.
+pub async fn usage(args: &crate::cli::UsageArgs) -> Result<()> {
+    let c = Client::new(&args.client)?;
+    let mut url = reqwest::Url::parse(&format!("{}/api/usage", c.base))
+        .with_context(|| format!("--url {:?} is not a URL", c.base))?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("by", &args.by);
+        if let Some(f) = &args.from {
+            q.append_pair("from", f);
+        }
+        if let Some(t) = &args.to {
+            q.append_pair("to", t);
+        }
+    }
+    let path = format!("/api/usage?{}", url.query().unwrap_or_default());
+    let v = c.get(&path).await?;
+    if args.json {
+        crate::out!("{v:#}");
+        return Ok(());
+    }
+    crate::out!("{}", usage_table(&v));
+    Ok(())
+}
+
+/// The text of `d8 usage` from the API's answer.
+fn usage_table(v: &Value) -> String {
+    let n = |x: &Value| x.as_u64().unwrap_or(0);
+    let usd = |x: &Value| format!("{:.4}", x.as_f64().unwrap_or(0.0));
+    let by = v["by"].as_str().unwrap_or("provider").to_uppercase();
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let total = &v["total"];
+    let line = |key: &str, r: &Value| {
+        vec![
+            key.to_owned(),
+            n(&r["tasks"]).to_string(),
+            n(&r["prompt_tokens"]).to_string(),
+            n(&r["completion_tokens"]).to_string(),
+            usd(&r["cost_usd"]),
+            usd(&r["monthly_usd"]),
+        ]
+    };
+    let mut table = vec![vec![
+        by,
+        "TASKS".into(),
+        "PROMPT TOKENS".into(),
+        "COMPLETION TOKENS".into(),
+        "COST US$".into(),
+        "MONTHLY US$".into(),
+    ]];
+    for r in &rows {
+        let key = match r["key"].as_str() {
+            Some("") => "(none)",
+            Some(k) => k,
+            None => "?",
+        };
+        table.push(line(key, r));
+    }
+    table.push(line("total", total));
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = format!(
+        "usage {} to {} (UTC); monthly = this pace over 30 days\n",
+        v["from"].as_str().unwrap_or("?"),
+        v["to"].as_str().unwrap_or("?")
+    );
+    for r in &table {
+        let mut cells = vec![format!("{:<w$}", r[0], w = widths[0])];
+        cells.extend((1..6).map(|i| format!("{:>w$}", r[i], w = widths[i])));
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    let (without, unpriced) = (
+        n(&total["tasks_without_usage"]),
+        n(&total["tasks_unpriced"]),
+    );
+    if without > 0 {
+        out.push_str(&format!(
+            "{without} task(s) got no usage from their vendor: their tokens and cost are missing\n"
+        ));
+    }
+    if unpriced > 0 {
+        out.push_str(&format!(
+            "{unpriced} task(s) ran on a billed key with no known price: add it to the worker file (price_per_mtok) or the orchestrator's prices.toml\n"
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -475,7 +572,7 @@ mod tests {
         assert!(f.contains("FAILING") && f.contains("store"), "{f}");
     }
 
-    use super::providers_summary;
+    use super::{providers_summary, usage_table};
     use serde_json::json;
 
     #[test]
@@ -496,5 +593,35 @@ mod tests {
             "groq:free(llama cooldown 41s) anthropic:paid(key rejected) ollama:local"
         );
         assert_eq!(providers_summary(&json!({"offers": null})), "-");
+    }
+
+    #[test]
+    fn the_usage_table_lines_up_and_says_what_is_missing() {
+        let v = serde_json::json!({
+            "by": "provider", "from": "2026-11-01", "to": "2026-11-30",
+            "rows": [
+                {"key": "groq", "tasks": 120, "prompt_tokens": 45000, "completion_tokens": 12000,
+                 "cost_usd": 0.00321, "monthly_usd": 0.0963, "tasks_without_usage": 0, "tasks_unpriced": 0},
+                {"key": "ollama", "tasks": 3, "prompt_tokens": 10, "completion_tokens": 20,
+                 "cost_usd": 0.0, "monthly_usd": 0.0, "tasks_without_usage": 1, "tasks_unpriced": 0},
+            ],
+            "total": {"tasks": 123, "prompt_tokens": 45010, "completion_tokens": 12020,
+                      "cost_usd": 0.00321, "monthly_usd": 0.0963, "tasks_without_usage": 1, "tasks_unpriced": 0},
+        });
+        let t = usage_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "usage 2026-11-01 to 2026-11-30 (UTC); monthly = this pace over 30 days"
+        );
+        assert!(lines[1].starts_with("PROVIDER  TASKS"), "{t}");
+        assert!(
+            lines[2].starts_with("groq") && lines[2].ends_with("0.0032       0.0963"),
+            "{t}"
+        );
+        assert!(lines[4].starts_with("total"), "{t}");
+        assert!(lines[5].contains("1 task(s) got no usage"), "{t}");
+        // Columns line up: every row as wide as the header.
+        assert_eq!(lines[1].len(), lines[2].len(), "{t}");
     }
 }

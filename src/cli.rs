@@ -99,6 +99,8 @@ pub enum Command {
     /// Show the cluster's recent log lines (the orchestrator's and its
     /// workers'), or follow them.
     Logs(LogsArgs),
+    /// Show tokens and estimated cost per provider, model, worker, agent or day.
+    Usage(UsageArgs),
     /// Measure throughput and latency on this machine (starts its own cluster).
     Bench(BenchArgs),
     /// Explain why a worker cannot find or reach its orchestrator.
@@ -172,6 +174,12 @@ pub struct ServeArgs {
     /// trusted network (the rest of the API keeps it).
     #[arg(long, env = "D8_METRICS_NO_AUTH")]
     pub metrics_no_auth: bool,
+    /// Prices for usage accounting (TOML: `[provider]` then
+    /// `"model" = { input = 0.59, output = 0.79 }` in US$ per million
+    /// tokens, `"*"` for any model); default: `<data-dir>/prices.toml` if
+    /// present. They win over the prices workers advertise.
+    #[arg(long, env = "D8_PRICES")]
+    pub prices: Option<PathBuf>,
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,
@@ -305,6 +313,26 @@ pub struct LogsArgs {
     #[arg(short = 'n', long)]
     pub limit: Option<usize>,
     /// Print each line as the API's JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the orchestrator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `d8 usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Group by: provider, model, worker, agent or day.
+    #[arg(long, default_value = "provider")]
+    pub by: String,
+    /// First UTC day (YYYY-MM-DD; default: 29 days before --to).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last UTC day (YYYY-MM-DD; default: today).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Print the API's JSON answer.
     #[arg(long)]
     pub json: bool,
     /// Where the orchestrator is.

@@ -161,6 +161,9 @@ pub struct OrchestratorConfig {
     /// This process's log events, kept in the log ring with the workers'
     /// (`None`: only the workers' lines are kept, as in tests).
     pub logs: Option<crate::logging::LogTap>,
+    /// Prices for usage accounting (`--prices`); default: the data dir's
+    /// `prices.toml` when there is one.
+    pub prices: Option<PathBuf>,
 }
 
 /// `n` MiB in bytes, saturating on 32-bit targets.
@@ -197,6 +200,7 @@ impl OrchestratorConfig {
             mdns: Some(Vec::new()),
             name: None,
             logs: None,
+            prices: None,
         }
     }
 
@@ -333,6 +337,7 @@ impl OrchestratorConfig {
         cfg.cache_max_bytes = mib(args.cache_max_mb);
         cfg.require_api_key = !args.no_auth;
         cfg.metrics_no_auth = args.metrics_no_auth;
+        cfg.prices = args.prices.clone();
         cfg.mdns = (!args.no_mdns).then(|| args.mdns.interfaces.clone());
         if let Some(n) = &args.name
             && (n.is_empty() || n.len() > 63 || n.contains('.'))

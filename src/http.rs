@@ -16,6 +16,8 @@
 //! - `admin`: health, workers and their stats, join tokens, the cache.
 //! - `events`: `GET /api/events`, the dashboard's live stream.
 //! - `logs`: `GET /api/logs`, the log ring (and `follow=1`).
+//! - `usage`: `GET /api/usage`, tokens and cost per provider, model,
+//!   worker, agent or day.
 //! - `body`: request bodies: parsing and validation.
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the
@@ -34,6 +36,7 @@ mod task_stream;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 pub use error::ApiError;
 
@@ -49,6 +52,9 @@ use crate::node::Cluster;
 
 /// What every handler gets: the cluster.
 type AppState = State<Arc<Cluster>>;
+
+/// What most handlers answer.
+type ApiResult = Result<Response, ApiError>;
 
 /// Builds the router over the cluster.
 pub fn router(cluster: Arc<Cluster>) -> Router {
@@ -69,7 +75,8 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/backup", get(admin::backup))
         .route("/cache", delete(admin::clear_cache))
         .route("/events", get(events::events))
-        .route("/logs", get(logs::logs));
+        .route("/logs", get(logs::logs))
+        .route("/usage", get(usage::usage));
     // The key check, then (inner layer: only an authorised client's body
     // is read) the body within its time limit.
     let protect = |r: Router<Arc<Cluster>>| {

@@ -87,6 +87,7 @@ async fn run(cli: Cli, tap: d8::logging::LogTap) -> Result<()> {
         Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
         Command::Backup { out, client } => d8::admin::backup(&out, &client).await,
         Command::Logs(args) => d8::admin::logs(&args).await,
+        Command::Usage(args) => d8::admin::usage(&args).await,
         Command::Bench(args) => d8::bench::run(args).await.map(|_| ()),
         Command::Doctor(args) => {
             if d8::doctor::run(args).await? {

@@ -12,6 +12,7 @@
 //! - [`gate`]: what an unauthenticated QUIC connection may cost.
 //! - `live_output`: streamed output of running tasks, for HTTP subscribers.
 //! - [`logs`]: the log ring: the orchestrator's lines and its workers'.
+//! - [`usage`]: usage and cost accounting, the orchestrator's prices file.
 //! - [`worker`]: `d8 join`: identity and enrollment, the session with the
 //!   orchestrator, task execution.
 //! - [`files`]: the data dir: every file name, default location, safe writes.
@@ -30,6 +31,7 @@ pub mod models;
 pub mod orchestrator;
 pub mod registry;
 pub mod task_state;
+pub mod usage;
 pub mod vitals;
 pub mod worker;
 

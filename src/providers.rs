@@ -16,10 +16,13 @@
 //!   quota and auth errors).
 //! - [`stream_parser`]: parsers for vendors' streamed answers (SSE and NDJSON).
 //! - [`set`]: a worker's providers, their cooldowns and fallback order.
+//! - [`budget`]: prices (built-in list prices, the worker's own) and daily
+//!   budgets with the day's spend kept on disk.
 //! - [`file`]: the worker's TOML file.
 //! - [`build`] here: a provider from its name and the environment.
 
 pub mod anthropic;
+pub mod budget;
 pub mod classify;
 pub mod driver;
 pub mod echo;

@@ -186,6 +186,94 @@ pub struct Snapshot {
 /// A result cache key: SHA-256 of what shapes the answer.
 pub type CacheKey = [u8; 32];
 
+/// One row of usage accounting: a UTC day and who used what.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UsageKey {
+    /// Days since the Unix epoch (UTC).
+    pub day: u32,
+    /// Provider kind.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// Worker id.
+    pub worker: String,
+    /// Agent id (empty when the task had none).
+    pub agent: String,
+}
+
+/// Separates a [`UsageKey`]'s names in the store (no name contains it:
+/// names are bounded printable text).
+const UNIT_SEP: char = '\u{1f}';
+
+impl UsageKey {
+    /// The names, joined for the store's key.
+    pub fn names(&self) -> String {
+        [
+            self.provider.as_str(),
+            &self.model,
+            &self.worker,
+            &self.agent,
+        ]
+        .join(&UNIT_SEP.to_string())
+    }
+
+    /// Back from the store's key; `None` for a key this build did not write.
+    pub fn from_names(day: u32, names: &str) -> Option<UsageKey> {
+        let mut it = names.split(UNIT_SEP);
+        let key = UsageKey {
+            day,
+            provider: it.next()?.to_owned(),
+            model: it.next()?.to_owned(),
+            worker: it.next()?.to_owned(),
+            agent: it.next()?.to_owned(),
+        };
+        it.next().is_none().then_some(key)
+    }
+}
+
+/// What a [`UsageKey`] used: sums, so rows add up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    /// Completed tasks.
+    pub tasks: u64,
+    /// Prompt tokens (of tasks whose usage the vendor reported).
+    pub prompt_tokens: u64,
+    /// Completion tokens (likewise).
+    pub completion_tokens: u64,
+    /// Estimated cost, nano-dollars (of tasks with a known price).
+    pub cost_nanos: u64,
+    /// Tasks whose vendor reported no usage (counted, tokens unknown).
+    pub tasks_without_usage: u64,
+    /// Tasks on a billed key without a known price (tokens counted, cost unknown).
+    pub tasks_unpriced: u64,
+}
+
+impl UsageTotals {
+    /// Adds `other` (saturating).
+    pub fn add(&mut self, other: &UsageTotals) {
+        self.tasks = self.tasks.saturating_add(other.tasks);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+        self.tasks_without_usage = self
+            .tasks_without_usage
+            .saturating_add(other.tasks_without_usage);
+        self.tasks_unpriced = self.tasks_unpriced.saturating_add(other.tasks_unpriced);
+    }
+}
+
+/// Encodes usage totals for the store.
+pub fn usage_bytes(t: &UsageTotals) -> Result<Vec<u8>, StoreError> {
+    to_bytes(t)
+}
+
+/// Decodes stored usage totals.
+pub fn usage_totals(bytes: &[u8]) -> Result<UsageTotals, StoreError> {
+    from_bytes("usage", bytes)
+}
+
 /// One cached answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheRecord {
@@ -220,6 +308,8 @@ pub enum Op {
     CacheRemove(Vec<CacheKey>),
     /// Drop every cached answer.
     CacheClear,
+    /// Add to a usage row (created at zero).
+    AddUsage(UsageKey, UsageTotals),
 }
 
 /// A synchronous store.
@@ -239,6 +329,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<FinishedTask>, StoreError>;
     /// A cached answer's bytes (a [`CacheRecord`]).
     fn cache_get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Usage rows of the UTC days `from..=to`.
+    fn usage(&self, from: u32, to: u32) -> Result<Vec<(UsageKey, UsageTotals)>, StoreError>;
     /// Releases the underlying storage; later calls fail with `Closed`.
     fn close(&self) {}
     /// Writes a consistent copy of everything stored to a new file at `to`
@@ -432,6 +524,11 @@ impl Store {
         n: usize,
     ) -> Result<Vec<FinishedTask>, StoreError> {
         self.backend.recent_results(before, n)
+    }
+
+    /// Usage rows of the UTC days `from..=to` (read directly).
+    pub fn usage(&self, from: u32, to: u32) -> Result<Vec<(UsageKey, UsageTotals)>, StoreError> {
+        self.backend.usage(from, to)
     }
 
     /// A cached answer, read directly (reads do not queue behind writes).

@@ -497,6 +497,85 @@ pub struct Offer {
     pub reasoning_model: Option<String>,
     /// Models it computes embeddings with.
     pub embedding_models: Vec<String>,
+    /// What its calls cost, as this worker knows it (its file, else d8's
+    /// built-in list prices): per model, `*` for any other model. Empty for
+    /// the local and free tiers, which cost nothing.
+    pub prices: Vec<(String, Price)>,
+}
+
+impl Offer {
+    /// The price of `model`: its own, else the provider-wide `*` one.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        price_in(&self.prices, model)
+    }
+}
+
+/// The price of `model` in a price list: its own, else the list's `*` one.
+pub fn price_in(prices: &[(String, Price)], model: &str) -> Option<Price> {
+    let find = |m: &str| prices.iter().find(|(n, _)| n == m).map(|(_, p)| *p);
+    find(model).or_else(|| find("*"))
+}
+
+/// A price in micro-dollars (US$ 10⁻⁶) per million tokens: integers, so
+/// sums are exact and the same everywhere (`$0.59` per million is `590_000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Price {
+    /// Per million prompt (input) tokens.
+    pub input: u64,
+    /// Per million completion (output) tokens.
+    pub output: u64,
+}
+
+impl Price {
+    /// `input` and `output` in dollars per million tokens (rounded to the
+    /// micro-dollar; negative or not finite is refused).
+    pub fn from_usd(input: f64, output: f64) -> Option<Price> {
+        let micro = |usd: f64| {
+            (usd.is_finite() && (0.0..=1.0e6).contains(&usd)).then(|| (usd * 1e6).round() as u64)
+        };
+        Some(Price {
+            input: micro(input)?,
+            output: micro(output)?,
+        })
+    }
+
+    /// What `usage` costs at this price, in nano-dollars (US$ 10⁻⁹).
+    pub fn cost_nanos(&self, usage: Usage) -> u64 {
+        // micro-$ per 10⁶ tokens = 10⁻³ nano-$ per token.
+        let part = |tokens: u32, per_m: u64| u64::from(tokens).saturating_mul(per_m) / 1_000;
+        part(usage.prompt_tokens, self.input)
+            .saturating_add(part(usage.completion_tokens, self.output))
+    }
+}
+
+/// Why a provider (or model) rests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestReason {
+    /// The vendor answered 429 (rate limit).
+    #[default]
+    RateLimited,
+    /// The vendor said the key's quota or credit is used up.
+    Quota,
+    /// The worker's own daily budget for it is spent (until midnight UTC).
+    Budget,
+    /// The worker's own per-minute limit is reached.
+    OwnLimit,
+    /// The vendor rejected the key.
+    KeyRejected,
+}
+
+impl RestReason {
+    /// `rate_limited`, `quota`, `budget`, `own_limit`, `key_rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestReason::RateLimited => "rate_limited",
+            RestReason::Quota => "quota",
+            RestReason::Budget => "budget",
+            RestReason::OwnLimit => "own_limit",
+            RestReason::KeyRejected => "key_rejected",
+        }
+    }
 }
 
 /// A provider (or one of its models) that cannot take work now, as the
@@ -512,6 +591,8 @@ pub struct ProviderCooldown {
     pub remaining_ms: u64,
     /// Its key was rejected: unused until the worker restarts.
     pub disabled: bool,
+    /// Why it rests.
+    pub reason: RestReason,
 }
 
 /// How the orchestrator wants one attempt run: which provider to try first

@@ -328,6 +328,7 @@ mod tests {
                     models: vec!["llama".into()],
                     reasoning_model: None,
                     embedding_models: vec!["embed-1".into()],
+                    prices: vec![],
                 }],
                 slots: 4,
                 ..Default::default()
@@ -340,6 +341,7 @@ mod tests {
                 model: None,
                 remaining_ms: 1_500,
                 disabled: false,
+                reason: crate::task::RestReason::default(),
             }],
         });
         roundtrip(OrchMsg::Rejected {
@@ -378,6 +380,7 @@ mod tests {
                 model: Some("llama".into()),
                 remaining_ms: 5,
                 disabled: false,
+                reason: crate::task::RestReason::default(),
             }],
         });
     }

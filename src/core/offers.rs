@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::task::{Millis, Offer, ProviderCooldown, Route, Tier};
+use crate::task::{Millis, Offer, ProviderCooldown, RestReason, Route, Tier};
 
 use super::ClassKey;
 
@@ -26,6 +26,8 @@ pub(super) struct Cooldown {
     pub model: Option<String>,
     /// `None`: disabled until the worker restarts (its key was rejected).
     pub until: Option<Millis>,
+    /// Why, as the worker said.
+    pub reason: RestReason,
 }
 
 impl Cooldown {
@@ -39,6 +41,7 @@ impl Cooldown {
             provider: c.provider.clone(),
             model: c.model.clone(),
             until: (!c.disabled).then(|| now.plus(c.remaining_ms)),
+            reason: c.reason,
         }
     }
 
@@ -49,6 +52,7 @@ impl Cooldown {
             model: self.model.clone(),
             remaining_ms: self.until.map_or(0, |t| t.since(now)),
             disabled: self.until.is_none(),
+            reason: self.reason,
         }
     }
 }
@@ -108,6 +112,7 @@ impl OfferState {
                 provider: provider.to_owned(),
                 model: None,
                 until: Some(until),
+                reason: RestReason::RateLimited,
             });
         }
     }
@@ -259,6 +264,7 @@ mod tests {
                 model: None,
                 remaining_ms: 1_000,
                 disabled: false,
+                reason: crate::task::RestReason::default(),
             })
             .collect();
         s.set_report(Millis(0), &report);

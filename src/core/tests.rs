@@ -25,6 +25,7 @@ fn offer(provider: &str, tier: Tier, models: &[&str]) -> crate::task::Offer {
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         reasoning_model: None,
         embedding_models: Vec::new(),
+        prices: vec![],
     }
 }
 
@@ -705,6 +706,7 @@ fn cheapest_tier_first_then_dearer_when_it_is_full_or_cooling_down() {
             model: None,
             remaining_ms: 10_000,
             disabled: false,
+            reason: crate::task::RestReason::default(),
         }],
     );
     s.handle_result(
@@ -771,6 +773,7 @@ fn one_worker_with_several_tiers_is_routed_to_its_cheapest_usable_one() {
             model: Some("flash".into()),
             remaining_ms: 30_000,
             disabled: false,
+            reason: crate::task::RestReason::default(),
         }],
     );
     s.handle_result(
@@ -834,6 +837,7 @@ fn a_rate_limit_without_a_report_still_cools_down_the_provider() {
             model: None,
             remaining_ms: 0,
             disabled: true,
+            reason: crate::task::RestReason::default(),
         }],
     );
     s.handle_result(
@@ -919,6 +923,7 @@ fn a_cooldown_lifted_early_by_the_worker_frees_it_at_once() {
         model: None,
         remaining_ms: ms,
         disabled: false,
+        reason: crate::task::RestReason::default(),
     };
     s.handle_cooldowns(Millis(0), &w("a"), &[cooldown(60_000)]);
     s.handle_submit(Millis(0), TaskId(1), spec("agent_action", 5), Millis(0));

@@ -16,11 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{CreateToken, Segment, parse};
-use super::{ApiError, AppState};
+use super::{ApiError, ApiResult, AppState};
 use crate::node::now_millis;
 use crate::task::rfc3339;
-
-type ApiResult = Result<Response, ApiError>;
 
 /// `200 {"status":"ok"}` while every long-lived part runs; `503
 /// {"status":"failing","down":[...]}` when one has stopped (the process is
@@ -77,7 +75,7 @@ pub(super) struct StatsQuery {
 /// `GET /api/workers/stats`: exactly the original project's shape, so its
 /// clients keep working. `?include=` takes a comma-separated list:
 /// `cooldowns` adds every provider cooling down in the cluster (`worker_id`,
-/// `provider`, `model`, `remaining_ms`, `disabled`); `cache` adds the result
+/// `provider`, `model`, `remaining_ms`, `disabled`, `reason`); `cache` adds the result
 /// cache's `hits`, `misses`, `entries`, `bytes`, `max_bytes`, `evictions`.
 pub(super) async fn worker_stats(
     State(cluster): AppState,
@@ -149,6 +147,7 @@ pub(super) async fn stats_json(
                     "model": r.model,
                     "remaining_ms": r.remaining_ms,
                     "disabled": r.disabled,
+                    "reason": r.reason.as_str(),
                 }));
             }
         }
@@ -200,6 +199,11 @@ pub(super) async fn workers_json(cluster: &Cluster) -> Result<Value, ApiError> {
                     "models": o.models,
                     "reasoning_model": o.reasoning_model,
                     "latency_ms": w.latency_ms.get(&o.provider),
+                    // US$ per million tokens, per model (`*`: any other).
+                    "prices": o.prices.iter().map(|(m, p)| (m.clone(), json!({
+                        "input": p.input as f64 / 1e6,
+                        "output": p.output as f64 / 1e6,
+                    }))).collect::<serde_json::Map<String, Value>>(),
                 })).collect::<Vec<_>>()),
                 "slots": l.map(|w| w.caps.slots),
                 "active_tasks": l.map(|w| w.active),

@@ -6,15 +6,13 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::body::{ActRequest, AgentRequest, Segment, check_agent_id, parse};
 use super::tasks::submit_one;
-use super::{ApiError, AppState};
+use super::{ApiError, ApiResult, AppState};
 use crate::store::AgentDef;
-
-type ApiResult = Result<Response, ApiError>;
 
 fn agent_json(id: &str, a: &AgentDef) -> Value {
     json!({

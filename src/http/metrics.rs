@@ -44,7 +44,7 @@ impl Exposition {
     }
 
     /// One sample of the current family.
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -214,6 +214,34 @@ pub(super) async fn metrics(
             &[("class", &class)],
             n.load(Ordering::Relaxed),
         );
+    }
+    let usage = cluster.accounts().by_model();
+    e.family(
+        "d8_tokens_total",
+        "counter",
+        "Tokens of completed tasks by provider, model and kind (prompt, completion), since start.",
+    );
+    for ((provider, model), t) in &usage {
+        for (kind, n) in [
+            ("prompt", t.prompt_tokens),
+            ("completion", t.completion_tokens),
+        ] {
+            let labels = [
+                ("provider", provider.as_str()),
+                ("model", model),
+                ("kind", kind),
+            ];
+            e.sample("d8_tokens_total", &labels, n);
+        }
+    }
+    e.family(
+        "d8_cost_usd_total",
+        "counter",
+        "Estimated cost of completed tasks in US dollars by provider and model, since start.",
+    );
+    for ((provider, model), t) in &usage {
+        let labels = [("provider", provider.as_str()), ("model", model)];
+        e.sample("d8_cost_usd_total", &labels, t.cost_nanos as f64 / 1e9);
     }
     e.single(
         "d8_store_degraded",

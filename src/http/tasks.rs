@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Segment, TaskRequest, parse};
-use super::{ApiError, AppState};
+use super::{ApiError, ApiResult, AppState};
 use std::sync::Arc;
 
 use crate::node::actor::TaskState;
@@ -21,8 +21,6 @@ use crate::node::cache::{self, Lookup};
 use crate::node::cluster::{TaskFilter, Watch};
 use crate::node::{Cluster, now_millis};
 use crate::task::{TaskId, TaskSpec, rfc3339};
-
-type ApiResult = Result<Response, ApiError>;
 
 /// Most tasks accepted in one batch request.
 const MAX_BATCH: usize = 10_000;

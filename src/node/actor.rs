@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Event, EventBus};
 use super::live_output::LiveOutput;
 use super::now_millis;
+use super::usage::Accounts;
 use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
 use crate::store::{Op, PendingTask, Store, StoreError};
 use crate::task::{Capabilities, ErrorKind, Outcome, TaskError, TaskId, TaskSpec, WorkerId};
@@ -180,6 +181,8 @@ pub(crate) struct Actor {
     finished: HashMap<TaskId, TaskState>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskState>>>,
     to_persist: Vec<Op>,
+    /// Charges completed tasks' usage (with their result, atomically).
+    accounts: Arc<Accounts>,
     shutdown: CancellationToken,
 }
 
@@ -190,6 +193,7 @@ impl Actor {
     pub(crate) fn new(
         core: Scheduler,
         store: Store,
+        accounts: Arc<Accounts>,
         shutdown: CancellationToken,
     ) -> (Actor, SchedHandle) {
         let (tx, rx) = mpsc::channel(65_536);
@@ -210,6 +214,7 @@ impl Actor {
                 finished: HashMap::new(),
                 waiters: HashMap::new(),
                 to_persist: Vec::new(),
+                accounts,
                 shutdown,
             },
             handle,
@@ -453,6 +458,9 @@ impl Actor {
                     self.handle.live_output.finish(f.id);
                     // Waiters hear of it once it is durable (Persisted).
                     self.finished.insert(f.id, TaskState::from(&f));
+                    if let Some((key, add)) = self.accounts.charge(&f) {
+                        self.to_persist.push(Op::AddUsage(key, add));
+                    }
                     self.to_persist.push(Op::Finish(f));
                 }
                 Action::DisconnectWorker(id) => {
@@ -644,7 +652,7 @@ mod tests {
         let (store, _) = Store::open(Arc::new(MemBackend::default())).expect("store");
         let core = Scheduler::new(SchedulerConfig::lan(), crate::core::Counters::default());
         let shutdown = CancellationToken::new();
-        let (actor, handle) = Actor::new(core, store, shutdown.clone());
+        let (actor, handle) = Actor::new(core, store, Arc::default(), shutdown.clone());
         // Queue everything before the actor runs, so it lands in one batch.
         handle
             .send(SchedMsg::Submit(vec![PendingTask {

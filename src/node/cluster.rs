@@ -32,12 +32,14 @@ use super::logs::LogRing;
 use super::models::{self, Capacity, Catalog, ModelEntry, Target};
 use super::now_millis;
 use super::registry::{Registry, TokenInfo};
+use super::usage::{Accounts, PriceBook};
 use super::vitals::{Part, Vitals};
 use crate::config::OrchestratorConfig;
 use crate::core::{CancelResult, Counters, Liveness, Scheduler, Stats, WorkerView};
 use crate::store::{
     AgentDef, Backend, Op, PendingTask, Store, StoreError, TokenKind, TokenRecord, WorkerRecord,
 };
+use crate::store::{UsageKey, UsageTotals};
 use crate::task::{FinishedTask, TaskId, TaskOutput, TaskSpec, TaskStatus, WorkerId};
 use crate::wire::{EnrollRequest, EnrollResponse, PROTOCOL_VERSION};
 
@@ -99,6 +101,9 @@ pub enum OpenError {
     /// Store problem.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The prices file cannot be used.
+    #[error(transparent)]
+    Prices(#[from] super::usage::PricesError),
 }
 
 /// An enrolled worker as the API lists it: its record, and its live view
@@ -179,6 +184,8 @@ pub struct Cluster {
     cache: Arc<Cache>,
     /// Recent log lines, the orchestrator's and its workers'.
     logs: Arc<LogRing>,
+    /// Usage and cost accounting.
+    accounts: Arc<Accounts>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -232,6 +239,11 @@ impl Cluster {
             ));
         }
         files::ensure_dir(&dir)?;
+        let book = match &cfg.prices {
+            Some(path) => PriceBook::load(path, true)?,
+            None => PriceBook::load(&dir.join(files::PRICES), false)?,
+        };
+        let accounts = Arc::new(Accounts::new(book));
         let vitals = Arc::new(Vitals::default());
         let (store, mut snapshot) = Store::open_watched(backend, vitals.alive(Part::Store))?;
         let registry = Registry::new(snapshot.tokens, snapshot.workers, revocations);
@@ -272,7 +284,7 @@ impl Cluster {
                 ..Counters::default()
             },
         );
-        let (actor, sched) = Actor::new(core, store.clone(), shutdown);
+        let (actor, sched) = Actor::new(core, store.clone(), accounts.clone(), shutdown);
         // Tasks accepted before a restart count against the bound again.
         sched
             .unfinished
@@ -302,6 +314,7 @@ impl Cluster {
             catalog: Mutex::default(),
             cache,
             logs,
+            accounts,
         });
         Ok((cluster, actor))
     }
@@ -682,6 +695,16 @@ impl Cluster {
     /// Recent log lines, the orchestrator's and its workers'.
     pub fn logs(&self) -> &Arc<LogRing> {
         &self.logs
+    }
+
+    /// Usage and cost accounting.
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
+    }
+
+    /// Usage rows of the UTC days `from..=to`.
+    pub fn usage(&self, from: u32, to: u32) -> Result<Vec<(UsageKey, UsageTotals)>, ClusterError> {
+        Ok(self.store.usage(from, to)?)
     }
 
     /// A worker connected with these offers: list its models.

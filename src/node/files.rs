@@ -29,6 +29,11 @@ pub const WORKER_KEY: &str = "worker.key";
 pub const WORKER_CERT: &str = "worker.crt";
 /// The worker id the orchestrator assigned.
 pub const WORKER_ID: &str = "worker-id";
+/// Worker: the day's spend of providers with a daily budget.
+pub const SPEND: &str = "spend.json";
+/// Orchestrator: prices that override the workers' for usage accounting
+/// (optional).
+pub const PRICES: &str = "prices.toml";
 
 /// The default data dir for a role (`orchestrator` or `worker`): the OS's
 /// per-user data dir (`~/.local/share`, `%APPDATA%`, `~/Library/Application

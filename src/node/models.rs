@@ -202,6 +202,7 @@ mod tests {
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             reasoning_model: None,
             embedding_models: Vec::new(),
+            prices: vec![],
         }
     }
 
@@ -211,6 +212,7 @@ mod tests {
             model: model.map(str::to_owned),
             remaining_ms: ms,
             disabled,
+            reason: crate::task::RestReason::default(),
         }
     }
 

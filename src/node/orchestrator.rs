@@ -591,6 +591,7 @@ async fn serve_worker(
         o.models.truncate(256);
     }
     cluster.note_offers(&caps.offers);
+    cluster.accounts().note_offers(&id.0, &caps.offers);
     if cluster
         .sched()
         .send(SchedMsg::WorkerUp {

@@ -228,6 +228,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
     // Listen from the start: what enrolling and connecting say reaches the
     // orchestrator once connected.
     let forward = logs::Forwarder::new(cfg.logs.as_ref());
+    super::files::ensure_dir(&cfg.data_dir)?;
+    cfg.providers
+        .keep_spend_in(&cfg.data_dir.join(super::files::SPEND));
     for o in cfg.providers.offers() {
         tracing::info!(
             provider = %o.provider,

@@ -21,6 +21,10 @@
 //! key_env = "MY_GEMINI_KEY"
 //! tier = "paid"          # a billed key: used after local and free ones
 //! requests_per_minute = 15
+//! price_per_mtok = { input = 0.10, output = 0.40 }   # US$ per million tokens
+//! model_prices = { "gemini-2.5-pro" = { input = 1.25, output = 10.0 } }
+//! max_usd_per_day = 2.0          # rests until midnight UTC once spent
+//! max_tokens_per_day = 1000000
 //!
 //! [[providers]]
 //! kind = "ollama"
@@ -33,11 +37,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::budget::Budget;
 use super::{Env, ProviderSettings};
-use crate::task::Tier;
+use crate::task::{Price, Tier};
 
 /// The file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerFile {
     /// Providers, in order of preference.
@@ -45,8 +50,18 @@ pub struct WorkerFile {
     pub providers: Vec<ProviderEntry>,
 }
 
+/// A price in US$ per million tokens, as the file writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceUsd {
+    /// Per million prompt tokens.
+    pub input: f64,
+    /// Per million completion tokens.
+    pub output: f64,
+}
+
 /// One provider.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     /// `groq`, `gemini`, `anthropic`, `deepseek`, `openai`, `openrouter`, `ollama`, `echo`.
@@ -69,6 +84,16 @@ pub struct ProviderEntry {
     pub reasoning_model: Option<String>,
     /// Embedding models served (`[]`: none; default: the vendor's, if any).
     pub embedding_models: Option<Vec<String>>,
+    /// What every model of this key costs (default: d8's built-in list
+    /// prices; nothing on the local and free tiers).
+    pub price_per_mtok: Option<PriceUsd>,
+    /// What one model costs, over `price_per_mtok`.
+    #[serde(default)]
+    pub model_prices: BTreeMap<String, PriceUsd>,
+    /// Most US$ this key may spend a UTC day; then it rests until midnight.
+    pub max_usd_per_day: Option<f64>,
+    /// Most tokens (prompt + completion) this key may use a UTC day.
+    pub max_tokens_per_day: Option<u64>,
 }
 
 /// A worker file that cannot be used; the message names the file, the
@@ -169,6 +194,25 @@ impl WorkerFile {
             if let Some((m, _)) = p.model_limits.iter().find(|(_, l)| **l == 0) {
                 return Err(invalid(format!("model_limits.{m:?} must be at least 1")));
             }
+            let bad_price = |p: &PriceUsd| Price::from_usd(p.input, p.output).is_none();
+            if p.price_per_mtok.as_ref().is_some_and(bad_price) {
+                return Err(invalid(
+                    "price_per_mtok: input and output must be US$ amounts from 0 to 1000000".into(),
+                ));
+            }
+            if let Some((m, _)) = p.model_prices.iter().find(|(_, v)| bad_price(v)) {
+                return Err(invalid(format!(
+                    "model_prices.{m:?}: input and output must be US$ amounts from 0 to 1000000"
+                )));
+            }
+            if p.max_usd_per_day
+                .is_some_and(|u| !(u.is_finite() && u > 0.0 && u <= 1.0e9))
+            {
+                return Err(invalid("max_usd_per_day must be more than 0".into()));
+            }
+            if p.max_tokens_per_day == Some(0) {
+                return Err(invalid("max_tokens_per_day must be at least 1".into()));
+            }
         }
         Ok(file)
     }
@@ -177,11 +221,29 @@ impl WorkerFile {
 impl ProviderEntry {
     /// The entry's worker-side settings (limits, tier, reasoning model).
     pub fn settings(&self) -> ProviderSettings {
+        let mut prices: Vec<(String, Price)> = Vec::new();
+        if let Some(p) = self
+            .price_per_mtok
+            .and_then(|p| Price::from_usd(p.input, p.output))
+        {
+            prices.push(("*".to_owned(), p));
+        }
+        prices.extend(
+            self.model_prices
+                .iter()
+                .filter_map(|(m, p)| Price::from_usd(p.input, p.output).map(|p| (m.clone(), p))),
+        );
         ProviderSettings {
             tier: self.tier,
             reasoning_model: self.reasoning_model.clone(),
             per_minute: self.requests_per_minute,
             model_limits: self.model_limits.clone(),
+            prices,
+            budget: Budget {
+                // US$ to nano-dollars; checked finite and positive above.
+                max_nanos: self.max_usd_per_day.map(|u| (u * 1e9).round() as u64),
+                max_tokens: self.max_tokens_per_day,
+            },
         }
     }
 
@@ -235,6 +297,10 @@ mod tests {
             key_env = "MY_GEMINI_KEY"
             tier = "paid"
             requests_per_minute = 15
+            price_per_mtok = { input = 0.10, output = 0.40 }
+            model_prices = { "gemini-2.5-pro" = { input = 1.25, output = 10.0 } }
+            max_usd_per_day = 2.0
+            max_tokens_per_day = 1000000
 
             [[providers]]
             kind = "ollama"
@@ -250,9 +316,37 @@ mod tests {
                 reasoning_model: Some("llama-3.3-70b-versatile".into()),
                 per_minute: Some(30),
                 model_limits: [("llama-3.3-70b-versatile".to_owned(), 15)].into(),
+                ..ProviderSettings::default()
             }
         );
-        assert_eq!(f.providers[1].settings().tier, Some(Tier::Paid));
+        let gemini = f.providers[1].settings();
+        assert_eq!(gemini.tier, Some(Tier::Paid));
+        assert_eq!(
+            gemini.prices,
+            vec![
+                (
+                    "*".to_owned(),
+                    Price {
+                        input: 100_000,
+                        output: 400_000
+                    }
+                ),
+                (
+                    "gemini-2.5-pro".to_owned(),
+                    Price {
+                        input: 1_250_000,
+                        output: 10_000_000
+                    }
+                ),
+            ]
+        );
+        assert_eq!(
+            gemini.budget,
+            Budget {
+                max_nanos: Some(2_000_000_000),
+                max_tokens: Some(1_000_000)
+            }
+        );
         let env: HashMap<String, String> =
             [("MY_GEMINI_KEY".to_owned(), "AIza-x".to_owned())].into();
         let o = f.providers[1].overlay(&env);
@@ -340,5 +434,25 @@ mod tests {
                 .to_string()
                 .contains("cannot read")
         );
+    }
+
+    #[test]
+    fn prices_and_budgets_are_checked() {
+        for (line, want) in [
+            (
+                "price_per_mtok = { input = -1.0, output = 0.0 }",
+                "price_per_mtok",
+            ),
+            (
+                "model_prices = { \"m\" = { input = 1.0, output = nan } }",
+                "model_prices",
+            ),
+            ("max_usd_per_day = 0.0", "max_usd_per_day"),
+            ("max_tokens_per_day = 0", "max_tokens_per_day"),
+        ] {
+            let text = format!("[[providers]]\nkind = \"groq\"\n{line}\n");
+            let e = WorkerFile::parse(&text).expect_err(line).to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
     }
 }

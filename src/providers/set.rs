@@ -16,11 +16,15 @@
 //! key); a rejected key disables the provider until the worker restarts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::budget::{self, Budget, Ledger, Spent};
 use super::{ChunkSink, Provider, ProviderError, ProviderErrorKind};
-use crate::task::{ChatRequest, Offer, ProviderCooldown, Route, TaskOutput, Tier, wants_reasoning};
+use crate::task::{
+    ChatRequest, Offer, Price, ProviderCooldown, RestReason, Route, TaskOutput, Tier, price_in,
+    wants_reasoning,
+};
 
 /// A worker's own settings for one provider (from its TOML file).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,6 +38,10 @@ pub struct ProviderSettings {
     pub per_minute: Option<u32>,
     /// Calls per minute per model.
     pub model_limits: BTreeMap<String, u32>,
+    /// Prices from the worker file, per model (`*`: any), over the built-in ones.
+    pub prices: Vec<(String, Price)>,
+    /// Daily limits.
+    pub budget: Budget,
 }
 
 /// One task as the provider set sees it.
@@ -96,6 +104,10 @@ impl Limiter {
 struct Health {
     /// The whole provider cools down until then (quota, budget, own limit).
     cooldown_until: Option<Instant>,
+    /// Why it cools down.
+    reason: RestReason,
+    /// Today's spend, for the budget.
+    spent: Spent,
     /// The vendor rejected the key: not used again until the worker restarts.
     disabled: bool,
     limiter: Limiter,
@@ -106,6 +118,7 @@ struct Health {
 #[derive(Debug, Clone, Default)]
 struct ModelHealth {
     cooldown_until: Option<Instant>,
+    reason: RestReason,
     limiter: Limiter,
 }
 
@@ -125,12 +138,13 @@ impl Health {
     /// own limits, or cools down whichever is full until a slot frees.
     fn admit(&mut self, model: Option<&str>, now: Instant) -> bool {
         if let Some(t) = self.limiter.wait_until(now) {
-            self.cooldown_until = Some(t);
+            self.rest(t, RestReason::OwnLimit);
             return false;
         }
         if let Some(m) = model.and_then(|m| self.models.get_mut(m)) {
             if let Some(t) = m.limiter.wait_until(now) {
                 m.cooldown_until = Some(t);
+                m.reason = RestReason::OwnLimit;
                 return false;
             }
             m.limiter.record(now);
@@ -140,10 +154,15 @@ impl Health {
     }
 
     fn cool_down_model(&mut self, model: &str, until: Instant) {
-        self.models
-            .entry(model.to_owned())
-            .or_default()
-            .cooldown_until = Some(until);
+        let m = self.models.entry(model.to_owned()).or_default();
+        m.cooldown_until = Some(until);
+        m.reason = RestReason::RateLimited;
+    }
+
+    /// The whole provider rests until `until`, for `reason`.
+    fn rest(&mut self, until: Instant, reason: RestReason) {
+        self.cooldown_until = Some(until);
+        self.reason = reason;
     }
 
     /// When this provider could next serve something, if it is cooling down.
@@ -172,6 +191,11 @@ struct Entry {
     provider: Arc<dyn Provider>,
     tier: Tier,
     reasoning_model: Option<String>,
+    /// What its calls cost (empty on the local and free tiers).
+    prices: Vec<(String, Price)>,
+    budget: Budget,
+    /// Its name in the spend ledger: the kind, `kind#2` for a second key of it.
+    ledger_key: String,
 }
 
 /// The providers configured on one worker, first preferred.
@@ -179,6 +203,8 @@ struct Entry {
 pub struct ProviderSet {
     entries: Arc<Vec<Entry>>,
     health: Arc<Mutex<Vec<Health>>>,
+    /// Where the day's spend is kept, once the worker has said.
+    ledger: Arc<OnceLock<Ledger>>,
 }
 
 impl std::fmt::Debug for ProviderSet {
@@ -216,26 +242,116 @@ impl ProviderSet {
                     model.clone(),
                     ModelHealth {
                         cooldown_until: None,
+                        reason: RestReason::OwnLimit,
                         limiter: Limiter::new(Some(*limit)),
                     },
                 );
             }
             health.push(h);
+            let kind = provider.kind();
+            let tier = s.tier.unwrap_or_else(|| super::vendor::default_tier(kind));
+            // Local hardware and free keys cost nothing; a billed key costs
+            // the file's prices, else the built-in ones.
+            let prices = if tier > Tier::Free {
+                let mut p = budget::builtin_prices(kind);
+                for (model, price) in &s.prices {
+                    p.retain(|(m, _)| m != model);
+                    p.push((model.clone(), *price));
+                }
+                p
+            } else {
+                Vec::new()
+            };
+            let same_kind = entries
+                .iter()
+                .filter(|e: &&Entry| e.provider.kind() == kind)
+                .count();
             entries.push(Entry {
-                tier: s
-                    .tier
-                    .unwrap_or_else(|| super::vendor::default_tier(provider.kind())),
+                tier,
                 reasoning_model: s.reasoning_model.or_else(|| {
-                    super::vendor::find(provider.kind())
+                    super::vendor::find(kind)
                         .and_then(|v| v.reasoning_model)
                         .map(str::to_owned)
                 }),
+                prices,
+                budget: s.budget,
+                ledger_key: if same_kind == 0 {
+                    kind.to_owned()
+                } else {
+                    format!("{kind}#{}", same_kind + 1)
+                },
                 provider,
             });
         }
         ProviderSet {
             entries: Arc::new(entries),
             health: Arc::new(Mutex::new(health)),
+            ledger: Arc::default(),
+        }
+    }
+
+    /// Keeps the day's spend of providers with a budget in `path` (the
+    /// worker's data dir), starting from what it holds for today: a restart
+    /// does not reset a budget. A provider already past its budget rests
+    /// at once. Only the first call takes effect.
+    pub fn keep_spend_in(&self, path: &std::path::Path) {
+        if self.ledger.set(Ledger::new(path)).is_err() {
+            return;
+        }
+        let Some(ledger) = self.ledger.get() else {
+            return;
+        };
+        let (today, left) = budget::today();
+        let saved = ledger.load(today);
+        let now = Instant::now();
+        let mut health = self.health();
+        for (h, e) in health.iter_mut().zip(self.entries.iter()) {
+            if let Some(s) = saved.get(&e.ledger_key) {
+                h.spent = *s;
+                if e.budget.spent(s) {
+                    h.rest(now + left, RestReason::Budget);
+                    tracing::info!(
+                        provider = e.provider.kind(),
+                        "daily budget already spent; resting until midnight UTC"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Counts a successful call against provider `i`'s budget; past it,
+    /// the provider rests until midnight UTC.
+    fn charge(&self, i: usize, out: &TaskOutput) {
+        let e = &self.entries[i];
+        let (Some(usage), true) = (out.usage, e.budget.is_set()) else {
+            return;
+        };
+        let cost = price_in(&e.prices, &out.model).map_or(0, |p| p.cost_nanos(usage));
+        let (today, left) = budget::today();
+        let snapshot: BTreeMap<String, Spent> = {
+            let mut health = self.health();
+            let h = &mut health[i];
+            h.spent.add(today, usage, cost);
+            let now = Instant::now();
+            let resting = h.reason == RestReason::Budget && h.cooling_down(now);
+            if e.budget.spent(&h.spent) && !resting {
+                h.rest(now + left, RestReason::Budget);
+                tracing::info!(
+                    provider = e.provider.kind(),
+                    spent_usd = h.spent.nanos as f64 / 1e9,
+                    tokens = h.spent.tokens,
+                    "daily budget spent; resting until midnight UTC"
+                );
+            }
+            health
+                .iter()
+                .zip(self.entries.iter())
+                .filter(|(_, e)| e.budget.is_set())
+                .map(|(h, e)| (e.ledger_key.clone(), h.spent))
+                .collect()
+        };
+        if let Some(ledger) = self.ledger.get() {
+            ledger.save(&snapshot);
         }
     }
 
@@ -262,6 +378,7 @@ impl ProviderSet {
                     models,
                     reasoning_model: e.reasoning_model.clone(),
                     embedding_models: e.provider.embedding_models(),
+                    prices: e.prices.clone(),
                 }
             })
             .collect()
@@ -291,19 +408,29 @@ impl ProviderSet {
                         h.cooldown_until.map_or(0, left)
                     },
                     disabled: h.disabled,
+                    reason: if h.disabled {
+                        RestReason::KeyRejected
+                    } else {
+                        h.reason
+                    },
                 });
             }
             let mut models: Vec<_> = h
                 .models
                 .iter()
-                .filter_map(|(m, mh)| mh.cooldown_until.filter(|t| *t > now).map(|t| (m, t)))
+                .filter_map(|(m, mh)| {
+                    mh.cooldown_until
+                        .filter(|t| *t > now)
+                        .map(|t| (m, t, mh.reason))
+                })
                 .collect();
-            models.sort();
-            out.extend(models.into_iter().map(|(m, t)| ProviderCooldown {
+            models.sort_by(|a, b| a.0.cmp(b.0));
+            out.extend(models.into_iter().map(|(m, t, reason)| ProviderCooldown {
                 provider: kind.to_owned(),
                 model: Some(m.clone()),
                 remaining_ms: left(t),
                 disabled: false,
+                reason,
             }));
         }
         out
@@ -450,7 +577,10 @@ impl ProviderSet {
                     e.provider.chat(&req, sink.clone()).await
                 };
                 match answer {
-                    Ok(out) => return Ok(out),
+                    Ok(out) => {
+                        self.charge(i, &out);
+                        return Ok(out);
+                    }
                     Err(err) => {
                         report(kind, &err);
                         let until = |ms: u64| Instant::now() + Duration::from_millis(ms);
@@ -459,10 +589,10 @@ impl ProviderSet {
                         match err.kind {
                             ProviderErrorKind::RateLimited { retry_after_ms } => match &model {
                                 Some(m) => h.cool_down_model(m, until(retry_after_ms)),
-                                None => h.cooldown_until = Some(until(retry_after_ms)),
+                                None => h.rest(until(retry_after_ms), RestReason::RateLimited),
                             },
                             ProviderErrorKind::QuotaExhausted { retry_after_ms } => {
-                                h.cooldown_until = Some(until(retry_after_ms));
+                                h.rest(until(retry_after_ms), RestReason::Quota);
                             }
                             ProviderErrorKind::Auth => h.disabled = true,
                             ProviderErrorKind::Transient

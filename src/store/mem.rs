@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Backend, CacheKey, Op, Snapshot, StoreError};
+use super::{Backend, CacheKey, Op, Snapshot, StoreError, UsageKey, UsageTotals};
 use crate::task::{FinishedTask, TaskId};
 
 /// A [`Backend`] in memory. [`MemBackend::set_failing`] makes every commit
@@ -12,6 +12,7 @@ use crate::task::{FinishedTask, TaskId};
 pub struct MemBackend {
     state: Mutex<(Snapshot, BTreeMap<TaskId, FinishedTask>)>,
     cache: Mutex<BTreeMap<CacheKey, Vec<u8>>>,
+    usage: Mutex<BTreeMap<UsageKey, UsageTotals>>,
     /// When true, commits fail with a backend error.
     fail_commits: std::sync::atomic::AtomicBool,
 }
@@ -85,6 +86,13 @@ impl Backend for MemBackend {
                     }
                 }
                 Op::CacheClear => self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear(),
+                Op::AddUsage(k, add) => self
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(k.clone())
+                    .or_default()
+                    .add(add),
             }
         }
         Ok(())
@@ -108,6 +116,15 @@ impl Backend for MemBackend {
             .rev()
             .take(n)
             .map(|(_, f)| f.clone())
+            .collect())
+    }
+
+    fn usage(&self, from: u32, to: u32) -> Result<Vec<(UsageKey, UsageTotals)>, StoreError> {
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(usage
+            .iter()
+            .filter(|(k, _)| (from..=to).contains(&k.day))
+            .map(|(k, t)| (k.clone(), *t))
             .collect())
     }
 

@@ -7,7 +7,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::{
     AgentDef, Backend, CacheKey, Op, PendingTask, Snapshot, StoreError, TokenRecord, Totals,
-    WorkerRecord, from_bytes, to_bytes,
+    UsageKey, UsageTotals, WorkerRecord, from_bytes, to_bytes,
 };
 use crate::task::{FinishedTask, TaskId};
 
@@ -21,6 +21,9 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Result cache: key → a `CacheRecord`.
 const CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cache");
+/// Usage: (UTC day, provider␟model␟worker␟agent) → `UsageTotals`. A table
+/// added without a format change: older files get it empty.
+const USAGE: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("usage");
 
 const NEXT_ID: &str = "next_task_id";
 /// Meta key holding the record layout version.
@@ -129,6 +132,7 @@ fn open_db(path: &Path, check: bool) -> Result<Database, StoreError> {
         txn.open_table(WORKERS).map_err(be)?;
         txn.open_table(AGENTS).map_err(be)?;
         txn.open_table(CACHE).map_err(be)?;
+        txn.open_table(USAGE).map_err(be)?;
         let mut meta = txn.open_table(META).map_err(be)?;
         // Records are bincode: a file written by another layout must be
         // refused whole rather than misread. A new file gets our format.
@@ -218,6 +222,7 @@ impl Backend for RedbBackend {
             copy_table(&snapshot, &txn, AGENTS)?;
             copy_table(&snapshot, &txn, META)?;
             copy_table(&snapshot, &txn, CACHE)?;
+            copy_table(&snapshot, &txn, USAGE)?;
             txn.commit().map_err(be)?;
             Ok(())
         })
@@ -268,6 +273,33 @@ impl Backend for RedbBackend {
             for row in table.range(..below).map_err(be)?.rev().take(n) {
                 let (_, v) = row.map_err(be)?;
                 out.push(from_bytes("results", v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn usage(&self, from: u32, to: u32) -> Result<Vec<(UsageKey, UsageTotals)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(be)?;
+            let table = txn.open_table(USAGE).map_err(be)?;
+            let mut out = Vec::new();
+            if from > to {
+                return Ok(out);
+            }
+            let end = to.checked_add(1);
+            let rows = match end {
+                Some(end) => table.range((from, "")..(end, "")).map_err(be)?,
+                None => table.range((from, "")..).map_err(be)?,
+            };
+            for row in rows {
+                let (k, v) = row.map_err(be)?;
+                let (day, names) = k.value();
+                if let (Some(key), Ok(t)) = (
+                    UsageKey::from_names(day, names),
+                    super::usage_totals(v.value()),
+                ) {
+                    out.push((key, t));
+                }
             }
             Ok(out)
         })
@@ -342,6 +374,7 @@ fn commit(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
         let mut agents = txn.open_table(AGENTS).map_err(be)?;
         let mut meta = txn.open_table(META).map_err(be)?;
         let mut cache = txn.open_table(CACHE).map_err(be)?;
+        let mut usage = txn.open_table(USAGE).map_err(be)?;
         let mut totals = Totals::default();
         let mut max_id = None;
         for op in ops {
@@ -395,6 +428,21 @@ fn commit(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
                 }
                 Op::CacheClear => {
                     cache.retain(|_, _| false).map_err(be)?;
+                }
+                Op::AddUsage(k, add) => {
+                    let names = k.names();
+                    let mut row = match usage.get((k.day, names.as_str())).map_err(be)? {
+                        // A row this build cannot read starts over.
+                        Some(v) => super::usage_totals(v.value()).unwrap_or_default(),
+                        None => UsageTotals::default(),
+                    };
+                    row.add(add);
+                    usage
+                        .insert(
+                            (k.day, names.as_str()),
+                            super::usage_bytes(&row)?.as_slice(),
+                        )
+                        .map_err(be)?;
                 }
             }
         }

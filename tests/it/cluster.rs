@@ -757,6 +757,13 @@ impl d8::store::Backend for PanickingStore {
     ) -> Result<Option<Vec<u8>>, d8::store::StoreError> {
         self.inner.cache_get(key)
     }
+    fn usage(
+        &self,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<(d8::store::UsageKey, d8::store::UsageTotals)>, d8::store::StoreError> {
+        self.inner.usage(from, to)
+    }
     fn recent_results(
         &self,
         before: Option<d8::task::TaskId>,

@@ -16,3 +16,4 @@ mod openai;
 mod openai_sdk;
 mod processes;
 mod streaming;
+mod usage;

@@ -180,6 +180,12 @@ pub struct ServeArgs {
     /// present. They win over the prices workers advertise.
     #[arg(long, env = "D8_PRICES")]
     pub prices: Option<PathBuf>,
+    /// With --no-auth, also answer requests that name this host (besides
+    /// IP addresses, `localhost` and this machine's names); repeatable.
+    /// Other names are refused so a web page elsewhere cannot reach the API
+    /// through the browser (DNS rebinding).
+    #[arg(long = "allow-host", env = "D8_ALLOW_HOST", value_delimiter = ',')]
+    pub allow_host: Vec<String>,
     /// Serve the HTTP API without the bearer key (trusted networks only).
     #[arg(long, env = "D8_NO_AUTH")]
     pub no_auth: bool,
@@ -221,6 +227,10 @@ pub struct JoinArgs {
     /// Artificial latency of the echo provider, ms.
     #[arg(long, env = "D8_ECHO_DELAY_MS", default_value_t = 0)]
     pub echo_delay_ms: u64,
+    /// Make echo stream its answer a word at a time, this many ms apart
+    /// (to watch tokens arrive; default: all at once).
+    #[arg(long, env = "ECHO_WORD_DELAY_MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub echo_word_delay_ms: Option<u64>,
     /// Tasks run at once.
     #[arg(long, env = "D8_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub slots: u32,

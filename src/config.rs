@@ -164,6 +164,9 @@ pub struct OrchestratorConfig {
     /// Prices for usage accounting (`--prices`); default: the data dir's
     /// `prices.toml` when there is one.
     pub prices: Option<PathBuf>,
+    /// Host names the API answers without a key besides addresses,
+    /// `localhost` and this machine's names (`--allow-host`).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `n` MiB in bytes, saturating on 32-bit targets.
@@ -201,6 +204,7 @@ impl OrchestratorConfig {
             name: None,
             logs: None,
             prices: None,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -338,6 +342,7 @@ impl OrchestratorConfig {
         cfg.require_api_key = !args.no_auth;
         cfg.metrics_no_auth = args.metrics_no_auth;
         cfg.prices = args.prices.clone();
+        cfg.allowed_hosts = args.allow_host.clone();
         cfg.mdns = (!args.no_mdns).then(|| args.mdns.interfaces.clone());
         if let Some(n) = &args.name
             && (n.is_empty() || n.len() > 63 || n.contains('.'))
@@ -386,6 +391,9 @@ impl WorkerConfig {
             .or_else(|| args.deepseek_base_url.clone())
         {
             over.insert("OLLAMA_HOST".to_owned(), u);
+        }
+        if let Some(ms) = args.echo_word_delay_ms {
+            over.insert("ECHO_WORD_DELAY_MS".to_owned(), ms.to_string());
         }
         let env = providers::Overlay {
             base: &providers::ProcessEnv,

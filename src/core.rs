@@ -212,8 +212,16 @@ pub struct Stats {
     pub pending: usize,
     /// Tasks running.
     pub assigned: usize,
+    /// Tasks waiting, per priority (index 1-10; 0 unused).
+    pub pending_by_priority: [usize; 11],
     /// Counters.
     pub counters: Counters,
+}
+
+/// A priority's index in per-priority counts (1-10; out-of-range values,
+/// which the HTTP layer refuses, are clamped rather than trusted).
+fn band(priority: u8) -> usize {
+    usize::from(priority.clamp(1, 10))
 }
 
 /// Longest pause between attempts of a failing task.
@@ -359,6 +367,10 @@ pub struct Scheduler {
     actions: VecDeque<Action>,
     counters: Counters,
     assigned: usize,
+    /// Unfinished tasks per priority (index 1-10).
+    unfinished_by_priority: [usize; 11],
+    /// Running tasks per priority.
+    assigned_by_priority: [usize; 11],
     /// No new assignments (the store cannot record results).
     paused: bool,
 }
@@ -375,6 +387,8 @@ impl Scheduler {
             actions: VecDeque::new(),
             counters,
             assigned: 0,
+            unfinished_by_priority: [0; 11],
+            assigned_by_priority: [0; 11],
             paused: false,
         }
     }
@@ -417,6 +431,7 @@ impl Scheduler {
             self.timers.insert((deadline, Timer::Deadline(id)));
         }
         self.queues.entry(class.clone()).or_default().insert(key);
+        self.unfinished_by_priority[band(spec.priority)] += 1;
         self.tasks.insert(
             id,
             Box::new(TaskEntry {
@@ -499,12 +514,20 @@ impl Scheduler {
         }
     }
 
+    /// Counts `task` as no longer running (its state is changed by the caller).
+    fn unassign(&mut self, task: TaskId) {
+        self.assigned -= 1;
+        if let Some(t) = self.tasks.get(&task) {
+            self.assigned_by_priority[band(t.spec.priority)] -= 1;
+        }
+    }
+
     fn remove_worker(&mut self, now: Millis, id: &WorkerId) {
         let Some(w) = self.workers.remove(id) else {
             return;
         };
         for task in w.active {
-            self.assigned -= 1;
+            self.unassign(task);
             self.lose(now, task, "worker lost".to_owned());
         }
     }
@@ -567,7 +590,7 @@ impl Scheduler {
             self.counters.late_results += 1;
             return ResultDisposition::Late;
         };
-        self.assigned -= 1;
+        self.unassign(task);
         if let Some(w) = self.workers.get_mut(worker) {
             w.active.remove(&task);
             w.last_seen = now;
@@ -681,6 +704,7 @@ impl Scheduler {
                 worker, expires, ..
             } => {
                 self.assigned -= 1;
+                self.assigned_by_priority[band(t.spec.priority)] -= 1;
                 self.timers
                     .remove(&(expires, Timer::AttemptExpiry(task, t.attempt)));
                 if let Some(w) = self.workers.get_mut(&worker) {
@@ -710,6 +734,7 @@ impl Scheduler {
         let Some(t) = self.tasks.remove(&task) else {
             return;
         };
+        self.unfinished_by_priority[band(t.spec.priority)] -= 1;
         // Timers die with the task, so they never outnumber live tasks.
         match t.state {
             State::Assigned { expires, .. } => {
@@ -912,6 +937,7 @@ impl Scheduler {
         w.active.insert(task);
         w.dispatched += 1;
         self.assigned += 1;
+        self.assigned_by_priority[band(t.spec.priority)] += 1;
         self.timers
             .insert((expires, Timer::AttemptExpiry(task, t.attempt)));
         self.actions.push_back(Action::Dispatch {
@@ -1000,6 +1026,9 @@ impl Scheduler {
             by_type,
             pending: self.tasks.len() - self.assigned,
             assigned: self.assigned,
+            pending_by_priority: std::array::from_fn(|p| {
+                self.unfinished_by_priority[p] - self.assigned_by_priority[p]
+            }),
             counters: self.counters,
         }
     }
@@ -1034,6 +1063,18 @@ impl Scheduler {
             }
         }
         assert_eq!(assigned, self.assigned);
+        let (mut unfinished, mut running) = ([0usize; 11], [0usize; 11]);
+        for t in self.tasks.values() {
+            unfinished[band(t.spec.priority)] += 1;
+            if matches!(t.state, State::Assigned { .. }) {
+                running[band(t.spec.priority)] += 1;
+            }
+        }
+        assert_eq!(
+            unfinished, self.unfinished_by_priority,
+            "unfinished by priority"
+        );
+        assert_eq!(running, self.assigned_by_priority, "running by priority");
         let queued: usize = self.queues.values().map(BTreeSet::len).sum();
         assert_eq!(queued + assigned + backing_off, self.tasks.len());
         for w in self.workers.values() {

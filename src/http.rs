@@ -19,6 +19,8 @@
 //! - `usage`: `GET /api/usage`, tokens and cost per provider, model,
 //!   worker, agent or day.
 //! - `body`: request bodies: parsing and validation.
+//! - `dashboard`: the web page at `/`, its assets, the browser-safety
+//!   headers, the host check without a key, `GET /api/cluster`.
 //!
 //! Request bodies are parsed as JSON whatever their `Content-Type` (the
 //! original project's clients and `curl -d` send form content types).
@@ -26,6 +28,7 @@
 mod admin;
 mod agents;
 mod body;
+mod dashboard;
 mod error;
 mod events;
 mod logs;
@@ -76,7 +79,8 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/cache", delete(admin::clear_cache))
         .route("/events", get(events::events))
         .route("/logs", get(logs::logs))
-        .route("/usage", get(usage::usage));
+        .route("/usage", get(usage::usage))
+        .route("/cluster", get(dashboard::cluster_info));
     // The key check, then (inner layer: only an authorised client's body
     // is read) the body within its time limit.
     let protect = |r: Router<Arc<Cluster>>| {
@@ -98,11 +102,13 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
     let scrape = Router::new().route("/metrics", get(metrics::metrics));
     // Scrapers on a trusted network may be let in without the key.
     let scrape = if cluster.config().metrics_no_auth {
-        scrape
+        scrape.route_layer(middleware::from_fn_with_state(cluster.clone(), check_host))
     } else {
         scrape.route_layer(middleware::from_fn_with_state(cluster.clone(), require_key))
     };
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::assets))
         .route("/health", get(admin::health))
         .merge(scrape)
         .nest("/api", protect(api))
@@ -113,7 +119,22 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(counters.clone()))
         .layer(middleware::from_fn_with_state(counters, metrics::count))
+        .layer(middleware::from_fn(dashboard::security_headers))
         .with_state(cluster)
+}
+
+/// Without a key, only requests naming an allowed host (DNS rebinding;
+/// see `dashboard`).
+async fn check_host(State(cluster): AppState, req: Request, next: Next) -> Response {
+    if let Some(host) = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        && !dashboard::host_allowed(&cluster, host)
+    {
+        return dashboard::host_refused(host);
+    }
+    next.run(req).await
 }
 
 /// Compares without an early exit, so response timing does not reveal how
@@ -123,7 +144,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn require_key(State(cluster): AppState, req: Request, next: Next) -> Response {
-    if cluster.config().require_api_key {
+    if !cluster.config().require_api_key {
+        return check_host(State(cluster), req, next).await;
+    }
+    {
         let given = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)

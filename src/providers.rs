@@ -352,6 +352,13 @@ pub fn build(
     Ok(match v.dialect {
         Dialect::Echo => Arc::new(echo::Echo {
             delay: echo_delay,
+            // `ECHO_WORD_DELAY_MS` (or `--echo-word-delay-ms`): stream a word
+            // at a time; an unreadable value streams at once.
+            word_delay: std::time::Duration::from_millis(
+                env.var("ECHO_WORD_DELAY_MS")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
             embedding_models,
         }),
         Dialect::Ollama => {

@@ -45,6 +45,8 @@ pub(super) async fn health(State(cluster): AppState) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "time": now_millis().0,
         "log_lines_dropped": crate::logging::dropped_lines(),
+        // Whether /api needs the key (the dashboard asks for it only then).
+        "auth": cluster.config().require_api_key,
     });
     if !down.is_empty() {
         body["down"] = json!(down);
@@ -76,12 +78,13 @@ pub(super) struct StatsQuery {
 /// clients keep working. `?include=` takes a comma-separated list:
 /// `cooldowns` adds every provider cooling down in the cluster (`worker_id`,
 /// `provider`, `model`, `remaining_ms`, `disabled`, `reason`); `cache` adds the result
-/// cache's `hits`, `misses`, `entries`, `bytes`, `max_bytes`, `evictions`.
+/// cache's `hits`, `misses`, `entries`, `bytes`, `max_bytes`, `evictions`;
+/// `queue` adds `pending_by_priority` and `requeued`.
 pub(super) async fn worker_stats(
     State(cluster): AppState,
     Query(q): Query<StatsQuery>,
 ) -> ApiResult {
-    let (mut with_cooldowns, mut with_cache) = (false, false);
+    let mut with = Include::default();
     for part in q
         .include
         .as_deref()
@@ -91,25 +94,44 @@ pub(super) async fn worker_stats(
     {
         match part {
             "" => {}
-            "cooldowns" => with_cooldowns = true,
-            "cache" => with_cache = true,
+            "cooldowns" => with.cooldowns = true,
+            "cache" => with.cache = true,
+            "queue" => with.queue = true,
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_include",
-                    format!("include={other:?} is not known (use cooldowns, cache, or both)"),
+                    format!(
+                        "include={other:?} is not known (use cooldowns, cache, queue, or several)"
+                    ),
                 ));
             }
         }
     }
-    Ok(Json(stats_json(&cluster, with_cooldowns, with_cache).await?).into_response())
+    Ok(Json(stats_json(&cluster, with).await?).into_response())
+}
+
+/// The optional parts of the stats.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Include {
+    /// Every provider resting on a connected worker.
+    pub(super) cooldowns: bool,
+    /// The result cache's counters.
+    pub(super) cache: bool,
+    /// Waiting tasks by priority, re-queued attempts.
+    pub(super) queue: bool,
+}
+
+impl Include {
+    /// All of them (the dashboard's stream).
+    pub(super) const ALL: Include = Include {
+        cooldowns: true,
+        cache: true,
+        queue: true,
+    };
 }
 
 /// The stats as `GET /api/workers/stats` shows them, with the optional parts.
-pub(super) async fn stats_json(
-    cluster: &Cluster,
-    with_cooldowns: bool,
-    with_cache: bool,
-) -> Result<Value, ApiError> {
+pub(super) async fn stats_json(cluster: &Cluster, with: Include) -> Result<Value, ApiError> {
     let s = cluster.stats().await?;
     let done = s.counters.completed + s.counters.failed;
     // Percent, two decimals; 0 before anything finished.
@@ -137,7 +159,19 @@ pub(super) async fn stats_json(
             "success_rate": rate,
         },
     });
-    if with_cooldowns {
+    if with.queue {
+        body["queue"] = json!({
+            // Waiting tasks per priority, those with any.
+            "pending_by_priority": (1..=10)
+                .filter(|p| s.pending_by_priority[*p] > 0)
+                .map(|p| (p.to_string(), json!(s.pending_by_priority[p])))
+                .collect::<serde_json::Map<String, Value>>(),
+            // Attempts moved or retried: a worker lost, a timeout, a
+            // transient error or a rate limit.
+            "requeued": s.counters.requeued,
+        });
+    }
+    if with.cooldowns {
         let mut list = Vec::new();
         for w in cluster.live_workers().await? {
             for r in w.cooldowns {
@@ -153,7 +187,7 @@ pub(super) async fn stats_json(
         }
         body["cooldowns"] = Value::Array(list);
     }
-    if with_cache {
+    if with.cache {
         let c = cluster.cache().stats();
         body["cache"] = json!({
             "hits": c.hits, "misses": c.misses, "entries": c.entries,

@@ -3,7 +3,7 @@
 //!
 //! Events, in order:
 //! - `snapshot` `{"stats", "workers", "tasks"}`: the stats as
-//!   `GET /api/workers/stats?include=cooldowns,cache`, the workers as
+//!   `GET /api/workers/stats?include=cooldowns,cache,queue`, the workers as
 //!   `GET /api/workers`, the 50 most recent tasks as `GET /api/tasks`.
 //!   First, and again whenever the client fell too far behind (its missed
 //!   changes are dropped, not queued: a slow client costs bounded memory).
@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::admin::{stats_json, workers_json};
+use super::admin::{Include, stats_json, workers_json};
 use super::tasks::task_json;
 use super::{ApiError, AppState};
 use crate::node::Cluster;
@@ -54,7 +54,7 @@ async fn snapshot(cluster: &Cluster) -> Result<(Sse, u64), ApiError> {
         ..LogQuery::default()
     });
     let body = json!({
-        "stats": stats_json(cluster, true, true).await?,
+        "stats": stats_json(cluster, Include::ALL).await?,
         "workers": workers_json(cluster).await?,
         "tasks": tasks.iter().map(task_json).collect::<Vec<Value>>(),
         "logs": logs.iter().map(|e| e.json()).collect::<Vec<Value>>(),
@@ -133,7 +133,7 @@ impl Follow {
                 },
                 _ = self.tick.tick(), if self.dirty => {
                     self.dirty = false;
-                    let stats = stats_json(&self.cluster, true, true).await.ok()?;
+                    let stats = stats_json(&self.cluster, Include::ALL).await.ok()?;
                     self.ready.push_back(Sse::default().event("stats").data(stats.to_string()));
                 }
             }

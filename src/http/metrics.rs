@@ -119,6 +119,18 @@ pub(super) async fn metrics(
         "Tasks waiting for a worker.",
         s.pending as u64,
     );
+    e.family(
+        "d8_tasks_pending_by_priority",
+        "gauge",
+        "Tasks waiting for a worker, by priority (1 lowest, 10 most urgent).",
+    );
+    for p in 1..=10 {
+        e.sample(
+            "d8_tasks_pending_by_priority",
+            &[("priority", &p.to_string())],
+            s.pending_by_priority[p],
+        );
+    }
     e.single(
         "d8_tasks_running",
         "gauge",

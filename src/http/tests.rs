@@ -219,6 +219,15 @@ async fn tasks_keep_the_original_shapes() {
         .call("GET", "/api/workers/stats?include=cooldowns", None)
         .await;
     assert_eq!(v["cooldowns"], json!([]));
+    // Waiting tasks by priority (both batch tasks are priority 5, the
+    // original project's default).
+    let (_, v) = app
+        .call("GET", "/api/workers/stats?include=queue", None)
+        .await;
+    assert_eq!(
+        v["queue"],
+        json!({"pending_by_priority": {"5": 2}, "requeued": 0})
+    );
 }
 
 #[tokio::test]

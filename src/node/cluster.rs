@@ -186,6 +186,21 @@ pub struct Cluster {
     logs: Arc<LogRing>,
     /// Usage and cost accounting.
     accounts: Arc<Accounts>,
+    /// When it opened.
+    started_at: crate::task::Millis,
+    /// How it shows itself, once the orchestrator has started.
+    node: std::sync::OnceLock<NodeInfo>,
+}
+
+/// How the orchestrator shows itself (the dashboard's header, join command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The name announced over mDNS.
+    pub name: String,
+    /// QUIC port workers connect to.
+    pub quic_port: u16,
+    /// Whether it advertises over mDNS (workers need no address).
+    pub mdns: bool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -315,6 +330,8 @@ impl Cluster {
             cache,
             logs,
             accounts,
+            started_at: now_millis(),
+            node: std::sync::OnceLock::new(),
         });
         Ok((cluster, actor))
     }
@@ -695,6 +712,21 @@ impl Cluster {
     /// Recent log lines, the orchestrator's and its workers'.
     pub fn logs(&self) -> &Arc<LogRing> {
         &self.logs
+    }
+
+    /// When this orchestrator opened.
+    pub fn started_at(&self) -> crate::task::Millis {
+        self.started_at
+    }
+
+    /// How the orchestrator shows itself; `None` until it has started.
+    pub fn node_info(&self) -> Option<&NodeInfo> {
+        self.node.get()
+    }
+
+    /// Records how the orchestrator shows itself (once).
+    pub fn set_node_info(&self, info: NodeInfo) {
+        let _ = self.node.set(info);
     }
 
     /// Usage and cost accounting.

@@ -247,6 +247,11 @@ impl Orchestrator {
                 }
             }
         });
+        cluster.set_node_info(super::cluster::NodeInfo {
+            name: name.clone(),
+            quic_port: quic_addr.port(),
+            mdns: advertiser.is_some(),
+        });
         tracing::info!(%quic_addr, %http_addr, data_dir = %cfg.data_dir.display(), "orchestrator up");
         Ok(Orchestrator {
             cluster,

@@ -14,6 +14,9 @@ use crate::task::{
 pub struct Echo {
     /// Artificial latency per request.
     pub delay: Duration,
+    /// When not zero, the answer streams a word at a time with this pause
+    /// before each (demos, and watching tokens arrive in the dashboard).
+    pub word_delay: Duration,
     /// Models it "embeds" with (`echo-embed` when built from the vendor table).
     pub embedding_models: Vec<String>,
 }
@@ -23,6 +26,7 @@ impl Default for Echo {
     fn default() -> Self {
         Echo {
             delay: Duration::ZERO,
+            word_delay: Duration::ZERO,
             embedding_models: super::vendor::ECHO
                 .embedding_models
                 .iter()
@@ -127,7 +131,25 @@ impl Provider for Echo {
                     if req.response_format.is_json() && !is_json {
                         out.content = serde_json::json!({ "text": out.content }).to_string();
                     }
-                    sink.push(out.content.clone()).await;
+                    if self.word_delay.is_zero() {
+                        sink.push(out.content.clone()).await;
+                    } else {
+                        // Word by word, each with its following spaces.
+                        let mut rest = out.content.as_str();
+                        while !rest.is_empty() {
+                            let word = rest.trim_start().len();
+                            let lead = rest.len() - word;
+                            let end = rest[lead..]
+                                .find(char::is_whitespace)
+                                .map_or(rest.len(), |i| lead + i);
+                            let end = rest[end..]
+                                .find(|c: char| !c.is_whitespace())
+                                .map_or(rest.len(), |i| end + i);
+                            tokio::time::sleep(self.word_delay).await;
+                            sink.push(rest[..end].to_owned()).await;
+                            rest = &rest[end..];
+                        }
+                    }
                 }
             }
             out.usage = Some(Usage::new(
@@ -187,6 +209,26 @@ mod tests {
         assert_eq!(out.content, "second one");
         assert_eq!(out.usage.expect("usage").completion_tokens, 2);
         assert_eq!(rx.recv().await.as_deref(), Some("second one"));
+    }
+
+    #[tokio::test]
+    async fn with_a_word_delay_it_streams_word_by_word() {
+        let req = ChatRequest {
+            messages: vec![ChatMessage::new("user", "  one two\nthree ")],
+            ..Default::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let echo = Echo {
+            word_delay: Duration::from_millis(1),
+            ..Echo::default()
+        };
+        let out = echo.chat(&req, ChunkSink::new(tx)).await.expect("ok");
+        let mut chunks = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            chunks.push(c);
+        }
+        assert_eq!(chunks, ["  one ", "two\n", "three "]);
+        assert_eq!(chunks.concat(), out.content, "nothing lost or added");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod cache;
 mod cluster;
+mod dashboard;
 mod dialects;
 mod enrollment;
 mod fakes;

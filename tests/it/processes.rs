@@ -13,8 +13,8 @@ use super::harness::{chat, free_port, init_tracing, wait_healthy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_d8");
 
-struct Proc {
-    child: Child,
+pub(super) struct Proc {
+    pub(super) child: Child,
     log: PathBuf,
 }
 
@@ -44,19 +44,20 @@ fn spawn_to(args: &[&str], log: &Path, envs: &[(&str, &str)], out: Stdio, err: S
     }
 }
 
-struct ProcCluster {
+/// A cluster of real `d8` processes on loopback.
+pub(super) struct ProcCluster {
     dir: tempfile::TempDir,
     port: u16,
     orch: Option<Proc>,
-    workers: Vec<Proc>,
+    pub(super) workers: Vec<Proc>,
     http: reqwest::Client,
-    key: String,
+    pub(super) key: String,
     token: String,
     stderr: Option<fn() -> Stdio>,
 }
 
 impl ProcCluster {
-    async fn start() -> ProcCluster {
+    pub(super) async fn start() -> ProcCluster {
         Self::start_with_stderr(None).await
     }
 
@@ -132,7 +133,7 @@ impl ProcCluster {
     }
 
     /// A worker with explicit provider flags and extra environment.
-    fn add_worker_with(
+    pub(super) fn add_worker_with(
         &mut self,
         name: &str,
         providers: &[&str],
@@ -158,11 +159,11 @@ impl ProcCluster {
         self.workers.push(spawn(&args, &log, &all));
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(super) async fn get(&self, path: &str) -> Value {
         self.http
             .get(self.url(path))
             .bearer_auth(&self.key)
@@ -195,7 +196,7 @@ impl ProcCluster {
         v["task_id"].as_str().expect("id").to_owned()
     }
 
-    async fn wait_online(&self, n: u64) {
+    pub(super) async fn wait_online(&self, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.get("/api/workers/stats").await["workers"]["online"].as_u64() != Some(n) {
             assert!(Instant::now() < deadline, "{n} workers not online");

@@ -24,7 +24,9 @@
 //! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`;
 //!   [`doctor`]: `d8 doctor`.
 //! - [`discovery`]: mDNS advert and browse, address ordering.
-//! - [`logging`]: log output whose failures are counted, never a panic.
+//! - [`logging`]: log output whose failures are counted, never a panic;
+//!   log lines captured for the orchestrator's ring and workers' forwarding.
+//! - [`telemetry`]: histograms and bounded counters for `/metrics`.
 //!
 //! Identity (CA, tokens, CSR signing, rustls configs) lives in the `d8-certs`
 //! crate.
@@ -42,6 +44,7 @@ pub mod node;
 pub mod providers;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 pub mod transport;
 pub mod wire;
 

@@ -398,6 +398,8 @@ pub struct Store {
     tx: mpsc::Sender<Request>,
     next_id: Arc<AtomicU64>,
     commits: Arc<AtomicU64>,
+    /// How long each transaction took to become durable.
+    commit_time: Arc<crate::telemetry::Histogram>,
 }
 
 impl std::fmt::Debug for Store {
@@ -426,6 +428,10 @@ impl Store {
         let commits = Arc::new(AtomicU64::new(0));
         let writer_backend = backend.clone();
         let writer_commits = commits.clone();
+        let commit_time = Arc::new(crate::telemetry::Histogram::new(
+            crate::telemetry::COMMIT_BUCKETS,
+        ));
+        let writer_time = commit_time.clone();
         let degraded = Arc::new(Mutex::new(Health::default()));
         let writer_degraded = degraded.clone();
         std::thread::Builder::new()
@@ -436,6 +442,7 @@ impl Store {
                     writer_backend.as_ref(),
                     &rx,
                     &writer_commits,
+                    &writer_time,
                     &writer_degraded,
                 );
             })
@@ -446,8 +453,14 @@ impl Store {
             tx,
             next_id: Arc::new(AtomicU64::new(snapshot.next_task_id.max(1))),
             commits,
+            commit_time,
         };
         Ok((store, snapshot))
+    }
+
+    /// How long commits take (for `/metrics`).
+    pub fn commit_time(&self) -> &crate::telemetry::Histogram {
+        &self.commit_time
     }
 
     /// Reserves `n` consecutive task ids.
@@ -630,6 +643,7 @@ fn writer(
     backend: &dyn Backend,
     rx: &mpsc::Receiver<Request>,
     commits: &AtomicU64,
+    commit_time: &crate::telemetry::Histogram,
     degraded: &Mutex<Health>,
 ) {
     loop {
@@ -669,7 +683,9 @@ fn writer(
         let result = if ops.is_empty() {
             Ok(())
         } else {
+            let started = std::time::Instant::now();
             let r = backend.commit(&ops);
+            commit_time.observe(started.elapsed());
             commits.fetch_add(1, Ordering::Relaxed);
             note(degraded, &r);
             r

@@ -349,6 +349,21 @@ pub enum ErrorKind {
     Unavailable,
 }
 
+impl ErrorKind {
+    /// `permanent`, `transient`, `rate_limited`, `worker_lost`, `timeout`,
+    /// `unavailable` (a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Transient => "transient",
+            ErrorKind::RateLimited { .. } => "rate_limited",
+            ErrorKind::WorkerLost => "worker_lost",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// A failed attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {

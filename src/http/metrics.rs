@@ -59,6 +59,37 @@ impl Exposition {
         let _ = writeln!(self.0, " {value}");
     }
 
+    /// A whole histogram family (its `_bucket`, `_sum` and `_count`).
+    fn histogram(&mut self, name: &str, help: &str, h: &crate::telemetry::HistogramSnapshot) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (le, n) in &h.buckets {
+            self.sample(&bucket, &[("le", &le.to_string())], n);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], h.count);
+        self.sample(&format!("{name}_sum"), &[], h.sum);
+        self.sample(&format!("{name}_count"), &[], h.count);
+    }
+
+    /// A counter family with one sample per label set.
+    fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        c: &crate::telemetry::Counters,
+    ) {
+        self.family(name, "counter", help);
+        for (values, n) in c.snapshot() {
+            let pairs: Vec<(&str, &str)> = labels
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            self.sample(name, &pairs, n);
+        }
+    }
+
     /// A family with one unlabelled sample.
     fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
         self.family(name, kind, help);
@@ -227,6 +258,45 @@ pub(super) async fn metrics(
             n.load(Ordering::Relaxed),
         );
     }
+    let t = cluster.telemetry();
+    e.counters(
+        "d8_tasks_submitted_total",
+        "Tasks accepted, by type, since start (types past 64 pooled as other).",
+        &["type"],
+        &t.submitted,
+    );
+    e.counters(
+        "d8_tasks_finished_by_type_total",
+        "Tasks finished, by type and status, since start.",
+        &["type", "status"],
+        &t.finished,
+    );
+    e.counters(
+        "d8_attempts_total",
+        "Attempts that ended, by provider and outcome (ok, rate_limited, transient, permanent, worker_lost, timeout, unavailable), since start.",
+        &["provider", "outcome"],
+        &t.attempts,
+    );
+    e.histogram(
+        "d8_queue_wait_seconds",
+        "Time from a task's acceptance to its first dispatch.",
+        &t.queue_wait.snapshot(),
+    );
+    e.histogram(
+        "d8_task_duration_seconds",
+        "Time from a task's acceptance to its completion (completed tasks).",
+        &t.task_duration.snapshot(),
+    );
+    e.histogram(
+        "d8_time_to_first_token_seconds",
+        "Time from dispatch to the first streamed piece of output (streamed attempts).",
+        &t.first_token.snapshot(),
+    );
+    e.histogram(
+        "d8_store_commit_seconds",
+        "Time for one store transaction to become durable.",
+        &cluster.store().commit_time().snapshot(),
+    );
     let usage = cluster.accounts().by_model();
     e.family(
         "d8_tokens_total",

@@ -22,6 +22,7 @@ use super::usage::Accounts;
 use crate::core::{Action, CancelResult, Scheduler, Stats, WorkerView};
 use crate::store::{Op, PendingTask, Store, StoreError};
 use crate::task::{Capabilities, ErrorKind, Outcome, TaskError, TaskId, TaskSpec, WorkerId};
+use crate::telemetry::Telemetry;
 use crate::transport::{self, STREAM_ABORTED, close};
 use crate::wire::{ProviderCooldown, Route, TaskAssignRef, TaskReply};
 
@@ -94,6 +95,8 @@ pub(crate) struct SchedHandle {
     pub(crate) unfinished: Arc<AtomicU64>,
     /// Changes, for live listeners.
     pub(crate) events: EventBus,
+    /// Latencies and counts for `/metrics`.
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 /// The actor is gone (orchestrator shutting down).
@@ -202,6 +205,7 @@ impl Actor {
             live_output: LiveOutput::default(),
             unfinished: Arc::default(),
             events: EventBus::default(),
+            telemetry: Arc::default(),
         };
         (
             Actor {
@@ -441,6 +445,12 @@ impl Actor {
                     spec,
                     route,
                 } => {
+                    if attempt == 1
+                        && let Some(view) = self.core.task(task)
+                    {
+                        let waited = now_millis().since(view.created_at);
+                        self.handle.telemetry.queue_wait.observe_ms(waited);
+                    }
                     self.dispatch(task, attempt, worker, spec, route);
                     self.publish_task(task);
                 }
@@ -456,6 +466,12 @@ impl Actor {
                         |n| Some(n.saturating_sub(1)),
                     );
                     self.handle.live_output.finish(f.id);
+                    let t = &self.handle.telemetry;
+                    t.finished.inc(&[&f.task_type, f.status.as_str()]);
+                    if f.status == crate::task::TaskStatus::Completed {
+                        t.task_duration
+                            .observe_ms(f.completed_at.since(f.created_at));
+                    }
                     // Waiters hear of it once it is durable (Persisted).
                     self.finished.insert(f.id, TaskState::from(&f));
                     if let Some((key, add)) = self.accounts.charge(&f) {
@@ -546,17 +562,14 @@ impl Actor {
         self.running.insert((task, attempt), abort.clone());
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            if let Some((outcome, cooldowns)) = run_attempt(
-                &conn,
-                task,
-                attempt,
-                &spec,
-                &route,
-                &abort,
-                &handle.live_output,
-            )
-            .await
+            if let Some((outcome, cooldowns)) =
+                run_attempt(&conn, task, attempt, &spec, &route, &abort, &handle).await
             {
+                let (provider, how) = match &outcome {
+                    Outcome::Ok(out) => (out.provider.as_str(), "ok"),
+                    Outcome::Err(e) => (route.prefer.as_str(), e.kind.as_str()),
+                };
+                handle.telemetry.attempts.inc(&[provider, how]);
                 let _ = handle
                     .send(SchedMsg::Result {
                         worker,
@@ -587,8 +600,10 @@ async fn run_attempt(
     spec: &TaskSpec,
     route: &Route,
     abort: &CancellationToken,
-    output: &LiveOutput,
+    handle: &SchedHandle,
 ) -> Option<(Outcome, Option<Vec<ProviderCooldown>>)> {
+    let started = std::time::Instant::now();
+    let mut first_piece = true;
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         if conn.close_reason().is_some() {
             lost(&format!("worker connection lost ({what})"))
@@ -625,7 +640,13 @@ async fn run_attempt(
             }
         };
         match frame {
-            Ok(TaskReply::Chunk { text }) => output.publish(task, attempt, &text),
+            Ok(TaskReply::Chunk { text }) => {
+                if first_piece {
+                    first_piece = false;
+                    handle.telemetry.first_token.observe(started.elapsed());
+                }
+                handle.live_output.publish(task, attempt, &text);
+            }
             Ok(TaskReply::Done { outcome, cooldowns }) => return Some((outcome, Some(cooldowns))),
             Err(e) => return Some((failed("read", &e), None)),
         }

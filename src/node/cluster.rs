@@ -432,6 +432,9 @@ impl Cluster {
                 return Err(e.into());
             }
         };
+        for p in &pending {
+            self.sched.telemetry.submitted.inc(&[&p.spec.task_type]);
+        }
         if let Err(e) = self.sched.send(SchedMsg::Submit(pending)).await {
             unreserve();
             return Err(e.into());
@@ -500,6 +503,7 @@ impl Cluster {
             return Err(ClusterError::Degraded(why));
         }
         let id = TaskId(self.store.allocate_ids(1));
+        self.sched.telemetry.submitted.inc(&[&spec.task_type]);
         let now = now_millis();
         let finished = FinishedTask {
             id,
@@ -712,6 +716,11 @@ impl Cluster {
     /// Recent log lines, the orchestrator's and its workers'.
     pub fn logs(&self) -> &Arc<LogRing> {
         &self.logs
+    }
+
+    /// Latencies and counts for `/metrics`.
+    pub fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        &self.sched.telemetry
     }
 
     /// When this orchestrator opened.

@@ -361,7 +361,7 @@ async fn connections_past_the_per_address_cap_are_closed_at_once() {
 /// declared by `# TYPE` before it, names and labels are well formed, values
 /// are numbers. Returns the samples as (name with labels, value).
 fn parse_exposition(text: &str) -> Vec<(String, f64)> {
-    let mut declared = std::collections::HashSet::new();
+    let mut declared = std::collections::HashMap::new();
     let mut samples = Vec::new();
     let name_ok = |n: &str| {
         !n.is_empty()
@@ -380,7 +380,7 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
                 "{line:?}"
             );
             assert!(
-                declared.insert(name.to_owned()),
+                declared.insert(name.to_owned(), kind.to_owned()).is_none(),
                 "family declared twice: {line:?}"
             );
             continue;
@@ -391,8 +391,16 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
         let (series, value) = line.rsplit_once(' ').expect("series and value");
         let name = series.split('{').next().expect("name");
         assert!(name_ok(name), "bad metric name in {line:?}");
+        // A histogram's samples are its name plus _bucket, _sum or _count.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| declared.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
         assert!(
-            declared.contains(name),
+            declared.contains_key(family),
             "sample before its # TYPE: {line:?}"
         );
         if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
@@ -409,6 +417,39 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         samples.push((series.to_owned(), value));
+    }
+    // Histograms: buckets ascend, never decrease, and end with +Inf = _count.
+    for (family, _) in declared.iter().filter(|(_, k)| *k == "histogram") {
+        let prefix = format!("{family}_bucket{{le=\"");
+        let buckets: Vec<(f64, f64)> = samples
+            .iter()
+            .filter_map(|(s, v)| {
+                let le = s.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le")
+                };
+                Some((le, *v))
+            })
+            .collect();
+        assert!(!buckets.is_empty(), "{family} has no buckets");
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{family} buckets not cumulative: {buckets:?}"
+        );
+        let count = samples
+            .iter()
+            .find(|(s, _)| *s == format!("{family}_count"))
+            .map(|(_, v)| *v);
+        assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY), "{family}");
+        assert_eq!(
+            buckets.last().map(|b| b.1),
+            count,
+            "{family}: +Inf is the count"
+        );
     }
     samples
 }
@@ -451,6 +492,41 @@ async fn metrics_are_valid_exposition_and_move() {
     );
     let ok_before = value(&before, "d8_http_responses_total{class=\"2xx\"}").expect("series");
     assert!(value(&after, "d8_http_responses_total{class=\"2xx\"}").expect("series") > ok_before);
+    // Counts and latencies of what just ran (and one streamed task).
+    let (status, v) = c
+        .request(
+            reqwest::Method::POST,
+            "/api/tasks",
+            Some(json!({"type": "summarize", "priority": 9, "data": {
+                "messages": [{"role": "user", "content": "stream me"}], "stream": true}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    c.wait_task(v["task_id"].as_str().expect("id"), 10).await;
+    let after = scrape().await;
+    let at_least = |series: &str, n: f64| {
+        let v = value(&after, series).unwrap_or_else(|| panic!("no {series}"));
+        assert!(v >= n, "{series} = {v}, want at least {n}");
+    };
+    at_least("d8_tasks_submitted_total{type=\"agent_action\"}", 1.0);
+    at_least("d8_tasks_submitted_total{type=\"summarize\"}", 1.0);
+    at_least(
+        "d8_tasks_finished_by_type_total{type=\"summarize\",status=\"completed\"}",
+        1.0,
+    );
+    at_least("d8_attempts_total{provider=\"echo\",outcome=\"ok\"}", 2.0);
+    at_least("d8_queue_wait_seconds_count", 2.0);
+    at_least("d8_task_duration_seconds_count", 2.0);
+    at_least("d8_time_to_first_token_seconds_count", 1.0);
+    at_least("d8_store_commit_seconds_count", 2.0);
+    at_least(
+        "d8_tokens_total{provider=\"echo\",model=\"echo\",kind=\"prompt\"}",
+        2.0,
+    );
+    assert_eq!(
+        value(&after, "d8_tasks_pending_by_priority{priority=\"9\"}"),
+        Some(0.0)
+    );
     // The key is required unless the operator says otherwise.
     let resp = c
         .http

@@ -332,8 +332,8 @@
 
   async function loadUsage() {
     try {
-      const [byProvider] = await Promise.all([api("/api/usage?by=provider")]);
-      renderUsage(byProvider);
+      const by = $("usage-by").value;
+      renderUsage(await api("/api/usage?by=" + encodeURIComponent(by)));
     } catch (e) {
       if (e instanceof Unauthorized) showLogin("That key was refused.");
     }
@@ -362,7 +362,8 @@
     $("c-rate").textContent = s.tasks.completed + s.tasks.failed > 0 ? s.performance.success_rate.toFixed(1) + " %" : "–";
     $("c-requeued").textContent = num(s.queue ? s.queue.requeued : undefined);
     const lat = latencies();
-    $("c-latency").textContent = lat ? duration(lat[0]) + " / " + duration(lat[1]) : "–";
+    $("c-latency").textContent = lat ? duration(lat[0]) : "–";
+    $("c-latency95").textContent = "p95 " + (lat ? duration(lat[1]) : "–");
   }
 
   // p50 and p95 of how long the recent finished tasks took.
@@ -451,7 +452,12 @@
     const now = Date.now();
     const rows = state.workers.map((w) => {
       const offers = (w.offers || []).map((o) =>
-        el("span", { class: "chip " + o.tier, title: (o.models || []).join(", ") + (o.latency_ms ? " · " + duration(o.latency_ms) : "") , text: o.provider + " · " + o.tier + (o.latency_ms ? " · " + duration(o.latency_ms) : "") }),
+        el(
+          "span",
+          { class: "chip " + o.tier },
+          o.provider + " · " + o.tier + (o.latency_ms ? " · " + duration(o.latency_ms) : "") + " ",
+          el("span", { class: "models", text: (o.models || []).join(", ") }),
+        ),
       );
       const rests = cooldownsOf(w.worker_id).map((c) =>
         el("div", {
@@ -634,6 +640,8 @@
   // ---------- usage ----------
 
   function renderUsage(u) {
+    const by = u.by || "provider";
+    $("usage-key").textContent = by.charAt(0).toUpperCase() + by.slice(1);
     const body = $("usage").tBodies[0];
     body.replaceChildren(
       ...u.rows.map((r) =>
@@ -799,6 +807,7 @@
     $("d-close").addEventListener("click", closeDetail);
     $("log-source").addEventListener("change", renderLogs);
     $("log-level").addEventListener("change", renderLogs);
+    $("usage-by").addEventListener("change", loadUsage);
     setInterval(() => {
       if (!state.connected) return;
       sample();

@@ -5,7 +5,6 @@
 //! Recording is a few atomic additions (histograms) or one short lock
 //! (labelled counters), so it can sit on the scheduler's paths.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,10 +89,12 @@ pub const OTHER: &str = "other";
 
 /// A counter per label set, with at most `max` label sets: values chosen
 /// by clients (task types) or peers (provider names) cannot grow it.
+/// Label sets are few (a handful in practice): a linear search that
+/// allocates only for a new one beats a map keyed by owned strings.
 #[derive(Debug)]
 pub struct Counters {
     max: usize,
-    map: Mutex<BTreeMap<Vec<String>, u64>>,
+    sets: Mutex<Vec<(Vec<String>, u64)>>,
 }
 
 impl Counters {
@@ -101,26 +102,35 @@ impl Counters {
     pub fn new(max: usize) -> Counters {
         Counters {
             max,
-            map: Mutex::default(),
+            sets: Mutex::default(),
         }
     }
 
     /// Adds one to `labels`.
     pub fn inc(&self, labels: &[&str]) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let key: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
-        let key = if map.contains_key(&key) || map.len() < self.max {
-            key
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let same =
+            |k: &[String], l: &[&str]| k.len() == l.len() && k.iter().zip(l).all(|(a, b)| a == b);
+        if let Some((_, n)) = sets.iter_mut().find(|(k, _)| same(k, labels)) {
+            *n += 1;
+            return;
+        }
+        let key: Vec<String> = if sets.len() < self.max {
+            labels.iter().map(|l| (*l).to_owned()).collect()
         } else {
             vec![OTHER.to_owned(); labels.len()]
         };
-        *map.entry(key).or_default() += 1;
+        match sets.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => sets.push((key, 1)),
+        }
     }
 
-    /// Every label set and its count.
+    /// Every label set and its count, sorted by labels.
     pub fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        let mut out = self.sets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        out.sort();
+        out
     }
 }
 

@@ -11,6 +11,8 @@
 //!   dead, revoked.
 //! - `task`: a task as `GET /api/tasks/{id}` shows it, when accepted,
 //!   dispatched, and finished (once durable).
+//! - `rests` `{"worker_id", "rests": [...]}`: which of a worker's providers
+//!   rest, or why, changed (as in `provider_cooldowns` of `GET /api/workers`).
 //! - `stats`: the stats again, at most once a second, after changes.
 //! - `log`: a line of the log ring as `GET /api/logs` shows it; the
 //!   snapshot carries the newest [`SNAPSHOT_LOGS`] as `logs`.
@@ -94,6 +96,11 @@ impl Follow {
                         self.dirty = true;
                         let data = json!({"worker_id": worker_id, "state": state});
                         self.ready.push_back(Sse::default().event("worker").data(data.to_string()));
+                    }
+                    Ok(Event::Rests { worker_id, rests }) => {
+                        self.dirty = true;
+                        let data = json!({"worker_id": worker_id, "rests": rests});
+                        self.ready.push_back(Sse::default().event("rests").data(data.to_string()));
                     }
                     Ok(Event::Task(t)) => {
                         self.dirty = true;

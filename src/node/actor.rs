@@ -186,8 +186,14 @@ pub(crate) struct Actor {
     to_persist: Vec<Op>,
     /// Charges completed tasks' usage (with their result, atomically).
     accounts: Arc<Accounts>,
+    /// Each worker's last published rests (which, and why), while anyone listens.
+    rests: HashMap<WorkerId, Vec<RestShape>>,
     shutdown: CancellationToken,
 }
+
+/// What identifies one rest for listeners: provider, model, disabled, reason
+/// (not the time left).
+type RestShape = (String, Option<String>, bool, crate::task::RestReason);
 
 /// Messages taken per wake-up before actions are carried out.
 const BATCH: usize = 512;
@@ -219,6 +225,7 @@ impl Actor {
                 waiters: HashMap::new(),
                 to_persist: Vec::new(),
                 accounts,
+                rests: HashMap::new(),
                 shutdown,
             },
             handle,
@@ -312,6 +319,7 @@ impl Actor {
                 self.running.remove(&(task, attempt));
                 if let Some(report) = cooldowns {
                     self.core.handle_cooldowns(now, &worker, &report);
+                    self.publish_rests(&worker, &report);
                 }
                 self.core
                     .handle_result(now, &worker, task, attempt, outcome);
@@ -339,6 +347,7 @@ impl Actor {
             SchedMsg::Heartbeat(id, cooldowns) => {
                 self.core.handle_heartbeat(now, &id);
                 self.core.handle_cooldowns(now, &id, &cooldowns);
+                self.publish_rests(&id, &cooldowns);
             }
             SchedMsg::Drain(id) => {
                 tracing::info!(worker = %id, "worker draining");
@@ -425,6 +434,28 @@ impl Actor {
         });
     }
 
+    /// Publishes a worker's rests when which providers rest, or why, changed
+    /// (not their countdowns, which listeners run themselves).
+    fn publish_rests(&mut self, id: &WorkerId, report: &[ProviderCooldown]) {
+        if !self.handle.events.listened() {
+            self.rests.clear();
+            return;
+        }
+        let shape: Vec<RestShape> = report
+            .iter()
+            .map(|c| (c.provider.clone(), c.model.clone(), c.disabled, c.reason))
+            .collect();
+        if self.rests.get(id) == Some(&shape) {
+            return;
+        }
+        self.rests.insert(id.clone(), shape);
+        let rests = report.to_vec();
+        self.handle.events.publish(|| Event::Rests {
+            worker_id: id.0.clone(),
+            rests,
+        });
+    }
+
     /// Publishes a live task's state (accepted, dispatched).
     fn publish_task(&self, id: TaskId) {
         if self.handle.events.listened()
@@ -496,7 +527,7 @@ impl Actor {
         if self.to_persist.is_empty() {
             return;
         }
-        let ops = std::mem::take(&mut self.to_persist);
+        let ops = merge_usage(std::mem::take(&mut self.to_persist));
         let ids: Vec<TaskId> = ops
             .iter()
             .filter_map(|op| match op {
@@ -584,6 +615,22 @@ impl Actor {
     }
 }
 
+/// Folds the usage rows of one batch into one op per row: they add up, and
+/// a busy cluster finishes many tasks of the same provider, model, worker
+/// and agent at once (one store read and write instead of one per task).
+fn merge_usage(ops: Vec<Op>) -> Vec<Op> {
+    let mut rows: HashMap<crate::store::UsageKey, crate::store::UsageTotals> = HashMap::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::AddUsage(k, t) => rows.entry(k).or_default().add(&t),
+            other => out.push(other),
+        }
+    }
+    out.extend(rows.into_iter().map(|(k, t)| Op::AddUsage(k, t)));
+    out
+}
+
 fn lost(message: &str) -> Outcome {
     Outcome::Err(TaskError {
         kind: ErrorKind::WorkerLost,
@@ -662,6 +709,42 @@ mod tests {
 
     fn spec() -> TaskSpec {
         crate::task::test_spec("agent_action", 5)
+    }
+
+    #[test]
+    fn usage_rows_of_a_batch_are_merged_and_other_ops_kept_in_order() {
+        use crate::store::{UsageKey, UsageTotals};
+        let key = |agent: &str| UsageKey {
+            day: 1,
+            provider: "p".into(),
+            model: "m".into(),
+            worker: "w".into(),
+            agent: agent.into(),
+        };
+        let one = UsageTotals {
+            tasks: 1,
+            prompt_tokens: 10,
+            ..UsageTotals::default()
+        };
+        let ops = vec![
+            Op::AddUsage(key("a"), one),
+            Op::CacheClear,
+            Op::AddUsage(key("a"), one),
+            Op::AddUsage(key("b"), one),
+            Op::PurgeResults { before: Millis(5) },
+        ];
+        let out = merge_usage(ops);
+        assert_eq!(out[0], Op::CacheClear);
+        assert_eq!(out[1], Op::PurgeResults { before: Millis(5) });
+        let mut rows: Vec<(String, u64)> = out[2..]
+            .iter()
+            .map(|op| match op {
+                Op::AddUsage(k, t) => (k.agent.clone(), t.prompt_tokens),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        rows.sort();
+        assert_eq!(rows, [("a".to_owned(), 20), ("b".to_owned(), 10)]);
     }
 
     /// A query handled in the same batch as the message that finished the

@@ -28,6 +28,13 @@ pub enum Event {
     /// A task was accepted, dispatched, or reached its final state (once
     /// durable), as `GET /api/tasks/{id}` shows it.
     Task(Box<TaskState>),
+    /// Which of a worker's providers rest (or why) changed.
+    Rests {
+        /// Its id.
+        worker_id: String,
+        /// Its providers resting now, as it reported them.
+        rests: Vec<crate::task::ProviderCooldown>,
+    },
 }
 
 /// The channel events travel on; cheap to clone.

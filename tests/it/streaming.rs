@@ -273,3 +273,26 @@ async fn a_client_that_falls_behind_gets_a_fresh_snapshot() {
         assert!(tokio::time::Instant::now() < deadline, "no new snapshot");
     }
 }
+
+#[tokio::test]
+async fn a_provider_that_starts_resting_is_announced_with_its_reason() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let c = TestCluster::start().await;
+    let vendor = FakeOpenAi::start(Mode::RateLimited {
+        retry_after_secs: 30,
+    })
+    .await;
+    let _w = c.vendor_worker("limited", "groq", "gsk_test_rests_0123456789", &vendor.base);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    let mut events = open_events(&c).await;
+    assert_eq!(events.next().await.expect("first").0, "snapshot");
+    let _id = c.submit("answer me", 5).await;
+    let r = next_named(&mut events, "rests").await;
+    assert_eq!(r["worker_id"], "limited", "{r}");
+    let rest = &r["rests"][0];
+    assert_eq!(rest["provider"], "groq", "{r}");
+    assert_eq!(rest["reason"], "rate_limited", "{r}");
+    let left = rest["remaining_ms"].as_u64().expect("ms");
+    assert!(left > 20_000 && left <= 30_000, "{r}");
+}

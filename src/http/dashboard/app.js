@@ -231,6 +231,9 @@
       case "log":
         onLog(v);
         break;
+      case "rests":
+        onRests(v);
+        break;
       default:
         break;
     }
@@ -250,8 +253,10 @@
 
   function onStats(s) {
     if (!s) return;
+    const now = Date.now();
+    for (const c of s.cooldowns || []) c.at = now;
     state.stats = s;
-    state.statsAt = Date.now();
+    state.statsAt = now;
     renderCards();
     renderQueue();
     renderWorkers();
@@ -440,11 +445,22 @@
   function cooldownsOf(id) {
     const s = state.stats;
     if (!s || !s.cooldowns) return [];
-    const gone = Date.now() - state.statsAt;
+    const now = Date.now();
     return s.cooldowns
       .filter((c) => c.worker_id === id)
-      .map((c) => Object.assign({}, c, { left: c.disabled ? null : c.remaining_ms - gone }))
+      .map((c) => Object.assign({}, c, { left: c.disabled ? null : c.remaining_ms - (now - c.at) }))
       .filter((c) => c.left === null || c.left > 0);
+  }
+
+  // A worker's providers began or stopped resting: show it at once.
+  function onRests(v) {
+    const s = state.stats;
+    if (!s) return;
+    const now = Date.now();
+    const others = (s.cooldowns || []).filter((c) => c.worker_id !== v.worker_id);
+    const mine = (v.rests || []).map((c) => Object.assign({ worker_id: v.worker_id, at: now }, c));
+    s.cooldowns = others.concat(mine);
+    renderWorkers();
   }
 
   function renderWorkers() {

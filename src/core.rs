@@ -966,6 +966,11 @@ impl Scheduler {
         })
     }
 
+    /// When a live task was accepted.
+    pub fn created_at(&self, id: TaskId) -> Option<Millis> {
+        self.tasks.get(&id).map(|t| t.created_at)
+    }
+
     /// Counts a task that completed without running here (answered from
     /// the result cache), so the counters match the store's totals.
     pub fn handle_completed_elsewhere(&mut self) {

@@ -118,8 +118,10 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(counters.clone()))
-        .layer(middleware::from_fn_with_state(counters, metrics::count))
-        .layer(middleware::from_fn(dashboard::security_headers))
+        .layer(middleware::from_fn_with_state(
+            counters,
+            metrics::every_answer,
+        ))
         .with_state(cluster)
 }
 

@@ -16,9 +16,8 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
@@ -61,10 +60,9 @@ pub(super) async fn assets(Path(file): Path<String>) -> Response {
     }
 }
 
-/// Middleware: the browser-safety headers on every answer.
-pub(super) async fn security_headers(req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
+/// Adds the browser-safety headers (every answer gets them; see the module
+/// notes).
+pub(super) fn security_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -81,7 +79,6 @@ pub(super) async fn security_headers(req: Request, next: Next) -> Response {
         HeaderName::from_static("x-frame-options"),
         HeaderValue::from_static("DENY"),
     );
-    resp
 }
 
 /// This machine's hostname, lower case (read once).

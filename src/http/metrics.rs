@@ -16,19 +16,21 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 
-/// HTTP answers by status class (1xx..5xx), counted by [`count`].
+/// HTTP answers by status class (1xx..5xx), counted by [`every_answer`].
 #[derive(Debug, Default)]
 pub struct HttpCounters([AtomicU64; 5]);
 
-/// Middleware: counts every answer by its status class.
-pub async fn count(
+/// Middleware on every answer: counts it by status class and adds the
+/// browser-safety headers (one layer for both: it runs on every request).
+pub async fn every_answer(
     State(counters): State<Arc<HttpCounters>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5) - 1;
     counters.0[class].fetch_add(1, Ordering::Relaxed);
+    super::dashboard::security_headers(resp.headers_mut());
     resp
 }
 

@@ -477,9 +477,9 @@ impl Actor {
                     route,
                 } => {
                     if attempt == 1
-                        && let Some(view) = self.core.task(task)
+                        && let Some(created_at) = self.core.created_at(task)
                     {
-                        let waited = now_millis().since(view.created_at);
+                        let waited = now_millis().since(created_at);
                         self.handle.telemetry.queue_wait.observe_ms(waited);
                     }
                     self.dispatch(task, attempt, worker, spec, route);

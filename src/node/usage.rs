@@ -25,10 +25,10 @@ use crate::providers::file::PriceUsd;
 use crate::store::{UsageKey, UsageTotals};
 use crate::task::{FinishedTask, Offer, Price, TaskStatus, Tier};
 
-/// Distinct rows a day may get; past it, new agents are pooled as `(other)`
-/// (agent ids are the clients' to choose).
-pub const MAX_ROWS_PER_DAY: usize = 10_000;
-/// The agent name rows are pooled under past [`MAX_ROWS_PER_DAY`].
+/// Distinct agents a day may have rows; past it, new agents are pooled as
+/// `(other)` (agent ids are the clients' to choose).
+pub const MAX_AGENTS_PER_DAY: usize = 10_000;
+/// The agent name rows are pooled under past [`MAX_AGENTS_PER_DAY`].
 pub const OTHER_AGENT: &str = "(other)";
 /// Provider/model pairs tracked for `/metrics`; past it they are pooled.
 const MAX_METRIC_SERIES: usize = 256;
@@ -101,10 +101,11 @@ pub struct Accounts {
     book: PriceBook,
     /// Each worker's offers, from its last Hello (tiers and prices).
     offers: Mutex<HashMap<String, Vec<Offer>>>,
-    /// Rows charged on the current day, for [`MAX_ROWS_PER_DAY`].
-    today: Mutex<(u32, HashSet<UsageKey>)>,
-    /// Since start, per provider and model, for `/metrics`.
-    by_model: Mutex<BTreeMap<(String, String), UsageTotals>>,
+    /// Agents charged on the current day, for [`MAX_AGENTS_PER_DAY`].
+    today: Mutex<(u32, HashSet<String>)>,
+    /// Since start, per provider and model, for `/metrics` (few: a linear
+    /// search that allocates only for a new pair).
+    by_model: Mutex<Vec<((String, String), UsageTotals)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,19 +133,21 @@ impl Accounts {
             return None;
         }
         let (out, worker) = (f.output.as_ref()?, f.worker.as_ref()?);
-        let offer = lock(&self.offers)
-            .get(&worker.0)
-            .and_then(|o| o.iter().find(|o| o.provider == out.provider).cloned());
-        let tier = offer.as_ref().map_or_else(
-            || crate::providers::vendor::default_tier(&out.provider),
-            |o| o.tier,
-        );
+        // The worker's tier and price for this call, read in place.
+        let (tier, offered) = {
+            let offers = lock(&self.offers);
+            match offers
+                .get(&worker.0)
+                .and_then(|o| o.iter().find(|o| o.provider == out.provider))
+            {
+                Some(o) => (o.tier, o.price_of(&out.model)),
+                None => (crate::providers::vendor::default_tier(&out.provider), None),
+            }
+        };
         let price = if tier <= Tier::Free {
             Some(Price::default())
         } else {
-            self.book
-                .price(&out.provider, &out.model)
-                .or_else(|| offer.as_ref().and_then(|o| o.price_of(&out.model)))
+            self.book.price(&out.provider, &out.model).or(offered)
         };
         let mut add = UsageTotals {
             tasks: 1,
@@ -162,42 +165,65 @@ impl Accounts {
             None => add.tasks_without_usage = 1,
         }
         let day = u32::try_from(f.completed_at.0 / 86_400_000).unwrap_or(u32::MAX);
-        let mut key = UsageKey {
-            day,
-            provider: out.provider.clone(),
-            model: out.model.clone(),
-            worker: worker.0.clone(),
-            agent: f.agent_id.clone().unwrap_or_default(),
-        };
-        {
+        let agent = f.agent_id.as_deref().unwrap_or_default();
+        let agent = {
             let mut today = lock(&self.today);
             if today.0 != day {
                 *today = (day, HashSet::new());
             }
-            if !today.1.contains(&key) {
-                if today.1.len() >= MAX_ROWS_PER_DAY {
-                    key.agent = OTHER_AGENT.to_owned();
-                }
-                today.1.insert(key.clone());
+            if today.1.contains(agent) {
+                agent
+            } else if today.1.len() >= MAX_AGENTS_PER_DAY {
+                OTHER_AGENT
+            } else {
+                today.1.insert(agent.to_owned());
+                agent
             }
-        }
+        };
         {
             let mut series = lock(&self.by_model);
-            let mut id = (out.provider.clone(), out.model.clone());
-            if !series.contains_key(&id) && series.len() >= MAX_METRIC_SERIES {
-                id = (OTHER_AGENT.to_owned(), OTHER_AGENT.to_owned());
+            let at = series
+                .iter()
+                .position(|((p, m), _)| *p == out.provider && *m == out.model)
+                .or_else(|| {
+                    if series.len() < MAX_METRIC_SERIES {
+                        series.push((
+                            (out.provider.clone(), out.model.clone()),
+                            UsageTotals::default(),
+                        ));
+                        Some(series.len() - 1)
+                    } else {
+                        series
+                            .iter()
+                            .position(|((p, m), _)| p == OTHER_AGENT && m == OTHER_AGENT)
+                            .or_else(|| {
+                                series.push((
+                                    (OTHER_AGENT.to_owned(), OTHER_AGENT.to_owned()),
+                                    UsageTotals::default(),
+                                ));
+                                Some(series.len() - 1)
+                            })
+                    }
+                });
+            if let Some(i) = at {
+                series[i].1.add(&add);
             }
-            series.entry(id).or_default().add(&add);
         }
+        let key = UsageKey {
+            day,
+            provider: out.provider.clone(),
+            model: out.model.clone(),
+            worker: worker.0.clone(),
+            agent: agent.to_owned(),
+        };
         Some((key, add))
     }
 
     /// Usage since start, per provider and model (for `/metrics`).
     pub fn by_model(&self) -> Vec<((String, String), UsageTotals)> {
-        lock(&self.by_model)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        let mut out = lock(&self.by_model).clone();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 }
 
@@ -357,13 +383,13 @@ mod tests {
     }
 
     #[test]
-    fn agent_rows_per_day_are_bounded() {
+    fn agents_per_day_are_bounded() {
         let a = Accounts::default();
-        for i in 0..MAX_ROWS_PER_DAY + 5 {
+        for i in 0..MAX_AGENTS_PER_DAY + 5 {
             let (k, _) = a
                 .charge(&done("echo", "m", None, Some(&format!("agent-{i}"))))
                 .expect("row");
-            if i < MAX_ROWS_PER_DAY {
+            if i < MAX_AGENTS_PER_DAY {
                 assert_eq!(k.agent, format!("agent-{i}"));
             } else {
                 assert_eq!(k.agent, OTHER_AGENT);

@@ -73,6 +73,31 @@ impl Client {
         Ok(value)
     }
 
+    /// `GET url` for a long answer (a backup, a followed stream): sent with
+    /// the key and `timeout` instead of the usual 30 s; a refusal becomes
+    /// the orchestrator's message.
+    async fn get_long(
+        &self,
+        url: reqwest::Url,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.key)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the orchestrator at {}: {e}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            let msg = v["error"]["message"].as_str().unwrap_or("no details");
+            bail!("orchestrator answered {status}: {msg}");
+        }
+        Ok(resp)
+    }
+
     /// `GET /health`, whatever its status (it answers 503 when degraded).
     pub async fn health(&self) -> Result<Value> {
         let resp = self
@@ -224,20 +249,11 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
 pub async fn backup(out: &std::path::Path, args: &ClientArgs) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let c = Client::new(args)?;
+    let url = reqwest::Url::parse(&format!("{}/api/backup", c.base))
+        .with_context(|| format!("--url {:?} is not a URL", c.base))?;
     let mut resp = c
-        .http
-        .get(format!("{}/api/backup", c.base))
-        .bearer_auth(&c.key)
-        .timeout(std::time::Duration::from_secs(3_600))
-        .send()
-        .await
-        .map_err(|e| anyhow!("cannot reach the orchestrator at {}: {e}", c.base))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        let msg = v["error"]["message"].as_str().unwrap_or("no details");
-        bail!("orchestrator answered {status}: {msg}");
-    }
+        .get_long(url, std::time::Duration::from_secs(3_600))
+        .await?;
     let part = out.with_extension("part");
     let mut file = {
         let mut o = tokio::fs::OpenOptions::new();
@@ -420,21 +436,10 @@ pub async fn logs(args: &crate::cli::LogsArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // Following has no end; a dead connection is noticed by its silence.
     let mut resp = c
-        .http
-        .get(url)
-        .bearer_auth(&c.key)
-        // Following has no end; a dead connection is noticed by its silence.
-        .timeout(std::time::Duration::from_secs(30 * 24 * 3600))
-        .send()
-        .await
-        .map_err(|e| anyhow!("cannot reach the orchestrator at {}: {e}", c.base))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        let msg = v["error"]["message"].as_str().unwrap_or("no details");
-        bail!("orchestrator answered {status}: {msg}");
-    }
+        .get_long(url, std::time::Duration::from_secs(30 * 24 * 3600))
+        .await?;
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(SILENCE, resp.chunk()).await {

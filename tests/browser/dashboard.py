@@ -122,23 +122,31 @@ def desktop():
         wait_for("the cluster name in the header", lambda: d.find_element(By.ID, "cluster-name").text not in ("", "cluster"))
         check(d.find_element(By.ID, "base-url").text == URL + "/v1", "the OpenAI base URL is shown")
 
-        # A prompt, streamed: its words arrive one after another.
+        # A prompt, streamed: its words arrive one after another. The page
+        # itself records every text the output box shows (polling from here
+        # would miss some on a loaded machine).
+        d.execute_script(
+            """
+            window.__seen = [];
+            const out = document.getElementById('d-output');
+            new MutationObserver(() => window.__seen.push(out.textContent))
+              .observe(out, {childList: true, characterData: true, subtree: true});
+            """
+        )
         words = "alpha beta gamma delta epsilon zeta eta theta <b>iota</b>"
         d.find_element(By.ID, "try-prompt").send_keys(words)
         d.find_element(By.CSS_SELECTOR, "#try-form button").click()
+        wait_for(
+            "the answer complete and the task completed",
+            lambda: d.find_element(By.ID, "d-status").text == "completed"
+            and d.find_element(By.ID, "d-output").text.strip() == words,
+            timeout=20,
+        )
         out = d.find_element(By.ID, "d-output")
-        seen = set()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            text = out.text
-            if text:
-                seen.add(text)
-            if d.find_element(By.ID, "d-status").text == "completed" and text.strip() == words:
-                break
-            time.sleep(0.03)
-        partial = [s for s in seen if s.strip() and s.strip() != words]
+        seen = d.execute_script("return window.__seen")
+        partial = {t.strip() for t in seen if t.strip() and t.strip() != words and words.startswith(t.strip())}
         check(out.text.strip() == words, f"the answer arrived whole: {out.text!r}")
-        check(len(partial) >= 2, f"tokens arrived one after another ({len(partial)} partial texts seen)")
+        check(len(partial) >= 3, f"tokens arrived one after another ({len(partial)} growing partial texts seen)")
         check(
             not d.find_elements(By.CSS_SELECTOR, "#d-output b"),
             "text from the cluster is shown as text, not markup",
@@ -163,7 +171,9 @@ def desktop():
         killed = time.monotonic()
         wait_for(f"{victim} marked dead", lambda: worker_state(d, victim) == "dead", timeout=5.0)
         check(True, f"{victim} killed with SIGKILL is marked dead after {time.monotonic() - killed:.1f} s")
-        check(worker_state(d, WORKERS[1]) == "online", "the other worker stays online")
+        # (A loaded CI machine may delay its heartbeats: `suspect` is not a failure.)
+        other = worker_state(d, WORKERS[1])
+        check(other in ("online", "busy", "suspect"), f"the other worker stays connected ({other})")
         errors = console_errors(d)
         check(errors == [], f"no console errors (CSP included): {errors}")
     finally:

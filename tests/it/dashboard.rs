@@ -6,7 +6,6 @@
 //! to get them and passes.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::harness::TestCluster;
 use super::processes::ProcCluster;
@@ -164,35 +163,22 @@ async fn the_dashboard_works_in_a_real_browser() {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots"),
         PathBuf::from,
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.py");
-    let run = tokio::process::Command::new(&python)
-        .arg(&script)
-        .env("D8_URL", c.url(""))
-        .env("D8_KEY", &c.key)
-        .env("D8_WORKERS", "laptop,gpu-box")
-        .env("D8_KILL_PID", victim.to_string())
-        .env("D8_SHOTS", &shots)
-        .env("D8_CHROMIUM", &chromium)
-        .env("D8_CHROMEDRIVER", &driver)
-        // Loopback only, whatever the machine's proxy settings.
-        .env("NO_PROXY", "*")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser script finished in time")
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "browser checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let (url, pid) = (c.url(""), victim.to_string());
+    super::harness::run_python_checks(
+        &python,
+        "tests/browser/dashboard.py",
+        &[
+            ("D8_URL", url.as_ref()),
+            ("D8_KEY", c.key.as_ref()),
+            ("D8_WORKERS", "laptop,gpu-box".as_ref()),
+            ("D8_KILL_PID", pid.as_ref()),
+            ("D8_SHOTS", shots.as_os_str()),
+            ("D8_CHROMIUM", chromium.as_os_str()),
+            ("D8_CHROMEDRIVER", driver.as_os_str()),
+        ],
+        180,
+    )
+    .await;
     // The orchestrator saw the same: one worker gone, one online.
     let stats = c.get("/api/workers/stats").await;
     assert_eq!(stats["workers"]["online"], 1, "{stats}");

@@ -324,3 +324,38 @@ pub async fn wait_healthy(url: &str, log: &Path, secs: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs a Python check script with `envs`, on loopback only whatever the
+/// machine's proxy settings, for at most `secs`; prints its output and
+/// fails unless it succeeded and said `all checks passed`.
+pub async fn run_python_checks(
+    python: &Path,
+    script: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+    secs: u64,
+) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(&script)
+        .env("NO_PROXY", "*")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(secs), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish in {secs} s", script.display()))
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{stdout}\n{stderr}",
+        script.display()
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}

@@ -167,14 +167,7 @@ async fn followers_get_the_backlog_then_new_lines_and_events_carry_them() {
     assert_eq!(data["source"], "orchestrator");
     assert_eq!(data["worker"], Value::Null);
 
-    let resp = c
-        .http
-        .get(format!("{}/api/events", c.base))
-        .bearer_auth(&c.key)
-        .send()
-        .await
-        .expect("http");
-    let mut events = Events::new(resp);
+    let mut events = super::streaming::open_events(&c).await;
     let (event, snap) = events.next().await.expect("snapshot");
     assert_eq!(event, "snapshot");
     assert!(

@@ -5,7 +5,6 @@
 //! SDK, the test says how to get it and passes.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use super::harness::TestCluster;
 
@@ -39,28 +38,15 @@ async fn the_openai_python_sdk_works_unchanged() {
     let c = TestCluster::start().await;
     let _a = c.worker("sdk-a", 0, 4).await;
     let _b = c.worker("sdk-b", 0, 4).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_sdk.py");
-    let run = tokio::process::Command::new(&python)
-        .arg(&script)
-        .env("OPENAI_BASE_URL", format!("{}/v1", c.base))
-        .env("OPENAI_API_KEY", &c.key)
-        // Loopback only, whatever the machine's proxy settings.
-        .env("NO_PROXY", "*")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the SDK script finished in time")
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let base = format!("{}/v1", c.base);
+    super::harness::run_python_checks(
+        &python,
+        "tests/sdk/openai_sdk.py",
+        &[
+            ("OPENAI_BASE_URL", base.as_ref()),
+            ("OPENAI_API_KEY", c.key.as_ref()),
+        ],
+        120,
+    )
+    .await;
 }

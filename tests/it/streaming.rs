@@ -180,7 +180,8 @@ async fn a_task_submitted_without_stream_still_pushes_done() {
     assert_eq!(data["result"]["content"], "quiet");
 }
 
-async fn open_events(c: &TestCluster) -> Events {
+/// `GET /api/events`, checked to answer 200.
+pub(super) async fn open_events(c: &TestCluster) -> Events {
     let resp = c
         .http
         .get(format!("{}/api/events", c.base))

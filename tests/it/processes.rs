@@ -353,6 +353,28 @@ async fn cli_commands_and_secrets_stay_out_of_logs() {
     let mut c = ProcCluster::start().await;
     c.add_worker("cli-w", &[]);
     c.wait_online(1).await;
+    // Centralized logs: the worker's own lines come over QUIC (with its
+    // next heartbeat), next to the orchestrator's, each marked with where
+    // it came from.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logs_out = loop {
+        let (ok, out, err) = c.cli(&["logs"]).await;
+        assert!(ok, "{err}");
+        if out
+            .lines()
+            .any(|l| l.contains("[cli-w]") && l.contains("connected to the orchestrator"))
+        {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "no forwarded worker line: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        logs_out
+            .lines()
+            .any(|l| l.contains("[orchestrator]") && l.contains("orchestrator up")),
+        "{logs_out}"
+    );
 
     let (ok, out, err) = c.cli(&["status"]).await;
     assert!(ok, "{err}");
@@ -397,22 +419,6 @@ async fn cli_commands_and_secrets_stay_out_of_logs() {
     let (ok, new_token, err) = c.cli(&["token", "rotate"]).await;
     assert!(ok, "{err}");
 
-    // Centralized logs: the worker's own lines came over QUIC, next to the
-    // orchestrator's, each marked with where it came from.
-    let (ok, logs_out, err) = c.cli(&["logs"]).await;
-    assert!(ok, "{err}");
-    assert!(
-        logs_out
-            .lines()
-            .any(|l| l.contains("[cli-w]") && l.contains("connected to the orchestrator")),
-        "{logs_out}"
-    );
-    assert!(
-        logs_out
-            .lines()
-            .any(|l| l.contains("[orchestrator]") && l.contains("orchestrator up")),
-        "{logs_out}"
-    );
     let (ok, out, err) = c
         .cli(&["logs", "--worker", "cli-w", "--level", "info", "--json"])
         .await;

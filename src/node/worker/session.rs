@@ -145,6 +145,8 @@ impl Session<'_> {
                     if let Err(e) = transport::write_frame(&mut control, &beat).await {
                         return broken(conn, &e);
                     }
+                    // Lines logged since the last pull go with this beat.
+                    while forward.pull_ready().is_some() && !forward.full() {}
                     if let Err(e) = send_logs(&mut control, &mut forward).await {
                         return broken(conn, &e);
                     }

@@ -29,6 +29,8 @@ pub const WORKER_KEY: &str = "worker.key";
 pub const WORKER_CERT: &str = "worker.crt";
 /// The worker id the orchestrator assigned.
 pub const WORKER_ID: &str = "worker-id";
+/// Worker: its state for the machine it runs on (the desktop app).
+pub const STATUS: &str = "status.json";
 /// Worker: the day's spend of providers with a daily budget.
 pub const SPEND: &str = "spend.json";
 /// Orchestrator: prices that override the workers' for usage accounting

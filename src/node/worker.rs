@@ -12,10 +12,13 @@
 //! - `task`: one task: the provider call, streamed chunks, Done.
 //! - `logs`: this worker's log lines, rate-limited and batched for the
 //!   orchestrator's log ring.
+//! - `status`: `<data-dir>/status.json`, the worker's state for its own
+//!   machine (the desktop app), kept current while it runs.
 
 mod enroll;
 mod logs;
 mod session;
+mod status;
 mod task;
 
 use std::net::SocketAddr;
@@ -218,17 +221,50 @@ async fn locate(cfg: &WorkerConfig, cluster: &str) -> Result<Vec<SocketAddr>, Lo
 pub(super) struct Load {
     pub(super) active: AtomicU32,
     pub(super) draining: AtomicBool,
+    /// Tasks this run finished with a result, and without one.
+    pub(super) completed: std::sync::atomic::AtomicU64,
+    pub(super) failed: std::sync::atomic::AtomicU64,
 }
 
-/// Runs the worker until `shutdown` fires (then drains) or a fatal error.
+/// Runs the worker until `shutdown` fires (then drains) or a fatal error,
+/// keeping `<data-dir>/status.json` current all along.
 pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     if cfg.providers.kinds().is_empty() {
         return Err(WorkerError::NoProvider);
     }
+    super::files::ensure_dir(&cfg.data_dir)?;
+    let board = Arc::new(status::Board::new(&cfg.data_dir));
+    let load = Arc::new(Load::default());
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(status::keep_written(
+        board.clone(),
+        load.clone(),
+        cfg.providers.clone(),
+        stop.clone(),
+    ));
+    let result = serve(cfg, &shutdown, &board, &load).await;
+    match &result {
+        Ok(()) => board.set("stopped"),
+        Err(e) => {
+            board.error(&e.to_string());
+            board.set("failed");
+        }
+    }
+    stop.cancel();
+    let _ = writer.await;
+    result
+}
+
+/// [`run`] without the status file's start and end.
+async fn serve(
+    cfg: WorkerConfig,
+    shutdown: &CancellationToken,
+    board: &status::Board,
+    load: &Arc<Load>,
+) -> Result<(), WorkerError> {
     // Listen from the start: what enrolling and connecting say reaches the
     // orchestrator once connected.
     let forward = logs::Forwarder::new(cfg.logs.as_ref());
-    super::files::ensure_dir(&cfg.data_dir)?;
     cfg.providers
         .keep_spend_in(&cfg.data_dir.join(super::files::SPEND));
     for o in cfg.providers.offers() {
@@ -241,22 +277,27 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         );
     }
     let stored = enroll::load_identity(&cfg.data_dir)?;
-    let ident = match (stored, &cfg.token) {
+    let enroll_with = match (&stored, &cfg.token) {
         // A token for another cluster means: join that cluster instead.
         (Some(id), Some(t)) if fingerprint(&id.ca) != t.ca_digest() => {
             tracing::info!(
                 "token is for a different cluster than the stored identity; enrolling again"
             );
-            match enroll::enroll_until_done(&cfg, t, &shutdown).await? {
+            Some(t)
+        }
+        (Some(_), _) => None,
+        (None, Some(t)) => Some(t),
+        (None, None) => return Err(WorkerError::NeedToken),
+    };
+    let ident = match (stored, enroll_with) {
+        (_, Some(t)) => {
+            board.set("enrolling");
+            match enroll::enroll_until_done(&cfg, t, shutdown).await? {
                 Some(id) => id,
                 None => return Ok(()),
             }
         }
-        (Some(id), _) => id,
-        (None, Some(t)) => match enroll::enroll_until_done(&cfg, t, &shutdown).await? {
-            Some(id) => id,
-            None => return Ok(()),
-        },
+        (Some(id), None) => id,
         (None, None) => return Err(WorkerError::NeedToken),
     };
     let tls = tls::cluster_client_config(
@@ -268,21 +309,22 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
     let client =
         transport::client_config(tls, cfg.idle_timeout).map_err(IdentityError::Endpoint)?;
     let caps = capabilities(&cfg);
-    let load = Arc::new(Load::default());
     let forward = tokio::sync::Mutex::new(forward);
     let session = Session {
         cfg: &cfg,
         worker_id: &ident.worker_id,
         client: &client,
         caps: &caps,
-        load: &load,
-        shutdown: &shutdown,
+        load,
+        shutdown,
+        board,
         forward: &forward,
     };
     let cluster = discovery::cluster_id(&fingerprint(&ident.ca));
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
+        board.set("connecting");
         let reason = match tokio::select! {
             r = locate(&cfg, &cluster) => r,
             () = shutdown.cancelled() => return Ok(()),
@@ -308,6 +350,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        board.error(&reason);
         // A session that lasted resets the backoff.
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);

@@ -997,3 +997,71 @@ async fn no_task_is_dispatched_while_results_cannot_be_recorded() {
         assert_eq!(t["status"], "completed", "{t}");
     }
 }
+
+/// A worker's `status.json`, once readable.
+fn worker_status(dir: &std::path::Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).ok()?).ok()
+}
+
+async fn wait_status(dir: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = worker_status(dir).filter(|v| pred(v)) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never {what}: {:?}",
+            worker_status(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_keeps_its_status_file_current_for_its_machine() {
+    let c = TestCluster::start().await;
+    let w = c.worker("statusy", 0, 2).await;
+    let v = wait_status(&w.dir, "connected", |v| v["state"] == "connected").await;
+    assert_eq!(v["worker_id"], "statusy");
+    assert_eq!(v["orchestrator"], c.orch().quic_addr().to_string());
+    assert_eq!(v["pid"], std::process::id());
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let id = c.submit("count me", 5).await;
+    c.wait_task(&id, 10).await;
+    wait_status(&w.dir, "counting the task", |v| v["completed"] == 1).await;
+    let dir = w.dir.clone();
+    w.drain().await.expect("drain");
+    let last = worker_status(&dir).expect("status");
+    assert_eq!(last["state"], "stopped", "{last}");
+    assert_eq!(last["active"], 0);
+    // Nothing secret in it.
+    let text = std::fs::read_to_string(dir.join("status.json")).expect("read");
+    let token = c.orch().join_token().to_string();
+    assert!(!text.contains(token.rsplit('-').next().expect("secret")));
+    assert!(!text.contains(&c.key));
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_connect_says_why_in_its_status_file() {
+    let c = TestCluster::start().await;
+    let mut cfg = c.worker_config("lonely", 0, 1);
+    cfg.orchestrator = Some(([127, 0, 0, 1], super::harness::free_port()).into());
+    // Enrolled already: only the connection fails.
+    let w = c.worker("lonely", 0, 1).await;
+    let dir = w.dir.clone();
+    w.drain().await.expect("drain");
+    cfg.token = None;
+    let w = c.spawn_worker(cfg);
+    let v = wait_status(&dir, "connecting with a reason", |v| {
+        v["state"] == "connecting" && v["last_error"].is_string()
+    })
+    .await;
+    assert!(
+        v["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    w.stop.cancel();
+    let _ = w.handle.await;
+    assert_eq!(worker_status(&dir).expect("status")["state"], "stopped");
+}

@@ -49,6 +49,8 @@ pub(super) struct Session<'a> {
     pub(super) shutdown: &'a CancellationToken,
     /// This worker's log lines on their way to the orchestrator.
     pub(super) forward: &'a tokio::sync::Mutex<Forwarder>,
+    /// What `status.json` shows.
+    pub(super) board: &'a super::status::Board,
 }
 
 impl Session<'_> {
@@ -100,6 +102,8 @@ impl Session<'_> {
             Err(end) => return end,
         };
         tracing::info!(worker = %self.worker_id, addr = %conn.remote_address(), "connected to the orchestrator");
+        self.board
+            .connected(self.worker_id, conn.remote_address().to_string());
         if let Some(d) = &self.cfg.discovery {
             d.idle();
         }
@@ -161,6 +165,7 @@ impl Session<'_> {
                 () = shutdown.cancelled(), if drain_deadline.is_none() => {
                     tracing::info!(active = load.active.load(Ordering::Relaxed), "draining: finishing in-flight tasks, accepting no more (Ctrl-C again to force)");
                     load.draining.store(true, Ordering::Relaxed);
+                    self.board.set("draining");
                     let _ = transport::write_frame(&mut control, &WorkerMsg::Drain).await;
                     drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
                 }

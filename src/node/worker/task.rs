@@ -90,6 +90,11 @@ pub(super) async fn run_task(
             }
         }
     };
+    let counter = match &outcome {
+        Outcome::Ok(_) => &load.completed,
+        Outcome::Err(_) => &load.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     let cooldowns = providers.cooldowns();
     let frame = match wire::encode(&TaskReply::Done {
         outcome,

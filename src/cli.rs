@@ -51,6 +51,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `d8 join --check-keys[=text|json]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// A line per provider, for people.
+    Text,
+    /// One JSON object per provider and line.
+    Json,
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -206,6 +215,12 @@ pub struct JoinArgs {
     /// Orchestrator address: HOST, HOST:PORT or http://HOST:PORT (the original ORCHESTRATOR_URL).
     #[arg(env = "ORCHESTRATOR_URL")]
     pub addr: Option<String>,
+    /// Do not join: make one tiny call per configured provider and say
+    /// whether its key works (ok, rate_limited, rejected, unreachable,
+    /// error); `json` prints one object per provider. Exit status 1 when a
+    /// key cannot be used.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "text")]
+    pub check_keys: Option<CheckFormat>,
     /// Port when ADDR names none.
     #[arg(long, env = "ORCHESTRATOR_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,

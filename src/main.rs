@@ -174,6 +174,25 @@ async fn serve(args: d8::cli::ServeArgs, tap: d8::logging::LogTap) -> Result<()>
 
 async fn join(args: d8::cli::JoinArgs, tap: d8::logging::LogTap) -> Result<()> {
     let mut cfg = d8::config::WorkerConfig::from_args(&args)?;
+    if let Some(format) = args.check_keys {
+        let checks = d8::providers::check::check_all(&cfg.providers).await;
+        if checks.is_empty() {
+            anyhow::bail!("no provider to check: pass --provider (e.g. --provider groq)");
+        }
+        for c in &checks {
+            match format {
+                d8::cli::CheckFormat::Text => d8::out!("{}", d8::providers::check::line(c)),
+                d8::cli::CheckFormat::Json => {
+                    d8::out!("{}", serde_json::to_string(c).unwrap_or_default())
+                }
+            }
+        }
+        if checks.iter().all(d8::providers::check::KeyCheck::usable) {
+            return Ok(());
+        }
+        // Each line already says what is wrong.
+        std::process::exit(1);
+    }
     cfg.logs = Some(tap);
     if cfg.orchestrator.is_none() {
         // No address: find the orchestrator of our cluster over mDNS.

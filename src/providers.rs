@@ -16,6 +16,7 @@
 //!   quota and auth errors).
 //! - [`stream_parser`]: parsers for vendors' streamed answers (SSE and NDJSON).
 //! - [`set`]: a worker's providers, their cooldowns and fallback order.
+//! - [`check`]: `d8 join --check-keys`, one tiny call per provider.
 //! - [`budget`]: prices (built-in list prices, the worker's own) and daily
 //!   budgets with the day's spend kept on disk.
 //! - [`file`]: the worker's TOML file.
@@ -23,6 +24,7 @@
 
 pub mod anthropic;
 pub mod budget;
+pub mod check;
 pub mod classify;
 pub mod driver;
 pub mod echo;

@@ -355,6 +355,11 @@ impl ProviderSet {
         }
     }
 
+    /// The providers, first preferred.
+    pub fn providers(&self) -> Vec<Arc<dyn Provider>> {
+        self.entries.iter().map(|e| e.provider.clone()).collect()
+    }
+
     /// Provider kinds.
     pub fn kinds(&self) -> Vec<String> {
         self.entries

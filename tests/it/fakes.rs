@@ -20,6 +20,8 @@ pub enum Mode {
     Quota { allow: usize, retry_after_secs: u64 },
     /// Always 503 (the vendor is down).
     Down,
+    /// Always 401: the key is wrong.
+    Rejected,
 }
 
 /// A fake OpenAI-compatible Chat Completions server.
@@ -74,6 +76,16 @@ impl FakeOpenAi {
                                 .body(Body::from(answer.to_string()))
                                 .expect("response")
                         }
+                        // OpenAI's answer to a wrong key (its error-codes guide:
+                        // 401 "Invalid Authentication" / "Incorrect API key
+                        // provided", code invalid_api_key); the key shown masked.
+                        Mode::Rejected => Response::builder()
+                            .status(401)
+                            .header("content-type", "application/json")
+                            .body(Body::from(
+                                json!({"error": {"message": "Incorrect API key provided: gsk_****cdef. You can find your API key at https://console.groq.com/keys.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}).to_string(),
+                            ))
+                            .expect("response"),
                         Mode::Down => Response::builder()
                             .status(503)
                             .header("content-type", "application/json")

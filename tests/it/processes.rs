@@ -1303,3 +1303,65 @@ async fn log_format_json_writes_one_object_per_line() {
     assert!(connected["ts"].as_str().expect("ts").ends_with('Z'));
     assert!(!log.contains(" INFO d8::"), "no text-format line: {log}");
 }
+
+#[tokio::test]
+async fn check_keys_tells_a_working_a_resting_and_a_rejected_key_apart() {
+    use super::fakes::{FakeOpenAi, Mode};
+    let ok = FakeOpenAi::start(Mode::Ok).await;
+    let limited = FakeOpenAi::start(Mode::RateLimited {
+        retry_after_secs: 30,
+    })
+    .await;
+    let rejected = FakeOpenAi::start(Mode::Rejected).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let key = "gsk_check_keys_0123456789abcdef";
+    let check = |base: String| {
+        let data = dir.path().join("w");
+        async move {
+            let out = Command::new(BIN)
+                .args([
+                    "join",
+                    "--check-keys=json",
+                    "--provider",
+                    "groq",
+                    "--data-dir",
+                ])
+                .arg(&data)
+                // The key travels in the environment, never the command line.
+                .env("GROQ_API_KEY", key)
+                .env("GROQ_BASE_URL", base)
+                .env("D8_LOG", "warn")
+                .output()
+                .await
+                .expect("run");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                !stdout.contains(key) && !stderr.contains(key),
+                "the key stays hidden"
+            );
+            let v: Value = serde_json::from_str(stdout.trim())
+                .unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}"));
+            (out.status.success(), v)
+        }
+    };
+    let (good, v) = check(ok.base.clone()).await;
+    assert!(good, "{v}");
+    assert_eq!(
+        (v["provider"].as_str(), v["result"].as_str()),
+        (Some("groq"), Some("ok"))
+    );
+    assert_eq!(v["model"], "llama-3.1-8b-instant");
+    assert_eq!(ok.bodies()[0]["max_tokens"], 1, "one token asked");
+    let (good, v) = check(limited.base.clone()).await;
+    assert!(good, "a resting key still works: {v}");
+    assert_eq!(v["result"], "rate_limited");
+    assert_eq!(v["retry_after_ms"], 30_000);
+    let (good, v) = check(rejected.base.clone()).await;
+    assert!(!good, "a rejected key fails the check: {v}");
+    assert_eq!(v["result"], "rejected");
+    assert!(
+        !dir.path().join("w").join("worker.key").exists(),
+        "nothing enrolled"
+    );
+}

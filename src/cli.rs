@@ -114,6 +114,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Explain why a worker cannot find or reach its orchestrator.
     Doctor(DoctorArgs),
+    /// List the d8 clusters that announce themselves on this LAN (mDNS).
+    Find(FindArgs),
 }
 
 /// `d8 serve` flags.
@@ -343,6 +345,20 @@ pub struct LogsArgs {
     /// Where the orchestrator is.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `d8 find`.
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// How long to listen for mDNS answers.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub wait: Duration,
+    /// One JSON object per orchestrator and line.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to look.
+    #[command(flatten)]
+    pub mdns: MdnsInterfaces,
 }
 
 /// `d8 usage`.

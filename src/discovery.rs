@@ -46,6 +46,29 @@ pub struct Advert {
     pub addrs: Vec<IpAddr>,
 }
 
+impl Advert {
+    /// The JSON of `d8 find --json`: the advert, and its dashboard and
+    /// OpenAI URLs on the address best reached from here (`local`: this
+    /// machine's addresses; link-local IPv6 is never used for a URL).
+    pub fn json(&self, local: &[LocalAddr]) -> serde_json::Value {
+        let http = order_addrs(&self.addrs, local).first().map(|a| match a {
+            IpAddr::V6(v6) => format!("http://[{v6}]:{}", self.http_port),
+            IpAddr::V4(v4) => format!("http://{v4}:{}", self.http_port),
+        });
+        serde_json::json!({
+            "name": self.name,
+            "cluster_id": self.cluster_id,
+            "version": self.version,
+            "proto": self.proto,
+            "addrs": self.addrs.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
+            "quic_port": self.quic_port,
+            "http_port": self.http_port,
+            "dashboard": http.as_ref().map(|u| format!("{u}/")),
+            "openai_base_url": http.map(|u| format!("{u}/v1")),
+        })
+    }
+}
+
 /// The cluster id for a CA digest.
 pub fn cluster_id(ca_digest: &[u8; 32]) -> String {
     hex::encode(&ca_digest[..8])

@@ -87,6 +87,7 @@ async fn run(cli: Cli, tap: d8::logging::LogTap) -> Result<()> {
         Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
         Command::Backup { out, client } => d8::admin::backup(&out, &client).await,
         Command::Logs(args) => d8::admin::logs(&args).await,
+        Command::Find(args) => find(&args).await,
         Command::Usage(args) => d8::admin::usage(&args).await,
         Command::Bench(args) => d8::bench::run(args).await.map(|_| ()),
         Command::Doctor(args) => {
@@ -98,6 +99,48 @@ async fn run(cli: Cli, tap: d8::logging::LogTap) -> Result<()> {
             }
         }
     }
+}
+
+/// `d8 find`: the orchestrators announcing themselves within `--wait`.
+async fn find(args: &d8::cli::FindArgs) -> Result<()> {
+    use d8::discovery::Discovery;
+    let mdns = d8::discovery::MdnsDiscovery::new(&args.mdns.interfaces)
+        .map_err(|e| anyhow::anyhow!("cannot start mDNS ({e})"))?;
+    let mut found = mdns.discover(None, args.wait).await?;
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    let local = d8::discovery::local_addrs(&args.mdns.interfaces);
+    if args.json {
+        for a in &found {
+            d8::out!("{}", a.json(&local));
+        }
+        return Ok(());
+    }
+    if found.is_empty() {
+        warn(&format!(
+            "no d8 orchestrator answered over mDNS within {} ms (`d8 doctor` explains why; across VLANs or VPNs give workers the address)\n",
+            args.wait.as_millis()
+        ));
+        std::process::exit(1);
+    }
+    for a in &found {
+        let v = a.json(&local);
+        d8::out!(
+            "{}  cluster {}  d8 {}  {}  dashboard {}",
+            a.name,
+            a.cluster_id,
+            a.version,
+            v["addrs"]
+                .as_array()
+                .map(|l| l
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            v["dashboard"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix (systemd stops services with it).

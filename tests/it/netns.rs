@@ -601,3 +601,62 @@ async fn doctor_says_ok_when_all_is_well_and_explains_what_is_not() {
     assert!(!ok);
     assert!(report.contains("NOT reachable"), "{report}");
 }
+
+#[tokio::test]
+async fn find_lists_the_clusters_on_the_lan() {
+    let mut lab = lab_or_skip!("find_lists_the_clusters_on_the_lan");
+    let o = lab.host("o", &["10.77.7.1/24"]);
+    let p = lab.host("p", &["10.77.7.3/24"]);
+    let w = lab.host("w", &["10.77.7.2/24"]);
+    let find = |lab: &Lab| {
+        lab.run(
+            &w,
+            &["find", "--mdns-interface", "eth0", "--wait", "1500ms"],
+        )
+    };
+    let (ok, out) = find(&lab);
+    assert!(!ok && out.is_empty(), "nothing to find yet: {out}");
+    lab.orchestrator_with(
+        &o,
+        "first",
+        &["--mdns-interface", "eth0", "--name", "d8-first"],
+    )
+    .await;
+    lab.orchestrator_with(
+        &p,
+        "second",
+        &["--mdns-interface", "eth0", "--name", "d8-second"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (ok, out) = lab.run(
+        &w,
+        &["find", "--json", "--mdns-interface", "eth0", "--wait", "2s"],
+    );
+    assert!(ok, "{out}");
+    let found: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let names: Vec<&str> = found.iter().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(names, ["d8-first", "d8-second"], "{out}");
+    assert!(
+        found[0]["addrs"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "10.77.7.1")),
+        "{out}"
+    );
+    assert_eq!(found[0]["dashboard"], "http://10.77.7.1:5000/");
+    assert_eq!(found[0]["openai_base_url"], "http://10.77.7.1:5000/v1");
+    assert_eq!(found[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_ne!(
+        found[0]["cluster_id"], found[1]["cluster_id"],
+        "two clusters"
+    );
+    let (ok, text) = find(&lab);
+    assert!(ok && text.lines().count() == 2, "{text}");
+    assert!(
+        text.contains("d8-first") && text.contains("http://10.77.7.1:5000/"),
+        "{text}"
+    );
+}

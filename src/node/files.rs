@@ -31,6 +31,9 @@ pub const WORKER_CERT: &str = "worker.crt";
 pub const WORKER_ID: &str = "worker-id";
 /// Worker: its state for the machine it runs on (the desktop app).
 pub const STATUS: &str = "status.json";
+/// Worker: created by whoever wants it to drain and stop (the desktop app,
+/// where no Ctrl-C reaches a windowless process on Windows).
+pub const DRAIN_REQUEST: &str = "drain-request";
 /// Worker: the day's spend of providers with a daily budget.
 pub const SPEND: &str = "spend.json";
 /// Orchestrator: prices that override the workers' for usage accounting

@@ -233,6 +233,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         return Err(WorkerError::NoProvider);
     }
     super::files::ensure_dir(&cfg.data_dir)?;
+    // A request left from before this run is not for it.
+    let _ = std::fs::remove_file(cfg.data_dir.join(super::files::DRAIN_REQUEST));
     let board = Arc::new(status::Board::new(&cfg.data_dir));
     let load = Arc::new(Load::default());
     let stop = CancellationToken::new();
@@ -241,6 +243,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         load.clone(),
         cfg.providers.clone(),
         stop.clone(),
+        shutdown.clone(),
     ));
     let result = serve(cfg, &shutdown, &board, &load).await;
     match &result {

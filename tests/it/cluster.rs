@@ -1065,3 +1065,31 @@ async fn a_worker_that_cannot_connect_says_why_in_its_status_file() {
     let _ = w.handle.await;
     assert_eq!(worker_status(&dir).expect("status")["state"], "stopped");
 }
+
+#[tokio::test]
+async fn a_drain_request_file_stops_the_worker_like_ctrl_c() {
+    let c = TestCluster::start().await;
+    // A request left over from before the worker started is ignored.
+    let cfg = c.worker_config("supervised", 0, 1);
+    std::fs::create_dir_all(&cfg.data_dir).expect("dir");
+    std::fs::write(cfg.data_dir.join("drain-request"), b"").expect("stale request");
+    let dir = cfg.data_dir.clone();
+    let w = c.spawn_worker(cfg);
+    c.wait_until(|s| s["workers"]["online"] == 1, "online")
+        .await;
+    wait_status(&dir, "connected", |v| v["state"] == "connected").await;
+    assert!(!w.handle.is_finished(), "the stale request did not stop it");
+    // Now a supervisor asks.
+    std::fs::write(dir.join("drain-request"), b"").expect("request");
+    let ended = tokio::time::timeout(Duration::from_secs(10), w.handle)
+        .await
+        .expect("the worker stopped")
+        .expect("join");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert_eq!(worker_status(&dir).expect("status")["state"], "stopped");
+    assert!(
+        !dir.join("drain-request").exists(),
+        "the request is consumed"
+    );
+    c.wait_until(|s| s["workers"]["online"] == 0, "gone").await;
+}

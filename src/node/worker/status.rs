@@ -18,6 +18,11 @@
 //! `last_error` says why the last connection ended or the worker failed.
 //! The file is written whole and renamed into place: a reader never sees
 //! half of it.
+//!
+//! The other way: a file named `drain-request` appearing in the data dir
+//! makes the worker drain and stop, as Ctrl-C does (checked each second;
+//! the file is removed). A supervisor stops its child this way on every OS,
+//! where a windowless process on Windows gets no Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -143,9 +148,15 @@ pub(super) async fn keep_written(
     load: Arc<super::Load>,
     providers: ProviderSet,
     stop: tokio_util::sync::CancellationToken,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut failing = false;
+    let request = board.path.with_file_name(crate::node::files::DRAIN_REQUEST);
     loop {
+        if !shutdown.is_cancelled() && std::fs::remove_file(&request).is_ok() {
+            tracing::info!("drain requested through the data dir");
+            shutdown.cancel();
+        }
         board.write(&load, &providers, &mut failing);
         tokio::select! {
             () = tokio::time::sleep(EVERY) => {}

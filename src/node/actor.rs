@@ -597,10 +597,10 @@ impl Actor {
                 run_attempt(&conn, task, attempt, &spec, &route, &abort, &handle).await
             {
                 let (provider, how) = match &outcome {
-                    Outcome::Ok(out) => (out.provider.as_str(), "ok"),
-                    Outcome::Err(e) => (route.prefer.as_str(), e.kind.as_str()),
+                    Outcome::Ok(out) => (super::usage::label(&out.provider), "ok"),
+                    Outcome::Err(e) => (route.prefer.clone(), e.kind.as_str()),
                 };
-                handle.telemetry.attempts.inc(&[provider, how]);
+                handle.telemetry.attempts.inc(&[&provider, how]);
                 let _ = handle
                     .send(SchedMsg::Result {
                         worker,

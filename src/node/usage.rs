@@ -180,39 +180,28 @@ impl Accounts {
                 agent
             }
         };
+        // Names come from the worker's answer: bounded, no control
+        // characters (they key store rows and label metrics).
+        let (provider, model) = (label(&out.provider), label(&out.model));
         {
             let mut series = lock(&self.by_model);
-            let at = series
+            let known = series
                 .iter()
-                .position(|((p, m), _)| *p == out.provider && *m == out.model)
-                .or_else(|| {
-                    if series.len() < MAX_METRIC_SERIES {
-                        series.push((
-                            (out.provider.clone(), out.model.clone()),
-                            UsageTotals::default(),
-                        ));
-                        Some(series.len() - 1)
-                    } else {
-                        series
-                            .iter()
-                            .position(|((p, m), _)| p == OTHER_AGENT && m == OTHER_AGENT)
-                            .or_else(|| {
-                                series.push((
-                                    (OTHER_AGENT.to_owned(), OTHER_AGENT.to_owned()),
-                                    UsageTotals::default(),
-                                ));
-                                Some(series.len() - 1)
-                            })
-                    }
-                });
-            if let Some(i) = at {
-                series[i].1.add(&add);
+                .any(|((p, m), _)| *p == provider && *m == model);
+            let (p, m) = if known || series.len() < MAX_METRIC_SERIES {
+                (provider.as_str(), model.as_str())
+            } else {
+                (OTHER_AGENT, OTHER_AGENT)
+            };
+            match series.iter_mut().find(|((sp, sm), _)| sp == p && sm == m) {
+                Some((_, t)) => t.add(&add),
+                None => series.push(((p.to_owned(), m.to_owned()), add)),
             }
         }
         let key = UsageKey {
             day,
-            provider: out.provider.clone(),
-            model: out.model.clone(),
+            provider,
+            model,
             worker: worker.0.clone(),
             agent: agent.to_owned(),
         };
@@ -225,6 +214,12 @@ impl Accounts {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+}
+
+/// A name from a peer made fit to key a row or label a metric: at most
+/// [`crate::task::MAX_NAME`] bytes, control characters replaced.
+pub fn label(name: &str) -> String {
+    crate::logging::line::clip(name, crate::task::MAX_NAME).replace(char::is_control, "?")
 }
 
 /// One dimension `GET /api/usage?by=` groups by.
@@ -380,6 +375,22 @@ mod tests {
         assert!(a.charge(&cached).is_none());
         let series = a.by_model();
         assert_eq!(series.len(), 4, "{series:?}");
+    }
+
+    #[test]
+    fn names_from_a_worker_are_bounded_and_cannot_split_a_row_key() {
+        let a = Accounts::default();
+        let (k, _) = a
+            .charge(&done(
+                "echo",
+                &format!("m\u{1f}x{}", "y".repeat(10_000)),
+                None,
+                None,
+            ))
+            .expect("row");
+        assert!(k.model.len() <= crate::task::MAX_NAME, "{}", k.model.len());
+        assert!(!k.model.contains('\u{1f}'));
+        assert_eq!(UsageKey::from_names(k.day, &k.names()), Some(k));
     }
 
     #[test]

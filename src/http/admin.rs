@@ -48,6 +48,12 @@ pub(super) async fn health(State(cluster): AppState) -> Response {
         // Whether /api needs the key (the dashboard asks for it only then).
         "auth": cluster.config().require_api_key,
     });
+    // How many workers serve (the desktop app lists clusters with it; a
+    // count tells a LAN peer nothing the mDNS advert does not). Omitted
+    // when the queue's actor does not answer at once: health must.
+    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(250), cluster.stats()).await {
+        body["workers_online"] = json!(s.workers_online);
+    }
     if !down.is_empty() {
         body["down"] = json!(down);
     }

@@ -53,6 +53,11 @@ async fn authentication() {
     assert!(!v.to_string().contains(&c.key));
     let (s, v) = raw(&c, Method::GET, "/health", None, None).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    // The desktop app lists clusters with their worker counts from /health.
+    assert_eq!(v["workers_online"], 0, "{v}");
+    let _w = c.worker("w1", 0, 1).await;
+    let (_, v) = raw(&c, Method::GET, "/health", None, None).await;
+    assert_eq!(v["workers_online"], 1, "{v}");
 }
 
 #[tokio::test]

@@ -201,8 +201,12 @@ async fn serve(args: d8::cli::ServeArgs, tap: d8::logging::LogTap) -> Result<()>
     }
     // The banner is for a person; a closed stdout must not stop the service.
     say(&banner);
+    let stop_request = data_dir.join(d8::node::files::STOP_REQUEST);
     tokio::select! {
         () = stop_signal() => {}
+        () = d8::node::files::requested(&stop_request) => {
+            tracing::info!("stop requested through the data dir");
+        }
         part = orch.failed() => {
             // Exit non-zero without a clean shutdown: the part that died may
             // hold what a shutdown waits for. Accepted work is on disk.

@@ -36,6 +36,10 @@ pub const STATUS: &str = "status.json";
 pub const DRAIN_REQUEST: &str = "drain-request";
 /// Worker: the day's spend of providers with a daily budget.
 pub const SPEND: &str = "spend.json";
+/// Orchestrator: created by whoever wants it to stop cleanly, as Ctrl-C
+/// does (the desktop app's "Stop cluster": no signal reaches a windowless
+/// process on Windows).
+pub const STOP_REQUEST: &str = "stop-request";
 /// Orchestrator: prices that override the workers' for usage accounting
 /// (optional).
 pub const PRICES: &str = "prices.toml";
@@ -48,6 +52,18 @@ pub fn default_data_dir(role: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
         .join("d8")
         .join(role)
+}
+
+/// Returns once a file appears at `path` (looked for each second, removed
+/// when seen). One already there asked an earlier run: it is removed first.
+pub async fn requested(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if std::fs::remove_file(path).is_ok() {
+            return;
+        }
+    }
 }
 
 /// Errors reading or writing the data directory.

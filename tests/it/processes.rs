@@ -537,6 +537,52 @@ async fn sigint_drains_the_worker_and_stops_the_orchestrator_cleanly() {
 }
 
 #[tokio::test]
+async fn a_stop_request_file_stops_the_orchestrator_cleanly_and_a_stale_one_is_ignored() {
+    // How the desktop app stops the cluster it started, on every OS.
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let odir = dir.path().join("orchestrator");
+    std::fs::create_dir_all(&odir).expect("mkdir");
+    let request = odir.join("stop-request");
+    std::fs::write(&request, b"").expect("stale request");
+    let port = free_port().to_string();
+    let log = dir.path().join("serve.log");
+    let mut p = spawn(
+        &[
+            "serve",
+            "--no-mdns",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--data-dir",
+            odir.to_str().expect("utf8"),
+        ],
+        &log,
+        &[],
+    );
+    wait_healthy(&format!("http://127.0.0.1:{port}/health"), &log, 20).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        p.child.try_wait().expect("try_wait").is_none(),
+        "a request from before the start stops nothing"
+    );
+    assert!(!request.exists(), "the stale request is removed");
+    std::fs::write(&request, b"").expect("request");
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
+        .await
+        .expect("the orchestrator stops within seconds")
+        .expect("wait");
+    assert!(status.success(), "a clean stop exits 0");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("stop requested through the data dir"),
+        "{text}"
+    );
+    assert!(!request.exists(), "the request is consumed");
+}
+
+#[tokio::test]
 async fn original_environment_variables_and_dotenv_configure_a_worker() {
     let c = ProcCluster::start().await;
     // The original project's worker variables, from a `.env` in the working directory.

@@ -1,4 +1,5 @@
 //! In-process fake LLM vendors speaking the real wire formats, on 127.0.0.1:0.
+//! Also compiled into the desktop app's tests (`gui/tests/desktop.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,10 @@ pub enum Mode {
     Down,
     /// Always 401: the key is wrong.
     Rejected,
+    /// A normal completion after `delay_ms` (a task in flight for a while;
+    /// the desktop app's drain test).
+    #[allow(dead_code)]
+    Slow { delay_ms: u64 },
 }
 
 /// A fake OpenAI-compatible Chat Completions server.
@@ -52,12 +57,16 @@ impl FakeOpenAi {
                         l.len()
                     };
                     let mode = match mode {
+                        Mode::Slow { delay_ms } => {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                            Mode::Ok
+                        }
                         Mode::Quota { allow, .. } if served <= allow => Mode::Ok,
                         Mode::Quota { retry_after_secs, .. } => Mode::RateLimited { retry_after_secs },
                         other => other,
                     };
                     match mode {
-                        Mode::Ok => {
+                        Mode::Ok | Mode::Slow { .. } => {
                             let last = body["messages"]
                                 .as_array()
                                 .and_then(|m| m.last())

@@ -505,8 +505,9 @@ impl App {
     /// tests call it through egui_kittest).
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.backend.repaint().attach(ui.ctx());
-        // Countdowns and "looking…" move on their own.
-        ui.ctx().request_repaint_after(Duration::from_secs(1));
+        // Nothing repaints on a timer: background parts ask for a frame when
+        // what they show changes (a resting provider's countdown moves
+        // because the worker rewrites its status file every second).
         self.handle_close(ui.ctx());
         egui::Panel::top("bar").show(ui, |ui| self.bar(ui));
         egui::CentralPanel::default().show(ui, |ui| {
@@ -575,6 +576,9 @@ impl App {
         if let Some((text, at)) = &self.notice {
             if at.elapsed() < Duration::from_secs(12) {
                 ui.colored_label(Color32::from_rgb(0xd2, 0x99, 0x22), text);
+                // Drawn again when it is due to go.
+                ui.ctx()
+                    .request_repaint_after(Duration::from_secs(12).saturating_sub(at.elapsed()));
             } else {
                 self.notice = None;
             }
@@ -638,7 +642,7 @@ impl App {
             );
         }
         if found.clusters.is_empty() {
-            if found.rounds == 0 {
+            if !found.searched {
                 ui.horizontal(|ui| {
                     ui.spinner();
                     ui.label("Looking for clusters…");
@@ -839,7 +843,7 @@ impl App {
             // With nothing found, the button is offered above, beside "Why?".
             let none_found = {
                 let f = self.finder.view();
-                f.rounds > 0 && f.clusters.is_empty()
+                f.searched && f.clusters.is_empty()
             };
             if !none_found && ui.button("Start a cluster here").clicked() {
                 self.cluster

@@ -108,6 +108,34 @@ fn rotate(log: &Path) {
     }
 }
 
+/// A log tail read again only when the file changed (size or time).
+#[derive(Debug)]
+pub struct Tail {
+    lines: usize,
+    seen: std::sync::Mutex<Option<(u64, Option<std::time::SystemTime>)>>,
+}
+
+impl Tail {
+    /// The last `lines` lines.
+    pub fn new(lines: usize) -> Tail {
+        Tail {
+            lines,
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The tail of `path` if it changed since the last call.
+    pub fn tail_if_changed(&self, path: &Path) -> Option<Vec<String>> {
+        let stamp = std::fs::metadata(path).map_or((0, None), |m| (m.len(), m.modified().ok()));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == Some(stamp) {
+            return None;
+        }
+        *seen = Some(stamp);
+        Some(tail(path, self.lines))
+    }
+}
+
 /// The last `lines` lines of `path` (reads at most its last 256 KiB).
 /// Empty when the file does not exist yet.
 pub fn tail(path: &Path, lines: usize) -> Vec<String> {

@@ -64,7 +64,7 @@ impl Snapshot {
 }
 
 /// What the window shows.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum View {
     /// No URL or no key yet.
     #[default]
@@ -160,7 +160,7 @@ impl ClusterApi {
                 let answer = fetch(&client, &t).await;
                 // Only if the target did not change meanwhile.
                 if self.target.lock().as_ref() == Some(&t) {
-                    self.view.update(|v| {
+                    self.view.update_if_changed(|v| {
                         *v = match answer {
                             Ok(s) => View::Ok(s),
                             Err(e) => View::Failed(e),

@@ -51,20 +51,20 @@ pub enum Health {
 }
 
 /// What the window shows under "Clusters".
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
     /// Clusters seen (mDNS, then the typed address).
     pub clusters: Vec<Found>,
     /// mDNS could not run here (the window still offers a typed address).
     pub mdns_error: Option<String>,
-    /// Browse rounds done (0: still looking for the first time).
-    pub rounds: u64,
+    /// A first browse round has ended (before it: "Looking…").
+    pub searched: bool,
     /// `d8 doctor`'s explanation, once asked: running, or its output.
     pub doctor: Option<Doctor>,
 }
 
 /// `d8 doctor`, run from the window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Doctor {
     /// Running since.
     Running(Instant),
@@ -256,9 +256,9 @@ impl Finder {
                     f.health = health(&client, u).await;
                 }
             }
-            self.view.update(|v| {
+            self.view.update_if_changed(|v| {
                 v.clusters = found;
-                v.rounds += 1;
+                v.searched = true;
             });
             // Without mDNS nothing paces the loop but this.
             let left = Duration::from_secs(2).saturating_sub(started.elapsed());

@@ -153,6 +153,22 @@ impl<T> Shared<T> {
     }
 }
 
+impl<T: PartialEq + Clone> Shared<T> {
+    /// Changes it, asking for a repaint only when that changed anything:
+    /// background polls run several times a second, and a frame drawn for
+    /// nothing costs CPU (much of it with software OpenGL).
+    pub fn update_if_changed(&self, f: impl FnOnce(&mut T)) {
+        let mut g = self.lock();
+        let before = g.clone();
+        f(&mut g);
+        let changed = *g != before;
+        drop(g);
+        if changed {
+            self.repaint.poke();
+        }
+    }
+}
+
 /// Milliseconds as people read a wait: `45 s`, `3 min 20 s`, `2 h 05 min`.
 pub fn human_ms(ms: u64) -> String {
     let s = ms.div_ceil(1000);

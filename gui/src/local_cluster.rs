@@ -22,7 +22,7 @@ use crate::{Backend, Shared};
 pub const LOG: &str = "serve.log";
 
 /// What the window shows about the cluster on this computer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
     /// Its `/health` on loopback answers.
     pub up: bool,
@@ -156,6 +156,7 @@ impl LocalCluster {
             return;
         };
         let url = self.url();
+        let tail = child::Tail::new(100);
         loop {
             let (starting, exited) = {
                 let mut slot = self.child.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,11 +185,11 @@ impl LocalCluster {
                 (None, None)
             };
             let log = if starting || up || exited.is_some() {
-                child::tail(&self.data_dir.join(LOG), 100)
+                tail.tail_if_changed(&self.data_dir.join(LOG))
             } else {
-                Vec::new()
+                None
             };
-            self.view.update(|v| {
+            self.view.update_if_changed(|v| {
                 v.up = up;
                 v.starting = starting;
                 v.workers_online = workers;
@@ -200,7 +201,7 @@ impl LocalCluster {
                 if !up && !starting {
                     v.stopping = false;
                 }
-                if !log.is_empty() {
+                if let Some(log) = log {
                     v.log = log;
                 }
             });

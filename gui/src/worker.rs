@@ -64,7 +64,7 @@ impl Status {
 }
 
 /// What the window shows about the local worker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
     /// The last status read, and when (rest countdowns move from there).
     pub status: Option<(Status, Instant)>,
@@ -201,6 +201,7 @@ pub struct LocalWorker {
     data_dir: PathBuf,
     child: Arc<Mutex<Option<Child>>>,
     view: Shared<View>,
+    log: Arc<child::Tail>,
 }
 
 impl LocalWorker {
@@ -210,6 +211,7 @@ impl LocalWorker {
             data_dir,
             child: Arc::new(Mutex::new(None)),
             view: Shared::new(View::default(), backend.repaint()),
+            log: Arc::new(child::Tail::new(200)),
         };
         let watcher = w.clone();
         backend.spawn(async move {
@@ -314,12 +316,15 @@ impl LocalWorker {
                 }
             }
         }
-        let log = child::tail(&self.data_dir.join(LOG), 200);
-        self.view.update(|v| {
+        let log = self.log.tail_if_changed(&self.data_dir.join(LOG));
+        self.view.update_if_changed(|v| {
             let running_state = read.as_ref().is_some_and(Status::running);
             v.alive = child_running || (fresh && running_state);
             if let Some(s) = read {
-                v.status = Some((s, Instant::now()));
+                // The read time moves countdowns: only a new status resets it.
+                if v.status.as_ref().is_none_or(|(old, _)| *old != s) {
+                    v.status = Some((s, Instant::now()));
+                }
             }
             if exited.is_some() {
                 v.exited = exited;
@@ -327,7 +332,9 @@ impl LocalWorker {
             if !v.alive {
                 v.stopping = false;
             }
-            v.log = log;
+            if let Some(log) = log {
+                v.log = log;
+            }
         });
     }
 }

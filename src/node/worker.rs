@@ -224,6 +224,9 @@ pub(super) struct Load {
     /// Tasks this run finished with a result, and without one.
     pub(super) completed: std::sync::atomic::AtomicU64,
     pub(super) failed: std::sync::atomic::AtomicU64,
+    /// Tasks given back to run elsewhere, through no fault of theirs (a
+    /// rate limit, a key out of quota): not failures.
+    pub(super) handed_back: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the worker until `shutdown` fires (then drains) or a fatal error,

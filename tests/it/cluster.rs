@@ -409,7 +409,7 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
         retry_after_secs: 30,
     })
     .await;
-    let _w = c.vendor_worker(
+    let w = c.vendor_worker(
         "limited",
         "groq",
         "gsk_test_cooldown_0123456789",
@@ -451,6 +451,14 @@ async fn provider_cooldowns_are_visible_in_the_workers_api() {
         .await;
     assert_eq!(t["status"], "pending", "{t}");
     assert_eq!(vendor.calls(), 1);
+    // Its own machine sees the task given back, not failed, and the rest.
+    let v = wait_status(&w.dir, "the hand-back counted", |v| v["handed_back"] == 1).await;
+    assert_eq!(
+        (v["failed"].as_u64(), v["completed"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["rests"][0]["provider"], "groq", "{v}");
     // Stats keep the original shape unless asked for cooldowns.
     let plain = c.stats().await;
     assert!(plain.get("cooldowns").is_none(), "{plain}");

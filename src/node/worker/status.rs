@@ -8,14 +8,17 @@
 //! {"pid": 4242, "version": "0.1.0", "state": "connected",
 //!  "worker_id": "laptop", "orchestrator": "192.168.1.20:5000",
 //!  "since": "2026-11-30T17:00:00.000Z", "active": 1, "completed": 12,
-//!  "failed": 0, "rests": [{"provider": "groq", "model": null,
+//!  "failed": 0, "handed_back": 3,
+//!  "rests": [{"provider": "groq", "model": null,
 //!  "remaining_ms": 41000, "disabled": false, "reason": "rate_limited"}],
 //!  "last_error": null, "updated_at": "2026-11-30T17:03:12.000Z"}
 //! ```
 //!
 //! `state` is `starting`, `enrolling`, `connecting`, `connected`,
 //! `draining`, `stopped` or `failed`; `since` is when it entered it;
-//! `last_error` says why the last connection ended or the worker failed.
+//! `last_error` says why the last connection ended or the worker failed;
+//! `handed_back` counts tasks given back to run elsewhere because a provider
+//! here was rate limited or out of quota (not failures).
 //! The file is written whole and renamed into place: a reader never sees
 //! half of it.
 //!
@@ -118,6 +121,7 @@ impl Board {
             "active": load.active.load(Ordering::Relaxed),
             "completed": load.completed.load(Ordering::Relaxed),
             "failed": load.failed.load(Ordering::Relaxed),
+            "handed_back": load.handed_back.load(Ordering::Relaxed),
             "rests": providers.cooldowns(),
             "last_error": i.last_error,
             "updated_at": rfc3339(now_ms()),

@@ -92,6 +92,14 @@ pub(super) async fn run_task(
     };
     let counter = match &outcome {
         Outcome::Ok(_) => &load.completed,
+        Outcome::Err(e)
+            if matches!(
+                e.kind,
+                ErrorKind::RateLimited { .. } | ErrorKind::Unavailable
+            ) =>
+        {
+            &load.handed_back
+        }
         Outcome::Err(_) => &load.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);

@@ -135,6 +135,8 @@ struct KeysView {
     stored: BTreeMap<String, bool>,
     /// Where keys go.
     place: String,
+    /// The path and why, on hover.
+    place_details: String,
     /// The cluster API key, loaded.
     api_key: Option<String>,
     /// The last failure.
@@ -246,7 +248,9 @@ impl App {
             }
             let api_key = store.get(CLUSTER_API_KEY).ok().flatten();
             let place = store.describe();
+            let place_details = store.details();
             view.update(|v| {
+                v.place_details = place_details;
                 v.stored = stored;
                 v.api_key = api_key;
                 v.place = place;
@@ -300,8 +304,10 @@ impl App {
         self.backend.spawn_blocking(move || {
             let r = store.set(&kind, key.trim());
             let place = store.describe();
+            let place_details = store.details();
             view.update(|v| {
                 v.place = place;
+                v.place_details = place_details;
                 match r {
                     Ok(()) => {
                         v.stored.insert(kind, true);
@@ -870,11 +876,12 @@ impl App {
         ui.heading("Providers");
         ui.label(
             RichText::new(format!(
-                "Keys stay on this computer: kept in {}, given to the worker through its environment only.",
+                "Keys stay on this computer, in {}; the worker gets them through its environment, never its command line.",
                 if keys.place.is_empty() { "the credential store" } else { &keys.place }
             ))
             .weak(),
-        );
+        )
+        .on_hover_text(&keys.place_details);
         if let Some(e) = &keys.error {
             ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), e);
         }
@@ -1268,10 +1275,14 @@ pub fn worker_summary(v: &crate::worker::View) -> (Color32, String) {
     let red = Color32::from_rgb(0xf8, 0x51, 0x49);
     let grey = Color32::from_rgb(0x8b, 0x94, 0x9e);
     let counts = |s: &crate::worker::Status| {
-        format!(
-            "{} running · {} completed · {} failed",
-            s.active, s.completed, s.failed
-        )
+        let mut t = format!("{} running · {} completed", s.active, s.completed);
+        if s.failed > 0 {
+            t += &format!(" · {} failed", s.failed);
+        }
+        if s.handed_back > 0 {
+            t += &format!(" · {} handed to other workers", s.handed_back);
+        }
+        t
     };
     match &v.status {
         Some((s, _)) if v.alive => match s.state.as_str() {

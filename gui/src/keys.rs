@@ -131,7 +131,7 @@ impl Vault for FileVault {
     }
 
     fn describe(&self) -> String {
-        format!("a file only you can read ({})", self.path.display())
+        "a file only you can read".to_owned()
     }
 }
 
@@ -217,23 +217,37 @@ impl KeyStore {
         self.file.delete(name)
     }
 
-    /// Where new keys go, for the window; with why the OS store is not used.
+    /// Where new keys go, in a few words for the window.
     pub fn describe(&self) -> String {
-        let failed = self
-            .os_failed
+        match (&self.os, self.os_failure()) {
+            (Some(os), None) => os.describe(),
+            _ => self.file.describe(),
+        }
+    }
+
+    /// The details behind [`Self::describe`]: the file's path and why the
+    /// OS store is not used, when it is not.
+    pub fn details(&self) -> String {
+        let file = format!("{}", self.file.path.display());
+        match (&self.os, self.os_failure()) {
+            (Some(os), None) => format!(
+                "{} (service \"{SERVICE}\"); where it is not available: {file}",
+                os.describe()
+            ),
+            (Some(os), Some(why)) => format!(
+                "{file}, because {} is not available here: {}",
+                os.describe(),
+                d8::logging::line::clip(&why, 160)
+            ),
+            (None, _) => file,
+        }
+    }
+
+    fn os_failure(&self) -> Option<String> {
+        self.os_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match (&self.os, failed) {
-            (Some(os), None) => os.describe(),
-            (Some(os), Some(why)) => format!(
-                "{} ({} is not available: {})",
-                self.file.describe(),
-                os.describe(),
-                d8::logging::line::clip(&why, 120)
-            ),
-            (None, _) => self.file.describe(),
-        }
+            .clone()
     }
 }
 
@@ -288,10 +302,12 @@ mod tests {
             store.get("groq").expect("get").as_deref(),
             Some("gsk_secret")
         );
+        assert_eq!(store.describe(), "a file only you can read");
+        let details = store.details();
         assert!(
-            store.describe().contains("not available"),
-            "{}",
-            store.describe()
+            details.contains("keys.json")
+                && details.contains("not available here: no secret service"),
+            "{details}"
         );
         #[cfg(unix)]
         {

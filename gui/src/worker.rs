@@ -50,6 +50,9 @@ pub struct Status {
     pub completed: u64,
     /// Tasks failed since it started.
     pub failed: u64,
+    /// Tasks given back to run elsewhere (a provider here rate limited or
+    /// out of quota; not failures).
+    pub handed_back: u64,
     /// Providers (or models) resting, with time left as of the file.
     pub rests: Vec<ProviderCooldown>,
     /// Why the last connection ended or the worker failed.

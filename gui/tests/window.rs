@@ -178,26 +178,31 @@ fn the_window_opens_under_xvfb_with_software_gl_and_shows_the_cluster_found_over
     let _x = Kill(
         Command::new("Xvfb")
             .arg(format!(":{display}"))
-            .args(["-screen", "0", "1024x768x24", "-nolisten", "tcp"])
+            .args(["-screen", "0", "1024x768x24", "-nolisten", "tcp", "-noreset"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("Xvfb"),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
-        assert!(Instant::now() < deadline, "Xvfb did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
     let x = |cmd: &mut Command| {
         cmd.env("DISPLAY", format!(":{display}"))
             .output()
             .expect("x tool")
     };
+    // Ready when a client gets an answer (its socket appears a moment
+    // before it accepts). `-noreset`: an X server resets when its last
+    // client leaves, refusing connections meanwhile; this probe is one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !x(Command::new("xdotool").arg("getdisplaygeometry"))
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "Xvfb :{display} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     let app_log = std::fs::File::create(dir.join("app.log")).expect("log");
-    let app = Kill(
+    let mut app = Kill(
         Command::new(env!("CARGO_BIN_EXE_d8-desktop"))
             .env("DISPLAY", format!(":{display}"))
             .env("HOME", dir)
@@ -220,9 +225,11 @@ fn the_window_opens_under_xvfb_with_software_gl_and_shows_the_cluster_found_over
         if !id.is_empty() {
             break id;
         }
+        let exited = app.0.try_wait().expect("try_wait");
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no window within 20 s: {}",
+            exited.is_none() && started.elapsed() < Duration::from_secs(20),
+            "no window ({}): {}",
+            exited.map_or("none within 20 s".into(), |c| format!("the app ended, {c}")),
             std::fs::read_to_string(dir.join("app.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(10));

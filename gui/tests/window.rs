@@ -178,7 +178,14 @@ fn the_window_opens_under_xvfb_with_software_gl_and_shows_the_cluster_found_over
     let _x = Kill(
         Command::new("Xvfb")
             .arg(format!(":{display}"))
-            .args(["-screen", "0", "1024x768x24", "-nolisten", "tcp", "-noreset"])
+            .args([
+                "-screen",
+                "0",
+                "1024x768x24",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -479,6 +479,7 @@ impl App {
         let worker = self.worker.clone();
         let d8 = self.cfg.d8.clone();
         self.token_input.clear();
+        worker.launching();
         self.backend.spawn_blocking(move || {
             // Keys saved a moment ago are read back from the store: one path.
             let mut providers = Vec::new();
@@ -536,7 +537,12 @@ impl App {
             ui.label(RichText::new(format!("desktop {}", env!("CARGO_PKG_VERSION"))).weak());
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 let v = self.worker.view();
-                if v.alive {
+                if v.launching {
+                    ui.add_enabled(
+                        false,
+                        egui::Button::new(RichText::new("Starting…").size(16.0)),
+                    );
+                } else if v.alive {
                     let label = if v.stopping { "Stopping…" } else { "Stop" };
                     if ui
                         .add_enabled(
@@ -951,7 +957,7 @@ impl App {
         let Some(v) = p.vendor() else {
             return;
         };
-        ui.strong(title(kind));
+        ui.strong(format!("{} settings", title(kind)));
         ui.checkbox(
             &mut p.enabled,
             format!("Run {} on this worker", title(kind)),

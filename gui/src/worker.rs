@@ -77,6 +77,9 @@ pub struct View {
     pub stopping: bool,
     /// How our child ended, when it did on its own (`exit status: 1`).
     pub exited: Option<String>,
+    /// Start was pressed and the process is not up yet (keys are being
+    /// read): a second press must not start a second worker.
+    pub launching: bool,
     /// Starting failed (no `d8` executable, no data dir).
     pub start_error: Option<String>,
     /// The newest lines of its log.
@@ -243,6 +246,14 @@ impl LocalWorker {
         self.view.lock().clone()
     }
 
+    /// Start was pressed: shown as starting until [`Self::start`] runs.
+    pub fn launching(&self) {
+        self.view.update(|v| {
+            v.launching = true;
+            v.start_error = None;
+        });
+    }
+
     /// Starts `d8 join` (`d8`: the executable).
     pub fn start(&self, d8: Option<&Path>, launch: &Launch) {
         let result = (|| {
@@ -263,11 +274,15 @@ impl LocalWorker {
                     v.start_error = None;
                     v.exited = None;
                     v.stopping = false;
+                    v.launching = false;
                     v.alive = true;
                     v.status = None;
                 });
             }
-            Err(e) => self.view.update(|v| v.start_error = Some(e)),
+            Err(e) => self.view.update(|v| {
+                v.launching = false;
+                v.start_error = Some(e);
+            }),
         }
     }
 

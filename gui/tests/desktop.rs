@@ -505,3 +505,40 @@ fn with_no_cluster_on_the_network_the_first_machine_starts_one_and_its_worker_jo
         !h.state().worker_running() && !h.state().local_cluster().view().up
     });
 }
+
+#[test]
+fn a_wrong_token_is_refused_and_the_window_says_why() {
+    let s = Setup::new();
+    let o = Orchestrator::start(s.root.path());
+    let mut h = s.harness(s.config(vec![o.advert()]));
+    type_into(
+        &mut h,
+        "Orchestrator address",
+        &format!("127.0.0.1:{}", o.port),
+    );
+    // The right cluster, a wrong secret (as after `d8 token rotate`).
+    let (cluster, _) = o.token.rsplit_once('-').expect("token");
+    type_into(
+        &mut h,
+        "Join token",
+        &format!("{cluster}-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    );
+    click(&mut h, "This computer");
+    click(&mut h, "Ollama (local models)");
+    click(&mut h, "Run Ollama (local models) on this worker");
+    click(&mut h, "Start worker on this computer");
+    // The button is gone at once: a second press cannot start a second worker.
+    assert!(h.query_by_label("Start worker on this computer").is_none());
+    wait_for(&mut h, "the refusal explained", 30, |h| {
+        shows(h, "The worker failed") && shows(h, "unknown join token")
+    });
+    assert!(!h.state().worker_running());
+    let workers = api(&s.rt, &o, reqwest::Method::GET, "/api/workers", None);
+    assert_eq!(workers, serde_json::json!([]), "nobody enrolled");
+    let log = std::fs::read_to_string(s.path("worker/worker.log")).expect("log");
+    assert_eq!(
+        log.matches("enrollment refused").count(),
+        1,
+        "one worker ran: {log}"
+    );
+}

@@ -88,6 +88,10 @@ pub fn mdns_interfaces() -> Vec<String> {
         .collect()
 }
 
+const GREEN: Color32 = Color32::from_rgb(0x3f, 0xb9, 0x50);
+const AMBER: Color32 = Color32::from_rgb(0xd2, 0x99, 0x22);
+const RED: Color32 = Color32::from_rgb(0xf8, 0x51, 0x49);
+
 /// The tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -385,7 +389,7 @@ impl App {
                 None => None,
             };
             let result = match d8 {
-                None => Err("the d8 program was not found beside d8-desktop or on PATH".into()),
+                None => Err(crate::child::NOT_FOUND.into()),
                 Some(d8) => crate::check::run(&d8, &App::run_of(&choice, key)),
             };
             checks.update(|c| {
@@ -403,9 +407,7 @@ impl App {
     /// Why Start cannot work now, if it cannot.
     fn start_blocker(&self) -> Option<String> {
         if self.cfg.d8.is_none() {
-            return Some(
-                "the d8 program was not found beside d8-desktop or on PATH; reinstall d8".into(),
-            );
+            return Some(crate::child::NOT_FOUND.into());
         }
         let enabled: Vec<&ProviderChoice> = self.settings.enabled().collect();
         if enabled.is_empty() {
@@ -587,7 +589,7 @@ impl App {
         self.worker_line(ui);
         if let Some((text, at)) = &self.notice {
             if at.elapsed() < Duration::from_secs(12) {
-                ui.colored_label(Color32::from_rgb(0xd2, 0x99, 0x22), text);
+                ui.colored_label(AMBER, text);
                 // Drawn again when it is due to go.
                 ui.ctx()
                     .request_repaint_after(Duration::from_secs(12).saturating_sub(at.elapsed()));
@@ -634,12 +636,12 @@ impl App {
                         "   {what} rests {when}: {}",
                         r.reason.as_str().replace('_', " ")
                     ))
-                    .color(Color32::from_rgb(0xd2, 0x99, 0x22)),
+                    .color(AMBER),
                 );
             }
         }
         if let Some(e) = &v.start_error {
-            ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), e);
+            ui.colored_label(RED, e);
         }
     }
 
@@ -649,7 +651,7 @@ impl App {
         ui.heading("Clusters on this network");
         if let Some(e) = &found.mdns_error {
             ui.colored_label(
-                Color32::from_rgb(0xd2, 0x99, 0x22),
+                AMBER,
                 format!("Cannot look on this network: {e}. Type an address below."),
             );
         }
@@ -697,11 +699,11 @@ impl App {
                             ui.label(plural(*n, "worker", "workers"));
                         }
                         if status != "ok" {
-                            ui.colored_label(Color32::from_rgb(0xd2, 0x99, 0x22), status);
+                            ui.colored_label(AMBER, status);
                         }
                     }
                     Health::Down(why) => {
-                        ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), why);
+                        ui.colored_label(RED, why);
                     }
                     Health::Unknown => {}
                 }
@@ -754,20 +756,19 @@ impl App {
             ui.label("The worker will join the cluster running on this computer.");
         } else {
             ui.horizontal(|ui| {
-                let l = ui.label("Join token");
-                ui.add(
-                    egui::TextEdit::singleline(&mut self.token_input)
-                        .password(true)
-                        .hint_text("d8j_… printed by d8 serve, or from the dashboard")
-                        .desired_width(320.0),
-                )
-                .labelled_by(l.id);
+                secret_field(
+                    ui,
+                    "Join token",
+                    &mut self.token_input,
+                    "D8-1-… printed by d8 serve, or from the dashboard",
+                    320.0,
+                );
             });
             if let Some(cid) = token_cluster(&self.token_input) {
                 match found.clusters.iter().find(|c| c.cluster_id.as_deref() == Some(cid.as_str())) {
                     Some(c) => ui.label(format!("This token is for {}.", c.name)),
                     None => ui.colored_label(
-                        Color32::from_rgb(0xd2, 0x99, 0x22),
+                        AMBER,
                         format!(
                             "No cluster of this token (id {cid}) is announcing itself here; type its address above if it is on another network."
                         ),
@@ -775,7 +776,7 @@ impl App {
                 };
             } else if !self.token_input.trim().is_empty() {
                 ui.colored_label(
-                    Color32::from_rgb(0xf8, 0x51, 0x49),
+                    RED,
                     "This is not a join token: they read D8-1-… (d8 serve prints one).",
                 );
             }
@@ -863,11 +864,11 @@ impl App {
             }
         }
         if let Some(e) = &local.start_error {
-            ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), e);
+            ui.colored_label(RED, e);
         }
         if let Some(code) = &local.exited {
             ui.colored_label(
-                Color32::from_rgb(0xf8, 0x51, 0x49),
+                RED,
                 format!("The cluster stopped ({code}). Its last lines:"),
             );
             for l in local.log.iter().rev().take(6).rev() {
@@ -889,7 +890,7 @@ impl App {
         )
         .on_hover_text(&keys.place_details);
         if let Some(e) = &keys.error {
-            ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), e);
+            ui.colored_label(RED, e);
         }
         ui.columns(2, |cols| {
             let (left, right) = cols.split_at_mut(1);
@@ -903,12 +904,8 @@ impl App {
                         self.selected = p.kind.clone();
                     }
                     if p.enabled {
-                        ui.label(
-                            RichText::new("on")
-                                .small()
-                                .color(Color32::from_rgb(0x3f, 0xb9, 0x50)),
-                        )
-                        .on_hover_text("The worker runs it");
+                        ui.label(RichText::new("on").small().color(GREEN))
+                            .on_hover_text("The worker runs it");
                     }
                     if keys.stored.get(&p.kind).copied().unwrap_or(false) {
                         ui.label(RichText::new("key stored").small().weak());
@@ -940,7 +937,7 @@ impl App {
             }
         }
         if let Some(p) = &self.settings_problem {
-            ui.colored_label(Color32::from_rgb(0xd2, 0x99, 0x22), p);
+            ui.colored_label(AMBER, p);
         }
     }
 
@@ -966,19 +963,13 @@ impl App {
         let stored = keys.stored.get(kind).copied().unwrap_or(false);
         if needs_key {
             ui.horizontal(|ui| {
-                let l = ui.label("Key");
                 let input = self.key_inputs.entry(kind.to_owned()).or_default();
-                ui.add(
-                    egui::TextEdit::singleline(input)
-                        .password(true)
-                        .hint_text(if stored {
-                            "stored (paste to replace)"
-                        } else {
-                            "paste the key"
-                        })
-                        .desired_width(220.0),
-                )
-                .labelled_by(l.id);
+                let hint = if stored {
+                    "stored (paste to replace)"
+                } else {
+                    "paste the key"
+                };
+                secret_field(ui, "Key", input, hint, 220.0);
             });
         }
         ui.horizontal(|ui| {
@@ -1017,9 +1008,9 @@ impl App {
             }
             Some(Check::Done(v)) => {
                 let color = match v.result.as_str() {
-                    "ok" => Color32::from_rgb(0x3f, 0xb9, 0x50),
-                    "rate_limited" => Color32::from_rgb(0xd2, 0x99, 0x22),
-                    _ => Color32::from_rgb(0xf8, 0x51, 0x49),
+                    "ok" => GREEN,
+                    "rate_limited" => AMBER,
+                    _ => RED,
                 };
                 ui.colored_label(color, v.headline());
                 if v.result != "ok" && !v.message.is_empty() {
@@ -1027,7 +1018,7 @@ impl App {
                 }
             }
             Some(Check::Failed(e)) => {
-                ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), e);
+                ui.colored_label(RED, e);
             }
             None => {}
         }
@@ -1121,20 +1112,19 @@ impl App {
             }
             (Some(_), view) => {
                 if let cluster_api::View::Failed(e) = view {
-                    ui.colored_label(Color32::from_rgb(0xf8, 0x51, 0x49), e);
+                    ui.colored_label(RED, e);
                 }
                 if key.is_none() {
                     ui.label("Its HTTP API key shows workers, queue and success rate here.");
                 }
                 ui.horizontal(|ui| {
-                    let l = ui.label("API key");
-                    ui.add(
-                        egui::TextEdit::singleline(&mut self.api_key_input)
-                            .password(true)
-                            .hint_text("d8k_… from the orchestrator's data dir")
-                            .desired_width(260.0),
-                    )
-                    .labelled_by(l.id);
+                    secret_field(
+                        ui,
+                        "API key",
+                        &mut self.api_key_input,
+                        "d8k_… from the orchestrator's data dir",
+                        260.0,
+                    );
                     if ui
                         .add_enabled(
                             !self.api_key_input.trim().is_empty(),
@@ -1252,6 +1242,18 @@ pub fn token_cluster(token: &str) -> Option<String> {
         .map(|t| d8::discovery::cluster_id(&t.ca_digest()))
 }
 
+/// A labelled, masked one-line field (keys, tokens).
+fn secret_field(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str, width: f32) {
+    let l = ui.label(label);
+    ui.add(
+        egui::TextEdit::singleline(value)
+            .password(true)
+            .hint_text(hint)
+            .desired_width(width),
+    )
+    .labelled_by(l.id);
+}
+
 /// "1 worker", "3 workers".
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -1276,9 +1278,9 @@ pub fn title(kind: &str) -> String {
 
 /// The dot colour and the sentence for the worker's state.
 pub fn worker_summary(v: &crate::worker::View) -> (Color32, String) {
-    let green = Color32::from_rgb(0x3f, 0xb9, 0x50);
-    let amber = Color32::from_rgb(0xd2, 0x99, 0x22);
-    let red = Color32::from_rgb(0xf8, 0x51, 0x49);
+    let green = GREEN;
+    let amber = AMBER;
+    let red = RED;
     let grey = Color32::from_rgb(0x8b, 0x94, 0x9e);
     let counts = |s: &crate::worker::Status| {
         let mut t = format!("{} running · {} completed", s.active, s.completed);

@@ -34,6 +34,22 @@ pub fn find_d8() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What the window says when there is no `d8` to run.
+pub const NOT_FOUND: &str =
+    "the d8 program was not found beside d8-desktop or on PATH; reinstall d8";
+
+/// Starts the spec `make` builds for `d8` (not found: [`NOT_FOUND`]),
+/// after creating `data_dir`; errors as the window shows them.
+pub fn start(
+    d8: Option<&Path>,
+    data_dir: &Path,
+    make: impl FnOnce(&Path) -> Spec,
+) -> Result<Child, String> {
+    let d8 = d8.ok_or_else(|| NOT_FOUND.to_owned())?;
+    d8::node::files::ensure_dir(data_dir).map_err(|e| e.to_string())?;
+    spawn(&make(d8)).map_err(|e| format!("cannot start {}: {e}", d8.display()))
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Spec {

@@ -177,7 +177,7 @@ impl Finder {
         let view = self.view.clone();
         backend.spawn_blocking(move || {
             let text = match d8 {
-                None => "the d8 program was not found beside d8-desktop or on PATH".to_owned(),
+                None => crate::child::NOT_FOUND.to_owned(),
                 Some(d8) => {
                     let mut cmd = std::process::Command::new(&d8);
                     cmd.arg("doctor")

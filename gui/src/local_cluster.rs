@@ -90,11 +90,7 @@ impl LocalCluster {
 
     /// Starts `d8 serve` (`extra`: more flags, nothing secret).
     pub fn start(&self, d8: Option<&Path>, extra: &[String]) {
-        let result = (|| {
-            let d8 = d8.ok_or_else(|| {
-                "the d8 program was not found beside d8-desktop or on PATH; reinstall d8".to_owned()
-            })?;
-            files::ensure_dir(&self.data_dir).map_err(|e| e.to_string())?;
+        let result = child::start(d8, &self.data_dir, |d8| {
             let mut args: Vec<std::ffi::OsString> = vec![
                 "serve".into(),
                 "--data-dir".into(),
@@ -103,7 +99,7 @@ impl LocalCluster {
                 self.port.to_string().into(),
             ];
             args.extend(extra.iter().map(Into::into));
-            let spec = Spec {
+            Spec {
                 program: d8.to_owned(),
                 args,
                 env: Vec::new(),
@@ -118,9 +114,8 @@ impl LocalCluster {
                 .map(str::to_owned)
                 .to_vec(),
                 log: self.data_dir.join(LOG),
-            };
-            child::spawn(&spec).map_err(|e| format!("cannot start {}: {e}", d8.display()))
-        })();
+            }
+        });
         match result {
             Ok(c) => {
                 *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);

@@ -256,17 +256,10 @@ impl LocalWorker {
 
     /// Starts `d8 join` (`d8`: the executable).
     pub fn start(&self, d8: Option<&Path>, launch: &Launch) {
-        let result = (|| {
-            let d8 = d8.ok_or_else(|| {
-                "the d8 program was not found beside d8-desktop or on PATH; reinstall d8".to_owned()
-            })?;
-            files::ensure_dir(&self.data_dir).map_err(|e| e.to_string())?;
-            // A request left from an earlier stop must not stop this run
-            // (the worker ignores one older than itself; remove it anyway).
-            let _ = std::fs::remove_file(self.data_dir.join(files::DRAIN_REQUEST));
-            let spec = spec(d8, &self.data_dir, launch);
-            child::spawn(&spec).map_err(|e| format!("cannot start {}: {e}", d8.display()))
-        })();
+        // A request left from an earlier stop must not stop this run (the
+        // worker ignores one older than itself; remove it anyway).
+        let _ = std::fs::remove_file(self.data_dir.join(files::DRAIN_REQUEST));
+        let result = child::start(d8, &self.data_dir, |d8| spec(d8, &self.data_dir, launch));
         match result {
             Ok(c) => {
                 *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);

@@ -23,22 +23,17 @@ use egui_kittest::kittest::Queryable;
 #[path = "../../tests/it/fakes.rs"]
 #[allow(dead_code, missing_docs)]
 mod fakes;
+#[path = "../../tests/it/loopback.rs"]
+#[allow(dead_code)]
+mod loopback;
 
 /// What fakes.rs needs from the d8 test harness.
 mod harness {
-    pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        addr
-    }
+    pub use super::loopback::serve_on_loopback;
 }
 
 use fakes::{FakeOpenAi, Mode};
+use loopback::free_port;
 
 /// The `d8` executable beside this test's directory.
 fn d8_bin() -> PathBuf {
@@ -54,17 +49,6 @@ fn d8_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
 }
 
 /// `d8 serve` on loopback, killed on drop.
@@ -309,6 +293,15 @@ fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
     h.step();
 }
 
+/// Under "This computer": OpenAI on, its key typed, pointed at `base`.
+fn use_openai(h: &mut Harness<'_, App>, key: &str, base: &str) {
+    click(h, "This computer");
+    click(h, "OpenAI");
+    click(h, "Run OpenAI on this worker");
+    type_into(h, "Key", key);
+    type_into(h, "Base URL", base);
+}
+
 fn click(h: &mut Harness<'_, App>, label: &str) {
     h.get_by_label(label).click();
     h.step();
@@ -336,11 +329,7 @@ fn a_key_entered_and_start_pressed_make_this_computer_a_worker_that_completes_ta
     type_into(&mut h, "Join token", &o.token);
 
     // Keys: OpenAI pointed at the fake, key typed, tested through d8.
-    click(&mut h, "This computer");
-    click(&mut h, "OpenAI");
-    click(&mut h, "Run OpenAI on this worker");
-    type_into(&mut h, "Key", "sk-desktop-test-key");
-    type_into(&mut h, "Base URL", &fake.base);
+    use_openai(&mut h, "sk-desktop-test-key", &fake.base);
     click(&mut h, "Test");
     wait_for(&mut h, "the key test's verdict", 30, |h| {
         shows(h, "works (")
@@ -467,11 +456,7 @@ fn with_no_cluster_on_the_network_the_first_machine_starts_one_and_its_worker_jo
     assert!(shows(&h, token.trim()), "Show reveals it");
 
     // No token to paste: the worker joins the cluster on this computer.
-    click(&mut h, "This computer");
-    click(&mut h, "OpenAI");
-    click(&mut h, "Run OpenAI on this worker");
-    type_into(&mut h, "Key", "sk-first-machine");
-    type_into(&mut h, "Base URL", &fake.base);
+    use_openai(&mut h, "sk-first-machine", &fake.base);
     click(&mut h, "Start worker on this computer");
     wait_for(&mut h, "the worker connected", 30, |h| {
         shows(h, "Connected to 127.0.0.1")

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use super::loopback::{free_port, serve_on_loopback};
+
 /// Logs from the code under test, shown for failing tests (`RUST_LOG` to tune).
 #[allow(dead_code)]
 pub fn init_tracing() {
@@ -279,30 +281,6 @@ pub fn chat(content: &str, priority: u8) -> Value {
         "priority": priority,
         "data": { "messages": [ { "role": "user", "content": content } ] }
     })
-}
-
-/// A TCP and UDP port free on 127.0.0.1 (for child processes).
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
-/// Serves `app` on a new loopback port in the background; its address.
-pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
 }
 
 /// Waits up to `secs` for `url` to answer 2xx; panics with the text of

@@ -11,6 +11,7 @@ mod http_api;
 mod installer;
 mod layering;
 mod logs;
+mod loopback;
 #[cfg(target_os = "linux")]
 mod netns;
 mod openai;

@@ -1042,15 +1042,18 @@ impl App {
                 .response
                 .labelled_by(l.id);
         });
-        ui.horizontal(|ui| {
-            let l = ui.label("Base URL");
-            ui.add(
-                egui::TextEdit::singleline(&mut p.base_url)
-                    .hint_text(v.base_url)
-                    .desired_width(220.0),
-            )
-            .labelled_by(l.id);
-        });
+        // Only where d8 reads another URL for it (not the built-in echo).
+        if v.url_var.is_some() {
+            ui.horizontal(|ui| {
+                let l = ui.label("Base URL");
+                ui.add(
+                    egui::TextEdit::singleline(&mut p.base_url)
+                        .hint_text(v.base_url)
+                        .desired_width(220.0),
+                )
+                .labelled_by(l.id);
+            });
+        }
     }
 
     fn activity_tab(&mut self, ui: &mut egui::Ui) {
@@ -1267,6 +1270,7 @@ pub fn title(kind: &str) -> String {
         "deepseek" => "DeepSeek".into(),
         "anthropic" => "Anthropic (Claude)".into(),
         "ollama" => "Ollama (local models)".into(),
+        "echo" => "Echo (a test: repeats the prompt)".into(),
         other => {
             let mut c = other.chars();
             c.next()

@@ -36,7 +36,7 @@ pub struct Settings {
     /// An orchestrator address typed by the user (VPN, other subnet); empty:
     /// find it over mDNS.
     pub address: String,
-    /// Providers, in the window's order (every vendor d8 knows but echo).
+    /// Providers, in the window's order ([`offered`]).
     pub providers: Vec<ProviderChoice>,
     /// Tasks run at once.
     pub slots: u32,
@@ -121,11 +121,11 @@ impl Settings {
     }
 }
 
-/// The vendors offered in the window: all but the built-in echo.
+/// The vendors offered in the window: every one d8 knows, the built-in
+/// echo last (it needs no key and no vendor: a way to try the cluster).
 pub fn offered() -> impl Iterator<Item = &'static Vendor> {
-    vendor::VENDORS
-        .iter()
-        .filter(|v| v.key_var.is_some() || v.kind == "ollama")
+    let real = vendor::VENDORS.iter().filter(|v| v.kind != "echo");
+    real.chain(vendor::VENDORS.iter().filter(|v| v.kind == "echo"))
 }
 
 /// The default settings file: `<config dir>/d8/desktop.json`.
@@ -182,6 +182,6 @@ mod tests {
         assert_eq!(s.slots, 1);
         let enabled: Vec<&str> = s.enabled().map(|p| p.kind.as_str()).collect();
         assert_eq!(enabled, ["anthropic"]);
-        assert!(s.providers.iter().all(|p| p.kind != "echo"));
+        assert_eq!(s.providers.last().map(|p| p.kind.as_str()), Some("echo"));
     }
 }

@@ -194,7 +194,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
         let t0 = Instant::now();
         let found = d.discover(None, args.wait).await?;
         if found.is_empty() {
-            let _ = writeln!(out, "  none after {:?}", t0.elapsed());
+            let _ = writeln!(out, "  none after {:.1} s", t0.elapsed().as_secs_f32());
         }
         found
     };

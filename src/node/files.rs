@@ -34,6 +34,8 @@ pub const STATUS: &str = "status.json";
 /// Worker: created by whoever wants it to drain and stop (the desktop app,
 /// where no Ctrl-C reaches a windowless process on Windows).
 pub const DRAIN_REQUEST: &str = "drain-request";
+/// Worker: locked while a worker runs with this data dir (one at a time).
+pub const WORKER_LOCK: &str = "worker.lock";
 /// Worker: the day's spend of providers with a daily budget.
 pub const SPEND: &str = "spend.json";
 /// Orchestrator: created by whoever wants it to stop cleanly, as Ctrl-C
@@ -52,6 +54,38 @@ pub fn default_data_dir(role: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
         .join("d8")
         .join(role)
+}
+
+/// Why a data dir could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process (or another run in this one) holds the lock.
+    #[error("locked by another process")]
+    Busy,
+    /// The lock file could not be opened.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// Takes the exclusive lock on `<dir>/<name>` (an advisory OS file lock,
+/// released when the returned file is dropped or the process ends, however
+/// it ends: nothing stale is left behind).
+pub fn lock_dir(dir: &Path, name: &str) -> Result<std::fs::File, LockError> {
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| FileError {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Busy),
+        Err(std::fs::TryLockError::Error(source)) => Err(FileError { path, source }.into()),
+    }
 }
 
 /// Returns once a file appears at `path` (looked for each second, removed

@@ -68,6 +68,12 @@ pub enum WorkerError {
     /// No provider configured.
     #[error("no provider configured: pass --provider (e.g. --provider echo)")]
     NoProvider,
+    /// Another worker runs with this data dir (same identity, same status
+    /// file): a second one would take over its connection and its file.
+    #[error(
+        "another d8 worker is already running with the data directory {0} (stop it first, or give this one its own --data-dir)"
+    )]
+    DataDirBusy(std::path::PathBuf),
 }
 
 /// Why enrollment failed for good.
@@ -236,6 +242,13 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         return Err(WorkerError::NoProvider);
     }
     super::files::ensure_dir(&cfg.data_dir)?;
+    // Held until this run ends; before anything here touches the data dir's
+    // files, so a second worker leaves the first one's alone.
+    let _lock =
+        super::files::lock_dir(&cfg.data_dir, super::files::WORKER_LOCK).map_err(|e| match e {
+            super::files::LockError::Busy => WorkerError::DataDirBusy(cfg.data_dir.clone()),
+            super::files::LockError::File(e) => WorkerError::Files(e),
+        })?;
     // A request left from before this run is not for it.
     let _ = std::fs::remove_file(cfg.data_dir.join(super::files::DRAIN_REQUEST));
     let board = Arc::new(status::Board::new(&cfg.data_dir));

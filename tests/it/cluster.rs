@@ -1075,6 +1075,39 @@ async fn a_worker_that_cannot_connect_says_why_in_its_status_file() {
 }
 
 #[tokio::test]
+async fn a_second_worker_on_the_same_data_dir_is_refused_and_leaves_the_first_alone() {
+    // Two desktop windows, or the login item and a click: one identity,
+    // one status file, one worker.
+    let c = TestCluster::start().await;
+    let w = c.worker("only-one", 0, 1).await;
+    wait_status(&w.dir, "connected", |v| v["state"] == "connected").await;
+    let mut cfg = c.worker_config("intruder", 0, 1);
+    cfg.data_dir = w.dir.clone();
+    std::fs::write(w.dir.join("drain-request"), b"").expect("request");
+    let err = d8::node::worker::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, d8::node::worker::WorkerError::DataDirBusy(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already running"), "{err}");
+    // The first one's request is not consumed by the refused one: the first
+    // worker drains on it.
+    tokio::time::timeout(Duration::from_secs(10), w.handle)
+        .await
+        .expect("the first worker drains on its request")
+        .expect("join")
+        .expect("drained cleanly");
+    let v = worker_status(&w.dir).expect("status");
+    assert_eq!(
+        (v["state"].as_str(), v["worker_id"].as_str()),
+        (Some("stopped"), Some("only-one")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn a_drain_request_file_stops_the_worker_like_ctrl_c() {
     let c = TestCluster::start().await;
     // A request left over from before the worker started is ignored.

@@ -2,7 +2,7 @@
 //!
 //! - Secrets (provider keys, the join token) go in the child's environment,
 //!   never its command line (which any user of the machine can list).
-//! - Its output goes to a log file in its data dir, not a pipe: a worker
+//! - Its output is appended to a log file in its data dir, not a pipe: a worker
 //!   the user keeps running after closing the window must not lose its
 //!   stderr, and a window opened later tails the same file.
 //! - On Windows the child gets no console window; on Unix it gets its own
@@ -62,8 +62,8 @@ pub struct Spec {
     /// Variables to remove from what this process has (a key the user did
     /// not choose must not reach the worker by inheritance).
     pub env_remove: Vec<String>,
-    /// Where stdout and stderr go (truncated; the previous one kept as
-    /// `.1` when large).
+    /// Where stdout and stderr go (appended; moved to `.1` first when
+    /// past [`ROTATE_BYTES`]).
     pub log: PathBuf,
 }
 
@@ -74,8 +74,10 @@ pub fn spawn(spec: &Spec) -> std::io::Result<Child> {
     }
     rotate(&spec.log);
     // Owner-only: `d8 serve` prints the join token and API key at start.
+    // Appended to, never truncated: a process still writing to it (one
+    // started by another window) keeps a readable file.
     let mut open = std::fs::OpenOptions::new();
-    open.write(true).create(true).truncate(true);
+    open.append(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
     let out = open.open(&spec.log)?;

@@ -348,7 +348,14 @@ async fn two_processes_with_one_identity_do_not_evict_each_other_forever() {
     let first = c.worker("twin", 0, 1).await;
     let mut cfg = c.worker_config("twin", 0, 1);
     cfg.token = None;
-    cfg.data_dir = first.dir.clone();
+    // A copy of its data dir (a cloned disk or VM): the same identity in
+    // another dir. (The same dir twice is refused before connecting: see
+    // a_second_worker_on_the_same_data_dir_is_refused_….)
+    cfg.data_dir = first.dir.with_file_name("twin-copy");
+    std::fs::create_dir_all(&cfg.data_dir).expect("mkdir");
+    for f in ["ca.crt", "worker.crt", "worker.key", "worker-id"] {
+        std::fs::copy(first.dir.join(f), cfg.data_dir.join(f)).expect(f);
+    }
     let second = c.spawn_worker(cfg);
     let e = tokio::time::timeout(Duration::from_secs(10), first.handle)
         .await

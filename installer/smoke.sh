@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Cross-platform proof by running what was built (called by .ci/run):
+#   arm64    d8 built for aarch64 serves under qemu-aarch64; a native worker
+#            joins it and completes tasks.
+#   Windows  d8's unit tests, d8.exe --version and doctor under Wine, and
+#            d8.exe join against a native orchestrator as far as Wine's
+#            socket layer goes (see below); the MSI's tables.
+#   Debian   the amd64 .deb installed, its units verified, d8 --version
+#            run, then purged leaving nothing behind; lintian.
+#   macOS    the bundle's plist parsed.
+# The smoke binaries use the dev profile without debug info, in their own
+# target dir (target/cross), to stay quick; installer/build.sh makes the
+# release artifacts. Needs root for apt-get and dpkg. Network traffic stays
+# on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TARGET_DIR=$root/target/cross CARGO_PROFILE_DEV_DEBUG=0
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '\n== smoke: %s\n' "$*"; }
+fail() { echo "SMOKE FAILED: $*" >&2; exit 1; }
+# The native binaries the tests built (built here with the tests' own
+# settings when missing, so nothing of theirs is rebuilt).
+native=$root/target/debug/d8
+desktop=$root/target/debug/d8-desktop
+if [ ! -x "$native" ] || [ ! -x "$desktop" ]; then
+  (unset CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG; cargo build --locked -p d8 -p d8-desktop --bins)
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_health() { # URL LOG SECONDS
+  for _ in $(seq $(( $3 * 10 ))); do
+    curl -fs "$1/health" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$2" >&2; fail "no answer from $1"
+}
+submit_and_wait() { # URL KEY COUNT
+  local ids=() id
+  for i in $(seq "$3"); do
+    id=$(curl -fs -H "Authorization: Bearer $2" -d '{"type":"agent_action","data":{"messages":[{"role":"user","content":"smoke '"$i"'"}]}}' "$1/api/tasks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
+    ids+=("$id")
+  done
+  for id in "${ids[@]}"; do
+    for _ in $(seq 300); do
+      st=$(curl -fs -H "Authorization: Bearer $2" "$1/api/tasks/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+      [ "$st" = completed ] && break
+      sleep 0.1
+    done
+    [ "$st" = completed ] || fail "task $id is $st"
+  done
+}
+
+# --- arm64 ------------------------------------------------------------------
+say "arm64: d8 serve under qemu-aarch64, a native worker"
+t0=$(date +%s)
+cargo build --locked --target aarch64-unknown-linux-gnu -p d8 --bin d8
+arm=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/d8
+file "$arm" | grep -q 'ARM aarch64' || fail "$arm is not an arm64 binary"
+echo "   built in $(( $(date +%s) - t0 )) s"
+qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+"${qemu[@]}" "$arm" --version
+port=$(free_port)
+"${qemu[@]}" "$arm" serve --no-mdns --bind 127.0.0.1 --port "$port" --data-dir "$work/arm-orch" \
+  > "$work/arm-serve.log" 2>&1 &
+pids+=($!)
+wait_health "http://127.0.0.1:$port" "$work/arm-serve.log" 60
+curl -fs "http://127.0.0.1:$port/health" | grep -q '"status":"ok"' || fail "arm64 orchestrator unhealthy"
+"$native" join "127.0.0.1:$port" --token "$(cat "$work/arm-orch/join-token")" --provider echo \
+  --data-dir "$work/arm-worker" > "$work/arm-worker.log" 2>&1 &
+pids+=($!)
+submit_and_wait "http://127.0.0.1:$port" "$(cat "$work/arm-orch/api-key")" 5
+echo "   5 tasks completed by a native worker on the emulated arm64 orchestrator"
+
+# --- Windows ------------------------------------------------------------------
+say "Windows: unit tests and d8.exe under Wine"
+t0=$(date +%s)
+cargo build --locked --target x86_64-pc-windows-gnu -p d8 -p d8-desktop --bins
+cargo test --locked --target x86_64-pc-windows-gnu -p d8 --lib --no-run 2> "$work/wintest-build.log" \
+  || { cat "$work/wintest-build.log" >&2; fail "building the Windows unit tests"; }
+tests_exe=$(sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' "$work/wintest-build.log" | tail -1)
+win=$CARGO_TARGET_DIR/x86_64-pc-windows-gnu/debug
+echo "   built in $(( $(date +%s) - t0 )) s"
+# Wine runs in a network namespace with only loopback: nothing it does
+# (d8.exe doctor's mDNS, say) reaches a real network.
+ns=d8smoke-$$
+ip netns add "$ns"
+cleanup_ns() { ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true; }
+trap 'cleanup_ns; cleanup' EXIT
+ip netns exec "$ns" ip link set lo up
+export WINEPREFIX=$work/wine WINEDEBUG=-all
+wine() { ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all "$(command -v wine64 || echo /usr/lib/wine/wine64)" "$@"; }
+wine wineboot -i > /dev/null 2>&1
+x86_64-w64-mingw32-gcc -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
+  installer/windows/test/bcryptprimitives.c -ladvapi32
+wine "$tests_exe" > "$work/wintests.log" 2>&1 || { tail -40 "$work/wintests.log" >&2; fail "Windows unit tests under Wine"; }
+grep -a 'test result:' "$work/wintests.log" | sed 's/^/   unit tests: /'
+[ "$(wine "$win/d8.exe" --version | tr -d '\r')" = "d8 $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] \
+  || fail "d8.exe --version"
+wine "$win/d8.exe" doctor > "$work/win-doctor.log" 2>&1 || true
+grep -aq 'Verdict:' "$work/win-doctor.log" || { cat "$work/win-doctor.log" >&2; fail "d8.exe doctor gave no verdict"; }
+echo "   d8.exe --version and d8.exe doctor ran"
+# A native orchestrator beside it; d8.exe reaches its HTTP API (TCP).
+port=$(free_port)
+ip netns exec "$ns" "$native" serve --no-mdns --bind 127.0.0.1 --port "$port" --data-dir "$work/win-orch" \
+  > "$work/win-orch.log" 2>&1 &
+for _ in $(seq 100); do [ -s "$work/win-orch/api-key" ] && break; sleep 0.1; done
+sleep 0.5
+D8_API_KEY=$(cat "$work/win-orch/api-key") wine "$win/d8.exe" status --url "http://127.0.0.1:$port" \
+  > "$work/win-status.log" 2>&1 || { cat "$work/win-status.log" >&2; fail "d8.exe status"; }
+grep -aq 'state: ok' "$work/win-status.log" || fail "d8.exe status did not read the orchestrator"
+wine "$win/d8.exe" join --check-keys=json --provider echo | grep -aq '"result":"ok"' || fail "d8.exe --check-keys"
+echo "   d8.exe status read a native orchestrator over HTTP; d8.exe join --check-keys ran the provider code"
+# Joining goes over QUIC; Wine 8 refuses socket options quinn-udp needs
+# (real Windows has them), so the worker stops at its UDP socket. Checked
+# so that the day it gets further, this script says so.
+set +e
+D8_TOKEN=$(cat "$work/win-orch/join-token") timeout 60 \
+  ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all "$(command -v wine64 || echo /usr/lib/wine/wine64)" \
+  "$win/d8.exe" join "127.0.0.1:$port" --provider echo --data-dir 'C:\d8-worker' > "$work/win-join.log" 2>&1
+join_rc=$?
+set -e
+if grep -aq 'cannot bind UDP .*10045' "$work/win-join.log"; then
+  echo "   d8.exe join: not verified under Wine: stops at its UDP socket (WSAEOPNOTSUPP from Wine 8), exit $join_rc"
+else
+  cat "$work/win-join.log" >&2
+  fail "d8.exe join under Wine ended differently than known (exit $join_rc): update this script"
+fi
+say "Windows: the MSI's tables"
+mkdir -p "$work/msibin"
+x86_64-w64-mingw32-strip -o "$work/msibin/d8.exe" "$win/d8.exe"
+x86_64-w64-mingw32-strip -o "$work/msibin/d8-desktop.exe" "$win/d8-desktop.exe"
+msi=$(installer/windows/build-msi.sh "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" "$work/msibin" "$work" 2>/dev/null)
+msiinfo export "$msi" File | grep -q $'\td8.exe\t' || fail "MSI: no d8.exe"
+msiinfo export "$msi" File | grep -q $'\td8-desktop.exe\t' || fail "MSI: no d8-desktop.exe"
+msiinfo export "$msi" Shortcut | grep -q '\[INSTALLDIR\]d8-desktop.exe' || fail "MSI: no Start-menu shortcut"
+msiinfo export "$msi" Directory | grep -q $'^UserPrograms\tLocalAppDataFolder\tPrograms' || fail "MSI: not in the user's programs folder"
+msiinfo export "$msi" Property | grep -q $'^MSIINSTALLPERUSER\t1' || fail "MSI: not per user"
+msiinfo suminfo "$msi" | grep -q '^Source: 10 ' || fail "MSI: asks for elevation"
+echo "   files, Start-menu shortcut, per-user install without elevation"
+
+# --- Debian package -----------------------------------------------------------
+say "Debian: the amd64 .deb installed, verified, purged"
+mkdir -p "$work/debbin"
+strip -o "$work/debbin/d8" "$native"
+strip -o "$work/debbin/d8-desktop" "$desktop"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+deb=$(installer/deb/build-deb.sh "$version" amd64 "$work/debbin" "$work")
+lintian --fail-on error --suppress-tags-from-file installer/deb/lintian-suppressed "$deb" || fail "lintian errors"
+dpkg -i "$deb" > "$work/dpkg.log"
+[ "$(/usr/bin/d8 --version)" = "d8 $version" ] || fail "installed d8 --version"
+[ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "/etc/d8/worker.env is not 0600"
+[ "$(stat -c %U /var/lib/d8)" = d8 ] || fail "/var/lib/d8 is not the d8 user's"
+systemd-analyze verify /lib/systemd/system/d8-orchestrator.service /lib/systemd/system/d8-worker.service \
+  || fail "systemd-analyze verify"
+grep -q 'enable --now d8-orchestrator' "$work/dpkg.log" || fail "no hint printed"
+dpkg --purge d8 > /dev/null
+for left in /usr/bin/d8 /usr/bin/d8-desktop /etc/d8 /var/lib/d8 /lib/systemd/system/d8-worker.service; do
+  [ ! -e "$left" ] || fail "$left left behind by the purge"
+done
+! getent passwd d8 >/dev/null || fail "the d8 user left behind"
+echo "   installed, units verified, purged clean"
+
+# --- macOS ----------------------------------------------------------------------
+say "macOS: the bundle's Info.plist"
+python3 - installer/macos/Info.plist <<'PY'
+import plistlib, sys
+d = plistlib.load(open(sys.argv[1], "rb"))
+for k in ("CFBundleIdentifier", "CFBundleExecutable", "NSLocalNetworkUsageDescription"):
+    assert d.get(k), k
+assert d["NSBonjourServices"] == ["_d8._udp"], d["NSBonjourServices"]
+print("   Info.plist:", d["CFBundleIdentifier"], d["CFBundleShortVersionString"])
+PY
+installer/macos/build-layout.sh "$version" "$work" > /dev/null
+
+say "smoke passed"

@@ -6,7 +6,8 @@
 #            d8.exe join against a native orchestrator as far as Wine's
 #            socket layer goes (see below); the MSI's tables.
 #   Debian   the amd64 .deb installed, its units verified, d8 --version
-#            run, then purged leaving nothing behind; lintian.
+#            run, then purged leaving nothing behind; lintian. The same for
+#            the tarball's install.sh and --uninstall.
 #   macOS    the bundle's plist parsed.
 # The smoke binaries use the dev profile without debug info, in their own
 # target dir (target/cross), to stay quick; installer/build.sh makes the
@@ -15,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export CARGO_TARGET_DIR=$root/target/cross CARGO_PROFILE_DEV_DEBUG=0
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
@@ -103,8 +105,7 @@ x86_64-w64-mingw32-gcc -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptpr
   installer/windows/test/bcryptprimitives.c -ladvapi32
 wine "$tests_exe" > "$work/wintests.log" 2>&1 || { tail -40 "$work/wintests.log" >&2; fail "Windows unit tests under Wine"; }
 grep -a 'test result:' "$work/wintests.log" | sed 's/^/   unit tests: /'
-[ "$(wine "$win/d8.exe" --version | tr -d '\r')" = "d8 $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] \
-  || fail "d8.exe --version"
+[ "$(wine "$win/d8.exe" --version | tr -d '\r')" = "d8 $version" ] || fail "d8.exe --version"
 wine "$win/d8.exe" doctor > "$work/win-doctor.log" 2>&1 || true
 grep -aq 'Verdict:' "$work/win-doctor.log" || { cat "$work/win-doctor.log" >&2; fail "d8.exe doctor gave no verdict"; }
 echo "   d8.exe --version and d8.exe doctor ran"
@@ -138,7 +139,7 @@ say "Windows: the MSI's tables"
 mkdir -p "$work/msibin"
 x86_64-w64-mingw32-strip -o "$work/msibin/d8.exe" "$win/d8.exe"
 x86_64-w64-mingw32-strip -o "$work/msibin/d8-desktop.exe" "$win/d8-desktop.exe"
-msi=$(installer/windows/build-msi.sh "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" "$work/msibin" "$work" 2>/dev/null)
+msi=$(installer/windows/build-msi.sh "$version" "$work/msibin" "$work" 2>/dev/null)
 msiinfo export "$msi" File | grep -q $'\td8.exe\t' || fail "MSI: no d8.exe"
 msiinfo export "$msi" File | grep -q $'\td8-desktop.exe\t' || fail "MSI: no d8-desktop.exe"
 msiinfo export "$msi" Shortcut | grep -q '\[INSTALLDIR\]d8-desktop.exe' || fail "MSI: no Start-menu shortcut"
@@ -149,10 +150,14 @@ echo "   files, Start-menu shortcut, per-user install without elevation"
 
 # --- Debian package -----------------------------------------------------------
 say "Debian: the amd64 .deb installed, verified, purged"
+# It installs and removes d8 system-wide: never over an installed d8.
+for there in /usr/bin/d8 /usr/local/bin/d8 /etc/d8 /var/lib/d8; do
+  [ ! -e "$there" ] || fail "$there exists: this machine has d8 installed; the package checks install and remove it (run them on a clean machine, as CI does)"
+done
+! getent passwd d8 >/dev/null || fail "a d8 user exists already (see above)"
 mkdir -p "$work/debbin"
 strip -o "$work/debbin/d8" "$native"
 strip -o "$work/debbin/d8-desktop" "$desktop"
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 deb=$(installer/deb/build-deb.sh "$version" amd64 "$work/debbin" "$work")
 lintian --fail-on error --suppress-tags-from-file installer/deb/lintian-suppressed "$deb" || fail "lintian errors"
 dpkg -i "$deb" > "$work/dpkg.log"
@@ -168,6 +173,21 @@ for left in /usr/bin/d8 /usr/bin/d8-desktop /etc/d8 /var/lib/d8 /lib/systemd/sys
 done
 ! getent passwd d8 >/dev/null || fail "the d8 user left behind"
 echo "   installed, units verified, purged clean"
+
+say "Linux tarball: install.sh, then install.sh --uninstall"
+tarball=$(installer/linux/build-tarball.sh "$version" amd64 "$work/debbin" "$work")
+tar -C "$work" -xzf "$tarball"
+"$work/d8-$version-linux-amd64/install.sh" > "$work/install.log"
+[ "$(/usr/local/bin/d8 --version)" = "d8 $version" ] || fail "tarball: d8 --version"
+[ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "tarball: worker.env is not 0600"
+systemd-analyze verify /etc/systemd/system/d8-orchestrator.service /etc/systemd/system/d8-worker.service \
+  || fail "tarball: systemd-analyze verify"
+"$work/d8-$version-linux-amd64/install.sh" --uninstall > /dev/null
+for left in /usr/local/bin/d8 /usr/local/bin/d8-desktop /etc/d8 /var/lib/d8 /etc/systemd/system/d8-worker.service; do
+  [ ! -e "$left" ] || fail "$left left behind by install.sh --uninstall"
+done
+! getent passwd d8 >/dev/null || fail "install.sh --uninstall left the d8 user"
+echo "   installed, units verified, removed clean"
 
 # --- macOS ----------------------------------------------------------------------
 say "macOS: the bundle's Info.plist"

@@ -106,7 +106,7 @@ installer/macos/build-layout.sh "$version" "$dist"
 say "dist/"
 (cd "$dist" && ls -l --block-size=K -- *.deb *.tar.gz *.msi *.zip 2>/dev/null || true)
 echo
-echo "Not built here: macOS binaries (Apple's SDK is needed to link; on a Mac: installer/build-macos.sh)."
+echo "Not built here: macOS binaries (Apple's SDK is needed to link; on a Mac: installer/macos/build-macos.sh)."
 if [ ${#problems[@]} -gt 0 ]; then
   printf 'PROBLEM: %s\n' "${problems[@]}" >&2
   exit 1

@@ -14,6 +14,8 @@
 # release artifacts. Needs root for apt-get and dpkg. Network traffic stays
 # on loopback.
 set -euo pipefail
+# (In pipelines, `grep PATTERN >/dev/null`, not `grep -q`: -q stops reading
+# at the first match and the writer's SIGPIPE fails the pipeline.)
 cd "$(dirname "$0")/.."
 root=$(pwd)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -66,7 +68,7 @@ say "arm64: d8 serve under qemu-aarch64, a native worker"
 t0=$(date +%s)
 cargo build --locked --target aarch64-unknown-linux-gnu -p d8 --bin d8
 arm=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/d8
-file "$arm" | grep -q 'ARM aarch64' || fail "$arm is not an arm64 binary"
+file "$arm" | grep 'ARM aarch64' >/dev/null || fail "$arm is not an arm64 binary"
 echo "   built in $(( $(date +%s) - t0 )) s"
 qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
 "${qemu[@]}" "$arm" --version
@@ -75,7 +77,7 @@ port=$(free_port)
   > "$work/arm-serve.log" 2>&1 &
 pids+=($!)
 wait_health "http://127.0.0.1:$port" "$work/arm-serve.log" 60
-curl -fs "http://127.0.0.1:$port/health" | grep -q '"status":"ok"' || fail "arm64 orchestrator unhealthy"
+curl -fs "http://127.0.0.1:$port/health" | grep '"status":"ok"' >/dev/null || fail "arm64 orchestrator unhealthy"
 "$native" join "127.0.0.1:$port" --token "$(cat "$work/arm-orch/join-token")" --provider echo \
   --data-dir "$work/arm-worker" > "$work/arm-worker.log" 2>&1 &
 pids+=($!)
@@ -118,7 +120,7 @@ sleep 0.5
 D8_API_KEY=$(cat "$work/win-orch/api-key") wine "$win/d8.exe" status --url "http://127.0.0.1:$port" \
   > "$work/win-status.log" 2>&1 || { cat "$work/win-status.log" >&2; fail "d8.exe status"; }
 grep -aq 'state: ok' "$work/win-status.log" || fail "d8.exe status did not read the orchestrator"
-wine "$win/d8.exe" join --check-keys=json --provider echo | grep -aq '"result":"ok"' || fail "d8.exe --check-keys"
+wine "$win/d8.exe" join --check-keys=json --provider echo | grep -a '"result":"ok"' >/dev/null || fail "d8.exe --check-keys"
 echo "   d8.exe status read a native orchestrator over HTTP; d8.exe join --check-keys ran the provider code"
 # Joining goes over QUIC; Wine 8 refuses socket options quinn-udp needs
 # (real Windows has them), so the worker stops at its UDP socket. Checked
@@ -140,12 +142,12 @@ mkdir -p "$work/msibin"
 x86_64-w64-mingw32-strip -o "$work/msibin/d8.exe" "$win/d8.exe"
 x86_64-w64-mingw32-strip -o "$work/msibin/d8-desktop.exe" "$win/d8-desktop.exe"
 msi=$(installer/windows/build-msi.sh "$version" "$work/msibin" "$work" 2>/dev/null)
-msiinfo export "$msi" File | grep -q $'\td8.exe\t' || fail "MSI: no d8.exe"
-msiinfo export "$msi" File | grep -q $'\td8-desktop.exe\t' || fail "MSI: no d8-desktop.exe"
-msiinfo export "$msi" Shortcut | grep -q '\[INSTALLDIR\]d8-desktop.exe' || fail "MSI: no Start-menu shortcut"
-msiinfo export "$msi" Directory | grep -q $'^UserPrograms\tLocalAppDataFolder\tPrograms' || fail "MSI: not in the user's programs folder"
-msiinfo export "$msi" Property | grep -q $'^MSIINSTALLPERUSER\t1' || fail "MSI: not per user"
-msiinfo suminfo "$msi" | grep -q '^Source: 10 ' || fail "MSI: asks for elevation"
+msiinfo export "$msi" File | grep $'\td8.exe\t' >/dev/null || fail "MSI: no d8.exe"
+msiinfo export "$msi" File | grep $'\td8-desktop.exe\t' >/dev/null || fail "MSI: no d8-desktop.exe"
+msiinfo export "$msi" Shortcut | grep '\[INSTALLDIR\]d8-desktop.exe' >/dev/null || fail "MSI: no Start-menu shortcut"
+msiinfo export "$msi" Directory | grep $'^UserPrograms\tLocalAppDataFolder\tPrograms' >/dev/null || fail "MSI: not in the user's programs folder"
+msiinfo export "$msi" Property | grep $'^MSIINSTALLPERUSER\t1' >/dev/null || fail "MSI: not per user"
+msiinfo suminfo "$msi" | grep '^Source: 10 ' >/dev/null || fail "MSI: asks for elevation"
 echo "   files, Start-menu shortcut, per-user install without elevation"
 
 # --- Debian package -----------------------------------------------------------

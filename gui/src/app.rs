@@ -181,13 +181,7 @@ impl App {
     /// The app with `cfg`; background work starts now.
     pub fn new(cfg: Config, backend: Backend) -> App {
         let (settings, settings_problem) = Settings::load(&cfg.settings_path);
-        let finder = Finder::start(
-            match &cfg.discovery {
-                Ok(d) => Ok(d.clone()),
-                Err(e) => Err(e.clone()),
-            },
-            &backend,
-        );
+        let finder = Finder::start(cfg.discovery.clone(), &backend);
         let worker = LocalWorker::new(cfg.worker_dir.clone(), &backend);
         let cluster = LocalCluster::new(cfg.cluster_dir.clone(), cfg.cluster_port, &backend);
         let api = ClusterApi::start(&backend);
@@ -305,22 +299,8 @@ impl App {
         let store = self.cfg.keys.clone();
         let view = self.keys.clone();
         let kind = kind.to_owned();
-        self.backend.spawn_blocking(move || {
-            let r = store.set(&kind, key.trim());
-            let place = store.describe();
-            let place_details = store.details();
-            view.update(|v| {
-                v.place = place;
-                v.place_details = place_details;
-                match r {
-                    Ok(()) => {
-                        v.stored.insert(kind, true);
-                        v.error = None;
-                    }
-                    Err(e) => v.error = Some(format!("cannot keep the {kind} key: {e}")),
-                }
-            });
-        });
+        self.backend
+            .spawn_blocking(move || keep_key(&store, &view, &kind, &key));
     }
 
     fn forget_key(&mut self, kind: &str) {
@@ -453,11 +433,12 @@ impl App {
             self.say(why);
             return;
         }
-        // Typed keys are kept first: the worker is started with stored keys.
-        let typed: Vec<String> = self.key_inputs.keys().cloned().collect();
-        for k in typed {
-            self.save_key(&k);
-        }
+        // Typed keys are kept first, in the same background job that then
+        // reads every key back from the store: one path, in order.
+        let typed: Vec<(String, String)> = std::mem::take(&mut self.key_inputs)
+            .into_iter()
+            .filter(|(_, k)| !k.trim().is_empty())
+            .collect();
         self.save_settings();
         let local = self.cluster.view();
         let address = Some(self.settings.address.trim().to_owned())
@@ -478,29 +459,28 @@ impl App {
         let slots = self.settings.slots;
         let extra = self.cfg.worker_args.clone();
         let store = self.cfg.keys.clone();
+        let view = self.keys.clone();
         let worker = self.worker.clone();
         let d8 = self.cfg.d8.clone();
         self.token_input.clear();
         worker.launching();
         self.backend.spawn_blocking(move || {
-            // Keys saved a moment ago are read back from the store: one path.
-            let mut providers = Vec::new();
-            for c in &chosen {
-                let key = if c.vendor().is_some_and(|v| v.key_var.is_some()) {
-                    store.get(&c.kind).ok().flatten()
-                } else {
-                    None
-                };
-                providers.push(App::run_of(c, key));
+            for (kind, key) in &typed {
+                keep_key(&store, &view, kind, key);
             }
-            let launch = Launch {
-                address,
-                token,
-                providers,
-                slots,
-                extra_args: extra,
-            };
-            worker.start(d8.as_deref(), &launch);
+            match provider_runs(&store, &chosen) {
+                Ok(providers) => worker.start(
+                    d8.as_deref(),
+                    &Launch {
+                        address,
+                        token,
+                        providers,
+                        slots,
+                        extra_args: extra,
+                    },
+                ),
+                Err(e) => worker.not_started(e),
+            }
         });
     }
 
@@ -1353,6 +1333,44 @@ pub fn worker_summary(v: &crate::worker::View) -> (Color32, String) {
     }
 }
 
+/// Keeps a typed key (in the background: the OS store may block) and says
+/// how that went in the keys view.
+fn keep_key(store: &KeyStore, view: &Shared<KeysView>, kind: &str, key: &str) {
+    let r = store.set(kind, key.trim());
+    let place = store.describe();
+    let place_details = store.details();
+    view.update(|v| {
+        v.place = place;
+        v.place_details = place_details;
+        match r {
+            Ok(()) => {
+                v.stored.insert(kind.to_owned(), true);
+                v.error = None;
+            }
+            Err(e) => v.error = Some(format!("cannot keep the {kind} key: {e}")),
+        }
+    });
+}
+
+/// What the worker runs for the chosen providers, with their keys read
+/// from the store; a key that cannot be read stops the start (a worker
+/// without it would only fail its tasks).
+fn provider_runs(store: &KeyStore, chosen: &[ProviderChoice]) -> Result<Vec<ProviderRun>, String> {
+    chosen
+        .iter()
+        .map(|c| {
+            let key = if c.vendor().is_some_and(|v| v.key_var.is_some()) {
+                store
+                    .get(&c.kind)
+                    .map_err(|e| format!("cannot read the {} key: {e}", title(&c.kind)))?
+            } else {
+                None
+            };
+            Ok(App::run_of(c, key))
+        })
+        .collect()
+}
+
 /// `d8-desktop --background` (the login item): starts the worker with the
 /// saved choices and stored keys, unless one runs already, and returns
 /// what it did. Needs an enrolled machine: a token is never stored.
@@ -1372,23 +1390,14 @@ pub fn start_in_background(cfg: &Config) -> Result<String, String> {
             "this computer has not joined a cluster yet: open d8 and press Start once".into(),
         );
     }
-    let chosen: Vec<&ProviderChoice> = settings.enabled().collect();
+    let chosen: Vec<ProviderChoice> = settings.enabled().cloned().collect();
     if chosen.is_empty() {
         return Err("no provider is chosen: open d8 and tick one under \"This computer\"".into());
-    }
-    let mut providers = Vec::new();
-    for c in chosen {
-        let key = if c.vendor().is_some_and(|v| v.key_var.is_some()) {
-            cfg.keys.get(&c.kind)?
-        } else {
-            None
-        };
-        providers.push(App::run_of(c, key));
     }
     let launch = Launch {
         address: Some(settings.address.trim().to_owned()).filter(|a| !a.is_empty()),
         token: None,
-        providers,
+        providers: provider_runs(&cfg.keys, &chosen)?,
         slots: settings.slots,
         extra_args: cfg.worker_args.clone(),
     };

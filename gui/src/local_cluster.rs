@@ -21,6 +21,21 @@ use crate::{Backend, Shared};
 /// The orchestrator's log file in its data dir.
 pub const LOG: &str = "serve.log";
 
+/// `lines` with every occurrence of `secrets` masked.
+pub fn hide(lines: Vec<String>, secrets: &[Option<String>]) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|mut l| {
+            for s in secrets.iter().flatten() {
+                if l.contains(s.as_str()) {
+                    l = l.replace(s.as_str(), "[hidden]");
+                }
+            }
+            l
+        })
+        .collect()
+}
+
 /// What the window shows about the cluster on this computer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
@@ -179,8 +194,12 @@ impl LocalCluster {
             } else {
                 (None, None)
             };
+            // `d8 serve` prints its join token and API key at start: the
+            // window shows them only on demand, never in the log tail.
+            let secrets = [self.secret(files::JOIN_TOKEN), self.secret(files::API_KEY)];
             let log = if starting || up || exited.is_some() {
                 tail.tail_if_changed(&self.data_dir.join(LOG))
+                    .map(|lines| hide(lines, &secrets))
             } else {
                 None
             };
@@ -202,5 +221,30 @@ impl LocalCluster {
             });
             tokio::time::sleep(Duration::from_millis(700)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tail_never_shows_the_token_or_the_key() {
+        let lines = vec![
+            "  join token       D8-1-abc-secretpart".to_owned(),
+            "  HTTP API key     d8k_topsecret (also in /x/api-key)".to_owned(),
+            "  on each worker:  d8 join --token D8-1-abc-secretpart --provider echo".to_owned(),
+        ];
+        let secrets = [
+            Some("D8-1-abc-secretpart".to_owned()),
+            Some("d8k_topsecret".to_owned()),
+            None,
+        ];
+        let shown = hide(lines, &secrets).join("\n");
+        assert!(
+            !shown.contains("secretpart") && !shown.contains("topsecret"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("[hidden]").count(), 3, "{shown}");
     }
 }

@@ -254,6 +254,14 @@ impl LocalWorker {
         });
     }
 
+    /// Start was pressed but cannot go on (`why`, shown in the bar).
+    pub fn not_started(&self, why: String) {
+        self.view.update(|v| {
+            v.launching = false;
+            v.start_error = Some(why);
+        });
+    }
+
     /// Starts `d8 join` (`d8`: the executable).
     pub fn start(&self, d8: Option<&Path>, launch: &Launch) {
         // A request left from an earlier stop must not stop this run (the
@@ -272,10 +280,7 @@ impl LocalWorker {
                     v.status = None;
                 });
             }
-            Err(e) => self.view.update(|v| {
-                v.launching = false;
-                v.start_error = Some(e);
-            }),
+            Err(e) => self.not_started(e),
         }
     }
 

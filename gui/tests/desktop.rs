@@ -162,6 +162,17 @@ fn api(
     })
 }
 
+/// A task as `GET /api/tasks/{id}` shows it.
+fn task(rt: &tokio::runtime::Runtime, o: &Orchestrator, id: &str) -> serde_json::Value {
+    api(
+        rt,
+        o,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{id}"),
+        None,
+    )
+}
+
 fn submit(rt: &tokio::runtime::Runtime, o: &Orchestrator, text: &str) -> String {
     let v = api(
         rt,
@@ -344,13 +355,7 @@ fn a_key_entered_and_start_pressed_make_this_computer_a_worker_that_completes_ta
     wait_for(&mut h, "one task completed, shown live", 30, |h| {
         shows(h, "1 completed")
     });
-    let t = api(
-        &s.rt,
-        &o,
-        reqwest::Method::GET,
-        &format!("/api/tasks/{id}"),
-        None,
-    );
+    let t = task(&s.rt, &o, &id);
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["result"]["content"], "fake: hello from the test", "{t}");
     let workers = api(&s.rt, &o, reqwest::Method::GET, "/api/workers", None);
@@ -397,13 +402,7 @@ fn a_key_entered_and_start_pressed_make_this_computer_a_worker_that_completes_ta
     wait_for(&mut h, "the worker stopped", 30, |h| {
         shows(h, "Not running") && !h.state().worker_running()
     });
-    let t = api(
-        &s.rt,
-        &o,
-        reqwest::Method::GET,
-        &format!("/api/tasks/{id}"),
-        None,
-    );
+    let t = task(&s.rt, &o, &id);
     assert_eq!(t["status"], "completed", "drained, not abandoned: {t}");
     assert_eq!(t["worker_id"], workers[0]["worker_id"], "{t}");
     let status: serde_json::Value =
@@ -471,6 +470,16 @@ fn with_no_cluster_on_the_network_the_first_machine_starts_one_and_its_worker_jo
     // The cluster's numbers, read with its own API key.
     click(&mut h, "Activity");
     wait_for(&mut h, "the cluster's numbers", 15, |h| shows(h, "1 of 1"));
+    // Its log tail shows the banner, never the token or the key in it.
+    click(&mut h, "The cluster's log (on this computer)");
+    wait_for(&mut h, "the cluster's banner", 10, |h| {
+        shows(h, "join token       [hidden]")
+    });
+    let key = std::fs::read_to_string(s.path("here/api-key")).expect("key");
+    assert!(
+        !shows(&h, token.trim()) && !shows(&h, key.trim()),
+        "a secret in the log tail"
+    );
 
     // Closing the window with both running asks first.
     h.input_mut()

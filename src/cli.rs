@@ -116,6 +116,93 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// List the d8 clusters that announce themselves on this LAN (mDNS).
     Find(FindArgs),
+    /// Start the worker or the orchestrator at boot or login with this
+    /// OS's service manager (systemd, launchd, Windows services).
+    Service {
+        /// Service action.
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+}
+
+/// `d8 service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Register and start the service. Settings come from this command's
+    /// environment (the variables `d8 join` / `d8 serve` read, and vendor
+    /// keys) and go to the service's env file, never to its command line.
+    Install {
+        /// Which service, and whose.
+        #[command(flatten)]
+        target: ServiceTarget,
+        /// Register it to start at the next boot or login, but not now.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop and remove the service (its data dir and settings stay).
+    Uninstall {
+        /// Which service, and whose.
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+    /// Say whether the service is installed and running. Exit status 0
+    /// when it runs, 3 when installed but not running, 4 when not installed.
+    Status {
+        /// Which service, and whose.
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+    /// What the service manager runs (reads the env file, then runs the role).
+    #[command(hide = true)]
+    Run {
+        /// Which service, and whose.
+        #[command(flatten)]
+        target: ServiceTarget,
+        /// Windows: the folder holding the env file and the data dir, as
+        /// `install` found it (a service's environment may name
+        /// `%ProgramData%` differently than the installer's did).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--worker | --orchestrator`, `--system | --user`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct ServiceTarget {
+    /// The worker (`d8 join`); the default.
+    #[arg(long, conflicts_with = "orchestrator")]
+    pub worker: bool,
+    /// The orchestrator (`d8 serve`).
+    #[arg(long)]
+    pub orchestrator: bool,
+    /// At boot, for the machine (default for root, and on Windows).
+    #[arg(long, conflicts_with = "user")]
+    pub system: bool,
+    /// At this user's login (default for other users on Linux and macOS).
+    #[arg(long)]
+    pub user: bool,
+}
+
+impl ServiceTarget {
+    /// The role asked for (worker unless `--orchestrator`).
+    pub fn role(&self) -> crate::service::Role {
+        if self.orchestrator {
+            crate::service::Role::Orchestrator
+        } else {
+            crate::service::Role::Worker
+        }
+    }
+
+    /// The scope asked for, else this machine's default.
+    pub fn scope(&self) -> crate::service::Scope {
+        if self.system {
+            crate::service::Scope::System
+        } else if self.user {
+            crate::service::Scope::User
+        } else {
+            crate::service::Scope::default_here()
+        }
+    }
 }
 
 /// `d8 serve` flags.

@@ -42,6 +42,7 @@ pub mod http;
 pub mod logging;
 pub mod node;
 pub mod providers;
+pub mod service;
 pub mod store;
 pub mod task;
 pub mod telemetry;

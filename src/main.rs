@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use d8::cli::{Cli, Command};
+use d8::cli::{Cli, Command, ServiceAction};
 use d8::logging::{say, warn};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,47 @@ fn main() -> ExitCode {
     d8::ensure_crypto_provider();
     // `.env` in the working directory; real environment variables win.
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `d8 service run`, as a service manager starts d8: the service's env
+    // file becomes this process's environment (before any thread starts),
+    // then the role runs as `d8 join` / `d8 serve` would with it.
+    #[cfg(windows)]
+    let mut scm_role = None;
+    #[cfg_attr(not(windows), allow(unused_mut))]
+    let mut service_log: Option<std::path::PathBuf> = None;
+    if let Command::Service {
+        action: ServiceAction::Run { target, dir },
+    } = &cli.command
+    {
+        let plan = match d8::service::prepare_run(target, dir.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                warn(&format!("error: {}\n", chain(&e)));
+                return ExitCode::FAILURE;
+            }
+        };
+        cli = match Cli::try_parse_from(["d8", plan.role.command()]) {
+            Ok(c) => c,
+            Err(e) => {
+                warn(&format!(
+                    "error: the settings in {} are not valid: {e}\n",
+                    plan.env_file.display()
+                ));
+                return ExitCode::from(2);
+            }
+        };
+        match &mut cli.command {
+            Command::Join(a) => a.data_dir = Some(plan.data_dir.clone()),
+            Command::Serve(a) => a.data_dir = Some(plan.data_dir.clone()),
+            _ => {}
+        }
+        // A Windows service has no stderr: its log goes to a file.
+        #[cfg(windows)]
+        {
+            scm_role = Some(plan.role);
+            service_log = plan.log_file.clone();
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // This process's log events at info and above, for the orchestrator's
@@ -30,8 +70,18 @@ fn main() -> ExitCode {
                 tap.clone(),
                 d8::logging::Level::Info,
             ));
-        match cli.log_format {
-            d8::cli::LogFormat::Text => base
+        match (
+            cli.log_format,
+            service_log.as_deref().and_then(open_service_log),
+        ) {
+            (d8::cli::LogFormat::Text, Some(file)) => base
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::sync::Mutex::new(file))
+                        .with_ansi(false),
+                )
+                .init(),
+            (d8::cli::LogFormat::Text, None) => base
                 .with(
                     tracing_subscriber::fmt::layer()
                         // A log line that cannot be written is dropped and
@@ -41,7 +91,7 @@ fn main() -> ExitCode {
                         .with_ansi(std::io::stderr().is_terminal()),
                 )
                 .init(),
-            d8::cli::LogFormat::Json => base.with(d8::logging::JsonStderr).init(),
+            (d8::cli::LogFormat::Json, _) => base.with(d8::logging::JsonStderr).init(),
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -54,13 +104,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, tap)) {
+    #[cfg(windows)]
+    if let Some(role) = scm_role {
+        let runner: d8::service::windows::Runner = Box::new(move |stop| {
+            runtime
+                .block_on(run(cli, tap, Some(stop)))
+                .map_err(|e| chain(&e))
+        });
+        return match d8::service::windows::dispatch(role, runner) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                warn(&format!("error: {e}\n"));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match runtime.block_on(run(cli, tap, None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             warn(&format!("error: {}\n", chain(&e)));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The service's log file, opened for appending (moved to `.1` first when
+/// past 4 MiB); `None` (logging to stderr) when it cannot be opened.
+fn open_service_log(path: &std::path::Path) -> Option<std::fs::File> {
+    const ROTATE_AT: u64 = 4 << 20;
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > ROTATE_AT) {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
 }
 
 /// The error and its causes on one line. d8's error types say their cause
@@ -78,10 +158,17 @@ fn chain(e: &anyhow::Error) -> String {
     line
 }
 
-async fn run(cli: Cli, tap: d8::logging::LogTap) -> Result<()> {
+/// Runs the command; `stop`, when given (a Windows service), ends `serve`
+/// or `join` in place of Ctrl-C.
+async fn run(cli: Cli, tap: d8::logging::LogTap, stop: Option<CancellationToken>) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args, tap).await,
-        Command::Join(args) => join(args, tap).await,
+        Command::Serve(args) => serve(args, tap, stop).await,
+        Command::Join(args) => join(args, tap, stop).await,
+        Command::Service { action } => match d8::service::command(&action)? {
+            0 => Ok(()),
+            // The lines printed say what is wrong.
+            code => std::process::exit(code),
+        },
         Command::Status(client) => d8::admin::status(&client).await,
         Command::Token { action, client } => d8::admin::token(&action, &client).await,
         Command::Workers { action, client } => d8::admin::workers(&action, &client).await,
@@ -159,7 +246,19 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(args: d8::cli::ServeArgs, tap: d8::logging::LogTap) -> Result<()> {
+/// Resolves when `stop` is cancelled, or without one on a stop signal.
+async fn stopped(stop: &Option<CancellationToken>) {
+    match stop {
+        Some(t) => t.cancelled().await,
+        None => stop_signal().await,
+    }
+}
+
+async fn serve(
+    args: d8::cli::ServeArgs,
+    tap: d8::logging::LogTap,
+    stop: Option<CancellationToken>,
+) -> Result<()> {
     let mut cfg = d8::config::OrchestratorConfig::from_args(&args)?;
     cfg.logs = Some(tap);
     let data_dir = cfg.data_dir.clone();
@@ -203,7 +302,7 @@ async fn serve(args: d8::cli::ServeArgs, tap: d8::logging::LogTap) -> Result<()>
     say(&banner);
     let stop_request = data_dir.join(d8::node::files::STOP_REQUEST);
     tokio::select! {
-        () = stop_signal() => {}
+        () = stopped(&stop) => {}
         () = d8::node::files::requested(&stop_request) => {
             tracing::info!("stop requested through the data dir");
         }
@@ -219,7 +318,11 @@ async fn serve(args: d8::cli::ServeArgs, tap: d8::logging::LogTap) -> Result<()>
     Ok(())
 }
 
-async fn join(args: d8::cli::JoinArgs, tap: d8::logging::LogTap) -> Result<()> {
+async fn join(
+    args: d8::cli::JoinArgs,
+    tap: d8::logging::LogTap,
+    stop: Option<CancellationToken>,
+) -> Result<()> {
     let mut cfg = d8::config::WorkerConfig::from_args(&args)?;
     if let Some(format) = args.check_keys {
         let checks = d8::providers::check::check_all(&cfg.providers).await;
@@ -250,16 +353,22 @@ async fn join(args: d8::cli::JoinArgs, tap: d8::logging::LogTap) -> Result<()> {
         })?;
         cfg.discovery = Some(std::sync::Arc::new(mdns));
     }
-    let shutdown = CancellationToken::new();
-    let drain = shutdown.clone();
-    tokio::spawn(async move {
-        stop_signal().await;
-        drain.cancel();
-        // A second Ctrl-C leaves at once; unfinished tasks are re-queued by the orchestrator.
-        stop_signal().await;
-        warn("forced exit\n");
-        std::process::exit(130);
-    });
+    let shutdown = match stop {
+        Some(t) => t,
+        None => {
+            let shutdown = CancellationToken::new();
+            let drain = shutdown.clone();
+            tokio::spawn(async move {
+                stop_signal().await;
+                drain.cancel();
+                // A second Ctrl-C leaves at once; unfinished tasks are re-queued by the orchestrator.
+                stop_signal().await;
+                warn("forced exit\n");
+                std::process::exit(130);
+            });
+            shutdown
+        }
+    };
     d8::node::worker::run(cfg, shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,625 @@
+//! `d8 service`: start d8 at boot or at login with the operating system's
+//! own service manager, the one implementation behind the command, the
+//! installers' hints and the desktop app's "Start at login".
+//!
+//! | OS      | system scope (root / administrator)   | user scope                      |
+//! |---------|----------------------------------------|---------------------------------|
+//! | Linux   | systemd unit in `/etc/systemd/system`  | systemd user unit               |
+//! | macOS   | refused: a LaunchAgent is the way      | LaunchAgent (`~/Library/LaunchAgents`) |
+//! | Windows | a real service (Service Control Manager) | refused: needs an administrator |
+//!
+//! Settings never go in a unit, a plist or a service's command line: they
+//! go in one *env file* per role (`KEY=value` lines, mode 0600, or on
+//! Windows an access list of SYSTEM and Administrators only), which the
+//! service reads when it starts. `d8 service install` copies into it the
+//! d8 settings found in its own environment (the variables `d8 join` or
+//! `d8 serve` read, and each vendor's key, URL, model and tier variables),
+//! so `GROQ_API_KEY=… D8_PROVIDERS=groq d8 service install` sets the
+//! worker up the way `d8 join` would run by hand.
+//!
+//! Decisions:
+//! - A unit that a package or `install.sh` put in place (no [`MARKER`]) is
+//!   enabled as it is, never overwritten.
+//! - Units written here run under systemd's `DynamicUser=` with their state
+//!   in `/var/lib/d8/<role>` (`StateDirectory=`): no account to create.
+//! - On macOS d8 runs as the logged-in user's LaunchAgent (LaunchDaemons
+//!   run before anyone logs in, when the Keychain and the local-network
+//!   permission the user granted are not there).
+//! - On Windows the service runs as LocalSystem (as most agent services
+//!   do; the SCM then needs no password) with its data and env file in
+//!   `%ProgramData%\d8`, readable only by SYSTEM and Administrators. A
+//!   per-user entry would start `d8.exe` in a console window at each login,
+//!   so without administrator rights the desktop app's own Start at login
+//!   (a windowless program) is the way.
+
+use std::path::{Path, PathBuf};
+
+pub mod env_file;
+pub mod launchd;
+pub mod login;
+pub mod systemd;
+#[cfg(windows)]
+pub mod windows;
+
+/// Written into every entry this module creates, so that it knows which
+/// ones it may overwrite or remove.
+pub const MARKER: &str = "Written by `d8 service install`";
+
+/// What the service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `d8 join`.
+    Worker,
+    /// `d8 serve`.
+    Orchestrator,
+}
+
+impl Role {
+    /// `worker` or `orchestrator`: the data dir's last part and the
+    /// env file's stem.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Orchestrator => "orchestrator",
+        }
+    }
+
+    /// The `d8` subcommand it runs.
+    pub fn command(self) -> &'static str {
+        match self {
+            Role::Worker => "join",
+            Role::Orchestrator => "serve",
+        }
+    }
+
+    /// The service's name: systemd unit stem and Windows service name.
+    pub fn service_name(self) -> String {
+        format!("d8-{}", self.as_str())
+    }
+
+    /// The launchd label.
+    pub fn label(self) -> String {
+        format!("org.d8.{}", self.as_str())
+    }
+}
+
+/// Whose service it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Starts at boot, for the machine (root or an administrator installs it).
+    System,
+    /// Starts at this user's login.
+    User,
+}
+
+impl Scope {
+    /// The default: system for root (or on Windows, where a service is
+    /// the only kind), user otherwise.
+    pub fn default_here() -> Scope {
+        if cfg!(windows) || is_root() {
+            Scope::System
+        } else {
+            Scope::User
+        }
+    }
+
+    /// `system` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::System => "system",
+            Scope::User => "user",
+        }
+    }
+}
+
+#[cfg(unix)]
+fn is_root() -> bool {
+    // The effective uid, without libc: /proc is Linux-only and macOS has no
+    // /proc, so ask `id`, which every Unix has.
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn is_root() -> bool {
+    false
+}
+
+/// Why a service could not be set up, stopped or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// This OS has no such service kind (e.g. a system LaunchDaemon).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Writing or reading a file failed.
+    #[error(transparent)]
+    File(#[from] crate::node::files::FileError),
+    /// The service manager refused or failed.
+    #[error("{0}")]
+    Manager(String),
+}
+
+/// Where everything of one service lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// What it runs.
+    pub role: Role,
+    /// Whose it is.
+    pub scope: Scope,
+    /// The `d8` executable the entry starts.
+    pub exe: PathBuf,
+    /// The entry itself (unit file, plist); `None` for a Windows service,
+    /// which lives in the Service Control Manager's database.
+    pub entry: Option<PathBuf>,
+    /// The settings file.
+    pub env_file: PathBuf,
+    /// The service's data dir.
+    pub data_dir: PathBuf,
+    /// Where the service's own output goes, when the service manager does
+    /// not keep it (launchd, Windows); `None` under systemd (the journal).
+    pub log_file: Option<PathBuf>,
+}
+
+/// The folders a plan is made from, so tests can point them anywhere.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// The user's home.
+    pub home: PathBuf,
+    /// The user's config dir (`~/.config`, `%APPDATA%`, `~/Library/Application Support`).
+    pub config: PathBuf,
+    /// Root of the machine-wide places (`/`, or `%ProgramData%` on Windows).
+    pub system_root: PathBuf,
+}
+
+impl Dirs {
+    /// This machine's.
+    pub fn here() -> Dirs {
+        let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("."));
+        Dirs {
+            config: dirs::config_dir().unwrap_or_else(|| home.join(".config")),
+            home,
+            system_root: if cfg!(windows) {
+                std::env::var_os("ProgramData")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+            } else {
+                PathBuf::from("/")
+            },
+        }
+    }
+}
+
+/// The plan for `role` in `scope` on the OS this was built for, or why
+/// this OS has no such service.
+pub fn plan(role: Role, scope: Scope, exe: &Path, dirs: &Dirs) -> Result<Plan, ServiceError> {
+    let name = role.service_name();
+    let env_name = format!("{}.env", role.as_str());
+    let user_data = crate::node::files::default_data_dir(role.as_str());
+    if cfg!(windows) {
+        if scope == Scope::User {
+            return Err(ServiceError::Unsupported(
+                "on Windows a worker that starts by itself is a Windows service, which an administrator installs (run this from an administrator prompt); without one, use the desktop app's Start at login".into(),
+            ));
+        }
+        let root = dirs.system_root.join("d8");
+        let data_dir = root.join(role.as_str());
+        return Ok(Plan {
+            role,
+            scope,
+            exe: exe.to_path_buf(),
+            entry: None,
+            env_file: root.join(env_name),
+            log_file: Some(data_dir.join("service.log")),
+            data_dir,
+        });
+    }
+    if cfg!(target_os = "macos") {
+        if scope == Scope::System {
+            return Err(ServiceError::Unsupported(
+                "on macOS d8 starts as the logged-in user's LaunchAgent: run `d8 service install` without sudo".into(),
+            ));
+        }
+        let d8_config = dirs.config.join("d8");
+        return Ok(Plan {
+            role,
+            scope,
+            exe: exe.to_path_buf(),
+            entry: Some(
+                dirs.home
+                    .join("Library/LaunchAgents")
+                    .join(format!("{}.plist", role.label())),
+            ),
+            env_file: d8_config.join(env_name),
+            log_file: Some(user_data.join("service.log")),
+            data_dir: user_data,
+        });
+    }
+    Ok(match scope {
+        Scope::System => Plan {
+            role,
+            scope,
+            exe: exe.to_path_buf(),
+            entry: Some(
+                dirs.system_root
+                    .join("etc/systemd/system")
+                    .join(format!("{name}.service")),
+            ),
+            env_file: dirs.system_root.join("etc/d8").join(env_name),
+            data_dir: dirs.system_root.join("var/lib/d8").join(role.as_str()),
+            log_file: None,
+        },
+        Scope::User => Plan {
+            role,
+            scope,
+            exe: exe.to_path_buf(),
+            entry: Some(
+                dirs.config
+                    .join("systemd/user")
+                    .join(format!("{name}.service")),
+            ),
+            env_file: dirs.config.join("d8").join(env_name),
+            data_dir: user_data,
+            log_file: None,
+        },
+    })
+}
+
+/// The variables a role's service takes from the installing environment:
+/// those its command reads (from its flags' `env`), d8's global ones, and
+/// every vendor's key, URL, model and tier variables for a worker. The data
+/// dir is not among them: the service has its own.
+pub fn setting_names(role: Role) -> Vec<String> {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let mut names: Vec<String> = cli
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    if let Some(sub) = cli.find_subcommand(role.command()) {
+        names.extend(
+            sub.get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned()),
+        );
+    }
+    if role == Role::Worker {
+        for v in crate::providers::vendor::VENDORS {
+            names.extend(
+                [v.key_var, v.url_var, v.legacy_url_var, v.models_var]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned),
+            );
+            for suffix in ["TIER", "REASONING_MODEL", "EMBEDDING_MODELS"] {
+                names.push(format!("{}_{suffix}", v.env_prefix));
+            }
+        }
+    }
+    names.retain(|n| n != "D8_DATA_DIR" && n != "POLL_INTERVAL");
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The settings of `role` present in `env`, in name order.
+pub fn settings_from(
+    role: Role,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let names = setting_names(role);
+    let mut found: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| names.binary_search(k).is_ok())
+        .collect();
+    found.sort();
+    found
+}
+
+/// What `status` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The entry exists (unit file, plist, registered service).
+    pub installed: bool,
+    /// It starts at boot or login.
+    pub enabled: bool,
+    /// The service manager says it runs.
+    pub running: bool,
+    /// The service manager's own words (`active (running)`, `STOPPED`, …).
+    pub detail: String,
+}
+
+#[cfg(unix)]
+/// Runs a service-manager command; its output, or an error with what it
+/// said.
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<String, ServiceError> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ServiceError::Manager(format!("cannot run {program}: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        Err(ServiceError::Manager(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            if err.is_empty() { text } else { err }
+        )))
+    }
+}
+
+/// Installs (and with `start`, starts) the service of `plan`, writing
+/// `settings` into its env file (merged with what it holds). Returns what
+/// was done, a line each, for the person who asked.
+pub fn install(
+    plan: &Plan,
+    settings: &[(String, String)],
+    start: bool,
+) -> Result<Vec<String>, ServiceError> {
+    let mut done = Vec::new();
+    #[cfg(windows)]
+    windows::prepare(plan)?;
+    env_file::update(plan, settings)?;
+    done.push(format!(
+        "settings: {} ({})",
+        plan.env_file.display(),
+        if settings.is_empty() {
+            "unchanged".to_owned()
+        } else {
+            settings
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    #[cfg(windows)]
+    done.extend(windows::install(plan, start)?);
+    #[cfg(target_os = "macos")]
+    done.extend(launchd::install(plan, start)?);
+    #[cfg(all(unix, not(target_os = "macos")))]
+    done.extend(systemd::install(plan, start)?);
+    Ok(done)
+}
+
+/// Stops and removes the service of `plan`. Its data dir and env file
+/// stay (they hold the worker's identity and keys); the lines say where.
+pub fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+    #[cfg(windows)]
+    let mut done = windows::uninstall(plan)?;
+    #[cfg(target_os = "macos")]
+    let mut done = launchd::uninstall(plan)?;
+    #[cfg(all(unix, not(target_os = "macos")))]
+    let mut done = systemd::uninstall(plan)?;
+    done.push(format!(
+        "kept: {} and {} (delete them to forget this {})",
+        plan.env_file.display(),
+        plan.data_dir.display(),
+        plan.role.as_str()
+    ));
+    Ok(done)
+}
+
+/// What the service manager says of the service of `plan`.
+pub fn status(plan: &Plan) -> Result<Status, ServiceError> {
+    #[cfg(windows)]
+    return windows::status(plan);
+    #[cfg(target_os = "macos")]
+    return launchd::status(plan);
+    #[cfg(all(unix, not(target_os = "macos")))]
+    return systemd::status(plan);
+}
+
+/// One line from a worker's status file (`state`, and where to), if it
+/// has one.
+fn worker_line(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(crate::node::files::STATUS)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mut line = v["state"].as_str()?.to_owned();
+    if let Some(o) = v["orchestrator"].as_str() {
+        line += &format!(" (orchestrator {o})");
+    }
+    if let Some(e) = v["last_error"].as_str() {
+        line += &format!("; last error: {e}");
+    }
+    Some(line)
+}
+
+/// `d8 service install|uninstall|status`: prints what was done or found;
+/// returns the exit status.
+pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
+    use crate::cli::ServiceAction;
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot tell where this d8 executable is: {e}"))?;
+    // The real file behind a symlink (`/usr/local/bin/d8` → …) on Unix; on
+    // Windows canonicalize gives a `\\?\` path, which is not one to register.
+    #[cfg(unix)]
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let dirs = Dirs::here();
+    match action {
+        ServiceAction::Install { target, no_start } => {
+            let plan = plan(target.role(), target.scope(), &exe, &dirs)?;
+            let settings = settings_from(plan.role, std::env::vars());
+            for line in install(&plan, &settings, !no_start)? {
+                crate::out!("{line}");
+            }
+            let enrolled = plan
+                .data_dir
+                .join(crate::node::files::WORKER_CERT)
+                .is_file();
+            let has_token = settings.iter().any(|(k, _)| k == "D8_TOKEN")
+                || std::fs::read_to_string(&plan.env_file)
+                    .is_ok_and(|t| t.lines().any(|l| l.starts_with("D8_TOKEN=")));
+            match plan.role {
+                Role::Worker if !enrolled && !has_token => crate::out!(
+                    "note: this worker has not joined yet and its settings hold no D8_TOKEN; run again as D8_TOKEN=<token printed by d8 serve> d8 service install"
+                ),
+                Role::Orchestrator => crate::out!(
+                    "join token and API key: in {} (join-token, api-key)",
+                    plan.data_dir.display()
+                ),
+                Role::Worker => {}
+            }
+            Ok(0)
+        }
+        ServiceAction::Uninstall { target } => {
+            let plan = plan(target.role(), target.scope(), &exe, &dirs)?;
+            for line in uninstall(&plan)? {
+                crate::out!("{line}");
+            }
+            Ok(0)
+        }
+        ServiceAction::Status { target } => {
+            let roles = if target.worker || target.orchestrator {
+                vec![target.role()]
+            } else {
+                vec![Role::Worker, Role::Orchestrator]
+            };
+            let mut worst = 0;
+            for role in roles {
+                let plan = plan(role, target.scope(), &exe, &dirs)?;
+                let st = status(&plan)?;
+                let code = if st.running {
+                    0
+                } else if st.installed {
+                    3
+                } else {
+                    4
+                };
+                worst = worst.max(code);
+                crate::out!(
+                    "{} ({} scope): {}",
+                    role.service_name(),
+                    plan.scope.as_str(),
+                    if st.installed {
+                        st.detail.clone()
+                    } else {
+                        "not installed".into()
+                    }
+                );
+                if st.installed {
+                    if let Some(e) = &plan.entry {
+                        crate::out!("  entry     {}", e.display());
+                    }
+                    crate::out!("  settings  {}", plan.env_file.display());
+                    crate::out!("  data      {}", plan.data_dir.display());
+                    if let Some(l) = &plan.log_file {
+                        crate::out!("  log       {}", l.display());
+                    }
+                    if role == Role::Worker
+                        && let Some(line) = worker_line(&plan.data_dir)
+                    {
+                        crate::out!("  worker    {line}");
+                    }
+                }
+            }
+            Ok(worst)
+        }
+        ServiceAction::Run { .. } => {
+            anyhow::bail!("`d8 service run` is started by the service manager")
+        }
+    }
+}
+
+/// For `d8 service run`: the plan, with the env file loaded into this
+/// process's environment (its values win over inherited ones). Call it
+/// before any thread starts.
+pub fn prepare_run(target: &crate::cli::ServiceTarget, dir: Option<&Path>) -> anyhow::Result<Plan> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("d8"));
+    let mut plan = plan(target.role(), target.scope(), &exe, &Dirs::here())?;
+    if let Some(dir) = dir {
+        plan.env_file = dir.join(format!("{}.env", plan.role.as_str()));
+        plan.data_dir = dir.join(plan.role.as_str());
+        plan.log_file = Some(plan.data_dir.join("service.log"));
+    }
+    match dotenvy::from_path_override(&plan.env_file) {
+        Ok(()) => Ok(plan),
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no settings file at {}: `d8 service install` writes it",
+            plan.env_file.display()
+        ),
+        Err(e) => anyhow::bail!("{}: {e}", plan.env_file.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs() -> Dirs {
+        Dirs {
+            home: PathBuf::from("/home/ana"),
+            config: PathBuf::from("/home/ana/.config"),
+            system_root: PathBuf::from("/srv/root"),
+        }
+    }
+
+    #[cfg(all(unix, not(target_os = "macos")))]
+    #[test]
+    fn linux_plans_put_units_settings_and_state_where_systemd_and_d8_look() {
+        let exe = Path::new("/usr/local/bin/d8");
+        let p = plan(Role::Worker, Scope::System, exe, &dirs()).expect("plan");
+        assert_eq!(
+            p.entry.as_deref(),
+            Some(Path::new("/srv/root/etc/systemd/system/d8-worker.service"))
+        );
+        assert_eq!(p.env_file, Path::new("/srv/root/etc/d8/worker.env"));
+        assert_eq!(p.data_dir, Path::new("/srv/root/var/lib/d8/worker"));
+        let p = plan(Role::Orchestrator, Scope::User, exe, &dirs()).expect("plan");
+        assert_eq!(
+            p.entry.as_deref(),
+            Some(Path::new(
+                "/home/ana/.config/systemd/user/d8-orchestrator.service"
+            ))
+        );
+        assert_eq!(
+            p.env_file,
+            Path::new("/home/ana/.config/d8/orchestrator.env")
+        );
+        // The same data dir as `d8 serve` run by hand by this user.
+        assert_eq!(
+            p.data_dir,
+            crate::node::files::default_data_dir("orchestrator")
+        );
+    }
+
+    #[test]
+    fn settings_are_what_the_role_reads_and_never_the_data_dir() {
+        let env = [
+            ("GROQ_API_KEY", "gsk_1"),
+            ("D8_PROVIDERS", "groq"),
+            ("ORCHESTRATOR_URL", "10.0.0.2"),
+            ("D8_TOKEN", "D8-1-x"),
+            ("D8_DATA_DIR", "/tmp/elsewhere"),
+            ("GEMINI_TIER", "paid"),
+            ("HOME", "/root"),
+            ("PATH", "/usr/bin"),
+            ("D8_LOG", "debug"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let w = settings_from(Role::Worker, env.clone());
+        let names: Vec<&str> = w.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "D8_LOG",
+                "D8_PROVIDERS",
+                "D8_TOKEN",
+                "GEMINI_TIER",
+                "GROQ_API_KEY",
+                "ORCHESTRATOR_URL"
+            ]
+        );
+        // The orchestrator reads no vendor key and no worker settings.
+        let o = settings_from(Role::Orchestrator, env);
+        let names: Vec<&str> = o.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["D8_LOG"]);
+        assert!(setting_names(Role::Orchestrator).contains(&"D8_NO_MDNS".to_owned()));
+    }
+}

@@ -1,0 +1,265 @@
+//! systemd units (Linux): system units in `/etc/systemd/system`, user
+//! units in `~/.config/systemd/user`.
+//!
+//! A system unit written here runs under `DynamicUser=` (systemd makes a
+//! throwaway account per start) with `StateDirectory=d8/<role>`, and reads
+//! its settings with `EnvironmentFile=`, which systemd opens as root before
+//! dropping privileges: the env file stays root's, mode 0600. A unit of the
+//! same name that a package installed is used as it is.
+
+use super::{MARKER, Plan, Role, Scope};
+#[cfg(all(unix, not(target_os = "macos")))]
+use super::{ServiceError, Status};
+
+/// Quotes a path for `ExecStart=` (systemd.service(5), "Command lines":
+/// double quotes, backslash escapes) and escapes `%` (systemd.unit(5)
+/// specifiers).
+fn exec_arg(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/_.-+".contains(c))
+    {
+        s
+    } else {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// One `Environment=` assignment: systemd splits the line on whitespace,
+/// so an assignment holding any is quoted whole; `%` is escaped.
+fn environment(key: &str, value: &str) -> String {
+    let a = format!("{key}={}", value.replace('%', "%%"));
+    if a.contains(char::is_whitespace) || a.contains('"') {
+        format!(
+            "Environment=\"{}\"",
+            a.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+    } else {
+        format!("Environment={a}")
+    }
+}
+
+/// The unit file for `plan`.
+pub fn unit(plan: &Plan) -> String {
+    let role = plan.role.as_str();
+    let exe = exec_arg(&plan.exe.to_string_lossy());
+    let cmd = plan.role.command();
+    // `EnvironmentFile=` takes one path as it is (no quoting, no splitting);
+    // only specifiers need escaping.
+    let env_file = plan.env_file.to_string_lossy().replace('%', "%%");
+    let stop = match plan.role {
+        // SIGINT drains: tasks in flight finish, then the worker leaves.
+        Role::Worker => "KillSignal=SIGINT\nTimeoutStopSec=90\n",
+        // SIGTERM stops it cleanly (connections closed, store flushed).
+        Role::Orchestrator => "KillSignal=SIGTERM\n",
+    };
+    let mut text = format!(
+        "# {MARKER}; `d8 service uninstall` removes it.\n# Settings (keys, token, providers): {}\n[Unit]\nDescription=d8 {role}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\n",
+        plan.env_file.display()
+    );
+    match plan.scope {
+        Scope::System => {
+            text += &format!(
+                "DynamicUser=yes\nStateDirectory=d8/{role}\nEnvironment=D8_DATA_DIR=%S/d8/{role}\nEnvironmentFile=-{env_file}\n"
+            );
+        }
+        Scope::User => {
+            let data = environment("D8_DATA_DIR", &plan.data_dir.to_string_lossy());
+            text += &format!("{data}\nEnvironmentFile=-{env_file}\n");
+        }
+    }
+    text += &format!("ExecStart={exe} {cmd}\n{stop}Restart=on-failure\nRestartSec=2\n");
+    text += "# A descriptor per worker, HTTP client and event subscriber.\nLimitNOFILE=65536\nNoNewPrivileges=true\n";
+    if plan.scope == Scope::System {
+        text += "ProtectSystem=strict\nProtectHome=true\nPrivateTmp=true\n";
+    }
+    text += &format!(
+        "\n[Install]\nWantedBy={}\n",
+        match plan.scope {
+            Scope::System => "multi-user.target",
+            Scope::User => "default.target",
+        }
+    );
+    text
+}
+
+/// Where a package or `install.sh` may have put a unit of this name, for
+/// a system plan; the first that exists.
+#[cfg(all(unix, not(target_os = "macos")))]
+fn packaged(plan: &Plan) -> Option<std::path::PathBuf> {
+    let name = format!("{}.service", plan.role.service_name());
+    let mine = plan.entry.as_ref()?;
+    if let Ok(text) = std::fs::read_to_string(mine) {
+        // Ours is rewritten; someone else's in /etc is used as it is.
+        return (!text.contains(MARKER)).then(|| mine.clone());
+    }
+    if plan.scope == Scope::User {
+        return None;
+    }
+    ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(&name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(all(unix, not(target_os = "macos")))]
+fn systemctl(plan: &Plan, args: &[&str]) -> Result<String, ServiceError> {
+    let mut all = Vec::with_capacity(args.len() + 1);
+    if plan.scope == Scope::User {
+        all.push("--user");
+    }
+    all.extend_from_slice(args);
+    super::run_tool("systemctl", &all)
+}
+
+#[cfg(all(unix, not(target_os = "macos")))]
+pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
+    use crate::node::files;
+    let mut done = Vec::new();
+    let name = plan.role.service_name();
+    match packaged(plan) {
+        Some(existing) => done.push(format!(
+            "unit: {} (installed by a package; used as it is)",
+            existing.display()
+        )),
+        None => {
+            let entry = plan
+                .entry
+                .as_ref()
+                .ok_or_else(|| ServiceError::Manager("no unit path".into()))?;
+            if let Some(dir) = entry.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ServiceError::File(files::FileError {
+                        path: dir.to_path_buf(),
+                        source: e,
+                    })
+                })?;
+            }
+            files::write_file(entry, unit(plan).as_bytes(), false)?;
+            done.push(format!("unit: {}", entry.display()));
+        }
+    }
+    systemctl(plan, &["daemon-reload"])?;
+    if start {
+        systemctl(plan, &["enable", "--now", &name])?;
+        done.push(format!("{name}: enabled and started"));
+    } else {
+        systemctl(plan, &["enable", &name])?;
+        done.push(format!(
+            "{name}: enabled (starts at the next boot or login)"
+        ));
+    }
+    if plan.scope == Scope::User {
+        done.push(format!(
+            "a user service runs while you are logged in; to start it at boot: loginctl enable-linger {}",
+            std::env::var("USER").unwrap_or_else(|_| "$USER".into())
+        ));
+    }
+    Ok(done)
+}
+
+#[cfg(all(unix, not(target_os = "macos")))]
+pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+    let name = plan.role.service_name();
+    let mut done = Vec::new();
+    // Stopping something that is not there is what was wanted.
+    if systemctl(plan, &["disable", "--now", &name]).is_ok() {
+        done.push(format!("{name}: stopped and disabled"));
+    }
+    if let Some(entry) = &plan.entry
+        && std::fs::read_to_string(entry).is_ok_and(|t| t.contains(MARKER))
+    {
+        std::fs::remove_file(entry).map_err(|e| {
+            ServiceError::File(crate::node::files::FileError {
+                path: entry.clone(),
+                source: e,
+            })
+        })?;
+        done.push(format!("removed {}", entry.display()));
+        let _ = systemctl(plan, &["daemon-reload"]);
+    } else if let Some(p) = packaged(plan) {
+        done.push(format!(
+            "{} belongs to a package: left in place, disabled",
+            p.display()
+        ));
+    }
+    if done.is_empty() {
+        done.push(format!("{name}: was not installed"));
+    }
+    Ok(done)
+}
+
+#[cfg(all(unix, not(target_os = "macos")))]
+pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
+    let name = plan.role.service_name();
+    // `is-enabled` prints a word and exits non-zero for most of them.
+    let word = |args: &[&str]| match systemctl(plan, args) {
+        Ok(s) => s,
+        Err(ServiceError::Manager(m)) => {
+            m.rsplit(": ").next().unwrap_or_default().trim().to_owned()
+        }
+        Err(e) => e.to_string(),
+    };
+    let enabled = word(&["is-enabled", &name]);
+    let active = word(&["is-active", &name]);
+    let installed = plan.entry.as_ref().is_some_and(|p| p.is_file()) || packaged(plan).is_some();
+    Ok(Status {
+        installed,
+        enabled: enabled == "enabled",
+        running: active == "active",
+        detail: format!("{enabled}, {active}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn plan(scope: Scope, exe: &str) -> Plan {
+        Plan {
+            role: Role::Worker,
+            scope,
+            exe: PathBuf::from(exe),
+            entry: None,
+            env_file: PathBuf::from("/etc/d8/worker.env"),
+            data_dir: PathBuf::from("/home/ana/.local/share/d8/worker"),
+            log_file: None,
+        }
+    }
+
+    #[test]
+    fn a_system_unit_reads_keys_from_the_env_file_and_runs_as_a_dynamic_user() {
+        let u = unit(&plan(Scope::System, "/usr/local/bin/d8"));
+        assert!(u.contains("\nExecStart=/usr/local/bin/d8 join\n"), "{u}");
+        assert!(u.contains("\nEnvironmentFile=-/etc/d8/worker.env\n"));
+        assert!(u.contains("\nDynamicUser=yes\nStateDirectory=d8/worker\n"));
+        assert!(u.contains("\nKillSignal=SIGINT\n"));
+        assert!(u.contains("\nWantedBy=multi-user.target\n"));
+        assert!(u.contains(MARKER));
+        // Nothing secret can be in it: it is made from paths only.
+        assert!(!u.contains("KEY="), "{u}");
+    }
+
+    #[test]
+    fn odd_paths_are_quoted_and_percent_signs_escaped() {
+        let mut p = plan(Scope::User, "/opt/my apps/100%/d8");
+        p.env_file = PathBuf::from("/home/José Müller/.config/d8/worker.env");
+        p.data_dir = PathBuf::from("/home/José Müller/.local/share/d8/worker");
+        let u = unit(&p);
+        assert!(
+            u.contains("\nExecStart=\"/opt/my apps/100%%/d8\" join\n"),
+            "{u}"
+        );
+        assert!(
+            u.contains("\nEnvironmentFile=-/home/José Müller/.config/d8/worker.env\n"),
+            "{u}"
+        );
+        assert!(
+            u.contains("\nEnvironment=\"D8_DATA_DIR=/home/José Müller/.local/share/d8/worker\"\n"),
+            "{u}"
+        );
+        assert!(u.contains("\nWantedBy=default.target\n"));
+        assert!(!u.contains("DynamicUser"));
+    }
+}

@@ -1,0 +1,356 @@
+//! A real Windows service: registered with the Service Control Manager
+//! (SCM), started as `d8.exe service run --<role> --system`, which connects
+//! to the SCM's dispatcher, reports Running, and turns the SCM's Stop and
+//! Shutdown into the same clean stop Ctrl-C gives (a worker drains).
+//!
+//! Its data dir and env file are in `%ProgramData%\d8`, whose access list
+//! is replaced by SYSTEM and Administrators only (inherited by what the
+//! service writes there): Windows ignores Unix modes.
+
+use std::ffi::OsString;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use windows_service::service::{
+    ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept,
+    ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
+    ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
+};
+use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+
+use super::{Plan, ServiceError, Status};
+
+/// ERROR_ACCESS_DENIED.
+const ACCESS_DENIED: i32 = 5;
+/// ERROR_SERVICE_DOES_NOT_EXIST.
+const NO_SUCH_SERVICE: i32 = 1060;
+/// ERROR_SERVICE_EXISTS.
+const SERVICE_EXISTS: i32 = 1073;
+/// ERROR_FAILED_SERVICE_CONTROLLER_CONNECT: not started by the SCM.
+const NOT_FROM_SCM: i32 = 1063;
+
+fn code(e: &windows_service::Error) -> Option<i32> {
+    match e {
+        windows_service::Error::Winapi(io) => io.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn manager_error(what: &str, e: windows_service::Error) -> ServiceError {
+    if code(&e) == Some(ACCESS_DENIED) {
+        ServiceError::Manager(format!(
+            "{what}: access denied: installing or removing a Windows service needs an administrator (open the prompt with \"Run as administrator\")"
+        ))
+    } else {
+        ServiceError::Manager(format!("{what}: {e}"))
+    }
+}
+
+/// Restricts `%ProgramData%\d8` to SYSTEM and Administrators, inherited by
+/// everything in it, before any setting is written there.
+pub(super) fn prepare(plan: &Plan) -> Result<(), ServiceError> {
+    let Some(root) = plan.env_file.parent() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(root).map_err(|e| crate::node::files::FileError {
+        path: root.to_path_buf(),
+        source: e,
+    })?;
+    use std::os::windows::process::CommandExt;
+    /// No console window flashes up when the desktop app calls this.
+    const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+    let out = std::process::Command::new("icacls")
+        .arg(root)
+        .args([
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-5-18:(OI)(CI)F",
+            "*S-1-5-32-544:(OI)(CI)F",
+            "/q",
+        ])
+        .creation_flags(CREATE_NO_WINDOW)
+        .output()
+        .map_err(|e| ServiceError::Manager(format!("cannot run icacls: {e}")))?;
+    if !out.status.success() {
+        return Err(ServiceError::Manager(format!(
+            "icacls could not restrict {} to SYSTEM and Administrators: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// What the SCM starts: `d8.exe service run --<role> --system --dir <root>`.
+fn launch_arguments(plan: &Plan) -> Vec<OsString> {
+    let mut args: Vec<OsString> = super::launchd::run_args(plan.role, plan.scope)
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    if let Some(root) = plan.env_file.parent() {
+        args.push("--dir".into());
+        args.push(root.into());
+    }
+    args
+}
+
+fn info(plan: &Plan) -> ServiceInfo {
+    ServiceInfo {
+        name: OsString::from(plan.role.service_name()),
+        display_name: OsString::from(format!("d8 {}", plan.role.as_str())),
+        service_type: ServiceType::OWN_PROCESS,
+        start_type: ServiceStartType::AutoStart,
+        error_control: ServiceErrorControl::Normal,
+        executable_path: plan.exe.clone(),
+        launch_arguments: launch_arguments(plan),
+        dependencies: vec![],
+        // LocalSystem (see the module docs of `service`).
+        account_name: None,
+        account_password: None,
+    }
+}
+
+pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
+    let name = plan.role.service_name();
+    let scm = ServiceManager::local_computer(
+        None::<&str>,
+        ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
+    )
+    .map_err(|e| manager_error("cannot open the service manager", e))?;
+    let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::START | ServiceAccess::QUERY_STATUS;
+    let mut done = Vec::new();
+    let service = match scm.create_service(&info(plan), access) {
+        Ok(s) => {
+            done.push(format!(
+                "service {name}: registered ({} {})",
+                plan.exe.display(),
+                launch_arguments(plan)
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            s
+        }
+        Err(e) if code(&e) == Some(SERVICE_EXISTS) => {
+            let s = scm
+                .open_service(&name, access)
+                .map_err(|e| manager_error("cannot open the service", e))?;
+            s.change_config(&info(plan))
+                .map_err(|e| manager_error("cannot update the service", e))?;
+            done.push(format!("service {name}: updated"));
+            s
+        }
+        Err(e) => return Err(manager_error("cannot register the service", e)),
+    };
+    let _ = service.set_description(
+        "Runs d8 tasks with this computer's LLM providers (settings in %ProgramData%\\d8).",
+    );
+    // Restarted 5 s after a failure, like systemd's Restart=on-failure.
+    let restart = ServiceAction {
+        action_type: ServiceActionType::Restart,
+        delay: Duration::from_secs(5),
+    };
+    if let Err(e) = service.update_failure_actions(ServiceFailureActions {
+        reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(24 * 3600)),
+        reboot_msg: None,
+        command: None,
+        actions: Some(vec![restart.clone(), restart.clone(), restart]),
+    }) {
+        done.push(format!("(restart on failure not set: {e})"));
+    }
+    if start {
+        service
+            .start::<&str>(&[])
+            .map_err(|e| manager_error("cannot start the service", e))?;
+        done.push(format!("service {name}: started"));
+    } else {
+        done.push(format!("service {name}: starts at the next boot"));
+    }
+    Ok(done)
+}
+
+pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+    let name = plan.role.service_name();
+    let scm = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .map_err(|e| manager_error("cannot open the service manager", e))?;
+    let service = match scm.open_service(
+        &name,
+        ServiceAccess::STOP | ServiceAccess::DELETE | ServiceAccess::QUERY_STATUS,
+    ) {
+        Ok(s) => s,
+        Err(e) if code(&e) == Some(NO_SUCH_SERVICE) => {
+            return Ok(vec![format!("service {name}: was not installed")]);
+        }
+        Err(e) => return Err(manager_error("cannot open the service", e)),
+    };
+    let mut done = Vec::new();
+    let running = service
+        .query_status()
+        .is_ok_and(|s| s.current_state != ServiceState::Stopped);
+    if running {
+        let _ = service.stop();
+        // A worker drains first; wait as long as systemd would.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < deadline
+            && service
+                .query_status()
+                .is_ok_and(|s| s.current_state != ServiceState::Stopped)
+        {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        done.push(format!("service {name}: stopped"));
+    }
+    service
+        .delete()
+        .map_err(|e| manager_error("cannot remove the service", e))?;
+    done.push(format!("service {name}: removed"));
+    Ok(done)
+}
+
+pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
+    let name = plan.role.service_name();
+    let scm = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .map_err(|e| manager_error("cannot open the service manager", e))?;
+    let service = match scm.open_service(
+        &name,
+        ServiceAccess::QUERY_STATUS | ServiceAccess::QUERY_CONFIG,
+    ) {
+        Ok(s) => s,
+        Err(e) if code(&e) == Some(NO_SUCH_SERVICE) => {
+            return Ok(Status {
+                installed: false,
+                enabled: false,
+                running: false,
+                detail: "not installed".into(),
+            });
+        }
+        Err(e) => return Err(manager_error("cannot open the service", e)),
+    };
+    let state = service
+        .query_status()
+        .map_err(|e| manager_error("cannot query the service", e))?
+        .current_state;
+    let enabled = service
+        .query_config()
+        .is_ok_and(|c| c.start_type == ServiceStartType::AutoStart);
+    Ok(Status {
+        installed: true,
+        enabled,
+        running: state == ServiceState::Running,
+        detail: format!(
+            "{}, {}",
+            if enabled {
+                "starts at boot"
+            } else {
+                "manual start"
+            },
+            match state {
+                ServiceState::Running => "running",
+                ServiceState::Stopped => "stopped",
+                ServiceState::StartPending => "starting",
+                ServiceState::StopPending => "stopping",
+                ServiceState::Paused | ServiceState::PausePending => "paused",
+                ServiceState::ContinuePending => "resuming",
+            }
+        ),
+    })
+}
+
+/// What runs the role inside the service: given the stop signal, returns
+/// when the role has stopped.
+pub type Runner = Box<dyn FnOnce(CancellationToken) -> Result<(), String> + Send>;
+
+static RUNNER: Mutex<Option<Runner>> = Mutex::new(None);
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// Hands this thread to the SCM's dispatcher, which calls back on its own
+/// thread to run `runner`; returns when the service has stopped.
+pub fn dispatch(role: super::Role, runner: Runner) -> Result<(), ServiceError> {
+    let name = role.service_name();
+    let _ = NAME.set(name.clone());
+    if let Ok(mut slot) = RUNNER.lock() {
+        *slot = Some(runner);
+    }
+    windows_service::service_dispatcher::start(&name, service_main).map_err(|e| {
+        if code(&e) == Some(NOT_FROM_SCM) {
+            ServiceError::Manager(format!(
+                "`d8 service run` is what the Windows service manager starts; to run the {} in this window use `d8 {}`",
+                role.as_str(),
+                role.command()
+            ))
+        } else {
+            ServiceError::Manager(format!("service dispatcher: {e}"))
+        }
+    })
+}
+
+/// The status the SCM is told; `exit` 0 is success.
+fn status_of(state: ServiceState, exit: u32, wait: Duration) -> ServiceStatus {
+    ServiceStatus {
+        service_type: ServiceType::OWN_PROCESS,
+        current_state: state,
+        controls_accepted: if state == ServiceState::Running {
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+        } else {
+            ServiceControlAccept::empty()
+        },
+        exit_code: if exit == 0 {
+            ServiceExitCode::Win32(0)
+        } else {
+            ServiceExitCode::ServiceSpecific(exit)
+        },
+        checkpoint: 0,
+        wait_hint: wait,
+        process_id: None,
+    }
+}
+
+static HANDLE: OnceLock<service_control_handler::ServiceStatusHandle> = OnceLock::new();
+
+/// The service's entry point the SCM calls (ServiceMain). Its arguments
+/// (those of a manual `sc start`) are not used.
+extern "system" fn service_main(_argc: u32, _argv: *mut *mut u16) {
+    let name = NAME.get().cloned().unwrap_or_default();
+    let stop = CancellationToken::new();
+    let on_stop = stop.clone();
+    let registered = service_control_handler::register(&name, move |control| match control {
+        ServiceControl::Stop | ServiceControl::Shutdown | ServiceControl::Preshutdown => {
+            on_stop.cancel();
+            // A worker drains its tasks first: as long as systemd waits.
+            if let Some(h) = HANDLE.get() {
+                let _ = h.set_service_status(status_of(
+                    ServiceState::StopPending,
+                    0,
+                    Duration::from_secs(90),
+                ));
+            }
+            ServiceControlHandlerResult::NoError
+        }
+        ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+        _ => ServiceControlHandlerResult::NotImplemented,
+    });
+    let handle = match registered {
+        Ok(h) => *HANDLE.get_or_init(|| h),
+        Err(e) => {
+            tracing::error!("cannot register with the service manager: {e}");
+            return;
+        }
+    };
+    let _ = handle.set_service_status(status_of(ServiceState::Running, 0, Duration::ZERO));
+    let runner = RUNNER.lock().ok().and_then(|mut r| r.take());
+    let result = match runner {
+        Some(run) => run(stop),
+        None => Err("nothing to run".into()),
+    };
+    let exit = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("the service stopped: {e}");
+            1
+        }
+    };
+    let _ = handle.set_service_status(status_of(ServiceState::Stopped, exit, Duration::ZERO));
+}

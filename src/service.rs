@@ -589,6 +589,43 @@ mod tests {
         );
     }
 
+    #[cfg(target_os = "macos")]
+    #[test]
+    fn macos_plans_use_a_launch_agent_of_the_user() {
+        let exe = Path::new("/Applications/d8.app/Contents/MacOS/d8");
+        let p = plan(Role::Worker, Scope::User, exe, &dirs()).expect("plan");
+        assert_eq!(
+            p.entry.as_deref(),
+            Some(Path::new(
+                "/home/ana/Library/LaunchAgents/org.d8.worker.plist"
+            ))
+        );
+        assert_eq!(p.env_file, Path::new("/home/ana/.config/d8/worker.env"));
+        assert!(plan(Role::Worker, Scope::System, exe, &dirs()).is_err());
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_plans_keep_settings_and_state_under_program_data() {
+        let d = Dirs {
+            system_root: PathBuf::from(r"C:\ProgramData"),
+            ..dirs()
+        };
+        let exe = Path::new(r"C:\Users\José Müller\AppData\Local\Programs\d8\d8.exe");
+        let p = plan(Role::Worker, Scope::System, exe, &d).expect("plan");
+        assert_eq!(p.entry, None);
+        assert_eq!(p.env_file, Path::new(r"C:\ProgramData\d8\worker.env"));
+        assert_eq!(p.data_dir, Path::new(r"C:\ProgramData\d8\worker"));
+        assert_eq!(
+            p.log_file.as_deref(),
+            Some(Path::new(r"C:\ProgramData\d8\worker\service.log"))
+        );
+        // A per-user d8.exe at login would open a console window: refused,
+        // with the way that works.
+        let e = plan(Role::Worker, Scope::User, exe, &d).expect_err("user scope");
+        assert!(e.to_string().contains("administrator"), "{e}");
+    }
+
     #[test]
     fn settings_are_what_the_role_reads_and_never_the_data_dir() {
         let env = [

@@ -112,9 +112,37 @@ fn systemctl(plan: &Plan, args: &[&str]) -> Result<String, ServiceError> {
     super::run_tool("systemctl", &all)
 }
 
+/// A system service hands its keys to `exe`: refuse one that a user other
+/// than root could replace (the file, or any folder above it, owned by
+/// someone else or writable by others; a sticky folder like /tmp is fine).
+#[cfg(unix)]
+pub fn check_root_only(exe: &std::path::Path) -> Result<(), super::ServiceError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut at = Some(exe);
+    while let Some(p) = at {
+        let m = std::fs::metadata(p).map_err(|e| crate::node::files::FileError {
+            path: p.to_path_buf(),
+            source: e,
+        })?;
+        let others_write = m.mode() & 0o022 != 0 && !(m.is_dir() && m.mode() & 0o1000 != 0);
+        if m.uid() != 0 || others_write {
+            return Err(super::ServiceError::Unsupported(format!(
+                "{} can be changed by a user other than root, and a system service would run it with the keys: install d8 where only root writes (sudo install -m 0755 {} /usr/local/bin/d8) and run that one, or use --user",
+                p.display(),
+                exe.display()
+            )));
+        }
+        at = p.parent();
+    }
+    Ok(())
+}
+
 #[cfg(all(unix, not(target_os = "macos")))]
 pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
     use crate::node::files;
+    if plan.scope == Scope::System {
+        check_root_only(&plan.exe)?;
+    }
     let mut done = Vec::new();
     let name = plan.role.service_name();
     match packaged(plan) {
@@ -215,6 +243,25 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_system_service_refuses_an_executable_others_can_replace() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("d8");
+        std::fs::write(&exe, b"").expect("write");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o757)).expect("chmod");
+        let e = check_root_only(&exe).expect_err("world-writable");
+        assert!(e.to_string().contains("/usr/local/bin/d8"), "{e}");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Owned by whoever runs the test: fine only for root (CI).
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n");
+        assert_eq!(check_root_only(&exe).is_ok(), root);
+    }
 
     fn plan(scope: Scope, exe: &str) -> Plan {
         Plan {

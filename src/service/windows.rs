@@ -44,7 +44,11 @@ fn manager_error(what: &str, e: windows_service::Error) -> ServiceError {
             "{what}: access denied: installing or removing a Windows service needs an administrator (open the prompt with \"Run as administrator\")"
         ))
     } else {
-        ServiceError::Manager(format!("{what}: {e}"))
+        match e {
+            // Its Display says only "IO error in winapi call".
+            windows_service::Error::Winapi(io) => ServiceError::Manager(format!("{what}: {io}")),
+            e => ServiceError::Manager(format!("{what}: {e}")),
+        }
     }
 }
 
@@ -112,6 +116,34 @@ fn info(plan: &Plan) -> ServiceInfo {
     }
 }
 
+/// `%ProgramFiles%\d8`: where the service's executable is kept.
+fn program_dir() -> std::path::PathBuf {
+    std::env::var_os("ProgramFiles")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(r"C:\Program Files"))
+        .join("d8")
+}
+
+/// Stops the service `name` if it runs, waiting up to 90 s (a worker
+/// drains first). Whether it was running.
+fn stop_and_wait(service: &windows_service::service::Service) -> bool {
+    let running = service
+        .query_status()
+        .is_ok_and(|s| s.current_state != ServiceState::Stopped);
+    if running {
+        let _ = service.stop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < deadline
+            && service
+                .query_status()
+                .is_ok_and(|s| s.current_state != ServiceState::Stopped)
+        {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    running
+}
+
 pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
     let name = plan.role.service_name();
     let scm = ServiceManager::local_computer(
@@ -119,8 +151,41 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
         ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
     )
     .map_err(|e| manager_error("cannot open the service manager", e))?;
-    let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::START | ServiceAccess::QUERY_STATUS;
+    let access = ServiceAccess::CHANGE_CONFIG
+        | ServiceAccess::START
+        | ServiceAccess::STOP
+        | ServiceAccess::QUERY_STATUS;
     let mut done = Vec::new();
+    // The service runs as LocalSystem: its executable must be one only
+    // administrators can replace, never the per-user install's copy in
+    // %LOCALAPPDATA% (whoever can write that file would run code as
+    // SYSTEM and read the keys). It is copied to %ProgramFiles%\d8 first.
+    let program_dir = program_dir();
+    let mut plan = plan.clone();
+    if !plan.exe.starts_with(&program_dir) {
+        if let Ok(existing) = scm.open_service(&name, access) {
+            // Its executable is in use while it runs.
+            if stop_and_wait(&existing) {
+                done.push(format!("service {name}: stopped to replace its executable"));
+            }
+        }
+        let target = program_dir.join("d8.exe");
+        std::fs::create_dir_all(&program_dir).map_err(|e| crate::node::files::FileError {
+            path: program_dir.clone(),
+            source: e,
+        })?;
+        std::fs::copy(&plan.exe, &target).map_err(|e| crate::node::files::FileError {
+            path: target.clone(),
+            source: e,
+        })?;
+        done.push(format!(
+            "copied {} to {} (a service runs only what administrators can replace)",
+            plan.exe.display(),
+            target.display()
+        ));
+        plan.exe = target;
+    }
+    let plan = &plan;
     let service = match scm.create_service(&info(plan), access) {
         Ok(s) => {
             done.push(format!(
@@ -162,9 +227,22 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
         done.push(format!("(restart on failure not set: {e})"));
     }
     if start {
-        service
-            .start::<&str>(&[])
-            .map_err(|e| manager_error("cannot start the service", e))?;
+        // ERROR_SERVICE_DATABASE_LOCKED: the SCM is busy starting other
+        // services (at boot; and in Wine's right after its first start).
+        const DATABASE_LOCKED: i32 = 1055;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match service.start::<&str>(&[]) {
+                Ok(()) => break,
+                Err(e)
+                    if code(&e) == Some(DATABASE_LOCKED)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(manager_error("cannot start the service", e)),
+            }
+        }
         done.push(format!("service {name}: started"));
     } else {
         done.push(format!("service {name}: starts at the next boot"));
@@ -187,26 +265,34 @@ pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
         Err(e) => return Err(manager_error("cannot open the service", e)),
     };
     let mut done = Vec::new();
-    let running = service
-        .query_status()
-        .is_ok_and(|s| s.current_state != ServiceState::Stopped);
-    if running {
-        let _ = service.stop();
-        // A worker drains first; wait as long as systemd would.
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while std::time::Instant::now() < deadline
-            && service
-                .query_status()
-                .is_ok_and(|s| s.current_state != ServiceState::Stopped)
-        {
-            std::thread::sleep(Duration::from_millis(250));
-        }
+    if stop_and_wait(&service) {
         done.push(format!("service {name}: stopped"));
     }
     service
         .delete()
         .map_err(|e| manager_error("cannot remove the service", e))?;
     done.push(format!("service {name}: removed"));
+    // The executable copied for the services goes with the last of them.
+    let other = match plan.role {
+        super::Role::Worker => super::Role::Orchestrator,
+        super::Role::Orchestrator => super::Role::Worker,
+    };
+    let exe = program_dir().join("d8.exe");
+    let other_left = scm
+        .open_service(other.service_name(), ServiceAccess::QUERY_STATUS)
+        .is_ok();
+    if !other_left && exe.is_file() {
+        match std::fs::remove_file(&exe) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir(program_dir());
+                done.push(format!("removed {}", exe.display()));
+            }
+            Err(e) => done.push(format!(
+                "could not remove {} ({e}); delete it by hand",
+                exe.display()
+            )),
+        }
+    }
     Ok(done)
 }
 

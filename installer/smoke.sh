@@ -97,7 +97,14 @@ echo "   built in $(( $(date +%s) - t0 )) s"
 # (d8.exe doctor's mDNS, say) reaches a real network.
 ns=d8smoke-$$
 ip netns add "$ns"
-cleanup_ns() { ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true; }
+cleanup_ns() {
+  disown -a 2>/dev/null || true
+  # Wine's processes first (wineserver -k waits for them), so that the
+  # prefix can be removed; then whatever else ran in the namespace.
+  ip netns exec "$ns" env WINEPREFIX="$work/wine" "$(command -v wineserver || echo /usr/lib/wine/wineserver64)" -k 2>/dev/null || true
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+}
 trap 'cleanup_ns; cleanup' EXIT
 ip netns exec "$ns" ip link set lo up
 export WINEPREFIX=$work/wine WINEDEBUG=-all
@@ -150,6 +157,38 @@ else
   cat "$work/win-join.log" >&2
   fail "d8.exe join under Wine ended differently than known (exit $join_rc): update this script"
 fi
+say "Windows: d8.exe service install|status|uninstall (Wine's service manager)"
+# A real service: the SCM starts `d8.exe service run`, which must answer
+# its dispatcher. Settings go to the env file in %ProgramData%\d8, never to
+# the service's command line (checked with a made-up key). The worker it
+# runs stops at the UDP socket as above; its status file says so.
+# Wine 8 holds its service database locked after the prefix's first boot
+# (ERROR_SERVICE_DATABASE_LOCKED until its services restart): restart them.
+ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$(command -v wineserver || echo /usr/lib/wine/wineserver64)" -k || true
+fake_key=gsk_smoke_not_a_key_$$
+D8_PROVIDERS=echo GROQ_API_KEY=$fake_key ORCHESTRATOR_URL=127.0.0.1:$port D8_TOKEN=$(cat "$work/win-orch/join-token") \
+  wine "$odd\d8.exe" service install --worker > "$work/win-svc.log" 2>&1 || { cat "$work/win-svc.log" >&2; fail "d8.exe service install"; }
+grep -a 'service d8-worker: started' "$work/win-svc.log" >/dev/null || { cat "$work/win-svc.log" >&2; fail "service not started"; }
+wine reg query 'HKLM\System\CurrentControlSet\Services\d8-worker' /v ImagePath | tr -d '\r' > "$work/win-imagepath"
+# Run from the user's folder, the service's executable is copied where
+# only administrators write (it runs as LocalSystem).
+grep -aF 'C:\Program Files\d8\d8.exe' "$work/win-imagepath" | grep -aF 'service run --worker --system --dir' >/dev/null \
+  || { cat "$work/win-imagepath" >&2; fail "the service's command line"; }
+! grep -aF "$fake_key" "$work/win-imagepath" || fail "a key is in the service's command line"
+svc_dir="$WINEPREFIX/drive_c/ProgramData/d8"
+grep "^GROQ_API_KEY=$fake_key\$" "$svc_dir/worker.env" >/dev/null || fail "the key is not in the service's env file"
+for _ in $(seq 300); do grep -a '"state":"failed"' "$svc_dir/worker/status.json" >/dev/null 2>&1 && break; sleep 0.1; done
+grep -a 'cannot bind UDP .*10045' "$svc_dir/worker/status.json" >/dev/null \
+  || { cat "$svc_dir/worker/status.json" "$svc_dir/worker/service.log" >&2; fail "the service's worker ended differently than known"; }
+grep -a 'provider ready' "$svc_dir/worker/service.log" >/dev/null || fail "no service log"
+set +e; wine "$odd\d8.exe" service status --worker > "$work/win-svc-status.log" 2>&1; st=$?; set -e
+grep -a 'worker    failed' "$work/win-svc-status.log" >/dev/null || { cat "$work/win-svc-status.log" >&2; fail "d8.exe service status"; }
+wine "$odd\d8.exe" service uninstall --worker > /dev/null || fail "d8.exe service uninstall"
+set +e; wine "$odd\d8.exe" service status --worker > /dev/null 2>&1; gone=$?; set -e
+[ "$gone" = 4 ] || fail "d8.exe service status after uninstall: exit $gone, not 4"
+[ ! -e "$WINEPREFIX/drive_c/Program Files/d8/d8.exe" ] || fail "the service's copy of d8.exe left behind"
+echo "   copied to Program Files, registered with the SCM, started by it as a service (dispatcher answered, env file read, log written,"
+echo "   restarted after failure), status read (exit $st), removed; the key only in the env file"
 say "Windows: the MSI's tables"
 mkdir -p "$work/msibin"
 x86_64-w64-mingw32-strip -o "$work/msibin/d8.exe" "$win/d8.exe"
@@ -203,6 +242,43 @@ for left in /usr/local/bin/d8 /usr/local/bin/d8-desktop /etc/d8 /var/lib/d8 /etc
 done
 ! getent passwd d8 >/dev/null || fail "install.sh --uninstall left the d8 user"
 echo "   installed, units verified, removed clean"
+
+say "Linux: d8 service install|status|uninstall (systemd units)"
+# systemd is not running here (no PID 1 systemd in CI), so systemctl is
+# replaced by a recorder; the units d8 writes are checked by
+# systemd-analyze, and the calls d8 makes are checked against the record.
+mkdir -p "$work/fakebin"
+cat > "$work/fakebin/systemctl" <<'SH'
+#!/bin/sh
+echo "$*" >> "$SYSTEMCTL_LOG"
+case "$*" in *is-enabled*) echo enabled ;; *is-active*) echo active ;; esac
+SH
+chmod +x "$work/fakebin/systemctl"
+export SYSTEMCTL_LOG=$work/systemctl.log
+fake_key=gsk_smoke_not_a_key_$$
+PATH=$work/fakebin:$PATH GROQ_API_KEY=$fake_key D8_PROVIDERS=groq "$native" service install --worker --system > "$work/svc.log" \
+  || fail "d8 service install --system"
+unit=/etc/systemd/system/d8-worker.service
+systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
+[ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "/etc/d8/worker.env is not 0600"
+grep "^GROQ_API_KEY=$fake_key\$" /etc/d8/worker.env >/dev/null || fail "the key is not in the env file"
+! grep -F "$fake_key" "$unit" "$work/svc.log" || fail "the key is in the unit or the output"
+[ "$(cat "$SYSTEMCTL_LOG")" = "$(printf 'daemon-reload\nenable --now d8-worker')" ] || { cat "$SYSTEMCTL_LOG" >&2; fail "systemctl calls"; }
+PATH=$work/fakebin:$PATH "$native" service status --worker --system > "$work/svc-status.log" || fail "d8 service status"
+grep 'd8-worker (system scope): enabled, active' "$work/svc-status.log" >/dev/null || fail "d8 service status words"
+# User scope, as a person (HOME elsewhere): a user unit, checked the same way.
+uhome=$work/home
+mkdir -p "$uhome"
+HOME=$uhome XDG_CONFIG_HOME=$uhome/.config XDG_DATA_HOME=$uhome/.local/share PATH=$work/fakebin:$PATH \
+  "$native" service install --orchestrator --user --no-start > /dev/null || fail "d8 service install --user"
+uunit=$uhome/.config/systemd/user/d8-orchestrator.service
+mkdir -m 700 "$work/run"
+XDG_RUNTIME_DIR=$work/run XDG_CONFIG_HOME=$uhome/.config systemd-analyze --user verify "$uunit" || fail "systemd-analyze --user verify"
+grep -F "Environment=D8_DATA_DIR=$uhome/.local/share/d8/orchestrator" "$uunit" >/dev/null || fail "user unit's data dir"
+PATH=$work/fakebin:$PATH "$native" service uninstall --worker --system > /dev/null || fail "d8 service uninstall"
+[ ! -e "$unit" ] || fail "$unit left behind"
+rm -rf /etc/d8
+echo "   system and user units written and verified, key only in the 0600 env file, removed"
 
 # --- macOS ----------------------------------------------------------------------
 say "macOS: the bundle's Info.plist"

@@ -183,28 +183,6 @@ pub struct ServiceTarget {
     pub user: bool,
 }
 
-impl ServiceTarget {
-    /// The role asked for (worker unless `--orchestrator`).
-    pub fn role(&self) -> crate::service::Role {
-        if self.orchestrator {
-            crate::service::Role::Orchestrator
-        } else {
-            crate::service::Role::Worker
-        }
-    }
-
-    /// The scope asked for, else this machine's default.
-    pub fn scope(&self) -> crate::service::Scope {
-        if self.system {
-            crate::service::Scope::System
-        } else if self.user {
-            crate::service::Scope::User
-        } else {
-            crate::service::Scope::default_here()
-        }
-    }
-}
-
 /// `d8 serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {

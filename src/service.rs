@@ -142,6 +142,30 @@ pub enum ServiceError {
     Manager(String),
 }
 
+// Here rather than in `cli`: `service` uses `cli`'s types, so `cli` must
+// not use `service`'s (tests/it/layering.rs).
+impl crate::cli::ServiceTarget {
+    /// The role asked for (worker unless `--orchestrator`).
+    pub fn role(&self) -> Role {
+        if self.orchestrator {
+            Role::Orchestrator
+        } else {
+            Role::Worker
+        }
+    }
+
+    /// The scope asked for, else this machine's default.
+    pub fn scope(&self) -> Scope {
+        if self.system {
+            Scope::System
+        } else if self.user {
+            Scope::User
+        } else {
+            Scope::default_here()
+        }
+    }
+}
+
 /// Where everything of one service lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -354,6 +378,18 @@ pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<String, ServiceEr
     }
 }
 
+/// On Unix a system service is root's to install or remove; said before
+/// anything is touched. (Windows answers "access denied" itself.)
+fn needs_root(plan: &Plan) -> Result<(), ServiceError> {
+    if cfg!(unix) && plan.scope == Scope::System && !is_root() {
+        return Err(ServiceError::Unsupported(format!(
+            "the {} system service is root's to change: run this with sudo, or pass --user for one that starts at your login",
+            plan.role.service_name()
+        )));
+    }
+    Ok(())
+}
+
 /// Installs (and with `start`, starts) the service of `plan`, writing
 /// `settings` into its env file (merged with what it holds). Returns what
 /// was done, a line each, for the person who asked.
@@ -362,6 +398,7 @@ pub fn install(
     settings: &[(String, String)],
     start: bool,
 ) -> Result<Vec<String>, ServiceError> {
+    needs_root(plan)?;
     let mut done = Vec::new();
     #[cfg(windows)]
     windows::prepare(plan)?;
@@ -391,6 +428,7 @@ pub fn install(
 /// Stops and removes the service of `plan`. Its data dir and env file
 /// stay (they hold the worker's identity and keys); the lines say where.
 pub fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+    needs_root(plan)?;
     #[cfg(windows)]
     let mut done = windows::uninstall(plan)?;
     #[cfg(target_os = "macos")]

@@ -167,7 +167,7 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
             done.push(format!("unit: {}", entry.display()));
         }
     }
-    systemctl(plan, &["daemon-reload"])?;
+    systemctl(plan, &["daemon-reload"]).map_err(|e| unreachable_manager(plan, e))?;
     if start {
         systemctl(plan, &["enable", "--now", &name])?;
         done.push(format!("{name}: enabled and started"));
@@ -184,6 +184,20 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
         ));
     }
     Ok(done)
+}
+
+/// A user's systemd that does not answer (no login session: `su`, ssh
+/// without lingering, a container) is said in those words, with the way on.
+#[cfg(all(unix, not(target_os = "macos")))]
+fn unreachable_manager(plan: &Plan, e: ServiceError) -> ServiceError {
+    if plan.scope != Scope::User {
+        return e;
+    }
+    ServiceError::Manager(format!(
+        "the unit is written ({}), but this user's systemd did not answer ({e}): in a login session (or after `sudo loginctl enable-linger $USER`) run `systemctl --user enable --now {}`",
+        plan.entry.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        plan.role.service_name()
+    ))
 }
 
 #[cfg(all(unix, not(target_os = "macos")))]
@@ -230,12 +244,44 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
     };
     let enabled = word(&["is-enabled", &name]);
     let active = word(&["is-active", &name]);
+    // systemctl(1)'s words for `is-enabled`; anything else is its error.
+    const KNOWN: [&str; 12] = [
+        "enabled",
+        "enabled-runtime",
+        "linked",
+        "linked-runtime",
+        "alias",
+        "masked",
+        "masked-runtime",
+        "static",
+        "indirect",
+        "disabled",
+        "generated",
+        "transient",
+    ];
+    // And for `is-active`.
+    const STATES: [&str; 7] = [
+        "active",
+        "inactive",
+        "failed",
+        "activating",
+        "deactivating",
+        "reloading",
+        "refreshing",
+    ];
+    let detail = if !KNOWN.contains(&enabled.as_str()) {
+        format!("systemd did not answer ({enabled})")
+    } else if !STATES.contains(&active.as_str()) {
+        format!("{enabled}, not known: systemd did not answer ({active})")
+    } else {
+        format!("{enabled}, {active}")
+    };
     let installed = plan.entry.as_ref().is_some_and(|p| p.is_file()) || packaged(plan).is_some();
     Ok(Status {
         installed,
         enabled: enabled == "enabled",
         running: active == "active",
-        detail: format!("{enabled}, {active}"),
+        detail,
     })
 }
 

@@ -183,12 +183,33 @@ grep -a 'cannot bind UDP .*10045' "$svc_dir/worker/status.json" >/dev/null \
 grep -a 'provider ready' "$svc_dir/worker/service.log" >/dev/null || fail "no service log"
 set +e; wine "$odd\d8.exe" service status --worker > "$work/win-svc-status.log" 2>&1; st=$?; set -e
 grep -a 'worker    failed' "$work/win-svc-status.log" >/dev/null || { cat "$work/win-svc-status.log" >&2; fail "d8.exe service status"; }
+# An enrolled worker (its identity made by a native worker: the files are
+# the same on every OS) does not stop at the socket error: it keeps
+# retrying, so the service stays running, and the SCM's Stop must end it
+# cleanly (the drain path: status file "stopped", not "failed").
 wine "$odd\d8.exe" service uninstall --worker > /dev/null || fail "d8.exe service uninstall"
+D8_TOKEN=$(cat "$work/win-orch/join-token") ip netns exec "$ns" "$native" join "127.0.0.1:$port" --provider echo \
+  --data-dir "$work/enrolled" > "$work/enrolled.log" 2>&1 &
+enrolled_pid=$!
+for _ in $(seq 100); do grep -a '"state":"connected"' "$work/enrolled/status.json" >/dev/null 2>&1 && break; sleep 0.1; done
+kill -INT "$enrolled_pid"; wait "$enrolled_pid" || true
+rm -rf "$svc_dir/worker"; mkdir -p "$svc_dir/worker"
+cp "$work/enrolled/"{ca.crt,worker-id,worker.crt,worker.key} "$svc_dir/worker/"
+wine "$odd\d8.exe" service install --worker > /dev/null || fail "d8.exe service install (enrolled)"
+for _ in $(seq 300); do grep -a '"state":"connecting"' "$svc_dir/worker/status.json" >/dev/null 2>&1 && break; sleep 0.1; done
+wine "$odd\d8.exe" service status --worker > "$work/win-svc-status.log" 2>&1 \
+  || { cat "$work/win-svc-status.log" >&2; fail "d8.exe service status: the enrolled worker's service is not running"; }
+grep -a 'starts at boot, running' "$work/win-svc-status.log" >/dev/null || fail "service status words"
+wine "$odd\d8.exe" service uninstall --worker > "$work/win-svc-stop.log" || fail "d8.exe service uninstall (running)"
+grep -a 'service d8-worker: stopped' "$work/win-svc-stop.log" >/dev/null || fail "the running service was not stopped"
+grep -a '"state":"stopped"' "$svc_dir/worker/status.json" >/dev/null \
+  || { cat "$svc_dir/worker/status.json" >&2; fail "the service's worker did not stop cleanly on the SCM's Stop"; }
 set +e; wine "$odd\d8.exe" service status --worker > /dev/null 2>&1; gone=$?; set -e
 [ "$gone" = 4 ] || fail "d8.exe service status after uninstall: exit $gone, not 4"
 [ ! -e "$WINEPREFIX/drive_c/Program Files/d8/d8.exe" ] || fail "the service's copy of d8.exe left behind"
 echo "   copied to Program Files, registered with the SCM, started by it as a service (dispatcher answered, env file read, log written,"
-echo "   restarted after failure), status read (exit $st), removed; the key only in the env file"
+echo "   restarted after failure), status read (exit $st), removed; the key only in the env file; an enrolled"
+echo "   worker's service ran (exit 0 from status) and stopped cleanly on the SCM's Stop"
 say "Windows: the MSI's tables"
 mkdir -p "$work/msibin"
 x86_64-w64-mingw32-strip -o "$work/msibin/d8.exe" "$win/d8.exe"
@@ -221,6 +242,19 @@ dpkg -i "$deb" > "$work/dpkg.log"
 systemd-analyze verify /lib/systemd/system/d8-orchestrator.service /lib/systemd/system/d8-worker.service \
   || fail "systemd-analyze verify"
 grep -q 'enable --now d8-orchestrator' "$work/dpkg.log" || fail "no hint printed"
+# `d8 service install` on a packaged system uses the package's unit as it
+# is (systemctl is a recorder: no systemd runs here) and only merges the
+# settings into its env file.
+mkdir -p "$work/fakebin"
+printf '#!/bin/sh\necho "$*" >> "$SYSTEMCTL_LOG"\n' > "$work/fakebin/systemctl"; chmod +x "$work/fakebin/systemctl"
+SYSTEMCTL_LOG=$work/systemctl-deb.log PATH=$work/fakebin:$PATH GROQ_API_KEY=gsk_smoke_deb_$$ /usr/bin/d8 service install --no-start \
+  > "$work/deb-svc.log" || fail "d8 service install on the packaged system"
+grep -E 'unit: (/usr)?/lib/systemd/system/d8-worker.service \(installed by a package; used as it is\)' "$work/deb-svc.log" >/dev/null \
+  || { cat "$work/deb-svc.log" >&2; fail "the packaged unit was not used"; }
+[ ! -e /etc/systemd/system/d8-worker.service ] || fail "a second unit was written over the package's"
+grep "^GROQ_API_KEY=gsk_smoke_deb_$$\$" /etc/d8/worker.env >/dev/null || fail "the key did not reach /etc/d8/worker.env"
+grep '^D8_PROVIDERS=echo$' /etc/d8/worker.env >/dev/null || fail "the package's settings were not kept"
+[ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "/etc/d8/worker.env is not 0600 after d8 service install"
 dpkg --purge d8 > /dev/null
 for left in /usr/bin/d8 /usr/bin/d8-desktop /etc/d8 /var/lib/d8 /lib/systemd/system/d8-worker.service; do
   [ ! -e "$left" ] || fail "$left left behind by the purge"

@@ -195,7 +195,10 @@ fn unreachable_manager(plan: &Plan, e: ServiceError) -> ServiceError {
     }
     ServiceError::Manager(format!(
         "the unit is written ({}), but this user's systemd did not answer ({e}): in a login session (or after `sudo loginctl enable-linger $USER`) run `systemctl --user enable --now {}`",
-        plan.entry.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        plan.entry
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         plan.role.service_name()
     ))
 }

@@ -129,6 +129,29 @@ cp "$win/d8.exe" "$odd_unix/d8.exe"
 wine "$odd\d8.exe" join --check-keys=json --provider echo --data-dir "$odd\data" | grep -a '"result":"ok"' >/dev/null \
   || fail "d8.exe --check-keys from a path with spaces and accents"
 echo "   d8.exe ran from \"$odd\""
+# The desktop app from the same folder: its window opens under Xvfb (Wine's
+# OpenGL on Mesa), and --background says why it cannot start a worker yet.
+cp "$win/d8-desktop.exe" "$odd_unix/d8-desktop.exe"
+n=150; while [ -e "/tmp/.X11-unix/X$n" ] || [ -e "/tmp/.X$n-lock" ]; do n=$((n + 1)); done
+Xvfb ":$n" -screen 0 1280x800x24 -nolisten tcp > "$work/xvfb.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X$n" ] && break; sleep 0.1; done
+# Wine's desktop process takes its display when the prefix's session
+# starts: end the session the commands above started without one.
+ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$(command -v wineserver || echo /usr/lib/wine/wineserver64)" -k || true
+ip netns exec "$ns" env DISPLAY=":$n" WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all "$(command -v wine64 || echo /usr/lib/wine/wine64)" \
+  "$odd\d8-desktop.exe" > "$work/win-gui.log" 2>&1 &
+gui_pid=$!
+shown=
+for _ in $(seq 600); do
+  if DISPLAY=":$n" xdotool search --name '^d8$' >/dev/null 2>&1; then shown=yes; break; fi
+  sleep 0.1
+done
+kill "$gui_pid" 2>/dev/null || true
+[ -n "$shown" ] || { cat "$work/win-gui.log" >&2; fail "d8-desktop.exe showed no window from \"$odd\""; }
+wine "$odd\d8-desktop.exe" --background > "$work/win-bg.log" 2>&1 && fail "d8-desktop.exe --background started with nothing set up"
+grep -a 'has not joined a cluster yet' "$work/win-bg.log" >/dev/null || { cat "$work/win-bg.log" >&2; fail "d8-desktop.exe --background"; }
+echo "   d8-desktop.exe opened its window from there; --background said why it cannot start yet"
 # A native orchestrator beside it; d8.exe reaches its HTTP API (TCP).
 port=$(free_port)
 ip netns exec "$ns" "$native" serve --no-mdns --bind 127.0.0.1 --port "$port" --data-dir "$work/win-orch" \

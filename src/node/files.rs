@@ -171,30 +171,34 @@ pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), File
 
 /// Replaces a file's access list with one entry for its owner (and the
 /// SYSTEM account, which backs up and runs services), inheriting nothing
-/// from the folder. Windows has no Unix modes; `icacls` ships with every
-/// Windows since Vista and needs no unsafe code here. `*S-1-3-4` is the
-/// OWNER RIGHTS SID, so this also holds for a service account.
+/// from the folder. `*S-1-3-4` is the OWNER RIGHTS SID, so this also holds
+/// for a service account.
 #[cfg(windows)]
 fn owner_only(path: &Path) -> std::io::Result<()> {
+    restrict(path, &["*S-1-3-4:F", "*S-1-5-18:F"])
+}
+
+/// Replaces the access list of `path` with `grants` (icacls's `SID:rights`
+/// form), inheriting nothing from its folder. Windows has no Unix modes;
+/// `icacls` ships with every Windows since Vista and needs no unsafe code
+/// here.
+#[cfg(windows)]
+pub fn restrict(path: &Path, grants: &[&str]) -> std::io::Result<()> {
     use std::os::windows::process::CommandExt;
     /// Keeps a console window from flashing up when the GUI writes a file.
     const CREATE_NO_WINDOW: u32 = 0x0800_0000;
     let out = std::process::Command::new("icacls")
         .arg(path)
-        .args([
-            "/inheritance:r",
-            "/grant:r",
-            "*S-1-3-4:F",
-            "*S-1-5-18:F",
-            "/q",
-        ])
+        .args(["/inheritance:r", "/grant:r"])
+        .args(grants)
+        .arg("/q")
         .creation_flags(CREATE_NO_WINDOW)
         .output()?;
     if out.status.success() {
         Ok(())
     } else {
         Err(std::io::Error::other(format!(
-            "icacls could not restrict the file to its owner: {}",
+            "icacls could not restrict the access list: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }

@@ -62,28 +62,13 @@ pub(super) fn prepare(plan: &Plan) -> Result<(), ServiceError> {
         path: root.to_path_buf(),
         source: e,
     })?;
-    use std::os::windows::process::CommandExt;
-    /// No console window flashes up when the desktop app calls this.
-    const CREATE_NO_WINDOW: u32 = 0x0800_0000;
-    let out = std::process::Command::new("icacls")
-        .arg(root)
-        .args([
-            "/inheritance:r",
-            "/grant:r",
-            "*S-1-5-18:(OI)(CI)F",
-            "*S-1-5-32-544:(OI)(CI)F",
-            "/q",
-        ])
-        .creation_flags(CREATE_NO_WINDOW)
-        .output()
-        .map_err(|e| ServiceError::Manager(format!("cannot run icacls: {e}")))?;
-    if !out.status.success() {
-        return Err(ServiceError::Manager(format!(
-            "icacls could not restrict {} to SYSTEM and Administrators: {}",
-            root.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    crate::node::files::restrict(root, &["*S-1-5-18:(OI)(CI)F", "*S-1-5-32-544:(OI)(CI)F"])
+        .map_err(|e| {
+            ServiceError::Manager(format!(
+                "{}: cannot limit it to SYSTEM and Administrators: {e}",
+                root.display()
+            ))
+        })?;
     Ok(())
 }
 

@@ -329,15 +329,41 @@ pub fn setting_names(role: Role) -> Vec<String> {
     names
 }
 
-/// The settings of `role` present in `env`, in name order.
+/// The variables among [`setting_names`] that hold a path (their flag
+/// parses a `PathBuf`, e.g. `D8_CONFIG`, `D8_PRICES`).
+fn path_setting_names() -> Vec<String> {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let path = std::any::TypeId::of::<PathBuf>();
+    cli.get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .chain(cli.get_arguments())
+        .filter(|a| a.get_value_parser().type_id() == path)
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The settings of `role` present in `env`, in name order. A relative
+/// path is made absolute against `cwd`: a service starts elsewhere.
 pub fn settings_from(
     role: Role,
     env: impl IntoIterator<Item = (String, String)>,
+    cwd: &Path,
 ) -> Vec<(String, String)> {
     let names = setting_names(role);
+    let paths = path_setting_names();
     let mut found: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| names.binary_search(k).is_ok())
+        .map(|(k, v)| {
+            if paths.contains(&k) && !v.is_empty() && Path::new(&v).is_relative() {
+                let abs = cwd.join(&v).to_string_lossy().into_owned();
+                (k, abs)
+            } else {
+                (k, v)
+            }
+        })
         .collect();
     found.sort();
     found
@@ -483,7 +509,8 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
     match action {
         ServiceAction::Install { target, no_start } => {
             let plan = plan(target.role(), target.scope(), &exe, &dirs)?;
-            let settings = settings_from(plan.role, std::env::vars());
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            let settings = settings_from(plan.role, std::env::vars(), &cwd);
             for line in install(&plan, &settings, !no_start)? {
                 crate::out!("{line}");
             }
@@ -678,7 +705,8 @@ mod tests {
             ("D8_LOG", "debug"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
-        let w = settings_from(Role::Worker, env.clone());
+        let cwd = Path::new("/home/ana/cluster");
+        let w = settings_from(Role::Worker, env.clone(), cwd);
         let names: Vec<&str> = w.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
@@ -692,9 +720,34 @@ mod tests {
             ]
         );
         // The orchestrator reads no vendor key and no worker settings.
-        let o = settings_from(Role::Orchestrator, env);
+        let o = settings_from(Role::Orchestrator, env, cwd);
         let names: Vec<&str> = o.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["D8_LOG"]);
         assert!(setting_names(Role::Orchestrator).contains(&"D8_NO_MDNS".to_owned()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn relative_paths_in_settings_are_made_absolute() {
+        let cwd = Path::new("/home/ana/cluster");
+        // A relative path would be read from the service's own folder.
+        let files = [
+            ("D8_CONFIG", "worker.toml"),
+            ("D8_PRICES", "/etc/d8/prices.toml"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let w = settings_from(Role::Worker, files.clone(), cwd);
+        assert_eq!(
+            w,
+            [(
+                "D8_CONFIG".to_owned(),
+                "/home/ana/cluster/worker.toml".to_owned()
+            )]
+        );
+        let o = settings_from(Role::Orchestrator, files, cwd);
+        assert_eq!(
+            o,
+            [("D8_PRICES".to_owned(), "/etc/d8/prices.toml".to_owned())]
+        );
     }
 }

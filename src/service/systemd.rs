@@ -54,9 +54,15 @@ pub fn unit(plan: &Plan) -> String {
         Role::Orchestrator => "KillSignal=SIGTERM\n",
     };
     let mut text = format!(
-        "# {MARKER}; `d8 service uninstall` removes it.\n# Settings (keys, token, providers): {}\n[Unit]\nDescription=d8 {role}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\n",
+        "# {MARKER}; `d8 service uninstall` removes it.\n# Settings (keys, token, providers): {}\n[Unit]\nDescription=d8 {role}\n",
         plan.env_file.display()
     );
+    // The system manager knows when the network is up; a user's manager
+    // has no such target (the worker retries until it connects anyway).
+    if plan.scope == Scope::System {
+        text += "Wants=network-online.target\nAfter=network-online.target\n";
+    }
+    text += "\n[Service]\n";
     match plan.scope {
         Scope::System => {
             text += &format!(
@@ -332,6 +338,7 @@ mod tests {
         assert!(u.contains("\nDynamicUser=yes\nStateDirectory=d8/worker\n"));
         assert!(u.contains("\nKillSignal=SIGINT\n"));
         assert!(u.contains("\nWantedBy=multi-user.target\n"));
+        assert!(u.contains("\nWants=network-online.target\nAfter=network-online.target\n"));
         assert!(u.contains(MARKER));
         // Nothing secret can be in it: it is made from paths only.
         assert!(!u.contains("KEY="), "{u}");
@@ -357,5 +364,6 @@ mod tests {
         );
         assert!(u.contains("\nWantedBy=default.target\n"));
         assert!(!u.contains("DynamicUser"));
+        assert!(!u.contains("network-online"), "{u}");
     }
 }

@@ -378,7 +378,7 @@ pub struct Status {
     pub enabled: bool,
     /// The service manager says it runs.
     pub running: bool,
-    /// The service manager's own words (`active (running)`, `STOPPED`, …).
+    /// In a few words (`enabled, active`, `starts at boot, running`, …).
     pub detail: String,
 }
 
@@ -425,6 +425,11 @@ pub fn install(
     start: bool,
 ) -> Result<Vec<String>, ServiceError> {
     needs_root(plan)?;
+    // Refused before anything is written.
+    #[cfg(all(unix, not(target_os = "macos")))]
+    if plan.scope == Scope::System {
+        systemd::check_root_only(&plan.exe)?;
+    }
     let mut done = Vec::new();
     #[cfg(windows)]
     windows::prepare(plan)?;
@@ -433,7 +438,7 @@ pub fn install(
         "settings: {} ({})",
         plan.env_file.display(),
         if settings.is_empty() {
-            "unchanged".to_owned()
+            "no d8 variable in this environment: nothing set".to_owned()
         } else {
             settings
                 .iter()

@@ -146,9 +146,6 @@ pub fn check_root_only(exe: &std::path::Path) -> Result<(), super::ServiceError>
 #[cfg(all(unix, not(target_os = "macos")))]
 pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
     use crate::node::files;
-    if plan.scope == Scope::System {
-        check_root_only(&plan.exe)?;
-    }
     let mut done = Vec::new();
     let name = plan.role.service_name();
     match packaged(plan) {

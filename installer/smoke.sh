@@ -245,6 +245,20 @@ msiinfo export "$msi" Directory | grep $'^UserPrograms\tLocalAppDataFolder\tProg
 msiinfo export "$msi" Property | grep $'^MSIINSTALLPERUSER\t1' >/dev/null || fail "MSI: not per user"
 msiinfo suminfo "$msi" | grep '^Source: 10 ' >/dev/null || fail "MSI: asks for elevation"
 echo "   files, Start-menu shortcut, per-user install without elevation"
+# And Windows Installer itself (Wine's msiexec; the package asks for no
+# elevation): installed, the installed d8.exe run, removed.
+msi_win="Z:${msi//\//\\}"
+me=$(whoami)
+inst="$WINEPREFIX/drive_c/users/$me/AppData/Local/Programs/d8"
+lnk="$WINEPREFIX/drive_c/users/$me/AppData/Roaming/Microsoft/Windows/Start Menu/Programs/d8.lnk"
+wine msiexec /i "$msi_win" /qn || fail "msiexec /i"
+[ -f "$inst/d8.exe" ] && [ -f "$inst/d8-desktop.exe" ] || fail "the MSI did not put d8 in $inst"
+[ -f "$lnk" ] || fail "the MSI made no Start-menu shortcut"
+[ "$(wine "C:\\users\\$me\\AppData\\Local\\Programs\\d8\\d8.exe" --version | tr -d '\r')" = "d8 $version" ] \
+  || fail "the installed d8.exe"
+wine msiexec /x "$msi_win" /qn || fail "msiexec /x"
+[ ! -e "$inst/d8.exe" ] && [ ! -e "$lnk" ] || fail "msiexec /x left d8 behind"
+echo "   installed by msiexec into the user's Programs folder with its shortcut, run, uninstalled clean"
 
 # --- Debian package -----------------------------------------------------------
 say "Debian: the amd64 .deb installed, verified, purged"

@@ -374,6 +374,8 @@ pub fn settings_from(
 pub struct Status {
     /// The entry exists (unit file, plist, registered service).
     pub installed: bool,
+    /// Where the entry is (a unit file or plist), when it is a file.
+    pub entry: Option<PathBuf>,
     /// It starts at boot or login.
     pub enabled: bool,
     /// The service manager says it runs.
@@ -574,7 +576,7 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
                     }
                 );
                 if st.installed {
-                    if let Some(e) = &plan.entry {
+                    if let Some(e) = &st.entry {
                         crate::out!("  entry     {}", e.display());
                     }
                     crate::out!("  settings  {}", plan.env_file.display());

@@ -139,6 +139,7 @@ pub(super) fn status(plan: &Plan) -> Result<super::Status, super::ServiceError> 
         .is_ok_and(|t| t.lines().any(|l| l.trim() == "state = running"));
     Ok(super::Status {
         installed,
+        entry: plan.entry.clone().filter(|_| installed),
         enabled: installed,
         running,
         detail: match printed {

@@ -148,11 +148,14 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
     use crate::node::files;
     let mut done = Vec::new();
     let name = plan.role.service_name();
-    match packaged(plan) {
-        Some(existing) => done.push(format!(
-            "unit: {} (installed by a package; used as it is)",
-            existing.display()
-        )),
+    let unit = match packaged(plan) {
+        Some(existing) => {
+            done.push(format!(
+                "unit: {} (installed by a package; used as it is)",
+                existing.display()
+            ));
+            existing
+        }
         None => {
             let entry = plan
                 .entry
@@ -168,9 +171,10 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
             }
             files::write_file(entry, unit(plan).as_bytes(), false)?;
             done.push(format!("unit: {}", entry.display()));
+            entry.clone()
         }
-    }
-    systemctl(plan, &["daemon-reload"]).map_err(|e| unreachable_manager(plan, e))?;
+    };
+    systemctl(plan, &["daemon-reload"]).map_err(|e| unreachable_manager(plan, &unit, e))?;
     if start {
         systemctl(plan, &["enable", "--now", &name])?;
         done.push(format!("{name}: enabled and started"));
@@ -189,20 +193,25 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
     Ok(done)
 }
 
-/// A user's systemd that does not answer (no login session: `su`, ssh
-/// without lingering, a container) is said in those words, with the way on.
+/// A systemd that does not answer (a user's without a login session: `su`,
+/// ssh without lingering; a machine or container without systemd as PID 1)
+/// is said in those words, with the way on.
 #[cfg(all(unix, not(target_os = "macos")))]
-fn unreachable_manager(plan: &Plan, e: ServiceError) -> ServiceError {
-    if plan.scope != Scope::User {
-        return e;
-    }
+fn unreachable_manager(plan: &Plan, unit: &std::path::Path, e: ServiceError) -> ServiceError {
+    let name = plan.role.service_name();
+    let then = match plan.scope {
+        Scope::User => format!(
+            "in a login session (or after `sudo loginctl enable-linger $USER`) run `systemctl --user enable --now {name}`"
+        ),
+        Scope::System => format!(
+            "once systemd runs, `systemctl enable --now {name}`; without it, run `d8 {}` yourself",
+            plan.role.command()
+        ),
+    };
     ServiceError::Manager(format!(
-        "the unit is written ({}), but this user's systemd did not answer ({e}): in a login session (or after `sudo loginctl enable-linger $USER`) run `systemctl --user enable --now {}`",
-        plan.entry
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        plan.role.service_name()
+        "the unit is in place ({}), but systemd did not answer ({}): {then}",
+        unit.display(),
+        e.to_string().replace('\n', " ")
     ))
 }
 
@@ -282,9 +291,11 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
     } else {
         format!("{enabled}, {active}")
     };
-    let installed = plan.entry.as_ref().is_some_and(|p| p.is_file()) || packaged(plan).is_some();
+    // The unit systemd uses: a package's, or the one written here.
+    let entry = packaged(plan).or_else(|| plan.entry.clone().filter(|p| p.is_file()));
     Ok(Status {
-        installed,
+        installed: entry.is_some(),
+        entry,
         enabled: enabled == "enabled",
         running: active == "active",
         detail,

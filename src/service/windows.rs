@@ -293,6 +293,7 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
         Err(e) if code(&e) == Some(NO_SUCH_SERVICE) => {
             return Ok(Status {
                 installed: false,
+                entry: None,
                 enabled: false,
                 running: false,
                 detail: "not installed".into(),
@@ -309,6 +310,7 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
         .is_ok_and(|c| c.start_type == ServiceStartType::AutoStart);
     Ok(Status {
         installed: true,
+        entry: None,
         enabled,
         running: state == ServiceState::Running,
         detail: format!(

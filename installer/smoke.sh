@@ -108,7 +108,11 @@ cleanup_ns() {
 trap 'cleanup_ns; cleanup' EXIT
 ip netns exec "$ns" ip link set lo up
 export WINEPREFIX=$work/wine WINEDEBUG=-all
-wine() { ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all "$(command -v wine64 || echo /usr/lib/wine/wine64)" "$@"; }
+# The prefix's user is "José Müller" (Wine names the profile after $USER):
+# %USERPROFILE%, %APPDATA% and %LOCALAPPDATA% have a space and accents.
+winuser='José Müller'
+wine64=$(command -v wine64 || echo /usr/lib/wine/wine64)
+wine() { ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all USER="$winuser" LOGNAME="$winuser" "$wine64" "$@"; }
 wine wineboot -i > /dev/null 2>&1
 x86_64-w64-mingw32-gcc -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
   installer/windows/test/bcryptprimitives.c -ladvapi32
@@ -118,9 +122,9 @@ grep -a 'test result:' "$work/wintests.log" | sed 's/^/   unit tests: /'
 wine "$win/d8.exe" doctor > "$work/win-doctor.log" 2>&1 || true
 grep -aq 'Verdict:' "$work/win-doctor.log" || { cat "$work/win-doctor.log" >&2; fail "d8.exe doctor gave no verdict"; }
 echo "   d8.exe --version and d8.exe doctor ran"
-# From a folder with spaces and non-ASCII letters (as under a user named
-# "José Müller"), with its data dir there too (the join attempt below
-# writes its lock and status file in it).
+# From a folder with spaces and non-ASCII letters, in the user's profile
+# (the join attempt below writes its lock and status file in the default
+# data dir, under %APPDATA%).
 odd='C:\users\José Müller\Programs\d8 app'
 odd_unix="$WINEPREFIX/drive_c/users/José Müller/Programs/d8 app"
 mkdir -p "$odd_unix"
@@ -139,7 +143,7 @@ for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X$n" ] && break; sleep 0.1; done
 # Wine's desktop process takes its display when the prefix's session
 # starts: end the session the commands above started without one.
 ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$(command -v wineserver || echo /usr/lib/wine/wineserver64)" -k || true
-ip netns exec "$ns" env DISPLAY=":$n" WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all "$(command -v wine64 || echo /usr/lib/wine/wine64)" \
+ip netns exec "$ns" env DISPLAY=":$n" WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all USER="$winuser" LOGNAME="$winuser" "$wine64" \
   "$odd\d8-desktop.exe" > "$work/win-gui.log" 2>&1 &
 gui_pid=$!
 shown=
@@ -168,14 +172,14 @@ echo "   d8.exe status read a native orchestrator over HTTP; d8.exe join --check
 # so that the day it gets further, this script says so.
 set +e
 D8_TOKEN=$(cat "$work/win-orch/join-token") timeout 60 \
-  ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all "$(command -v wine64 || echo /usr/lib/wine/wine64)" \
-  "$win/d8.exe" join "127.0.0.1:$port" --provider echo --data-dir "$odd\worker" > "$work/win-join.log" 2>&1
+  ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all USER="$winuser" LOGNAME="$winuser" "$wine64" \
+  "$win/d8.exe" join "127.0.0.1:$port" --provider echo > "$work/win-join.log" 2>&1
 join_rc=$?
 set -e
 if grep -aq 'cannot bind UDP .*10045' "$work/win-join.log" \
-  && grep -q '"state":"failed"' "$odd_unix/worker/status.json"; then
+  && grep -q '"state":"failed"' "$WINEPREFIX/drive_c/users/$winuser/AppData/Roaming/d8/worker/status.json"; then
   echo "   d8.exe join: not verified under Wine: stops at its UDP socket (WSAEOPNOTSUPP from Wine 8), exit $join_rc,"
-  echo "   its status file (state failed, the reason) written in that folder"
+  echo "   its status file (state failed, the reason) written in its default data dir, %APPDATA%\\d8\\worker"
 else
   cat "$work/win-join.log" >&2
   fail "d8.exe join under Wine ended differently than known (exit $join_rc): update this script"
@@ -248,7 +252,7 @@ echo "   files, Start-menu shortcut, per-user install without elevation"
 # And Windows Installer itself (Wine's msiexec; the package asks for no
 # elevation): installed, the installed d8.exe run, removed.
 msi_win="Z:${msi//\//\\}"
-me=$(whoami)
+me=$winuser
 inst="$WINEPREFIX/drive_c/users/$me/AppData/Local/Programs/d8"
 lnk="$WINEPREFIX/drive_c/users/$me/AppData/Roaming/Microsoft/Windows/Start Menu/Programs/d8.lnk"
 wine msiexec /i "$msi_win" /qn || fail "msiexec /i"

@@ -208,6 +208,12 @@ for _ in $(seq 300); do grep -a '"state":"failed"' "$svc_dir/worker/status.json"
 grep -a 'cannot bind UDP .*10045' "$svc_dir/worker/status.json" >/dev/null \
   || { cat "$svc_dir/worker/status.json" "$svc_dir/worker/service.log" >&2; fail "the service's worker ended differently than known"; }
 grep -a 'provider ready' "$svc_dir/worker/service.log" >/dev/null || fail "no service log"
+# The SCM starts it again 5 s after the failure (its failure actions).
+for _ in $(seq 200); do
+  [ "$(grep -ac 'provider ready' "$svc_dir/worker/service.log")" -ge 2 ] && break; sleep 0.1
+done
+[ "$(grep -ac 'provider ready' "$svc_dir/worker/service.log")" -ge 2 ] \
+  || { cat "$svc_dir/worker/service.log" >&2; fail "the SCM did not restart the failed service"; }
 set +e; wine "$odd\d8.exe" service status --worker > "$work/win-svc-status.log" 2>&1; st=$?; set -e
 grep -a 'worker    failed' "$work/win-svc-status.log" >/dev/null || { cat "$work/win-svc-status.log" >&2; fail "d8.exe service status"; }
 # An enrolled worker (its identity made by a native worker: the files are

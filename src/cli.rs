@@ -146,7 +146,8 @@ pub enum ServiceAction {
         target: ServiceTarget,
     },
     /// Say whether the service is installed and running. Exit status 0
-    /// when it runs, 3 when installed but not running, 4 when not installed.
+    /// when it runs, 3 when installed but not running, 4 when not installed
+    /// (without a role: both are shown, the status is the installed ones').
     Status {
         /// Which service, and whose.
         #[command(flatten)]

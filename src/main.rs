@@ -375,7 +375,32 @@ async fn join(
 
 #[cfg(test)]
 mod tests {
-    use super::chain;
+    use super::{chain, open_service_log};
+
+    #[test]
+    fn a_service_log_past_4_mib_is_moved_aside_and_a_new_one_appended_to() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("worker").join("service.log");
+        // The folder is made.
+        let mut f = open_service_log(&log).expect("open");
+        f.write_all(b"first\n").expect("write");
+        drop(f);
+        let mut f = open_service_log(&log).expect("reopen");
+        f.write_all(b"second\n").expect("write");
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("read"),
+            "first\nsecond\n"
+        );
+        std::fs::write(&log, vec![b'x'; (4 << 20) + 1]).expect("fill");
+        let mut f = open_service_log(&log).expect("rotate");
+        f.write_all(b"fresh\n").expect("write");
+        drop(f);
+        assert_eq!(std::fs::read_to_string(&log).expect("read"), "fresh\n");
+        let old = dir.path().join("worker").join("service.log.1");
+        assert_eq!(std::fs::metadata(old).expect("moved").len(), (4 << 20) + 1);
+    }
 
     #[test]
     fn an_error_chain_names_each_cause_once() {

@@ -369,6 +369,17 @@ pub fn settings_from(
     found
 }
 
+/// The arguments the service manager starts d8 with (launchd and
+/// Windows): the role and scope only, never a setting.
+pub fn run_args(role: Role, scope: Scope) -> [String; 4] {
+    [
+        "service".into(),
+        "run".into(),
+        format!("--{}", role.as_str()),
+        format!("--{}", scope.as_str()),
+    ]
+}
+
 /// What `status` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -376,8 +387,6 @@ pub struct Status {
     pub installed: bool,
     /// Where the entry is (a unit file or plist), when it is a file.
     pub entry: Option<PathBuf>,
-    /// It starts at boot or login.
-    pub enabled: bool,
     /// The service manager says it runs.
     pub running: bool,
     /// In a few words (`enabled, active`, `starts at boot, running`, …).
@@ -548,23 +557,25 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
             Ok(0)
         }
         ServiceAction::Status { target } => {
-            let roles = if target.worker || target.orchestrator {
+            let asked = target.worker || target.orchestrator;
+            let roles = if asked {
                 vec![target.role()]
             } else {
                 vec![Role::Worker, Role::Orchestrator]
             };
-            let mut worst = 0;
+            // Without a role, the exit status is about the installed ones
+            // (a machine runs a worker or an orchestrator, rarely both).
+            let mut codes = Vec::new();
             for role in roles {
                 let plan = plan(role, target.scope(), &exe, &dirs)?;
                 let st = status(&plan)?;
-                let code = if st.running {
-                    0
+                if st.running {
+                    codes.push(0);
                 } else if st.installed {
-                    3
-                } else {
-                    4
-                };
-                worst = worst.max(code);
+                    codes.push(3);
+                } else if asked {
+                    codes.push(4);
+                }
                 crate::out!(
                     "{} ({} scope): {}",
                     role.service_name(),
@@ -591,7 +602,7 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
                     }
                 }
             }
-            Ok(worst)
+            Ok(codes.into_iter().max().unwrap_or(4))
         }
         ServiceAction::Run { .. } => {
             anyhow::bail!("`d8 service run` is started by the service manager")
@@ -612,6 +623,16 @@ pub fn prepare_run(target: &crate::cli::ServiceTarget, dir: Option<&Path>) -> an
     }
     match dotenvy::from_path_override(&plan.env_file) {
         Ok(()) => Ok(plan),
+        // dotenvy's message quotes the line, which may hold a key: say
+        // which line instead.
+        Err(dotenvy::Error::LineParse(text, _)) => {
+            let number = std::fs::read_to_string(&plan.env_file)
+                .ok()
+                .zip(text.lines().next().map(str::trim))
+                .and_then(|(all, first)| all.lines().position(|l| l.trim() == first))
+                .map_or_else(String::new, |i| format!(" {}", i + 1));
+            anyhow::bail!("{}: line{number} is not KEY=value", plan.env_file.display())
+        }
         Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
             "no settings file at {}: `d8 service install` writes it",
             plan.env_file.display()

@@ -2,7 +2,7 @@
 //! `d8 service run --<role> --user`, which reads the env file and runs the
 //! role; launchd restarts it when it exits with an error.
 
-use super::{MARKER, Plan, Role};
+use super::{MARKER, Plan};
 
 /// `&`, `<`, `>` and quotes as XML entities.
 pub fn xml_escape(s: &str) -> String {
@@ -12,24 +12,13 @@ pub fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The arguments the service manager starts d8 with (launchd and
-/// Windows): the role and scope only, never a setting.
-pub fn run_args(role: Role, scope: super::Scope) -> [String; 4] {
-    [
-        "service".into(),
-        "run".into(),
-        format!("--{}", role.as_str()),
-        format!("--{}", scope.as_str()),
-    ]
-}
-
 /// The LaunchAgent property list for `plan`.
 pub fn plist(plan: &Plan) -> String {
     let mut args = format!(
         "<string>{}</string>",
         xml_escape(&plan.exe.to_string_lossy())
     );
-    for a in run_args(plan.role, plan.scope) {
+    for a in super::run_args(plan.role, plan.scope) {
         args += &format!("<string>{}</string>", xml_escape(&a));
     }
     let log = plan
@@ -140,7 +129,6 @@ pub(super) fn status(plan: &Plan) -> Result<super::Status, super::ServiceError> 
     Ok(super::Status {
         installed,
         entry: plan.entry.clone().filter(|_| installed),
-        enabled: installed,
         running,
         detail: match printed {
             Ok(_) if running => "loaded, running".into(),
@@ -158,7 +146,7 @@ mod tests {
     #[test]
     fn the_agent_runs_d8_service_run_with_no_setting_in_its_arguments() {
         let plan = Plan {
-            role: Role::Worker,
+            role: super::super::Role::Worker,
             scope: super::super::Scope::User,
             exe: PathBuf::from("/Applications/d8 & co.app/Contents/MacOS/d8"),
             entry: None,

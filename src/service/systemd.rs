@@ -296,7 +296,6 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
     Ok(Status {
         installed: entry.is_some(),
         entry,
-        enabled: enabled == "enabled",
         running: active == "active",
         detail,
     })

@@ -74,7 +74,7 @@ pub(super) fn prepare(plan: &Plan) -> Result<(), ServiceError> {
 
 /// What the SCM starts: `d8.exe service run --<role> --system --dir <root>`.
 fn launch_arguments(plan: &Plan) -> Vec<OsString> {
-    let mut args: Vec<OsString> = super::launchd::run_args(plan.role, plan.scope)
+    let mut args: Vec<OsString> = super::run_args(plan.role, plan.scope)
         .into_iter()
         .map(OsString::from)
         .collect();
@@ -294,7 +294,6 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
             return Ok(Status {
                 installed: false,
                 entry: None,
-                enabled: false,
                 running: false,
                 detail: "not installed".into(),
             });
@@ -311,7 +310,6 @@ pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {
     Ok(Status {
         installed: true,
         entry: None,
-        enabled,
         running: state == ServiceState::Running,
         detail: format!(
             "{}, {}",

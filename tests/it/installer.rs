@@ -25,3 +25,58 @@ fn units_restart_on_failure_and_raise_the_descriptor_limit() {
         assert!(nofile.is_some_and(|n| n >= 65_536), "{name}: {nofile:?}");
     }
 }
+
+/// `d8 service …` as a user whose home is `home` (Linux: the user scope's
+/// files are under XDG_CONFIG_HOME / XDG_DATA_HOME).
+#[cfg(target_os = "linux")]
+fn service(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_d8"))
+        .arg("service")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .output()
+        .expect("run d8")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_service_with_a_damaged_or_missing_env_file_says_which_line_and_never_its_text() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = service(home.path(), &["run", "--worker", "--user"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no settings file at"), "{err}");
+
+    let dir = home.path().join(".config/d8");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A quote left open on the key's line: dotenvy's own message would
+    // quote the line, key and all.
+    std::fs::write(
+        dir.join("worker.env"),
+        "D8_PROVIDERS=echo\nGROQ_API_KEY=\"gsk_secret_never_shown\nOTHER=1\n",
+    )
+    .expect("write");
+    let out = service(home.path(), &["run", "--worker", "--user"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2 is not KEY=value"), "{err}");
+    assert!(!err.contains("gsk_secret_never_shown"), "{err}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn service_status_without_a_role_exits_4_when_nothing_is_installed() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = service(home.path(), &["status", "--user"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("d8-worker (user scope): not installed"),
+        "{text}"
+    );
+    assert!(text.contains("d8-orchestrator (user scope): not installed"));
+}

@@ -91,6 +91,9 @@ pub fn mdns_interfaces() -> Vec<String> {
 const GREEN: Color32 = Color32::from_rgb(0x3f, 0xb9, 0x50);
 const AMBER: Color32 = Color32::from_rgb(0xd2, 0x99, 0x22);
 const RED: Color32 = Color32::from_rgb(0xf8, 0x51, 0x49);
+/// Below this width (points) the This computer tab stacks its provider
+/// list over the provider's settings instead of two columns.
+const NARROW: f32 = 560.0;
 
 /// The tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -661,7 +664,8 @@ impl App {
             self.chosen = only.url.clone();
         }
         for c in &found.clusters {
-            ui.horizontal(|ui| {
+            // Wrapped: a narrow window puts the address and link below.
+            ui.horizontal_wrapped(|ui| {
                 let chosen = self.chosen.as_deref() == c.url.as_deref();
                 if ui.radio(chosen, c.name.as_str()).clicked() {
                     self.chosen = c.url.clone();
@@ -872,30 +876,20 @@ impl App {
         if let Some(e) = &keys.error {
             ui.colored_label(RED, e);
         }
-        ui.columns(2, |cols| {
-            let (left, right) = cols.split_at_mut(1);
-            let list = &mut left[0];
-            for p in &self.settings.providers {
-                list.horizontal(|ui| {
-                    if ui
-                        .selectable_label(self.selected == p.kind, title(&p.kind))
-                        .clicked()
-                    {
-                        self.selected = p.kind.clone();
-                    }
-                    if p.enabled {
-                        ui.label(RichText::new("on").small().color(GREEN))
-                            .on_hover_text("The worker runs it");
-                    }
-                    if keys.stored.get(&p.kind).copied().unwrap_or(false) {
-                        ui.label(RichText::new("key stored").small().weak());
-                    }
-                });
-            }
-            let detail = &mut right[0];
-            let kind = self.selected.clone();
-            self.provider_detail(detail, &kind, &keys, checks.get(&kind));
-        });
+        let kind = self.selected.clone();
+        // Side by side where there is room; stacked in a narrow window
+        // (a phone-sized one clipped the detail's buttons and fields).
+        if ui.available_width() >= NARROW {
+            ui.columns(2, |cols| {
+                let (left, right) = cols.split_at_mut(1);
+                self.provider_list(&mut left[0], &keys);
+                self.provider_detail(&mut right[0], &kind, &keys, checks.get(&kind));
+            });
+        } else {
+            self.provider_list(ui, &keys);
+            ui.add_space(6.0);
+            self.provider_detail(ui, &kind, &keys, checks.get(&kind));
+        }
         ui.separator();
         ui.heading("Worker");
         ui.horizontal(|ui| {
@@ -918,6 +912,28 @@ impl App {
         }
         if let Some(p) = &self.settings_problem {
             ui.colored_label(AMBER, p);
+        }
+    }
+
+    /// The providers, one selectable line each, with whether each runs and
+    /// has a key.
+    fn provider_list(&mut self, ui: &mut egui::Ui, keys: &KeysView) {
+        for p in &self.settings.providers {
+            ui.horizontal(|ui| {
+                if ui
+                    .selectable_label(self.selected == p.kind, title(&p.kind))
+                    .clicked()
+                {
+                    self.selected = p.kind.clone();
+                }
+                if p.enabled {
+                    ui.label(RichText::new("on").small().color(GREEN))
+                        .on_hover_text("The worker runs it");
+                }
+                if keys.stored.get(&p.kind).copied().unwrap_or(false) {
+                    ui.label(RichText::new("key stored").small().weak());
+                }
+            });
         }
     }
 

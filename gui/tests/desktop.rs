@@ -261,9 +261,13 @@ impl Setup {
     }
 
     fn harness(&self, cfg: Config) -> Harness<'static, App> {
+        self.harness_sized(cfg, [960.0, 760.0])
+    }
+
+    fn harness_sized(&self, cfg: Config, size: [f32; 2]) -> Harness<'static, App> {
         let app = App::new(cfg, Backend::new().expect("backend"));
         Harness::builder()
-            .with_size([960.0, 760.0])
+            .with_size(size)
             .build_ui_state(|ui, app: &mut App| app.show(ui), app)
     }
 }
@@ -535,4 +539,43 @@ fn a_wrong_token_is_refused_and_the_window_says_why() {
         1,
         "one worker ran: {log}"
     );
+}
+
+#[test]
+fn at_phone_width_the_fields_and_provider_settings_fit_the_window() {
+    let s = Setup::new();
+    let width = 380.0;
+    let o = Orchestrator::start(s.root.path());
+    let cfg = s.config(vec![o.advert()]);
+    // A stored key adds "Forget key" to the row of buttons, as on a
+    // machine in use.
+    cfg.keys.set("openai", "sk-test-stored").expect("store");
+    let mut h = s.harness_sized(cfg, [width, 760.0]);
+    h.step();
+    // The label and the field it names.
+    let right = |h: &Harness<'_, App>, label: &str| {
+        h.get_all_by_label(label)
+            .map(|n| n.rect().right())
+            .fold(0.0_f32, f32::max)
+    };
+    wait_for(&mut h, "the cluster", 10, |h| shows(h, "Open dashboard"));
+    // One row per cluster: name, version, workers, address, link; it
+    // widened the whole tab past the window before it wrapped.
+    for label in ["Open dashboard", "Orchestrator address"] {
+        let r = right(&h, label);
+        assert!(r <= width + 0.5, "{label} ends at x = {r}");
+    }
+    click(&mut h, "This computer");
+    wait_for(&mut h, "the stored key", 5, |h| shows(h, "key stored"));
+    click(&mut h, "OpenAI");
+    click(&mut h, "Run OpenAI on this worker");
+    // Side by side, the settings column was cut at the window's edge
+    // ("Tes…", the base URL field half outside).
+    for label in ["Test", "Base URL", "Key"] {
+        let r = right(&h, label);
+        assert!(
+            r <= width + 0.5,
+            "{label} ends at x = {r} in a {width}-point window"
+        );
+    }
 }

@@ -380,6 +380,32 @@ pub fn run_args(role: Role, scope: Scope) -> [String; 4] {
     ]
 }
 
+/// What `install` and `uninstall` did, a line each, said as it happens:
+/// when a later step fails (the service manager refuses to start the
+/// service), the person still learns what the earlier ones changed.
+pub struct Progress<'a> {
+    say: &'a mut dyn FnMut(&str),
+    lines: usize,
+}
+
+impl<'a> Progress<'a> {
+    /// Each line goes to `say` when it is pushed.
+    pub fn new(say: &'a mut dyn FnMut(&str)) -> Self {
+        Self { say, lines: 0 }
+    }
+
+    /// Says one step that was taken.
+    pub fn push(&mut self, line: String) {
+        (self.say)(&line);
+        self.lines += 1;
+    }
+
+    /// Nothing was said yet.
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+}
+
 /// What `status` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -428,20 +454,20 @@ fn needs_root(plan: &Plan) -> Result<(), ServiceError> {
 }
 
 /// Installs (and with `start`, starts) the service of `plan`, writing
-/// `settings` into its env file (merged with what it holds). Returns what
-/// was done, a line each, for the person who asked.
+/// `settings` into its env file (merged with what it holds), and tells
+/// `done` each step as it is taken.
 pub fn install(
     plan: &Plan,
     settings: &[(String, String)],
     start: bool,
-) -> Result<Vec<String>, ServiceError> {
+    done: &mut Progress,
+) -> Result<(), ServiceError> {
     needs_root(plan)?;
     // Refused before anything is written.
     #[cfg(all(unix, not(target_os = "macos")))]
     if plan.scope == Scope::System {
         systemd::check_root_only(&plan.exe)?;
     }
-    let mut done = Vec::new();
     #[cfg(windows)]
     windows::prepare(plan)?;
     env_file::update(plan, settings)?;
@@ -459,31 +485,31 @@ pub fn install(
         }
     ));
     #[cfg(windows)]
-    done.extend(windows::install(plan, start)?);
+    return windows::install(plan, start, done);
     #[cfg(target_os = "macos")]
-    done.extend(launchd::install(plan, start)?);
+    return launchd::install(plan, start, done);
     #[cfg(all(unix, not(target_os = "macos")))]
-    done.extend(systemd::install(plan, start)?);
-    Ok(done)
+    return systemd::install(plan, start, done);
 }
 
 /// Stops and removes the service of `plan`. Its data dir and env file
-/// stay (they hold the worker's identity and keys); the lines say where.
-pub fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+/// stay (they hold the worker's identity and keys); the last line says
+/// where.
+pub fn uninstall(plan: &Plan, done: &mut Progress) -> Result<(), ServiceError> {
     needs_root(plan)?;
     #[cfg(windows)]
-    let mut done = windows::uninstall(plan)?;
+    windows::uninstall(plan, done)?;
     #[cfg(target_os = "macos")]
-    let mut done = launchd::uninstall(plan)?;
+    launchd::uninstall(plan, done)?;
     #[cfg(all(unix, not(target_os = "macos")))]
-    let mut done = systemd::uninstall(plan)?;
+    systemd::uninstall(plan, done)?;
     done.push(format!(
         "kept: {} and {} (delete them to forget this {})",
         plan.env_file.display(),
         plan.data_dir.display(),
         plan.role.as_str()
     ));
-    Ok(done)
+    Ok(())
 }
 
 /// What the service manager says of the service of `plan`.
@@ -527,9 +553,8 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
             let plan = plan(target.role(), target.scope(), &exe, &dirs)?;
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
             let settings = settings_from(plan.role, std::env::vars(), &cwd);
-            for line in install(&plan, &settings, !no_start)? {
-                crate::out!("{line}");
-            }
+            let mut say = |line: &str| crate::out!("{line}");
+            install(&plan, &settings, !no_start, &mut Progress::new(&mut say))?;
             let enrolled = plan
                 .data_dir
                 .join(crate::node::files::WORKER_CERT)
@@ -551,9 +576,8 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
         }
         ServiceAction::Uninstall { target } => {
             let plan = plan(target.role(), target.scope(), &exe, &dirs)?;
-            for line in uninstall(&plan)? {
-                crate::out!("{line}");
-            }
+            let mut say = |line: &str| crate::out!("{line}");
+            uninstall(&plan, &mut Progress::new(&mut say))?;
             Ok(0)
         }
         ServiceAction::Status { target } => {

@@ -58,7 +58,11 @@ fn domain() -> String {
 }
 
 #[cfg(target_os = "macos")]
-pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, super::ServiceError> {
+pub(super) fn install(
+    plan: &Plan,
+    start: bool,
+    done: &mut super::Progress,
+) -> Result<(), super::ServiceError> {
     use crate::node::files;
     let entry = plan
         .entry
@@ -77,7 +81,7 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, super::Se
         &["bootout", &format!("{}/{}", domain(), plan.role.label())],
     );
     files::write_file(entry, plist(plan).as_bytes(), false)?;
-    let mut done = vec![format!("LaunchAgent: {}", entry.display())];
+    done.push(format!("LaunchAgent: {}", entry.display()));
     if start {
         super::run_tool(
             "launchctl",
@@ -87,12 +91,14 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, super::Se
     } else {
         done.push(format!("{}: starts at the next login", plan.role.label()));
     }
-    Ok(done)
+    Ok(())
 }
 
 #[cfg(target_os = "macos")]
-pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, super::ServiceError> {
-    let mut done = Vec::new();
+pub(super) fn uninstall(
+    plan: &Plan,
+    done: &mut super::Progress,
+) -> Result<(), super::ServiceError> {
     if super::run_tool(
         "launchctl",
         &["bootout", &format!("{}/{}", domain(), plan.role.label())],
@@ -113,7 +119,7 @@ pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, super::ServiceError>
     if done.is_empty() {
         done.push(format!("{}: was not installed", plan.role.label()));
     }
-    Ok(done)
+    Ok(())
 }
 
 #[cfg(target_os = "macos")]

@@ -144,9 +144,12 @@ pub fn check_root_only(exe: &std::path::Path) -> Result<(), super::ServiceError>
 }
 
 #[cfg(all(unix, not(target_os = "macos")))]
-pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
+pub(super) fn install(
+    plan: &Plan,
+    start: bool,
+    done: &mut super::Progress,
+) -> Result<(), ServiceError> {
     use crate::node::files;
-    let mut done = Vec::new();
     let name = plan.role.service_name();
     let unit = match packaged(plan) {
         Some(existing) => {
@@ -190,7 +193,7 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
             std::env::var("USER").unwrap_or_else(|_| "$USER".into())
         ));
     }
-    Ok(done)
+    Ok(())
 }
 
 /// A systemd that does not answer (a user's without a login session: `su`,
@@ -216,9 +219,8 @@ fn unreachable_manager(plan: &Plan, unit: &std::path::Path, e: ServiceError) -> 
 }
 
 #[cfg(all(unix, not(target_os = "macos")))]
-pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+pub(super) fn uninstall(plan: &Plan, done: &mut super::Progress) -> Result<(), ServiceError> {
     let name = plan.role.service_name();
-    let mut done = Vec::new();
     // Stopping something that is not there is what was wanted.
     if systemctl(plan, &["disable", "--now", &name]).is_ok() {
         done.push(format!("{name}: stopped and disabled"));
@@ -243,7 +245,7 @@ pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
     if done.is_empty() {
         done.push(format!("{name}: was not installed"));
     }
-    Ok(done)
+    Ok(())
 }
 
 #[cfg(all(unix, not(target_os = "macos")))]

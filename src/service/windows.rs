@@ -129,7 +129,11 @@ fn stop_and_wait(service: &windows_service::service::Service) -> bool {
     running
 }
 
-pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceError> {
+pub(super) fn install(
+    plan: &Plan,
+    start: bool,
+    done: &mut super::Progress,
+) -> Result<(), ServiceError> {
     let name = plan.role.service_name();
     let scm = ServiceManager::local_computer(
         None::<&str>,
@@ -140,7 +144,6 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
         | ServiceAccess::START
         | ServiceAccess::STOP
         | ServiceAccess::QUERY_STATUS;
-    let mut done = Vec::new();
     // The service runs as LocalSystem: its executable must be one only
     // administrators can replace, never the per-user install's copy in
     // %LOCALAPPDATA% (whoever can write that file would run code as
@@ -232,10 +235,10 @@ pub(super) fn install(plan: &Plan, start: bool) -> Result<Vec<String>, ServiceEr
     } else {
         done.push(format!("service {name}: starts at the next boot"));
     }
-    Ok(done)
+    Ok(())
 }
 
-pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
+pub(super) fn uninstall(plan: &Plan, done: &mut super::Progress) -> Result<(), ServiceError> {
     let name = plan.role.service_name();
     let scm = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
         .map_err(|e| manager_error("cannot open the service manager", e))?;
@@ -245,11 +248,11 @@ pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
     ) {
         Ok(s) => s,
         Err(e) if code(&e) == Some(NO_SUCH_SERVICE) => {
-            return Ok(vec![format!("service {name}: was not installed")]);
+            done.push(format!("service {name}: was not installed"));
+            return Ok(());
         }
         Err(e) => return Err(manager_error("cannot open the service", e)),
     };
-    let mut done = Vec::new();
     if stop_and_wait(&service) {
         done.push(format!("service {name}: stopped"));
     }
@@ -278,7 +281,7 @@ pub(super) fn uninstall(plan: &Plan) -> Result<Vec<String>, ServiceError> {
             )),
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 pub(super) fn status(plan: &Plan) -> Result<Status, ServiceError> {

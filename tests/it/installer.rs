@@ -30,11 +30,22 @@ fn units_restart_on_failure_and_raise_the_descriptor_limit() {
 /// files are under XDG_CONFIG_HOME / XDG_DATA_HOME).
 #[cfg(target_os = "linux")]
 fn service(home: &Path, args: &[&str]) -> std::process::Output {
+    service_with(home, args, &[])
+}
+
+/// `service` with more variables (a later value for PATH wins).
+#[cfg(target_os = "linux")]
+fn service_with(
+    home: &Path,
+    args: &[&str],
+    vars: &[(&str, std::ffi::OsString)],
+) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_d8"))
         .arg("service")
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_DATA_HOME", home.join(".local/share"))
@@ -79,4 +90,48 @@ fn service_status_without_a_role_exits_4_when_nothing_is_installed() {
         "{text}"
     );
     assert!(text.contains("d8-orchestrator (user scope): not installed"));
+}
+
+/// When the service manager fails after d8 has changed things, the lines
+/// about what was already done (the env file, the unit) are printed all
+/// the same, then the error.
+#[cfg(target_os = "linux")]
+#[test]
+fn install_says_what_it_did_before_the_service_manager_failed() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("tempdir");
+    // A user's systemd without a session bus answers like this
+    // (`systemctl --user` over su or ssh without lingering).
+    let bin = home.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let systemctl = bin.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        "#!/bin/sh\necho 'Failed to connect to bus: No medium found' >&2\nexit 1\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut path = std::ffi::OsString::from(&bin);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let out = service_with(
+        home.path(),
+        &["install", "--worker", "--user"],
+        &[("PATH", path), ("D8_PROVIDERS", "echo".into())],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let env_file = home.path().join(".config/d8/worker.env");
+    let unit = home.path().join(".config/systemd/user/d8-worker.service");
+    assert!(
+        said.contains(&format!("settings: {} (D8_PROVIDERS)", env_file.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("unit: {}", unit.display())),
+        "{said}"
+    );
+    assert!(unit.is_file() && env_file.is_file());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("systemd did not answer"), "{err}");
 }

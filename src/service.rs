@@ -522,6 +522,43 @@ pub fn status(plan: &Plan) -> Result<Status, ServiceError> {
     return systemd::status(plan);
 }
 
+/// Keys a worker's settings hold for vendors it does not run, as
+/// `(key variable, provider kind)`, and the providers it runs.
+/// `GROQ_API_KEY=… d8 service install` over settings saying
+/// `D8_PROVIDERS=echo` (the package's) would leave groq unused, silently.
+/// The choice is made as `d8 join` makes it: `D8_PROVIDERS`, else
+/// `WORKER_TYPE`; with a worker file (`D8_CONFIG`) the file decides, and
+/// nothing is said.
+pub fn unused_keys(vars: &[(String, String)]) -> (Vec<(&'static str, &'static str)>, Vec<String>) {
+    use crate::providers::vendor;
+    let get = |k: &str| {
+        vars.iter()
+            .rev()
+            .find(|(name, v)| name == k && !v.trim().is_empty())
+            .map(|(_, v)| v.trim())
+    };
+    if get("D8_CONFIG").is_some() {
+        return (Vec::new(), Vec::new());
+    }
+    let running: Vec<String> = match get("D8_PROVIDERS") {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| vendor::find(p).map_or(p, |v| v.kind).to_owned())
+            .collect(),
+        None => get("WORKER_TYPE")
+            .map(|t| vec![vendor::by_worker_type(t).map_or(t, |v| v.kind).to_owned()])
+            .unwrap_or_default(),
+    };
+    let unused = vendor::VENDORS
+        .iter()
+        .filter_map(|v| Some((v.key_var?, v.kind)))
+        .filter(|(key, kind)| get(key).is_some() && !running.iter().any(|r| r == kind))
+        .collect();
+    (unused, running)
+}
+
 /// One line from a worker's status file (`state`, and where to), if it
 /// has one.
 fn worker_line(data_dir: &Path) -> Option<String> {
@@ -562,6 +599,33 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
             let has_token = settings.iter().any(|(k, _)| k == "D8_TOKEN")
                 || std::fs::read_to_string(&plan.env_file)
                     .is_ok_and(|t| t.lines().any(|l| l.starts_with("D8_TOKEN=")));
+            if plan.role == Role::Worker {
+                // What the service will read: the file as it now stands.
+                let vars: Vec<(String, String)> = dotenvy::from_path_iter(&plan.env_file)
+                    .map(|lines| lines.filter_map(Result::ok).collect())
+                    .unwrap_or_default();
+                let (unused, running) = unused_keys(&vars);
+                if !unused.is_empty() {
+                    let mut list = running.clone();
+                    list.extend(unused.iter().map(|(_, kind)| (*kind).to_owned()));
+                    crate::out!(
+                        "note: {} set, but this worker runs {}: set D8_PROVIDERS={} (in {}, or run again with it) to use {}",
+                        unused
+                            .iter()
+                            .map(|(k, _)| *k)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if running.is_empty() {
+                            "no provider".to_owned()
+                        } else {
+                            format!("only {}", running.join(","))
+                        },
+                        list.join(","),
+                        plan.env_file.display(),
+                        if unused.len() == 1 { "it" } else { "them" }
+                    );
+                }
+            }
             match plan.role {
                 Role::Worker if !enrolled && !has_token => crate::out!(
                     "note: this worker has not joined yet and its settings hold no D8_TOKEN; run again as D8_TOKEN=<token printed by d8 serve> d8 service install"
@@ -801,5 +865,59 @@ mod tests {
             o,
             [("D8_PRICES".to_owned(), "/etc/d8/prices.toml".to_owned())]
         );
+    }
+
+    #[test]
+    fn keys_for_providers_the_worker_does_not_run_are_named() {
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // The package's settings plus a key: groq would stay unused.
+        let (unused, running) = unused_keys(&vars(&[
+            ("D8_PROVIDERS", "echo"),
+            ("GROQ_API_KEY", "gsk_x"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+        ]));
+        assert_eq!(
+            unused,
+            [("ANTHROPIC_API_KEY", "anthropic"), ("GROQ_API_KEY", "groq")]
+        );
+        assert_eq!(running, ["echo"]);
+        // An alias and spaces count as the provider; an empty key does not.
+        let (unused, _) = unused_keys(&vars(&[
+            ("D8_PROVIDERS", " claude , groq"),
+            ("GROQ_API_KEY", "gsk_x"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("GEMINI_API_KEY", ""),
+        ]));
+        assert!(unused.is_empty(), "{unused:?}");
+        // WORKER_TYPE chooses when D8_PROVIDERS is unset (as `d8 join`).
+        let (unused, running) = unused_keys(&vars(&[
+            ("WORKER_TYPE", "claude"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("GROQ_API_KEY", "gsk_x"),
+        ]));
+        assert_eq!(unused, [("GROQ_API_KEY", "groq")]);
+        assert_eq!(running, ["anthropic"]);
+        // Nothing chosen at all.
+        let (unused, running) = unused_keys(&vars(&[("GROQ_API_KEY", "gsk_x")]));
+        assert_eq!(unused, [("GROQ_API_KEY", "groq")]);
+        assert!(running.is_empty());
+        // A later line wins, as in the file.
+        let (unused, _) = unused_keys(&vars(&[
+            ("D8_PROVIDERS", "echo"),
+            ("GROQ_API_KEY", "gsk_x"),
+            ("D8_PROVIDERS", "groq"),
+        ]));
+        assert!(unused.is_empty());
+        // A worker file decides its own providers.
+        let (unused, _) = unused_keys(&vars(&[
+            ("D8_CONFIG", "/etc/d8/worker.toml"),
+            ("GROQ_API_KEY", "gsk_x"),
+        ]));
+        assert!(unused.is_empty());
     }
 }

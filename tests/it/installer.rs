@@ -98,22 +98,13 @@ fn service_status_without_a_role_exits_4_when_nothing_is_installed() {
 #[cfg(target_os = "linux")]
 #[test]
 fn install_says_what_it_did_before_the_service_manager_failed() {
-    use std::os::unix::fs::PermissionsExt;
     let home = tempfile::tempdir().expect("tempdir");
     // A user's systemd without a session bus answers like this
     // (`systemctl --user` over su or ssh without lingering).
-    let bin = home.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    let systemctl = bin.join("systemctl");
-    std::fs::write(
-        &systemctl,
-        "#!/bin/sh\necho 'Failed to connect to bus: No medium found' >&2\nexit 1\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut path = std::ffi::OsString::from(&bin);
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let path = fake_systemctl(
+        home.path(),
+        "echo 'Failed to connect to bus: No medium found' >&2\nexit 1",
+    );
     let out = service_with(
         home.path(),
         &["install", "--worker", "--user"],
@@ -134,4 +125,66 @@ fn install_says_what_it_did_before_the_service_manager_failed() {
     assert!(unit.is_file() && env_file.is_file());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("systemd did not answer"), "{err}");
+}
+
+/// A PATH whose `systemctl` is a shell script with `body`, before the
+/// real PATH.
+#[cfg(target_os = "linux")]
+fn fake_systemctl(home: &Path, body: &str) -> std::ffi::OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let systemctl = bin.join("systemctl");
+    std::fs::write(&systemctl, format!("#!/bin/sh\n{body}\n")).expect("write");
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut path = std::ffi::OsString::from(&bin);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
+/// A key given to `d8 service install` for a provider the settings do
+/// not run (the package's file says D8_PROVIDERS=echo) is pointed out,
+/// by its variable's name only.
+#[cfg(target_os = "linux")]
+#[test]
+fn install_points_out_a_key_for_a_provider_the_worker_does_not_run() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = fake_systemctl(home.path(), "exit 0");
+    let env_file = home.path().join(".config/d8/worker.env");
+    std::fs::create_dir_all(env_file.parent().expect("dir")).expect("dir");
+    std::fs::write(&env_file, "# as a package writes it\nD8_PROVIDERS=echo\n").expect("write");
+    let out = service_with(
+        home.path(),
+        &["install", "--worker", "--user"],
+        &[
+            ("PATH", path.clone()),
+            ("GROQ_API_KEY", "gsk_never_shown".into()),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "note: GROQ_API_KEY set, but this worker runs only echo: set D8_PROVIDERS=echo,groq (in {}, or run again with it) to use it",
+            env_file.display()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("gsk_never_shown"), "{said}");
+
+    // Run again with the provider named: nothing to point out.
+    let out = service_with(
+        home.path(),
+        &["install", "--worker", "--user"],
+        &[("PATH", path), ("D8_PROVIDERS", "echo,groq".into())],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("note: GROQ_API_KEY"), "{said}");
+    let text = std::fs::read_to_string(&env_file).expect("env file");
+    assert!(
+        text.contains("D8_PROVIDERS=echo,groq\n")
+            && text.contains("GROQ_API_KEY=gsk_never_shown\n")
+    );
 }

@@ -279,7 +279,11 @@ mkdir -p "$work/debbin"
 strip -o "$work/debbin/d8" "$native"
 strip -o "$work/debbin/d8-desktop" "$desktop"
 deb=$(installer/deb/build-deb.sh "$version" amd64 "$work/debbin" "$work")
-lintian --fail-on error --suppress-tags-from-file installer/deb/lintian-suppressed "$deb" || fail "lintian errors"
+lintian --fail-on error --suppress-tags-from-file installer/deb/lintian-suppressed "$deb" > "$work/lintian.log" 2>&1 \
+  || { cat "$work/lintian.log" >&2; fail "lintian errors"; }
+! grep no-manual-page "$work/lintian.log" >&2 || fail "lintian: a command without a man page"
+dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/man/man1/d8-service-install.1.gz | gzip -d \
+  | grep -q '^\.TH d8-service-install 1' || fail "the package's man page for d8 service install"
 dpkg -i "$deb" > "$work/dpkg.log"
 [ "$(/usr/bin/d8 --version)" = "d8 $version" ] || fail "installed d8 --version"
 [ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "/etc/d8/worker.env is not 0600"
@@ -299,9 +303,12 @@ grep -E 'unit: (/usr)?/lib/systemd/system/d8-worker.service \(installed by a pac
 [ ! -e /etc/systemd/system/d8-worker.service ] || fail "a second unit was written over the package's"
 grep "^GROQ_API_KEY=gsk_smoke_deb_$$\$" /etc/d8/worker.env >/dev/null || fail "the key did not reach /etc/d8/worker.env"
 grep '^D8_PROVIDERS=echo$' /etc/d8/worker.env >/dev/null || fail "the package's settings were not kept"
+# A key for a provider the settings do not run is pointed out.
+grep -q '^note: GROQ_API_KEY set, but this worker runs only echo: set D8_PROVIDERS=echo,groq' "$work/deb-svc.log" \
+  || { cat "$work/deb-svc.log" >&2; fail "the unused key was not pointed out"; }
 [ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "/etc/d8/worker.env is not 0600 after d8 service install"
 dpkg --purge d8 > /dev/null
-for left in /usr/bin/d8 /usr/bin/d8-desktop /etc/d8 /var/lib/d8 /lib/systemd/system/d8-worker.service; do
+for left in /usr/bin/d8 /usr/bin/d8-desktop /etc/d8 /var/lib/d8 /lib/systemd/system/d8-worker.service /usr/share/man/man1/d8.1.gz; do
   [ ! -e "$left" ] || fail "$left left behind by the purge"
 done
 ! getent passwd d8 >/dev/null || fail "the d8 user left behind"
@@ -312,11 +319,13 @@ tarball=$(installer/linux/build-tarball.sh "$version" amd64 "$work/debbin" "$wor
 tar -C "$work" -xzf "$tarball"
 "$work/d8-$version-linux-amd64/install.sh" > "$work/install.log"
 [ "$(/usr/local/bin/d8 --version)" = "d8 $version" ] || fail "tarball: d8 --version"
+[ -f /usr/local/share/man/man1/d8-join.1 ] || fail "tarball: no man page for d8 join"
 [ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "tarball: worker.env is not 0600"
 systemd-analyze verify /etc/systemd/system/d8-orchestrator.service /etc/systemd/system/d8-worker.service \
   || fail "tarball: systemd-analyze verify"
 "$work/d8-$version-linux-amd64/install.sh" --uninstall > /dev/null
-for left in /usr/local/bin/d8 /usr/local/bin/d8-desktop /etc/d8 /var/lib/d8 /etc/systemd/system/d8-worker.service; do
+for left in /usr/local/bin/d8 /usr/local/bin/d8-desktop /etc/d8 /var/lib/d8 /etc/systemd/system/d8-worker.service \
+  /usr/local/share/man/man1/d8.1 /usr/local/share/man/man1/d8-desktop.1; do
   [ ! -e "$left" ] || fail "$left left behind by install.sh --uninstall"
 done
 ! getent passwd d8 >/dev/null || fail "install.sh --uninstall left the d8 user"

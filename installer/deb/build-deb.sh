@@ -2,7 +2,7 @@
 # Builds dist/d8_<version>_<arch>.deb from the binaries in BIN_DIR and
 # prints its path. Usage: build-deb.sh VERSION ARCH BIN_DIR OUT_DIR
 #
-# The package: /usr/bin/d8 and /usr/bin/d8-desktop; the systemd units of
+# The package: /usr/bin/d8 and /usr/bin/d8-desktop, their man pages; the systemd units of
 # installer/ (ExecStart pointed at /usr/bin/d8); /etc/d8/worker.env, mode
 # 0600, for the worker's settings and keys (never in a unit file); a `d8`
 # system user owning /var/lib/d8. Nothing is enabled or started: the
@@ -28,6 +28,13 @@ done
 install -m 0600 "$here/worker.env" "$pkg/etc/d8/worker.env"
 install -m 0644 "$root/installer/linux/d8-desktop.desktop" "$pkg/usr/share/applications/"
 install -m 0644 "$here/copyright" "$pkg/usr/share/doc/d8/copyright"
+# One man page per command (installer/man/, checked against the CLI by
+# tests/it/man.rs).
+install -d "$pkg/usr/share/man/man1"
+for page in "$root"/installer/man/*.1; do
+  gzip -9n < "$page" > "$pkg/usr/share/man/man1/$(basename "$page").gz"
+  chmod 0644 "$pkg/usr/share/man/man1/$(basename "$page").gz"
+done
 sed "s/@VERSION@/$version/" "$here/changelog" | gzip -9n > "$pkg/usr/share/doc/d8/changelog.gz"
 chmod 0644 "$pkg/usr/share/doc/d8/changelog.gz"
 for s in postinst prerm postrm; do

@@ -12,6 +12,7 @@ mod installer;
 mod layering;
 mod logs;
 mod loopback;
+mod man;
 #[cfg(target_os = "linux")]
 mod netns;
 mod openai;

@@ -352,6 +352,15 @@ systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
 grep "^GROQ_API_KEY=$fake_key\$" /etc/d8/worker.env >/dev/null || fail "the key is not in the env file"
 ! grep -F "$fake_key" "$unit" "$work/svc.log" || fail "the key is in the unit or the output"
 [ "$(cat "$SYSTEMCTL_LOG")" = "$(printf 'daemon-reload\nenable --now d8-worker')" ] || { cat "$SYSTEMCTL_LOG" >&2; fail "systemctl calls"; }
+# A worker file in a home folder is refused (the unit's ProtectHome= hides
+# it from the service), before anything changes.
+cp /etc/d8/worker.env "$work/worker.env.before"
+: > "$SYSTEMCTL_LOG"
+if PATH=$work/fakebin:$PATH D8_CONFIG=/home/nobody-here/worker.toml "$native" service install --worker --system \
+  > /dev/null 2> "$work/svc-home.err"; then fail "a worker file in a home folder was accepted"; fi
+grep -q 'D8_CONFIG=/home/nobody-here/worker.toml: a system service does not see home folders' "$work/svc-home.err" \
+  || { cat "$work/svc-home.err" >&2; fail "the home-folder refusal"; }
+cmp -s /etc/d8/worker.env "$work/worker.env.before" && [ ! -s "$SYSTEMCTL_LOG" ] || fail "the refused install changed something"
 PATH=$work/fakebin:$PATH "$native" service status --worker --system > "$work/svc-status.log" || fail "d8 service status"
 grep 'd8-worker (system scope): enabled, active' "$work/svc-status.log" >/dev/null || fail "d8 service status words"
 # User scope, as a person (HOME elsewhere): a user unit, checked the same way.

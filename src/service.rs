@@ -453,6 +453,26 @@ fn needs_root(plan: &Plan) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// What refuses an install before anything is written: the rights it
+/// needs, and on Linux a system service's executable and the files its
+/// settings point at.
+pub fn preflight(plan: &Plan, settings: &[(String, String)]) -> Result<(), ServiceError> {
+    needs_root(plan)?;
+    #[cfg(all(unix, not(target_os = "macos")))]
+    if plan.scope == Scope::System {
+        systemd::check_root_only(&plan.exe)?;
+        let paths = path_setting_names();
+        for (k, v) in settings {
+            if paths.contains(k) && !v.is_empty() {
+                systemd::check_service_can_read(k, Path::new(v))?;
+            }
+        }
+    }
+    #[cfg(not(all(unix, not(target_os = "macos"))))]
+    let _ = settings;
+    Ok(())
+}
+
 /// Installs (and with `start`, starts) the service of `plan`, writing
 /// `settings` into its env file (merged with what it holds), and tells
 /// `done` each step as it is taken.
@@ -462,12 +482,7 @@ pub fn install(
     start: bool,
     done: &mut Progress,
 ) -> Result<(), ServiceError> {
-    needs_root(plan)?;
-    // Refused before anything is written.
-    #[cfg(all(unix, not(target_os = "macos")))]
-    if plan.scope == Scope::System {
-        systemd::check_root_only(&plan.exe)?;
-    }
+    preflight(plan, settings)?;
     #[cfg(windows)]
     windows::prepare(plan)?;
     env_file::update(plan, settings)?;
@@ -520,6 +535,58 @@ pub fn status(plan: &Plan) -> Result<Status, ServiceError> {
     return launchd::status(plan);
     #[cfg(all(unix, not(target_os = "macos")))]
     return systemd::status(plan);
+}
+
+/// What [`key_env_settings`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeyEnv {
+    /// Variables set here, with their values.
+    pub found: Vec<(String, String)>,
+    /// Variables the file names that are not set here.
+    pub missing: Vec<String>,
+}
+
+/// The variables a worker file (`D8_CONFIG` among `settings`) names with
+/// `key_env`, taken from `env`: the service finds them in its env file
+/// like the vendors' own variables. Returns those found and the names
+/// `env` lacks (to point out). A file that cannot be read or parsed is
+/// refused here: the worker would fail at each start. Names a process
+/// lives by (`PATH`, `HOME`, `LD_…`) are never copied, whatever the file
+/// says.
+pub fn key_env_settings(
+    settings: &[(String, String)],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<KeyEnv, ServiceError> {
+    const NEVER: [&str; 10] = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "PWD",
+        "TMPDIR",
+        "LANG",
+        "TERM",
+        "SYSTEMROOT",
+    ];
+    let Some((_, path)) = settings.iter().find(|(k, _)| k == "D8_CONFIG") else {
+        return Ok(Default::default());
+    };
+    let file = crate::providers::file::WorkerFile::load(Path::new(path))
+        .map_err(|e| ServiceError::Unsupported(e.to_string()))?;
+    let (mut found, mut missing) = (Vec::<(String, String)>::new(), Vec::<String>::new());
+    for name in file.providers.iter().filter_map(|p| p.key_env.as_deref()) {
+        let seen = settings.iter().chain(&found).any(|(k, _)| k == name)
+            || missing.iter().any(|m| m == name);
+        if seen || NEVER.contains(&name) || name.starts_with("LD_") || name.starts_with("DYLD_") {
+            continue;
+        }
+        match env(name).filter(|v| !v.is_empty()) {
+            Some(v) => found.push((name.to_owned(), v)),
+            None => missing.push(name.to_owned()),
+        }
+    }
+    Ok(KeyEnv { found, missing })
 }
 
 /// Keys a worker's settings hold for vendors it does not run, as
@@ -589,7 +656,16 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
         ServiceAction::Install { target, no_start } => {
             let plan = plan(target.role(), target.scope(), &exe, &dirs)?;
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-            let settings = settings_from(plan.role, std::env::vars(), &cwd);
+            let mut settings = settings_from(plan.role, std::env::vars(), &cwd);
+            let mut unset = Vec::new();
+            // The worker file is read below only once the service could.
+            preflight(&plan, &settings)?;
+            if plan.role == Role::Worker {
+                let keys = key_env_settings(&settings, |k| std::env::var(k).ok())?;
+                settings.extend(keys.found);
+                settings.sort();
+                unset = keys.missing;
+            }
             let mut say = |line: &str| crate::out!("{line}");
             install(&plan, &settings, !no_start, &mut Progress::new(&mut say))?;
             let enrolled = plan
@@ -599,6 +675,18 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
             let has_token = settings.iter().any(|(k, _)| k == "D8_TOKEN")
                 || std::fs::read_to_string(&plan.env_file)
                     .is_ok_and(|t| t.lines().any(|l| l.starts_with("D8_TOKEN=")));
+            for name in &unset {
+                let in_file = std::fs::read_to_string(&plan.env_file).is_ok_and(|t| {
+                    t.lines()
+                        .any(|l| l.trim_start().starts_with(&format!("{name}=")))
+                });
+                if !in_file {
+                    crate::out!(
+                        "note: the worker file names {name} (key_env), which is not set here: run again with it set, or add it to {}",
+                        plan.env_file.display()
+                    );
+                }
+            }
             if plan.role == Role::Worker {
                 // What the service will read: the file as it now stands.
                 let vars: Vec<(String, String)> = dotenvy::from_path_iter(&plan.env_file)
@@ -919,5 +1007,41 @@ mod tests {
             ("GROQ_API_KEY", "gsk_x"),
         ]));
         assert!(unused.is_empty());
+    }
+
+    #[test]
+    fn keys_a_worker_file_names_with_key_env_are_copied_from_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[[providers]]\nkind = \"gemini\"\nkey_env = \"MY_GEMINI_KEY\"\n\n\
+             [[providers]]\nkind = \"groq\"\nkey_env = \"PATH\"\n\n\
+             [[providers]]\nkind = \"openai\"\nkey_env = \"MY_OPENAI_KEY\"\n\n\
+             [[providers]]\nkind = \"anthropic\"\nkey_env = \"MY_GEMINI_KEY\"\n",
+        )
+        .expect("write");
+        let env = |k: &str| match k {
+            "MY_GEMINI_KEY" => Some("AIza-secret".to_owned()),
+            "PATH" => Some("/usr/bin".to_owned()),
+            _ => None,
+        };
+        let settings = vec![("D8_CONFIG".to_owned(), file.to_string_lossy().into_owned())];
+        let keys = key_env_settings(&settings, env).expect("read");
+        // Once each; PATH never; the unset one named apart.
+        assert_eq!(
+            keys.found,
+            [("MY_GEMINI_KEY".to_owned(), "AIza-secret".to_owned())]
+        );
+        assert_eq!(keys.missing, ["MY_OPENAI_KEY"]);
+        // Without a worker file there is nothing to copy.
+        assert_eq!(
+            key_env_settings(&[], env).expect("none"),
+            Default::default()
+        );
+        // A file the worker could not read is refused, by its path.
+        std::fs::write(&file, "[[providers]]\nkind = ").expect("write");
+        let e = key_env_settings(&settings, env).expect_err("broken file");
+        assert!(e.to_string().contains(&*file.to_string_lossy()), "{e}");
     }
 }

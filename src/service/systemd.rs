@@ -143,6 +143,58 @@ pub fn check_root_only(exe: &std::path::Path) -> Result<(), super::ServiceError>
     Ok(())
 }
 
+/// A file a system service is pointed at (`D8_CONFIG`, `D8_PRICES`) must
+/// be one the service's own user can read: the units run as a dynamic user
+/// (or the package's `d8`) with `ProtectHome=true`, so home folders look
+/// empty to it, and elsewhere only what others may read is readable.
+/// Refused before anything is written, naming the variable (a worker
+/// would otherwise fail at each start with "cannot read").
+#[cfg(unix)]
+pub fn check_service_can_read(
+    var: &str,
+    path: &std::path::Path,
+) -> Result<(), super::ServiceError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        Err(super::ServiceError::Unsupported(format!(
+            "{var}={}: {why}; or use --user",
+            path.display()
+        )))
+    };
+    if ["/home", "/root", "/run/user"]
+        .iter()
+        .any(|h| path.starts_with(h))
+    {
+        return refuse(format!(
+            "a system service does not see home folders (ProtectHome=): copy the file to /etc/d8/ (sudo install -m 0644 {} /etc/d8/) and run again with that path",
+            path.display()
+        ));
+    }
+    let file = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return refuse("not a file".into()),
+        Err(e) => return refuse(format!("cannot be read ({e})")),
+    };
+    if file.mode() & 0o004 == 0 {
+        return refuse(format!(
+            "the service runs as its own user, who may not read it: sudo chmod o+r {}",
+            path.display()
+        ));
+    }
+    for dir in path.ancestors().skip(1) {
+        if let Ok(m) = std::fs::metadata(dir)
+            && m.mode() & 0o001 == 0
+        {
+            return refuse(format!(
+                "the service runs as its own user, who may not enter {}: sudo chmod o+x {}",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(all(unix, not(target_os = "macos")))]
 pub(super) fn install(
     plan: &Plan,
@@ -325,6 +377,49 @@ mod tests {
             .output()
             .is_ok_and(|o| o.stdout == b"0\n");
         assert_eq!(check_root_only(&exe).is_ok(), root);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_system_service_is_only_pointed_at_files_its_own_user_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        // Home folders are hidden from the units (ProtectHome=true).
+        let e = check_service_can_read("D8_CONFIG", std::path::Path::new("/home/ana/worker.toml"))
+            .expect_err("in a home folder");
+        assert!(
+            e.to_string().starts_with(
+                "D8_CONFIG=/home/ana/worker.toml: a system service does not see home folders"
+            ),
+            "{e}"
+        );
+        assert!(
+            check_service_can_read("D8_PRICES", std::path::Path::new("/root/prices.toml")).is_err()
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, "").expect("write");
+        mode(dir.path(), 0o755);
+        mode(&file, 0o600);
+        let e = check_service_can_read("D8_CONFIG", &file).expect_err("owner-only");
+        assert!(e.to_string().contains("sudo chmod o+r"), "{e}");
+        mode(&file, 0o644);
+        assert!(check_service_can_read("D8_CONFIG", &file).is_ok());
+        mode(dir.path(), 0o750);
+        let e = check_service_can_read("D8_CONFIG", &file).expect_err("folder closed");
+        assert!(
+            e.to_string()
+                .contains(&format!("may not enter {}", dir.path().display())),
+            "{e}"
+        );
+        mode(dir.path(), 0o755);
+        let e = check_service_can_read("D8_CONFIG", &dir.path().join("missing.toml"))
+            .expect_err("missing");
+        assert!(e.to_string().contains("cannot be read"), "{e}");
+        assert!(check_service_can_read("D8_CONFIG", dir.path()).is_err());
     }
 
     fn plan(scope: Scope, exe: &str) -> Plan {

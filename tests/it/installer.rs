@@ -188,3 +188,59 @@ fn install_points_out_a_key_for_a_provider_the_worker_does_not_run() {
             && text.contains("GROQ_API_KEY=gsk_never_shown\n")
     );
 }
+
+/// A worker file's `key_env` variables reach the service's env file (by
+/// value; printed by name only), and one not set here is pointed out.
+#[cfg(target_os = "linux")]
+#[test]
+fn install_copies_the_keys_a_worker_file_names_with_key_env() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = fake_systemctl(home.path(), "exit 0");
+    let file = home.path().join("worker.toml");
+    std::fs::write(
+        &file,
+        "[[providers]]\nkind = \"gemini\"\nkey_env = \"MY_GEMINI_KEY\"\n\n[[providers]]\nkind = \"groq\"\nkey_env = \"TEAM_GROQ_KEY\"\n",
+    )
+    .expect("write");
+    let out = service_with(
+        home.path(),
+        &["install", "--worker", "--user"],
+        &[
+            ("PATH", path),
+            ("D8_CONFIG", file.clone().into()),
+            ("MY_GEMINI_KEY", "AIza_never_shown".into()),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let env_file = home.path().join(".config/d8/worker.env");
+    assert!(
+        said.contains(&format!(
+            "settings: {} (D8_CONFIG, MY_GEMINI_KEY)",
+            env_file.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("note: the worker file names TEAM_GROQ_KEY (key_env), which is not set here"),
+        "{said}"
+    );
+    assert!(!said.contains("AIza_never_shown"), "{said}");
+    let text = std::fs::read_to_string(&env_file).expect("env file");
+    assert!(
+        text.contains("\nMY_GEMINI_KEY=AIza_never_shown\n"),
+        "{text}"
+    );
+
+    // A worker file that does not parse is refused before anything changes.
+    std::fs::write(&file, "[[providers]]\nkind =").expect("write");
+    let out = service_with(
+        home.path(),
+        &["install", "--worker", "--user"],
+        &[("D8_CONFIG", file.clone().into())],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&*file.to_string_lossy()), "{err}");
+    assert_eq!(std::fs::read_to_string(&env_file).expect("env file"), text);
+}

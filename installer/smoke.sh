@@ -302,9 +302,9 @@ grep -E 'unit: (/usr)?/lib/systemd/system/d8-worker.service \(installed by a pac
   || { cat "$work/deb-svc.log" >&2; fail "the packaged unit was not used"; }
 [ ! -e /etc/systemd/system/d8-worker.service ] || fail "a second unit was written over the package's"
 grep "^GROQ_API_KEY=gsk_smoke_deb_$$\$" /etc/d8/worker.env >/dev/null || fail "the key did not reach /etc/d8/worker.env"
-grep '^D8_PROVIDERS=echo$' /etc/d8/worker.env >/dev/null || fail "the package's settings were not kept"
-# A key for a provider the settings do not run is pointed out.
-grep -q '^note: GROQ_API_KEY set, but this worker runs only echo: set D8_PROVIDERS=echo,groq' "$work/deb-svc.log" \
+grep '^#ORCHESTRATOR_URL=' /etc/d8/worker.env >/dev/null || fail "the package's lines were not kept"
+# The package names no provider: a key without one is pointed out.
+grep -q '^note: GROQ_API_KEY set, but this worker runs no provider: set D8_PROVIDERS=groq' "$work/deb-svc.log" \
   || { cat "$work/deb-svc.log" >&2; fail "the unused key was not pointed out"; }
 [ "$(stat -c %a /etc/d8/worker.env)" = 600 ] || fail "/etc/d8/worker.env is not 0600 after d8 service install"
 dpkg --purge d8 > /dev/null

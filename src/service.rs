@@ -592,7 +592,7 @@ pub fn key_env_settings(
 /// Keys a worker's settings hold for vendors it does not run, as
 /// `(key variable, provider kind)`, and the providers it runs.
 /// `GROQ_API_KEY=… d8 service install` over settings saying
-/// `D8_PROVIDERS=echo` (the package's) would leave groq unused, silently.
+/// `D8_PROVIDERS=echo`, or none, would leave groq unused, silently.
 /// The choice is made as `d8 join` makes it: `D8_PROVIDERS`, else
 /// `WORKER_TYPE`; with a worker file (`D8_CONFIG`) the file decides, and
 /// nothing is said.
@@ -694,7 +694,11 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
                     .unwrap_or_default();
                 let (unused, running) = unused_keys(&vars);
                 if !unused.is_empty() {
-                    let mut list = running.clone();
+                    // echo (it answers with the prompt) is never suggested
+                    // beside a real provider: routed an agent's task, it
+                    // would answer it.
+                    let mut list: Vec<String> =
+                        running.iter().filter(|k| *k != "echo").cloned().collect();
                     list.extend(unused.iter().map(|(_, kind)| (*kind).to_owned()));
                     crate::out!(
                         "note: {} set, but this worker runs {}: set D8_PROVIDERS={} (in {}, or run again with it) to use {}",

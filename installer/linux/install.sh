@@ -52,6 +52,6 @@ d8 is installed; nothing was started.
   Orchestrator on this machine:  systemctl enable --now d8-orchestrator
   Worker on this machine:        edit /etc/d8/worker.env, then systemctl enable --now d8-worker
   Or have d8 set up either, keys taken from its environment:
-                                 GROQ_API_KEY=... D8_TOKEN=... d8 service install
+                                 GROQ_API_KEY=... D8_PROVIDERS=groq D8_TOKEN=... d8 service install
   Desktop app:                   d8-desktop
 HINT

@@ -144,8 +144,8 @@ fn fake_systemctl(home: &Path, body: &str) -> std::ffi::OsString {
 }
 
 /// A key given to `d8 service install` for a provider the settings do
-/// not run (the package's file says D8_PROVIDERS=echo) is pointed out,
-/// by its variable's name only.
+/// not run (here echo, which is never suggested beside it) is pointed
+/// out, by its variable's name only.
 #[cfg(target_os = "linux")]
 #[test]
 fn install_points_out_a_key_for_a_provider_the_worker_does_not_run() {
@@ -153,7 +153,7 @@ fn install_points_out_a_key_for_a_provider_the_worker_does_not_run() {
     let path = fake_systemctl(home.path(), "exit 0");
     let env_file = home.path().join(".config/d8/worker.env");
     std::fs::create_dir_all(env_file.parent().expect("dir")).expect("dir");
-    std::fs::write(&env_file, "# as a package writes it\nD8_PROVIDERS=echo\n").expect("write");
+    std::fs::write(&env_file, "# tried out first\nD8_PROVIDERS=echo\n").expect("write");
     let out = service_with(
         home.path(),
         &["install", "--worker", "--user"],
@@ -166,7 +166,7 @@ fn install_points_out_a_key_for_a_provider_the_worker_does_not_run() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(&format!(
-            "note: GROQ_API_KEY set, but this worker runs only echo: set D8_PROVIDERS=echo,groq (in {}, or run again with it) to use it",
+            "note: GROQ_API_KEY set, but this worker runs only echo: set D8_PROVIDERS=groq (in {}, or run again with it) to use it",
             env_file.display()
         )),
         "{said}"
@@ -177,15 +177,14 @@ fn install_points_out_a_key_for_a_provider_the_worker_does_not_run() {
     let out = service_with(
         home.path(),
         &["install", "--worker", "--user"],
-        &[("PATH", path), ("D8_PROVIDERS", "echo,groq".into())],
+        &[("PATH", path), ("D8_PROVIDERS", "groq".into())],
     );
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(!said.contains("note: GROQ_API_KEY"), "{said}");
     let text = std::fs::read_to_string(&env_file).expect("env file");
     assert!(
-        text.contains("D8_PROVIDERS=echo,groq\n")
-            && text.contains("GROQ_API_KEY=gsk_never_shown\n")
+        text.contains("\nD8_PROVIDERS=groq\n") && text.contains("GROQ_API_KEY=gsk_never_shown\n")
     );
 }
 

@@ -129,8 +129,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ServiceAction {
     /// Register and start the service. Settings come from this command's
-    /// environment (the variables `d8 join` / `d8 serve` read, and vendor
-    /// keys) and go to the service's env file, never to its command line.
+    /// environment (the variables `d8 join` / `d8 serve` read, vendor keys,
+    /// and those a worker file names with `key_env`) and go to the
+    /// service's env file, never to its command line.
     Install {
         /// Which service, and whose.
         #[command(flatten)]

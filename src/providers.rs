@@ -332,10 +332,16 @@ pub fn build(
                 }
             },
         );
+    // Keys and URLs never hold whitespace at either end, but they arrive
+    // with it: pasted with a line break, or from Windows' `set K=v & …`,
+    // which keeps the space before the `&`. Sent as is, the vendor would
+    // reject the key; a blank one counts as missing.
     let key = || -> Result<Secret, BuildError> {
         let var = v.key_var.unwrap_or_default();
         env.var(var)
             .or_else(|| legacy_key.map(str::to_owned))
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
             .map(Secret::new)
             .ok_or_else(|| BuildError::MissingKey {
                 provider: name.to_owned(),
@@ -344,7 +350,11 @@ pub fn build(
     };
     let url = || -> Result<String, BuildError> {
         let var = v.url_var.unwrap_or_default();
-        let u = env.var(var).unwrap_or_else(|| v.base_url.to_owned());
+        let u = env
+            .var(var)
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| v.base_url.to_owned());
         if u.starts_with("https://") || u.starts_with("http://") {
             Ok(u)
         } else {
@@ -490,6 +500,45 @@ mod build_tests {
         )
         .expect("groq");
         assert_eq!(g.models(), ["m1", "m2"]);
+    }
+
+    /// A key and URL with whitespace at either end (a pasted line break;
+    /// Windows' `set GROQ_API_KEY=gsk_x & …` keeps the space) are sent
+    /// trimmed; a blank key is a missing one.
+    #[tokio::test]
+    async fn keys_and_urls_are_used_without_surrounding_whitespace() {
+        let (base, seen) = testkit::fake(|_| {
+            testkit::json(
+                200,
+                &[],
+                &serde_json::json!({
+                    "id": "x", "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]
+                }),
+            )
+        })
+        .await;
+        let c = testkit::client();
+        let p = build(
+            "groq",
+            &env(&[
+                ("GROQ_API_KEY", "gsk_spaced_key \r\n"),
+                ("GROQ_BASE_URL", &format!(" {base}/v1 ")),
+            ]),
+            None,
+            std::time::Duration::ZERO,
+            &c,
+        )
+        .expect("groq");
+        let request = crate::task::ChatRequest {
+            messages: vec![crate::task::ChatMessage::new("user", "hi")],
+            ..crate::task::ChatRequest::default()
+        };
+        p.chat(&request, ChunkSink::none()).await.expect("answer");
+        let s = seen.lock().expect("lock")[0].clone();
+        assert_eq!(s.header("authorization"), Some("Bearer gsk_spaced_key"));
+        let e = build_error("groq", &[("GROQ_API_KEY", "  ")]);
+        assert!(e.contains("GROQ_API_KEY"), "{e}");
     }
 
     #[test]

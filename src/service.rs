@@ -356,6 +356,9 @@ pub fn settings_from(
     let mut found: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| names.binary_search(k).is_ok())
+        // No d8 setting has whitespace at either end, and values arrive
+        // with it (Windows' `set K=v & …` keeps the space before `&`).
+        .map(|(k, v)| (k, v.trim().to_owned()))
         .map(|(k, v)| {
             if paths.contains(&k) && !v.is_empty() && Path::new(&v).is_relative() {
                 let abs = cwd.join(&v).to_string_lossy().into_owned();
@@ -581,7 +584,10 @@ pub fn key_env_settings(
         if seen || NEVER.contains(&name) || name.starts_with("LD_") || name.starts_with("DYLD_") {
             continue;
         }
-        match env(name).filter(|v| !v.is_empty()) {
+        match env(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+        {
             Some(v) => found.push((name.to_owned(), v)),
             None => missing.push(name.to_owned()),
         }
@@ -640,6 +646,14 @@ fn worker_line(data_dir: &Path) -> Option<String> {
     }
     Some(line)
 }
+
+/// How to give the join token to `d8 service install`, in the syntax of
+/// this OS's prompt (cmd's `set "K=v" &` keeps no stray space in the value).
+#[cfg(windows)]
+const RUN_AGAIN_WITH_TOKEN: &str =
+    r#"set "D8_TOKEN=<token printed by d8 serve>" & d8.exe service install"#;
+#[cfg(not(windows))]
+const RUN_AGAIN_WITH_TOKEN: &str = "D8_TOKEN=<token printed by d8 serve> d8 service install";
 
 /// `d8 service install|uninstall|status`: prints what was done or found;
 /// returns the exit status.
@@ -720,7 +734,8 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
             }
             match plan.role {
                 Role::Worker if !enrolled && !has_token => crate::out!(
-                    "note: this worker has not joined yet and its settings hold no D8_TOKEN; run again as D8_TOKEN=<token printed by d8 serve> d8 service install"
+                    "note: this worker has not joined yet and its settings hold no D8_TOKEN; run again as {}",
+                    RUN_AGAIN_WITH_TOKEN
                 ),
                 Role::Orchestrator => crate::out!(
                     "join token and API key: in {} (join-token, api-key)",
@@ -1047,5 +1062,19 @@ mod tests {
         std::fs::write(&file, "[[providers]]\nkind = ").expect("write");
         let e = key_env_settings(&settings, env).expect_err("broken file");
         assert!(e.to_string().contains(&*file.to_string_lossy()), "{e}");
+    }
+
+    #[test]
+    fn settings_are_kept_without_surrounding_whitespace() {
+        // cmd's `set GROQ_API_KEY=gsk_x & set D8_PROVIDERS=groq & …`.
+        let env = [("GROQ_API_KEY", "gsk_x "), ("D8_PROVIDERS", "groq ")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            settings_from(Role::Worker, env, Path::new("/")),
+            [
+                ("D8_PROVIDERS".to_owned(), "groq".to_owned()),
+                ("GROQ_API_KEY".to_owned(), "gsk_x".to_owned())
+            ]
+        );
     }
 }

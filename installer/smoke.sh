@@ -264,9 +264,24 @@ wine msiexec /i "$msi_win" /qn || fail "msiexec /i"
 [ -f "$lnk" ] || fail "the MSI made no Start-menu shortcut"
 [ "$(wine "C:\\users\\$me\\AppData\\Local\\Programs\\d8\\d8.exe" --version | tr -d '\r')" = "d8 $version" ] \
   || fail "the installed d8.exe"
+# The README's command for the worker service, as typed at a prompt: the
+# line is taken from the README (a key made up in place of its "…") and
+# run by cmd from a batch file, so cmd's own quoting and %LOCALAPPDATA%
+# apply to the MSI's d8.exe. The key must reach the env file exactly.
+readme_cmd=$(grep -o 'set "GROQ_API_KEY=…" & [^`]*service install' README.md | head -1)
+[ -n "$readme_cmd" ] || fail "the README's Windows service command was not found"
+readme_key=gsk_readme_$$
+printf '@%s\r\n' "${readme_cmd/…/$readme_key}" > "$WINEPREFIX/drive_c/users/$me/readme.bat"
+wine cmd /c "C:\\users\\$me\\readme.bat" > "$work/win-readme.log" 2>&1 \
+  || { cat "$work/win-readme.log" >&2; fail "the README's Windows service command"; }
+grep -a 'service d8-worker: started' "$work/win-readme.log" >/dev/null || { cat "$work/win-readme.log" >&2; fail "README command: no service"; }
+grep -q "^GROQ_API_KEY=$readme_key\$" "$svc_dir/worker.env" && grep -q '^D8_PROVIDERS=groq$' "$svc_dir/worker.env" \
+  || { grep -v KEY "$svc_dir/worker.env" >&2; fail "README command: the settings did not reach the env file exactly"; }
+wine "$odd\d8.exe" service uninstall --worker > /dev/null || fail "d8.exe service uninstall (README command)"
 wine msiexec /x "$msi_win" /qn || fail "msiexec /x"
 [ ! -e "$inst/d8.exe" ] && [ ! -e "$lnk" ] || fail "msiexec /x left d8 behind"
-echo "   installed by msiexec into the user's Programs folder with its shortcut, run, uninstalled clean"
+echo "   installed by msiexec into the user's Programs folder with its shortcut, run, the README's service command"
+echo "   run by cmd from there, uninstalled clean"
 
 # --- Debian package -----------------------------------------------------------
 say "Debian: the amd64 .deb installed, verified, purged"

@@ -23,6 +23,9 @@
 //!   worker file turned into validated configuration.
 //! - [`admin`]: the CLI commands that call the HTTP API; [`mod@bench`]: `d8 bench`;
 //!   [`doctor`]: `d8 doctor`.
+//! - [`service`]: `d8 service`: every entry d8 puts in an OS's start-up
+//!   machinery (systemd units, LaunchAgents, Windows services, the desktop
+//!   app's login item); settings in one owner-only env file per role.
 //! - [`discovery`]: mDNS advert and browse, address ordering.
 //! - [`logging`]: log output whose failures are counted, never a panic;
 //!   log lines captured for the orchestrator's ring and workers' forwarding.

@@ -228,8 +228,17 @@ pub enum BuildError {
 /// Where provider settings come from (the process environment in `d8 join`,
 /// a map in tests).
 pub trait Env {
-    /// The value of `name`, if set and not empty.
+    /// The value of `name` without surrounding whitespace, if set and not
+    /// blank. No setting means anything by it, and values arrive with it:
+    /// a key pasted with its line break, or Windows' `set K=v & …`, which
+    /// keeps the space before the `&` (sent as is, a key is rejected).
     fn var(&self, name: &str) -> Option<String>;
+}
+
+/// `value` as [`Env::var`] gives it.
+fn present(value: &str) -> Option<String> {
+    let v = value.trim();
+    (!v.is_empty()).then(|| v.to_owned())
 }
 
 /// A provider's settings from `<PREFIX>_TIER` and `<PREFIX>_REASONING_MODEL`
@@ -263,13 +272,13 @@ pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+        std::env::var(name).ok().as_deref().and_then(present)
     }
 }
 
 impl Env for std::collections::HashMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned().filter(|v| !v.trim().is_empty())
+        self.get(name).and_then(|v| present(v))
     }
 }
 
@@ -285,8 +294,7 @@ impl Env for Overlay<'_> {
     fn var(&self, name: &str) -> Option<String> {
         self.over
             .get(name)
-            .cloned()
-            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| present(v))
             .or_else(|| self.base.var(name))
     }
 }
@@ -332,16 +340,10 @@ pub fn build(
                 }
             },
         );
-    // Keys and URLs never hold whitespace at either end, but they arrive
-    // with it: pasted with a line break, or from Windows' `set K=v & …`,
-    // which keeps the space before the `&`. Sent as is, the vendor would
-    // reject the key; a blank one counts as missing.
     let key = || -> Result<Secret, BuildError> {
         let var = v.key_var.unwrap_or_default();
         env.var(var)
-            .or_else(|| legacy_key.map(str::to_owned))
-            .map(|k| k.trim().to_owned())
-            .filter(|k| !k.is_empty())
+            .or_else(|| legacy_key.and_then(present))
             .map(Secret::new)
             .ok_or_else(|| BuildError::MissingKey {
                 provider: name.to_owned(),
@@ -350,11 +352,7 @@ pub fn build(
     };
     let url = || -> Result<String, BuildError> {
         let var = v.url_var.unwrap_or_default();
-        let u = env
-            .var(var)
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| v.base_url.to_owned());
+        let u = env.var(var).unwrap_or_else(|| v.base_url.to_owned());
         if u.starts_with("https://") || u.starts_with("http://") {
             Ok(u)
         } else {

@@ -647,6 +647,65 @@ fn worker_line(data_dir: &Path) -> Option<String> {
     Some(line)
 }
 
+/// What `install` points out once the env file is written: `vars` is
+/// that file as the service will read it, `unset` the `key_env` names the
+/// environment lacked, `enrolled` whether the worker has its identity.
+fn install_notes(
+    plan: &Plan,
+    vars: &[(String, String)],
+    unset: &[String],
+    enrolled: bool,
+) -> Vec<String> {
+    let has = |name: &str| vars.iter().any(|(k, v)| k == name && !v.trim().is_empty());
+    let mut notes: Vec<String> = unset
+        .iter()
+        .filter(|name| !has(name))
+        .map(|name| format!(
+            "note: the worker file names {name} (key_env), which is not set here: run again with it set, or add it to {}",
+            plan.env_file.display()
+        ))
+        .collect();
+    match plan.role {
+        Role::Worker => {
+            let (unused, running) = unused_keys(vars);
+            if !unused.is_empty() {
+                // echo (it answers with the prompt) is never suggested
+                // beside a real provider: routed an agent's task, it would
+                // answer it.
+                let mut list: Vec<&str> = running
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|k| *k != "echo")
+                    .collect();
+                list.extend(unused.iter().map(|(_, kind)| *kind));
+                let keys: Vec<&str> = unused.iter().map(|(k, _)| *k).collect();
+                notes.push(format!(
+                    "note: {} set, but this worker runs {}: set D8_PROVIDERS={} (in {}, or run again with it) to use {}",
+                    keys.join(", "),
+                    if running.is_empty() {
+                        "no provider".to_owned()
+                    } else {
+                        format!("only {}", running.join(","))
+                    },
+                    list.join(","),
+                    plan.env_file.display(),
+                    if keys.len() == 1 { "it" } else { "them" }
+                ));
+            }
+            if !enrolled && !has("D8_TOKEN") {
+                notes.push(format!(
+                    "note: this worker has not joined yet and its settings hold no D8_TOKEN; run again as {RUN_AGAIN_WITH_TOKEN}"
+                ));
+            }
+        }
+        Role::Orchestrator => notes.push(format!(
+            "join token and API key: in {} (join-token, api-key)",
+            plan.data_dir.display()
+        )),
+    }
+    notes
+}
+
 /// How to give the join token to `d8 service install`, in the syntax of
 /// this OS's prompt (cmd's `set "K=v" &` keeps no stray space in the value).
 #[cfg(windows)]
@@ -682,66 +741,16 @@ pub fn command(action: &crate::cli::ServiceAction) -> anyhow::Result<i32> {
             }
             let mut say = |line: &str| crate::out!("{line}");
             install(&plan, &settings, !no_start, &mut Progress::new(&mut say))?;
+            // What the service will read: the env file as it now stands.
+            let vars: Vec<(String, String)> = dotenvy::from_path_iter(&plan.env_file)
+                .map(|lines| lines.filter_map(Result::ok).collect())
+                .unwrap_or_default();
             let enrolled = plan
                 .data_dir
                 .join(crate::node::files::WORKER_CERT)
                 .is_file();
-            let has_token = settings.iter().any(|(k, _)| k == "D8_TOKEN")
-                || std::fs::read_to_string(&plan.env_file)
-                    .is_ok_and(|t| t.lines().any(|l| l.starts_with("D8_TOKEN=")));
-            for name in &unset {
-                let in_file = std::fs::read_to_string(&plan.env_file).is_ok_and(|t| {
-                    t.lines()
-                        .any(|l| l.trim_start().starts_with(&format!("{name}=")))
-                });
-                if !in_file {
-                    crate::out!(
-                        "note: the worker file names {name} (key_env), which is not set here: run again with it set, or add it to {}",
-                        plan.env_file.display()
-                    );
-                }
-            }
-            if plan.role == Role::Worker {
-                // What the service will read: the file as it now stands.
-                let vars: Vec<(String, String)> = dotenvy::from_path_iter(&plan.env_file)
-                    .map(|lines| lines.filter_map(Result::ok).collect())
-                    .unwrap_or_default();
-                let (unused, running) = unused_keys(&vars);
-                if !unused.is_empty() {
-                    // echo (it answers with the prompt) is never suggested
-                    // beside a real provider: routed an agent's task, it
-                    // would answer it.
-                    let mut list: Vec<String> =
-                        running.iter().filter(|k| *k != "echo").cloned().collect();
-                    list.extend(unused.iter().map(|(_, kind)| (*kind).to_owned()));
-                    crate::out!(
-                        "note: {} set, but this worker runs {}: set D8_PROVIDERS={} (in {}, or run again with it) to use {}",
-                        unused
-                            .iter()
-                            .map(|(k, _)| *k)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if running.is_empty() {
-                            "no provider".to_owned()
-                        } else {
-                            format!("only {}", running.join(","))
-                        },
-                        list.join(","),
-                        plan.env_file.display(),
-                        if unused.len() == 1 { "it" } else { "them" }
-                    );
-                }
-            }
-            match plan.role {
-                Role::Worker if !enrolled && !has_token => crate::out!(
-                    "note: this worker has not joined yet and its settings hold no D8_TOKEN; run again as {}",
-                    RUN_AGAIN_WITH_TOKEN
-                ),
-                Role::Orchestrator => crate::out!(
-                    "join token and API key: in {} (join-token, api-key)",
-                    plan.data_dir.display()
-                ),
-                Role::Worker => {}
+            for note in install_notes(&plan, &vars, &unset, enrolled) {
+                crate::out!("{note}");
             }
             Ok(0)
         }
@@ -1075,6 +1084,44 @@ mod tests {
                 ("D8_PROVIDERS".to_owned(), "groq".to_owned()),
                 ("GROQ_API_KEY".to_owned(), "gsk_x".to_owned())
             ]
+        );
+    }
+
+    #[cfg(all(unix, not(target_os = "macos")))]
+    #[test]
+    fn install_notes_come_from_the_env_file_as_the_service_reads_it() {
+        let exe = Path::new("/usr/local/bin/d8");
+        let worker = plan(Role::Worker, Scope::User, exe, &dirs()).expect("plan");
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let unset = ["TEAM_KEY".to_owned(), "MY_GEMINI_KEY".to_owned()];
+        let notes = install_notes(
+            &worker,
+            &vars(&[
+                ("D8_PROVIDERS", "groq"),
+                ("MY_GEMINI_KEY", "in the file already"),
+            ]),
+            &unset,
+            false,
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("note: the worker file names TEAM_KEY (key_env)"));
+        assert!(notes[1].contains("has not joined yet") && notes[1].contains("D8_TOKEN=<token"));
+        // A token in the file, or an identity, and nothing is left to say.
+        let ready = vars(&[("D8_PROVIDERS", "groq"), ("D8_TOKEN", "D8-1-x")]);
+        assert!(install_notes(&worker, &ready, &[], false).is_empty());
+        assert!(install_notes(&worker, &vars(&[("D8_PROVIDERS", "groq")]), &[], true).is_empty());
+        let orchestrator = plan(Role::Orchestrator, Scope::User, exe, &dirs()).expect("plan");
+        assert_eq!(
+            install_notes(&orchestrator, &[], &[], false),
+            [format!(
+                "join token and API key: in {} (join-token, api-key)",
+                orchestrator.data_dir.display()
+            )]
         );
     }
 }

@@ -109,8 +109,8 @@ fn program_dir() -> std::path::PathBuf {
         .join("d8")
 }
 
-/// Stops the service `name` if it runs, waiting up to 90 s (a worker
-/// drains first). Whether it was running.
+/// Stops `service` if it runs, waiting up to 90 s (a worker drains
+/// first). Whether it was running.
 fn stop_and_wait(service: &windows_service::service::Service) -> bool {
     let running = service
         .query_status()

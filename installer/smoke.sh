@@ -113,6 +113,15 @@ export WINEPREFIX=$work/wine WINEDEBUG=-all
 winuser='José Müller'
 wine64=$(command -v wine64 || echo /usr/lib/wine/wine64)
 wine() { ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all USER="$winuser" LOGNAME="$winuser" "$wine64" "$@"; }
+# Ends the prefix's session (its services, its desktop process) and waits
+# until its server is gone: `wineserver -k` only asks it to stop, and a
+# wine started while the old server still shut down once failed to spawn
+# icacls (ERROR_INTERNAL_ERROR, 1359).
+wine_session_end() {
+  local ws; ws=$(command -v wineserver || echo /usr/lib/wine/wineserver64)
+  ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$ws" -k || true
+  ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$ws" -w || true
+}
 wine wineboot -i > /dev/null 2>&1
 x86_64-w64-mingw32-gcc -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
   installer/windows/test/bcryptprimitives.c -ladvapi32
@@ -142,7 +151,7 @@ pids+=($!)
 for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X$n" ] && break; sleep 0.1; done
 # Wine's desktop process takes its display when the prefix's session
 # starts: end the session the commands above started without one.
-ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$(command -v wineserver || echo /usr/lib/wine/wineserver64)" -k || true
+wine_session_end
 ip netns exec "$ns" env DISPLAY=":$n" WINEPREFIX="$WINEPREFIX" WINEDEBUG=-all USER="$winuser" LOGNAME="$winuser" "$wine64" \
   "$odd\d8-desktop.exe" > "$work/win-gui.log" 2>&1 &
 gui_pid=$!
@@ -191,7 +200,7 @@ say "Windows: d8.exe service install|status|uninstall (Wine's service manager)"
 # runs stops at the UDP socket as above; its status file says so.
 # Wine 8 holds its service database locked after the prefix's first boot
 # (ERROR_SERVICE_DATABASE_LOCKED until its services restart): restart them.
-ip netns exec "$ns" env WINEPREFIX="$WINEPREFIX" "$(command -v wineserver || echo /usr/lib/wine/wineserver64)" -k || true
+wine_session_end
 fake_key=gsk_smoke_not_a_key_$$
 D8_PROVIDERS=echo GROQ_API_KEY=$fake_key ORCHESTRATOR_URL=127.0.0.1:$port D8_TOKEN=$(cat "$work/win-orch/join-token") \
   wine "$odd\d8.exe" service install --worker > "$work/win-svc.log" 2>&1 || { cat "$work/win-svc.log" >&2; fail "d8.exe service install"; }
